@@ -1,0 +1,719 @@
+#!/usr/bin/env python3
+"""Build streamcast's shipped model bundles and the Rust integration-test fixtures.
+
+Everything is deterministic (fixed seeds, fixed `created_at`), so re-running the
+script reproduces the same bytes given the pinned versions in
+`scripts/requirements-bundles.txt`:
+
+    python -m venv .venv && .venv/bin/pip install -r scripts/requirements-bundles.txt
+    .venv/bin/python scripts/build_bundles.py
+
+Data: the Mauna Loa weekly CO2 series shipped with statsmodels (1958-03-29 ..
+2001-12-29, 2284 weeks, 59 missing weeks filled by linear interpolation).
+Features per week: co2 (ppm), month_sin, month_cos = sin/cos(2*pi*month/12)
+of the observation's date. Every raw value is rounded to 9 significant digits
+*before* anything else, so what is written to JSON is exactly what the models
+and the fixtures were computed from.
+
+Outputs (relative to the repository root):
+
+    models/co2-mlp/1/{model.onnx,bundle.json}   MLPRegressor, flat [N,72] -> [N,1]
+    models/co2-mlp/2/{model.onnx,bundle.json}   same architecture, other seed/size
+    models/co2-gru/1/{model.onnx,bundle.json}   ONNX GRU + ridge readout, [N,16,3] -> [N,4]
+    tests/fixtures/co2-mlp/{events,expected}.jsonl
+    tests/fixtures/co2-gru/{events,expected}.jsonl
+    tests/fixtures/poison.jsonl
+
+Semantics the Rust worker implements (and `FixtureWorker` below re-implements
+from bundle.json alone, sharing no code with training):
+
+* normalize each feature: (x - mean[f]) / std[f], fed as float32;
+* de-normalize each output: y * target_std + target_mean, the target scaler's
+  single element applied to every horizon step;
+* `flat` layout: [N, T*F], time-major (step 0's F features, then step 1's, ...);
+  `sequence` layout: [N, T, F];
+* per-series state: an event without `window` appends its observation (the
+  last T are kept); with fewer than T held, left-pad by repeating the oldest
+  held observation and report warmup=true. An event with `window` uses it as
+  the whole input, leaves the series' state untouched, and has warmup=false.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+EXPECTED_VERSIONS = {
+    "onnxruntime": "1.31.1",
+    "onnx": "1.23.2",
+    "sklearn": "1.9.1",
+    "skl2onnx": "1.20.0",
+    "statsmodels": "0.15.0",
+}
+
+CREATED_AT = "2026-11-26T00:00:00Z"
+FEATURES = ["co2", "month_sin", "month_cos"]
+TARGET = "co2"
+TRAIN_FRACTION = 0.8
+REFERENCE_MAX = 2000
+N_GOLDEN = 5
+OPSET = 17
+IR_VERSION = 10
+
+# Fixture stream shape.
+N_SERIES = 6
+SERIES_OFFSET = 200  # weeks between the start of consecutive series
+EVENTS_PER_SERIES = 50
+UNKNOWN_FEATURE = "humidity"
+
+# GRU echo-state network hyper-parameters (chosen from a small sweep; see models/README.md).
+GRU_HIDDEN = 24
+GRU_SEED = 1
+GRU_INPUT_SCALE = 0.1  # W ~ U(-0.1, 0.1): keeps the gates near their linear range
+GRU_RECURRENT_SCALE = 0.3  # R ~ U(-0.3, 0.3)
+RIDGE_LAMBDA = 1e-5
+
+MLP_VERSIONS = {
+    # version: (hidden_layer_sizes, random_state)
+    "1": ((16,), 0),
+    "2": ((20,), 1),
+}
+MLP_ALPHA = 1e-2
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+
+
+def r9(x: float) -> float:
+    """Round to at most 9 significant digits (and turn -0.0 into 0.0)."""
+    v = float(f"{float(x):.9g}")
+    if not math.isfinite(v):
+        raise ValueError(f"non-finite value {x!r}")
+    return v + 0.0
+
+
+def r6(x: float) -> float:
+    v = round(float(x), 6) + 0.0
+    if not math.isfinite(v):
+        raise ValueError(f"non-finite value {x!r}")
+    return v
+
+
+def r9_list(xs) -> list:
+    return [r9(v) for v in np.asarray(xs, dtype=np.float64).ravel()]
+
+
+def dump_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, allow_nan=False)
+        f.write("\n")
+
+
+def dump_jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, allow_nan=False, separators=(",", ":")) + "\n")
+
+
+def evenly(n: int, k: int) -> np.ndarray:
+    """At most k indices spread evenly over range(n), first and last included."""
+    if n <= k:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
+
+
+def check_versions() -> None:
+    import onnx
+    import onnxruntime
+    import skl2onnx
+    import sklearn
+    import statsmodels
+
+    found = {
+        "onnxruntime": onnxruntime.__version__,
+        "onnx": onnx.__version__,
+        "sklearn": sklearn.__version__,
+        "skl2onnx": skl2onnx.__version__,
+        "statsmodels": statsmodels.__version__,
+    }
+    for name, want in EXPECTED_VERSIONS.items():
+        if found[name] != want:
+            print(
+                f"warning: {name} {found[name]} != pinned {want}; outputs may differ byte-wise",
+                file=sys.stderr,
+            )
+
+
+# ---------------------------------------------------------------------------
+# data
+
+
+class Data:
+    """The weekly series: dates, raw features [N, F] (rounded to 9 sig. digits)."""
+
+    def __init__(self) -> None:
+        import statsmodels.api as sm
+
+        df = sm.datasets.co2.load_pandas().data
+        self.n_missing = int(df["co2"].isna().sum())
+        co2 = df["co2"].interpolate(method="linear", limit_direction="both").to_numpy(np.float64)
+        month = df.index.month.to_numpy()
+        raw = np.stack(
+            [co2, np.sin(2 * np.pi * month / 12.0), np.cos(2 * np.pi * month / 12.0)], axis=1
+        )
+        self.raw = np.vectorize(r9)(raw).astype(np.float64)
+        self.dates = [d.strftime("%Y-%m-%dT%H:%M:%SZ") for d in df.index]
+        self.n = len(self.raw)
+        self.n_train = int(TRAIN_FRACTION * self.n)
+        assert np.isfinite(self.raw).all()
+
+    @property
+    def co2(self) -> np.ndarray:
+        return self.raw[:, 0]
+
+    def scalers(self):
+        """Standard scalers fitted on the training split, rounded to 9 digits."""
+        train = self.raw[: self.n_train]
+        mean = np.array(r9_list(train.mean(axis=0)))
+        std = np.array(r9_list(train.std(axis=0)))  # population std, like StandardScaler
+        t_mean = np.array([r9(self.co2[: self.n_train].mean())])
+        t_std = np.array([r9(self.co2[: self.n_train].std())])
+        return mean, std, t_mean, t_std
+
+    def windows(self, t: int, h: int):
+        """All (window, targets) pairs; split so no training target is in validation."""
+        starts = np.arange(0, self.n - t - h + 1)
+        x = np.stack([self.raw[s : s + t] for s in starts])  # [M, T, F] raw
+        y = np.stack([self.co2[s + t : s + t + h] for s in starts])  # [M, H] raw
+        train = starts + t + h - 1 < self.n_train
+        valid = starts + t >= self.n_train
+        return starts, x, y, train, valid
+
+
+def to_model_input(raw_windows: np.ndarray, mean, std, layout: str) -> np.ndarray:
+    z = ((raw_windows - mean) / std).astype(np.float32)
+    if layout == "flat":
+        return z.reshape(z.shape[0], -1)
+    return z
+
+
+# ---------------------------------------------------------------------------
+# ONNX helpers
+
+
+def finalize_model(model, doc: str):
+    import onnx
+
+    model.ir_version = IR_VERSION
+    model.producer_name = "streamcast/scripts/build_bundles.py"
+    model.producer_version = "1"
+    model.doc_string = doc
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def session(model_bytes: bytes):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def run_model(sess, x: np.ndarray) -> np.ndarray:
+    (y,) = sess.run(["output"], {"input": x})
+    return y
+
+
+# ---------------------------------------------------------------------------
+# models
+
+
+def build_mlp(data: Data, version: str):
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPRegressor
+
+    t, h, f = 24, 1, len(FEATURES)
+    hidden, seed = MLP_VERSIONS[version]
+    mean, std, t_mean, t_std = data.scalers()
+    _, xw, yw, tr, _ = data.windows(t, h)
+    x = to_model_input(xw, mean, std, "flat").astype(np.float64)
+    y = ((yw[:, 0] - t_mean[0]) / t_std[0]).astype(np.float64)
+
+    reg = MLPRegressor(
+        hidden_layer_sizes=hidden,
+        alpha=MLP_ALPHA,
+        max_iter=3000,
+        tol=1e-7,
+        n_iter_no_change=50,
+        random_state=seed,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        reg.fit(x[tr], y[tr])
+
+    onx = convert_sklearn(
+        reg,
+        name=f"co2-mlp-v{version}",
+        initial_types=[("input", FloatTensorType([None, t * f]))],
+        final_types=[("output", FloatTensorType([None, h]))],
+        target_opset=OPSET,
+    )
+    # skl2onnx names the output "variable" unless final_types is honoured; make sure.
+    out = onx.graph.output[0]
+    if out.name != "output":
+        old = out.name
+        for node in onx.graph.node:
+            node.output[:] = ["output" if o == old else o for o in node.output]
+        out.name = "output"
+    model = finalize_model(
+        onx,
+        f"co2-mlp v{version}: MLPRegressor{hidden} (relu, alpha={MLP_ALPHA}, random_state={seed}), "
+        f"{reg.n_iter_} epochs; input [N,{t * f}] flat time-major standardized, output [N,1] standardized co2.",
+    )
+    info = {"kind": "mlp", "hidden": list(hidden), "seed": seed, "epochs": int(reg.n_iter_)}
+    return model, dict(name="co2-mlp", version=version, window=t, horizon=h, layout="flat"), info
+
+
+def gru_graph(w, r, b, w_out=None, b_out=None, t=16, f=3):
+    """The co2-gru graph. Without a readout it outputs the last hidden state [N, hidden]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden = r.shape[-1]
+    inits = [
+        numpy_helper.from_array(w.astype(np.float32), "gru_W"),
+        numpy_helper.from_array(r.astype(np.float32), "gru_R"),
+        numpy_helper.from_array(b.astype(np.float32), "gru_B"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "squeeze_axes"),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["input"], ["input_tnf"], perm=[1, 0, 2], name="to_time_major"),
+        helper.make_node(
+            "GRU",
+            ["input_tnf", "gru_W", "gru_R", "gru_B"],
+            ["", "gru_Y_h"],
+            hidden_size=hidden,
+            linear_before_reset=0,
+            direction="forward",
+            name="gru",
+        ),
+        helper.make_node("Squeeze", ["gru_Y_h", "squeeze_axes"], ["hidden"], name="drop_direction"),
+    ]
+    if w_out is None:
+        out_name, out_dim = "hidden", hidden
+    else:
+        inits += [
+            numpy_helper.from_array(w_out.astype(np.float32), "readout_W"),
+            numpy_helper.from_array(b_out.astype(np.float32), "readout_b"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", ["hidden", "readout_W"], ["readout_mm"], name="readout_matmul"),
+            helper.make_node("Add", ["readout_mm", "readout_b"], ["output"], name="readout_bias"),
+        ]
+        out_name, out_dim = "output", w_out.shape[1]
+    graph = helper.make_graph(
+        nodes,
+        "co2_gru",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", t, f])],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", out_dim])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def numpy_gru_last(x: np.ndarray, w, r, b) -> np.ndarray:
+    """ONNX GRU (forward, linear_before_reset=0, zero initial state) in float64.
+
+    Gate order z, r, h; B = [Wb_z, Wb_r, Wb_h, Rb_z, Rb_r, Rb_h].
+    """
+    w, r, b = w[0].astype(np.float64), r[0].astype(np.float64), b[0].astype(np.float64)
+    wz, wr, wh = np.split(w, 3)
+    rz, rr, rh = np.split(r, 3)
+    wbz, wbr, wbh, rbz, rbr, rbh = np.split(b, 6)
+    sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
+    hstate = np.zeros((x.shape[0], r.shape[1]))
+    for step in range(x.shape[1]):
+        xt = x[:, step].astype(np.float64)
+        z = sig(xt @ wz.T + hstate @ rz.T + wbz + rbz)
+        rg = sig(xt @ wr.T + hstate @ rr.T + wbr + rbr)
+        hh = np.tanh(xt @ wh.T + (rg * hstate) @ rh.T + rbh + wbh)
+        hstate = (1.0 - z) * hh + z * hstate
+    return hstate
+
+
+def build_gru(data: Data):
+    t, h, f, hid = 16, 4, len(FEATURES), GRU_HIDDEN
+    mean, std, t_mean, t_std = data.scalers()
+    _, xw, yw, tr, _ = data.windows(t, h)
+    x = to_model_input(xw, mean, std, "sequence")
+    y = (yw - t_mean[0]) / t_std[0]
+
+    rng = np.random.default_rng(GRU_SEED)
+    w = rng.uniform(-GRU_INPUT_SCALE, GRU_INPUT_SCALE, (1, 3 * hid, f)).astype(np.float32)
+    r = rng.uniform(-GRU_RECURRENT_SCALE, GRU_RECURRENT_SCALE, (1, 3 * hid, hid)).astype(np.float32)
+    b = np.zeros((1, 6 * hid), dtype=np.float32)
+
+    # Hidden states from the very GRU part of the exported graph, cross-checked in numpy.
+    reservoir = session(gru_graph(w, r, b, t=t, f=f).SerializeToString())
+    (hs,) = reservoir.run(["hidden"], {"input": x})
+    hs_np = numpy_gru_last(x, w, r, b)
+    gru_diff = float(np.abs(hs - hs_np).max())
+    if gru_diff > 1e-5:
+        raise AssertionError(f"onnxruntime GRU and numpy GRU disagree by {gru_diff}")
+
+    # Ridge readout (bias unpenalized) on the training windows, standardized targets.
+    a = np.hstack([hs.astype(np.float64), np.ones((len(hs), 1))])
+    penalty = RIDGE_LAMBDA * np.eye(a.shape[1])
+    penalty[-1, -1] = 0.0
+    coef = np.linalg.solve(a[tr].T @ a[tr] + penalty, a[tr].T @ y[tr])
+    w_out, b_out = coef[:-1], coef[-1]
+
+    model = finalize_model(
+        gru_graph(w, r, b, w_out, b_out, t=t, f=f),
+        f"co2-gru v1: echo-state GRU (hidden {hid}, W~U(+-{GRU_INPUT_SCALE}), R~U(+-{GRU_RECURRENT_SCALE}), "
+        f"seed {GRU_SEED}, zero bias) + ridge readout (lambda {RIDGE_LAMBDA}); input [N,{t},{f}] standardized, "
+        f"output [N,{h}] standardized co2 (one target scaler for every horizon step).",
+    )
+    info = {"kind": "gru", "gru_numpy_max_abs_diff": gru_diff, "readout_max_abs_coef": float(np.abs(coef).max())}
+    return model, dict(name="co2-gru", version="1", window=t, horizon=h, layout="sequence"), info
+
+
+# ---------------------------------------------------------------------------
+# bundle.json
+
+
+def make_bundle(data: Data, model, meta: dict) -> tuple[dict, dict]:
+    t, h, layout = meta["window"], meta["horizon"], meta["layout"]
+    mean, std, t_mean, t_std = data.scalers()
+    sess = session(model.SerializeToString())
+    _, xw, yw, tr, va = data.windows(t, h)
+    pred = run_model(sess, to_model_input(xw, mean, std, layout)).astype(np.float64) * t_std[0] + t_mean[0]
+    assert pred.shape == yw.shape, (pred.shape, yw.shape)
+    err = pred[va] - yw[va]
+    naive = np.repeat(xw[va][:, -1, :1], h, axis=1) - yw[va]
+    metrics = {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "rmse_per_step": np.sqrt(np.mean(err**2, axis=0)).tolist(),
+        "naive_rmse": float(np.sqrt(np.mean(naive**2))),
+        "naive_mae": float(np.mean(np.abs(naive))),
+        "naive_rmse_per_step": np.sqrt(np.mean(naive**2, axis=0)).tolist(),
+        "train_windows": int(tr.sum()),
+        "validation_windows": int(va.sum()),
+    }
+
+    train_raw = data.raw[: data.n_train]
+    ref_rows = evenly(len(train_raw), REFERENCE_MAX)
+    ref_features = {name: [r6(v) for v in train_raw[ref_rows, i]] for i, name in enumerate(FEATURES)}
+    train_pred = pred[tr][:, 0]
+    ref_predictions = [r6(v) for v in train_pred[evenly(len(train_pred), REFERENCE_MAX)]]
+
+    golden = []
+    val_idx = np.flatnonzero(va)
+    for j in val_idx[evenly(len(val_idx), N_GOLDEN)]:
+        window = [[r9(v) for v in row] for row in xw[j]]
+        # Recompute from exactly the numbers written to JSON.
+        g = run_model(sess, to_model_input(np.array([window]), mean, std, layout)).astype(np.float64)
+        prediction = [r9(v) for v in g[0] * t_std[0] + t_mean[0]]
+        golden.append({"window": window, "prediction": prediction})
+
+    bundle = {
+        "name": meta["name"],
+        "version": meta["version"],
+        "created_at": CREATED_AT,
+        "features": list(FEATURES),
+        "window": t,
+        "horizon": h,
+        "input": {"name": "input", "layout": layout},
+        "output": {"name": "output"},
+        "scaler": {"kind": "standard", "mean": r9_list(mean), "std": r9_list(std)},
+        "target": {
+            "name": TARGET,
+            "scaler": {"kind": "standard", "mean": r9_list(t_mean), "std": r9_list(t_std)},
+        },
+        "reference": {"features": ref_features, "predictions": ref_predictions},
+        "validation": {"rmse": r9(metrics["rmse"]), "mae": r9(metrics["mae"])},
+        "golden": golden,
+    }
+    return bundle, metrics
+
+
+def write_bundle(root: Path, model, bundle: dict) -> Path:
+    d = root / "models" / bundle["name"] / bundle["version"]
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "model.onnx").write_bytes(model.SerializeToString())
+    dump_json(d / "bundle.json", bundle)
+    return d
+
+
+# ---------------------------------------------------------------------------
+# fixtures: an independent re-implementation of the worker's semantics
+
+
+class FixtureWorker:
+    """What the Rust worker does, driven only by bundle.json and model.onnx."""
+
+    def __init__(self, bundle_dir: Path) -> None:
+        self.b = json.loads((bundle_dir / "bundle.json").read_text())
+        self.sess = session((bundle_dir / "model.onnx").read_bytes())
+        self.names = self.b["features"]
+        self.t = self.b["window"]
+        self.mean = np.array(self.b["scaler"]["mean"], dtype=np.float64)
+        self.std = np.array(self.b["scaler"]["std"], dtype=np.float64)
+        self.y_mean = float(self.b["target"]["scaler"]["mean"][0])
+        self.y_std = float(self.b["target"]["scaler"]["std"][0])
+        self.state: dict[str, list[list[float]]] = {}
+
+    def observation(self, obs) -> list[float]:
+        if isinstance(obs, dict):
+            return [float(obs[name]) for name in self.names]  # unknown names ignored
+        assert len(obs) == len(self.names)
+        return [float(v) for v in obs]
+
+    def predict(self, window: list[list[float]]) -> list[float]:
+        z = (np.array(window, dtype=np.float64) - self.mean) / self.std
+        z = z.astype(np.float32)[None]
+        if self.b["input"]["layout"] == "flat":
+            z = z.reshape(1, -1)
+        (y,) = self.sess.run([self.b["output"]["name"]], {self.b["input"]["name"]: z})
+        return [float(v) * self.y_std + self.y_mean for v in y[0]]
+
+    def handle(self, event: dict) -> dict:
+        if "window" in event:
+            window = [self.observation(o) for o in event["window"]]
+            assert len(window) == self.t
+            warmup = False
+        else:
+            held = self.state.setdefault(event["series_id"], [])
+            held.append(self.observation(event["features"]))
+            del held[: max(0, len(held) - self.t)]
+            warmup = len(held) < self.t
+            window = [held[0]] * (self.t - len(held)) + held
+        assert len(self.b["golden"][0]["prediction"]) == self.b["horizon"]
+        return {
+            "id": event["id"],
+            "series_id": event["series_id"],
+            "prediction": [r9(v) for v in self.predict(window)],
+            "warmup": warmup,
+        }
+
+
+def make_events(data: Data, name: str, t: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+
+    def as_object(row, extra=False, shuffle=False):
+        items = list(zip(FEATURES, (float(v) for v in row)))
+        if extra:
+            items.insert(int(rng.integers(0, len(items) + 1)), (UNKNOWN_FEATURE, 1.0))
+        if shuffle:
+            items = [items[i] for i in rng.permutation(len(items))]
+        return dict(items)
+
+    def as_array(row):
+        return [float(v) for v in row]
+
+    events, counter = [], 0
+    for step in range(EVENTS_PER_SERIES):
+        for k in range(N_SERIES):
+            row = SERIES_OFFSET * k + step
+            counter += 1
+            event = {
+                "id": f"{name}-e-{counter:06d}",
+                "series_id": f"s-{k}",
+                "timestamp": data.dates[row],
+            }
+            obs = data.raw[row]
+            u = rng.random()
+            if u >= 0.9 and row >= t - 1:
+                as_obj = bool(rng.random() < 0.5)
+                rows = data.raw[row - t + 1 : row + 1]
+                event["features"] = as_object(obs) if rng.random() < 0.5 else as_array(obs)
+                event["window"] = [as_object(x) if as_obj else as_array(x) for x in rows]
+            elif u >= 0.8:
+                event["features"] = as_object(obs, extra=True)
+            elif u >= 0.4:
+                event["features"] = as_array(obs)
+            else:
+                event["features"] = as_object(obs, shuffle=bool(rng.random() < 0.3))
+            events.append(event)
+    return events
+
+
+def write_fixtures(root: Path, data: Data, name: str, seed: int) -> dict:
+    worker = FixtureWorker(root / "models" / name / "1")
+    events = make_events(data, name, worker.t, seed)
+    expected = [worker.handle(e) for e in events]
+    out = root / "tests" / "fixtures" / name
+    dump_jsonl(out / "events.jsonl", events)
+    dump_jsonl(out / "expected.jsonl", expected)
+    forms = {"object": 0, "array": 0, "object+unknown": 0, "window": 0}
+    for e in events:
+        if "window" in e:
+            forms["window"] += 1
+        elif isinstance(e["features"], list):
+            forms["array"] += 1
+        elif UNKNOWN_FEATURE in e["features"]:
+            forms["object+unknown"] += 1
+        else:
+            forms["object"] += 1
+    return {"events": len(events), "warmup": sum(x["warmup"] for x in expected), "forms": forms}
+
+
+def write_poison(root: Path, data: Data) -> int:
+    ts = data.dates[0]
+    obs = {name: float(v) for name, v in zip(FEATURES, data.raw[0])}
+    base = {"id": "poison-1", "series_id": "s-0", "timestamp": ts, "features": obs}
+
+    def without(key):
+        return json.dumps({k: v for k, v in base.items() if k != key})
+
+    def replaced(**kw):
+        return json.dumps({**base, **kw})
+
+    co2, ms, mc = (repr(float(v)) for v in data.raw[0])
+    cases = [
+        ("invalid_json", "invalid_json", "{not json"),
+        ("missing_id", "missing_field", without("id")),
+        ("missing_series_id", "missing_field", without("series_id")),
+        ("missing_timestamp", "missing_field", without("timestamp")),
+        ("missing_features_and_window", "missing_field", without("features")),
+        ("features_is_string", "invalid_field", replaced(features="co2=316.1")),
+        ("timestamp_not_rfc3339", "invalid_field", replaced(timestamp="yesterday")),
+        ("id_is_number", "invalid_field", replaced(id=12345)),
+        (
+            "object_missing_month_cos",
+            "missing_feature",
+            replaced(features={k: v for k, v in obs.items() if k != "month_cos"}),
+        ),
+        ("array_too_short", "missing_feature", replaced(features=[obs["co2"], obs["month_sin"]])),
+        # Python's json.dumps writes float('nan') as the bare token NaN (not valid JSON).
+        ("nan_literal", "non_finite", replaced(features={**obs, "co2": float("nan")})),
+        (
+            "overflow_1e999",
+            "non_finite",
+            '{"id": "poison-1", "series_id": "s-0", "timestamp": "%s", '
+            '"features": {"co2": 1e999, "month_sin": %s, "month_cos": %s}}' % (ts, ms, mc),
+        ),
+        (
+            "window_too_short",
+            "window_length",
+            replaced(window=[[float(v) for v in row] for row in data.raw[:5]]),
+        ),
+    ]
+    assert "NaN" in cases[10][2] and co2
+    dump_jsonl(
+        root / "tests" / "fixtures" / "poison.jsonl",
+        [{"case": c, "kind": k, "payload": p} for c, k, p in cases],
+    )
+    return len(cases)
+
+
+# ---------------------------------------------------------------------------
+# verification
+
+
+def verify_bundle(bundle_dir: Path) -> float:
+    """Load as the worker would, check I/O names and shapes, replay the golden cases."""
+    import onnx
+
+    b = json.loads((bundle_dir / "bundle.json").read_text())
+    model = onnx.load(str(bundle_dir / "model.onnx"))
+    assert model.ir_version == IR_VERSION
+    assert all(o.version <= 21 for o in model.opset_import)
+    t, f, h = b["window"], len(b["features"]), b["horizon"]
+    sess = session((bundle_dir / "model.onnx").read_bytes())
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert inp.name == b["input"]["name"] and out.name == b["output"]["name"]
+    want_in = [t * f] if b["input"]["layout"] == "flat" else [t, f]
+    assert inp.shape[1:] == want_in and inp.type == "tensor(float)", inp
+    assert out.shape[1:] == [h] and out.type == "tensor(float)", out
+    worker = FixtureWorker(bundle_dir)
+    worst = 0.0
+    for g in b["golden"]:
+        got = worker.predict(g["window"])
+        worst = max(worst, max(abs(a - e) for a, e in zip(got, g["prediction"])))
+    assert worst < 1e-5, f"{bundle_dir}: golden mismatch {worst}"
+    size = (bundle_dir / "model.onnx").stat().st_size
+    assert size < 200_000, f"{bundle_dir}/model.onnx is {size} bytes"
+    return worst
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--root",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent,
+        help="repository root to write models/ and tests/fixtures/ under (default: this repo)",
+    )
+    args = ap.parse_args()
+    root: Path = args.root
+    check_versions()
+
+    data = Data()
+    print(
+        f"co2: {data.n} weeks {data.dates[0][:10]}..{data.dates[-1][:10]}, "
+        f"{data.n_missing} interpolated, train = first {data.n_train} weeks (< {data.dates[data.n_train][:10]})"
+    )
+
+    built = []
+    for version in MLP_VERSIONS:
+        built.append(build_mlp(data, version))
+    built.append(build_gru(data))
+
+    report = []
+    for model, meta, info in built:
+        bundle, metrics = make_bundle(data, model, meta)
+        d = write_bundle(root, model, bundle)
+        report.append((d, bundle, metrics, info))
+
+    fixtures = {
+        "co2-mlp": write_fixtures(root, data, "co2-mlp", seed=11),
+        "co2-gru": write_fixtures(root, data, "co2-gru", seed=12),
+    }
+    n_poison = write_poison(root, data)
+
+    print()
+    print(f"{'bundle':<12} {'H':>2} {'rmse':>8} {'mae':>8} {'naive rmse':>11} {'naive mae':>10}  golden err  size  sha256")
+    for d, bundle, m, info in report:
+        worst = verify_bundle(d)
+        print(
+            f"{bundle['name'] + '/' + bundle['version']:<12} {bundle['horizon']:>2} {m['rmse']:8.4f} {m['mae']:8.4f} "
+            f"{m['naive_rmse']:11.4f} {m['naive_mae']:10.4f}  {worst:.1e}   "
+            f"{(d / 'model.onnx').stat().st_size:>6}  {sha(d / 'model.onnx')}"
+        )
+        if bundle["horizon"] > 1:
+            print(
+                "             rmse per step " + " ".join(f"{v:.4f}" for v in m["rmse_per_step"])
+                + " | naive " + " ".join(f"{v:.4f}" for v in m["naive_rmse_per_step"])
+            )
+        print(f"             {info} windows train={m['train_windows']} validation={m['validation_windows']}")
+    for name, s in fixtures.items():
+        print(f"fixtures {name}: {s}")
+    print(f"poison cases: {n_poison}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,527 @@
+//! Typed configuration: one TOML file plus `STREAMCAST_<SECTION>__<KEY>` environment overrides.
+//!
+//! Every table denies unknown keys, and every error names the key it is about, so a typo stops
+//! start-up instead of silently falling back to a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Why a configuration could not be loaded. Each variant names the file, key or variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key { key: key.into(), message: message.into() }
+    }
+}
+
+/// The whole effective configuration of a `streamcast run`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Passed to librdkafka verbatim (both consumer and producer), so SASL, SSL and tuning need no
+    /// code change. Values may be strings, numbers or booleans.
+    #[serde(default)]
+    pub kafka: BTreeMap<String, KafkaValue>,
+    #[serde(default)]
+    pub consumer: ConsumerConfig,
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub batching: BatchingConfig,
+    #[serde(default)]
+    pub validation: ValidationConfig,
+    #[serde(default)]
+    pub windows: WindowsConfig,
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// A librdkafka property value; librdkafka takes strings, so numbers and booleans are stringified.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum KafkaValue {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for KafkaValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KafkaValue::String(s) => f.write_str(s),
+            KafkaValue::Integer(i) => write!(f, "{i}"),
+            KafkaValue::Float(x) => write!(f, "{x}"),
+            KafkaValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    /// Consumer group id. Replicas sharing it split the input partitions between them.
+    pub group_id: String,
+    /// Upper bound on events consumed but not yet acknowledged by the broker (prediction or DLQ
+    /// record). It bounds every queue on the data path; the consumer stops fetching at the cap.
+    pub max_in_flight: usize,
+    /// Where a group with no committed offset starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig { group_id: "streamcast".into(), max_in_flight: 10_000, auto_offset_reset: "earliest".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    pub input: String,
+    pub predictions: String,
+    pub actuals: String,
+    pub dlq: String,
+    pub metrics: String,
+    pub alerts: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            input: "input_data".into(),
+            predictions: "predictions".into(),
+            actuals: "actuals".into(),
+            dlq: "input_data.dlq".into(),
+            metrics: "model_metrics".into(),
+            alerts: "alerts".into(),
+        }
+    }
+}
+
+impl TopicsConfig {
+    /// The topics the inference worker reads or writes.
+    pub fn worker_topics(&self) -> [&str; 3] {
+        [&self.input, &self.predictions, &self.dlq]
+    }
+
+    /// Every topic of the contract, for `streamcast topics create`.
+    pub fn all(&self) -> [&str; 6] {
+        [&self.input, &self.predictions, &self.actuals, &self.dlq, &self.metrics, &self.alerts]
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionProviderChoice {
+    /// CUDA when ONNX Runtime can register it, otherwise CPU with a WARN naming the reason.
+    Auto,
+    Cpu,
+    /// CUDA or refuse to start.
+    Cuda,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model root holding `<name>/<version>/{model.onnx,bundle.json}`.
+    #[serde(default = "default_model_root")]
+    pub root: PathBuf,
+    /// Bundle name (a directory under `root`).
+    pub name: String,
+    /// `latest` (highest version, numeric-aware) or a pinned version.
+    #[serde(default = "default_version", deserialize_with = "string_or_number")]
+    pub version: String,
+    #[serde(default = "default_provider")]
+    pub execution_provider: ExecutionProviderChoice,
+    /// ONNX Runtime intra-op threads per session. One is fastest on small boxes; scale with replicas.
+    #[serde(default = "default_intra_threads")]
+    pub intra_threads: usize,
+}
+
+fn default_model_root() -> PathBuf {
+    PathBuf::from("models")
+}
+fn default_version() -> String {
+    "latest".into()
+}
+fn default_provider() -> ExecutionProviderChoice {
+    ExecutionProviderChoice::Auto
+}
+fn default_intra_threads() -> usize {
+    1
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StrOrNum {
+        S(String),
+        I(i64),
+    }
+    Ok(match StrOrNum::deserialize(d)? {
+        StrOrNum::S(s) => s,
+        StrOrNum::I(i) => i.to_string(),
+    })
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// Largest number of events scored in one ONNX Runtime call.
+    pub max_batch_size: usize,
+    /// How long the first event of a batch may wait for others, in milliseconds.
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig { max_batch_size: 256, max_wait_ms: 5 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Messages larger than this are dead-lettered unparsed (`oversized`).
+    pub max_message_bytes: usize,
+    /// Dead-letter events whose `features` object has names the bundle does not know
+    /// (`unknown_feature`). Off by default: extra names are ignored and counted.
+    pub reject_unknown_features: bool,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig { max_message_bytes: 1 << 20, reject_unknown_features: false }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowsConfig {
+    /// Most series whose window state is held; the least recently seen series is evicted first.
+    pub max_series: usize,
+}
+
+impl Default for WindowsConfig {
+    fn default() -> Self {
+        WindowsConfig { max_series: 100_000 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessingConfig {
+    /// Delivery guarantee. Only `at_least_once` is implemented; `exactly_once` is refused at start-up.
+    pub guarantee: Guarantee,
+    /// Longest time a SIGTERM or a revoke waits for in-flight work before giving up on it
+    /// (uncommitted work is then re-delivered to the next owner).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig { guarantee: Guarantee::AtLeastOnce, shutdown_timeout: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address of `/healthz`, `/readyz`, `/metrics` and `/predict`. Empty disables the server.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `json` (default, for log shippers) or `text`.
+    pub log_format: LogFormat,
+    /// A `tracing` filter such as `info` or `streamcast=debug`; `RUST_LOG` wins when set.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { log_format: LogFormat::Json, log_level: "info".into() }
+    }
+}
+
+/// Librdkafka keys whose values are secrets; `--print-config` redacts them.
+const SECRET_KEY_MARKERS: [&str; 3] = ["password", "secret", "key.pem"];
+
+impl Config {
+    /// Reads `path` (or nothing, when `None`), applies environment overrides from `env`, and
+    /// validates the result.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env_overrides(&mut table, env)?;
+        Config::from_table(table)
+    }
+
+    /// Builds a config from an already-parsed TOML table (used by the demo and tests).
+    pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top level)".to_string() } else { key };
+            ConfigError::key(key, e.inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.kafka.contains_key("bootstrap.servers") {
+            return Err(ConfigError::key(
+                "kafka.\"bootstrap.servers\"",
+                "is required (or set STREAMCAST_BOOTSTRAP_SERVERS)",
+            ));
+        }
+        for reserved in ["group.id", "enable.auto.offset.store", "enable.auto.commit"] {
+            if self.kafka.contains_key(reserved) {
+                return Err(ConfigError::key(
+                    format!("kafka.\"{reserved}\""),
+                    "is managed by streamcast (use consumer.group_id; offsets are stored only after delivery)",
+                ));
+            }
+        }
+        if self.consumer.group_id.is_empty() {
+            return Err(ConfigError::key("consumer.group_id", "must not be empty"));
+        }
+        if self.consumer.max_in_flight == 0 {
+            return Err(ConfigError::key("consumer.max_in_flight", "must be at least 1"));
+        }
+        if !matches!(self.consumer.auto_offset_reset.as_str(), "earliest" | "latest") {
+            return Err(ConfigError::key("consumer.auto_offset_reset", "must be `earliest` or `latest`"));
+        }
+        if self.model.name.is_empty() || self.model.name.contains(['/', '\\']) || self.model.name.starts_with('.') {
+            return Err(ConfigError::key("model.name", "must be a plain directory name under model.root"));
+        }
+        if self.model.version.is_empty() || self.model.version.contains(['/', '\\']) || self.model.version.starts_with('.')
+        {
+            return Err(ConfigError::key("model.version", "must be `latest` or a plain version directory name"));
+        }
+        if self.model.intra_threads == 0 {
+            return Err(ConfigError::key("model.intra_threads", "must be at least 1"));
+        }
+        if self.batching.max_batch_size == 0 {
+            return Err(ConfigError::key("batching.max_batch_size", "must be at least 1"));
+        }
+        if self.validation.max_message_bytes == 0 {
+            return Err(ConfigError::key("validation.max_message_bytes", "must be at least 1"));
+        }
+        if self.windows.max_series == 0 {
+            return Err(ConfigError::key("windows.max_series", "must be at least 1"));
+        }
+        if self.processing.guarantee == Guarantee::ExactlyOnce {
+            return Err(ConfigError::key(
+                "processing.guarantee",
+                "`exactly_once` is not implemented yet; use `at_least_once`",
+            ));
+        }
+        let topics = self.topics.all();
+        for (i, topic) in topics.iter().enumerate() {
+            if topic.is_empty() {
+                return Err(ConfigError::key("topics", "topic names must not be empty"));
+            }
+            if topics[..i].contains(topic) {
+                return Err(ConfigError::key("topics", format!("topic `{topic}` is used for two roles")));
+            }
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::key("http.listen", "must be an address such as 127.0.0.1:9464, or empty"));
+        }
+        Ok(())
+    }
+
+    /// The librdkafka properties, stringified, in a stable order.
+    pub fn kafka_properties(&self) -> impl Iterator<Item = (&str, String)> {
+        self.kafka.iter().map(|(k, v)| (k.as_str(), v.to_string()))
+    }
+
+    /// The effective config as TOML, with secret librdkafka values replaced by `***`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut copy = self.clone();
+        for (key, value) in copy.kafka.iter_mut() {
+            if SECRET_KEY_MARKERS.iter().any(|m| key.contains(m)) {
+                *value = KafkaValue::String("***".into());
+            }
+        }
+        toml::to_string_pretty(&copy).expect("config always serializes: it was deserialized from TOML")
+    }
+}
+
+/// Applies `STREAMCAST_<SECTION>__<KEY>=value` and `STREAMCAST_BOOTSTRAP_SERVERS`.
+///
+/// In the `[kafka]` section, `_` in the key maps to `.` (`STREAMCAST_KAFKA__SASL_MECHANISM` sets
+/// `sasl.mechanism`), because librdkafka keys use dots, which environment names cannot hold.
+fn apply_env_overrides(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix("STREAMCAST_") else { continue };
+        if rest == "BOOTSTRAP_SERVERS" {
+            section(table, "kafka", &var)?.insert("bootstrap.servers".into(), toml::Value::String(value));
+            continue;
+        }
+        let Some((sec, key)) = rest.split_once("__") else { continue };
+        let sec = sec.to_ascii_lowercase();
+        let key = key.to_ascii_lowercase();
+        if sec.is_empty() || key.is_empty() {
+            return Err(ConfigError::Env { var, message: "expected STREAMCAST_<SECTION>__<KEY>".into() });
+        }
+        if sec == "kafka" {
+            section(table, "kafka", &var)?.insert(key.replace('_', "."), toml::Value::String(value));
+        } else {
+            let parsed = parse_env_value(&value);
+            section(table, &sec, &var)?.insert(key, parsed);
+        }
+    }
+    Ok(())
+}
+
+fn section<'t>(table: &'t mut toml::Table, name: &str, var: &str) -> Result<&'t mut toml::Table, ConfigError> {
+    match table.entry(name).or_insert_with(|| toml::Value::Table(toml::Table::new())) {
+        toml::Value::Table(t) => Ok(t),
+        _ => Err(ConfigError::Env { var: var.into(), message: format!("`{name}` is not a table in the config file") }),
+    }
+}
+
+/// Environment values are untyped; read them as TOML scalars when they look like one.
+fn parse_env_value(value: &str) -> toml::Value {
+    if let Ok(b) = value.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(i) = value.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(f) = value.parse::<f64>() {
+        if f.is_finite() {
+            return toml::Value::Float(f);
+        }
+    }
+    toml::Value::String(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().unwrap();
+        apply_env_overrides(&mut table, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))?;
+        Config::from_table(table)
+    }
+
+    const MINIMAL: &str = r#"
+        [kafka]
+        "bootstrap.servers" = "localhost:9092"
+        [consumer]
+        group_id = "g"
+        [model]
+        name = "co2-mlp"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.model.version, "latest");
+        assert_eq!(c.topics.dlq, "input_data.dlq");
+        assert_eq!(c.batching.max_batch_size, 256);
+        assert_eq!(c.model.execution_provider, ExecutionProviderChoice::Auto);
+        assert_eq!(c.processing.shutdown_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load(&format!("{MINIMAL}\n[batching]\nmax_batch = 3\n"), &[]).unwrap_err().to_string();
+        assert!(err.contains("batching") && err.contains("max_batch"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_is_named() {
+        let err = load(&format!("{MINIMAL}\n[batching]\nmax_wait_ms = \"soon\"\n"), &[]).unwrap_err().to_string();
+        assert!(err.contains("batching.max_wait_ms"), "{err}");
+        let err = load(&MINIMAL.replace("co2-mlp", "../etc"), &[]).unwrap_err().to_string();
+        assert!(err.contains("model.name"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply_with_types() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("STREAMCAST_MODEL__VERSION", "3"),
+                ("STREAMCAST_BATCHING__MAX_WAIT_MS", "9"),
+                ("STREAMCAST_BOOTSTRAP_SERVERS", "b:1"),
+                ("STREAMCAST_KAFKA__SASL_MECHANISM", "PLAIN"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.model.version, "3");
+        assert_eq!(c.batching.max_wait_ms, 9);
+        assert_eq!(c.kafka["bootstrap.servers"], KafkaValue::String("b:1".into()));
+        assert_eq!(c.kafka["sasl.mechanism"], KafkaValue::String("PLAIN".into()));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = load(&MINIMAL.replace("[consumer]", "\"sasl.password\" = \"hunter2\"\n[consumer]"), &[]).unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn managed_kafka_keys_and_exactly_once_are_refused() {
+        let err = load(&MINIMAL.replace("[consumer]", "\"enable.auto.commit\" = true\n[consumer]"), &[]).unwrap_err();
+        assert!(err.to_string().contains("enable.auto.commit"));
+        let err = load(&format!("{MINIMAL}\n[processing]\nguarantee = \"exactly_once\"\n"), &[]).unwrap_err();
+        assert!(err.to_string().contains("processing.guarantee"));
+    }
+}

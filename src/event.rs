@@ -1,0 +1,599 @@
+//! Message types mirroring `schemas/`: decoding of InputEvent and Actual, encoding of Prediction.
+//!
+//! Decoding writes feature values straight into a caller-provided slice in the bundle's feature
+//! order, so validating an event allocates only the three strings it echoes back.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+/// Why an input event was dead-lettered; the `streamcast-error-kind` header carries [`Self::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectKind {
+    InvalidJson,
+    MissingField,
+    InvalidField,
+    UnknownFeature,
+    MissingFeature,
+    NonFinite,
+    WindowLength,
+    Oversized,
+    InferenceError,
+}
+
+impl RejectKind {
+    pub const ALL: [RejectKind; 9] = [
+        RejectKind::InvalidJson,
+        RejectKind::MissingField,
+        RejectKind::InvalidField,
+        RejectKind::UnknownFeature,
+        RejectKind::MissingFeature,
+        RejectKind::NonFinite,
+        RejectKind::WindowLength,
+        RejectKind::Oversized,
+        RejectKind::InferenceError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::InvalidJson => "invalid_json",
+            RejectKind::MissingField => "missing_field",
+            RejectKind::InvalidField => "invalid_field",
+            RejectKind::UnknownFeature => "unknown_feature",
+            RejectKind::MissingFeature => "missing_feature",
+            RejectKind::NonFinite => "non_finite",
+            RejectKind::WindowLength => "window_length",
+            RejectKind::Oversized => "oversized",
+            RejectKind::InferenceError => "inference_error",
+        }
+    }
+}
+
+impl fmt::Display for RejectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected event: the kind (a small fixed set, used as a metric label) and a readable reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{kind}: {reason}")]
+pub struct DecodeError {
+    pub kind: RejectKind,
+    pub reason: String,
+}
+
+impl DecodeError {
+    fn new(kind: RejectKind, reason: impl Into<String>) -> Self {
+        DecodeError { kind, reason: reason.into() }
+    }
+}
+
+/// What decoding needs to know about the model: feature names and order, and the window length.
+#[derive(Debug, Clone)]
+pub struct FeatureSchema {
+    pub names: Vec<String>,
+    pub window: usize,
+    pub max_message_bytes: usize,
+    pub reject_unknown_features: bool,
+}
+
+impl FeatureSchema {
+    pub fn width(&self) -> usize {
+        self.names.len()
+    }
+}
+
+/// A validated input event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputEvent {
+    pub id: String,
+    pub series_id: String,
+    /// The RFC 3339 timestamp exactly as sent; it is echoed in the prediction.
+    pub timestamp: String,
+    /// What the event carries: one observation, or the whole window.
+    pub values: EventValues,
+    /// How many feature names in an object were not the bundle's (ignored unless configured).
+    pub extra_features: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventValues {
+    /// One observation (`features`), `F` raw values in the bundle's order.
+    Observation(Vec<f32>),
+    /// An explicit window (`window`), `T·F` raw values, oldest first, time-major.
+    Window(Vec<f32>),
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    series_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    features: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    window: Option<&'a RawValue>,
+}
+
+impl InputEvent {
+    /// Decodes and validates one `input_data` message value.
+    pub fn decode(bytes: &[u8], schema: &FeatureSchema) -> Result<InputEvent, DecodeError> {
+        if bytes.len() > schema.max_message_bytes {
+            return Err(DecodeError::new(
+                RejectKind::Oversized,
+                format!("message is {} bytes; the limit is {}", bytes.len(), schema.max_message_bytes),
+            ));
+        }
+        let raw: RawEvent<'_> = serde_json::from_slice(bytes).map_err(|e| {
+            let mut d = json_error(bytes, &e, "event");
+            // Every field of RawEvent accepts any JSON, so a data error means the value is no object.
+            if d.kind == RejectKind::InvalidField {
+                d = DecodeError::new(RejectKind::InvalidJson, format!("an event must be a JSON object: {e}"));
+            }
+            d
+        })?;
+        let id = required_string(raw.id, "id")?;
+        let series_id = required_string(raw.series_id, "series_id")?;
+        let timestamp = required_string(raw.timestamp, "timestamp")?;
+        if chrono::DateTime::parse_from_rfc3339(&timestamp).is_err() {
+            return Err(DecodeError::new(
+                RejectKind::InvalidField,
+                format!("`timestamp` {timestamp:?} is not an RFC 3339 date-time"),
+            ));
+        }
+        let width = schema.width();
+        let mut extra = 0u32;
+        let values = match (raw.window, raw.features) {
+            (Some(window), features) => {
+                let mut out = vec![0.0f32; schema.window * width];
+                decode_window(window, schema, &mut out, &mut extra)?;
+                // The current observation is optional next to a window, but must be valid if sent.
+                if let Some(features) = features {
+                    let mut obs = vec![0.0f32; width];
+                    decode_observation(features, schema, &mut obs, &mut extra, "features")?;
+                }
+                EventValues::Window(out)
+            }
+            (None, Some(features)) => {
+                let mut out = vec![0.0f32; width];
+                decode_observation(features, schema, &mut out, &mut extra, "features")?;
+                EventValues::Observation(out)
+            }
+            (None, None) => {
+                return Err(DecodeError::new(RejectKind::MissingField, "`features` (or `window`) is required"));
+            }
+        };
+        Ok(InputEvent { id: id.into_owned(), series_id: series_id.into_owned(), timestamp: timestamp.into_owned(), values, extra_features: extra })
+    }
+}
+
+fn required_string<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<Cow<'a, str>, DecodeError> {
+    let raw = raw.ok_or_else(|| DecodeError::new(RejectKind::MissingField, format!("`{field}` is required")))?;
+    let s: Cow<'a, str> = Deserialize::deserialize(raw)
+        .map_err(|_| DecodeError::new(RejectKind::InvalidField, format!("`{field}` must be a string")))?;
+    if s.is_empty() {
+        return Err(DecodeError::new(RejectKind::InvalidField, format!("`{field}` must not be empty")));
+    }
+    Ok(s)
+}
+
+/// Classifies a serde_json error. Non-finite numbers are reported as such, not as bad JSON:
+/// Python's `json.dumps` writes `NaN`, and `1e999` overflows f64.
+fn json_error(bytes: &[u8], e: &serde_json::Error, what: &str) -> DecodeError {
+    let msg = e.to_string();
+    if msg.contains("number out of range") || points_at_non_finite(bytes, e) {
+        return DecodeError::new(RejectKind::NonFinite, format!("{what} holds a non-finite number ({msg})"));
+    }
+    match e.classify() {
+        serde_json::error::Category::Data => DecodeError::new(RejectKind::InvalidField, format!("{what}: {msg}")),
+        _ => DecodeError::new(RejectKind::InvalidJson, format!("not valid JSON: {msg}")),
+    }
+}
+
+fn points_at_non_finite(bytes: &[u8], e: &serde_json::Error) -> bool {
+    if e.line() == 0 {
+        return false;
+    }
+    let line_start: usize = bytes
+        .split(|b| *b == b'\n')
+        .take(e.line() - 1)
+        .map(|l| l.len() + 1)
+        .sum();
+    // serde_json reports the column of the offending character (1-based) or just past it.
+    let at = line_start + e.column().saturating_sub(1);
+    [at.saturating_sub(1), at].into_iter().any(|p| {
+        let rest = bytes.get(p..).unwrap_or_default();
+        rest.starts_with(b"NaN") || rest.starts_with(b"Infinity") || rest.starts_with(b"-Infinity")
+    })
+}
+
+/// Decodes one observation (object or array) into `out` (`F` values, bundle order).
+fn decode_observation(
+    raw: &RawValue,
+    schema: &FeatureSchema,
+    out: &mut [f32],
+    extra: &mut u32,
+    what: &str,
+) -> Result<(), DecodeError> {
+    let kind = Cell::new(None);
+    let seed = ObservationSeed { schema, out, extra, kind: &kind };
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    seed.deserialize(&mut de).map_err(|e| classify_seed_error(raw, &e, &kind, what))
+}
+
+fn decode_window(raw: &RawValue, schema: &FeatureSchema, out: &mut [f32], extra: &mut u32) -> Result<(), DecodeError> {
+    let kind = Cell::new(None);
+    let seed = WindowSeed { schema, out, extra, kind: &kind };
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    seed.deserialize(&mut de).map_err(|e| classify_seed_error(raw, &e, &kind, "window"))
+}
+
+fn classify_seed_error(raw: &RawValue, e: &serde_json::Error, kind: &Cell<Option<RejectKind>>, what: &str) -> DecodeError {
+    match kind.get() {
+        Some(kind) => DecodeError::new(kind, format!("`{what}`: {e}")),
+        None => {
+            let mut d = json_error(raw.get().as_bytes(), e, &format!("`{what}`"));
+            if d.kind == RejectKind::InvalidJson {
+                d.kind = RejectKind::InvalidField;
+            }
+            d
+        }
+    }
+}
+
+/// Writes one observation into `out`, accepting an object (by name) or an array (by position).
+struct ObservationSeed<'s, 'o> {
+    schema: &'s FeatureSchema,
+    out: &'o mut [f32],
+    extra: &'o mut u32,
+    kind: &'s Cell<Option<RejectKind>>,
+}
+
+impl ObservationSeed<'_, '_> {
+    fn fail<E: serde::de::Error>(&self, kind: RejectKind, msg: impl fmt::Display) -> E {
+        self.kind.set(Some(kind));
+        E::custom(msg)
+    }
+
+    fn store<E: serde::de::Error>(&self, slot: &mut f32, value: f64, name: &str) -> Result<(), E> {
+        let v = value as f32;
+        if !v.is_finite() {
+            return Err(self.fail(RejectKind::NonFinite, format_args!("feature `{name}` is not a finite f32 ({value})")));
+        }
+        *slot = v;
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ObservationSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ObservationSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an object of feature values or an array of {} numbers", self.schema.width())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // A bitmask keeps the missing-feature check allocation-free for up to 128 features.
+        let width = self.schema.width();
+        let mut seen_small: u128 = 0;
+        let mut seen_big: Vec<bool> = if width > 128 { vec![false; width] } else { Vec::new() };
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match self.schema.names.iter().position(|n| *n == *key) {
+                Some(i) => {
+                    let value: f64 = map.next_value().map_err(|e: A::Error| {
+                        if e.to_string().contains("out of range") {
+                            self.fail(RejectKind::NonFinite, format_args!("feature `{key}`: {e}"))
+                        } else {
+                            self.fail(RejectKind::InvalidField, format_args!("feature `{key}` must be a number"))
+                        }
+                    })?;
+                    let mut slot = self.out[i];
+                    self.store(&mut slot, value, &key)?;
+                    self.out[i] = slot;
+                    if width > 128 {
+                        seen_big[i] = true;
+                    } else {
+                        seen_small |= 1 << i;
+                    }
+                }
+                None => {
+                    if self.schema.reject_unknown_features {
+                        return Err(self.fail(RejectKind::UnknownFeature, format_args!("unknown feature `{key}`")));
+                    }
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    *self.extra += 1;
+                }
+            }
+        }
+        let missing = if width > 128 {
+            seen_big.iter().position(|s| !s)
+        } else {
+            (0..width).find(|i| seen_small & (1 << i) == 0)
+        };
+        if let Some(i) = missing {
+            let name = &self.schema.names[i];
+            return Err(self.fail(RejectKind::MissingFeature, format_args!("feature `{name}` is missing")));
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let width = self.schema.width();
+        let mut i = 0;
+        loop {
+            let next: Option<f64> = seq.next_element().map_err(|e: A::Error| {
+                if e.to_string().contains("out of range") {
+                    self.fail(RejectKind::NonFinite, format_args!("value {i}: {e}"))
+                } else {
+                    self.fail(RejectKind::InvalidField, format_args!("value {i} must be a number"))
+                }
+            })?;
+            let Some(v) = next else { break };
+            if i >= width {
+                return Err(self.fail(
+                    RejectKind::UnknownFeature,
+                    format_args!("array has more than the {width} features the model expects"),
+                ));
+            }
+            let name = &self.schema.names[i];
+            let mut slot = 0.0;
+            self.store(&mut slot, v, name)?;
+            self.out[i] = slot;
+            i += 1;
+        }
+        if i < width {
+            return Err(self.fail(
+                RejectKind::MissingFeature,
+                format_args!("array has {i} values; the model expects {width} ({})", self.schema.names.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        Err(self.fail(RejectKind::InvalidField, "must be an object or an array, not a string"))
+    }
+}
+
+/// Writes a `window` (array of observations, oldest first) into `out` (`T·F` values).
+struct WindowSeed<'s, 'o> {
+    schema: &'s FeatureSchema,
+    out: &'o mut [f32],
+    extra: &'o mut u32,
+    kind: &'s Cell<Option<RejectKind>>,
+}
+
+impl<'de> DeserializeSeed<'de> for WindowSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for WindowSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an array of {} observations", self.schema.window)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let (t, w) = (self.schema.window, self.schema.width());
+        let mut step = 0;
+        loop {
+            if step == t {
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    self.kind.set(Some(RejectKind::WindowLength));
+                    return Err(A::Error::custom(format_args!("window has more than the model's {t} steps")));
+                }
+                break;
+            }
+            let seed = ObservationSeed {
+                schema: self.schema,
+                out: &mut self.out[step * w..(step + 1) * w],
+                extra: &mut *self.extra,
+                kind: self.kind,
+            };
+            if seq.next_element_seed(seed)?.is_none() {
+                self.kind.set(Some(RejectKind::WindowLength));
+                return Err(A::Error::custom(format_args!("window has {step} steps; the model needs {t}")));
+            }
+            step += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The model that scored a prediction.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+}
+
+/// Which routing path produced a prediction.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    Primary,
+    Candidate,
+    Shadow,
+}
+
+/// A `predictions` message. Borrowed so encoding allocates nothing but the output buffer.
+#[derive(Debug, Serialize)]
+pub struct PredictionOut<'a> {
+    pub id: &'a str,
+    pub series_id: &'a str,
+    pub timestamp: &'a str,
+    pub prediction: &'a [f32],
+    pub model: &'a ModelRef,
+    pub variant: Variant,
+    pub latency_ms: f64,
+    pub produced_at: &'a str,
+    /// True when the series had fewer than `window` observations and the window was left-padded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warmup: bool,
+}
+
+impl PredictionOut<'_> {
+    /// Encodes into `buf` (cleared first), reusing its capacity.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        serde_json::to_writer(&mut *buf, self).expect("writing JSON to a Vec cannot fail; all floats are finite");
+    }
+}
+
+/// A `predictions` message as read back by consumers (the monitor, tests, the demo).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Prediction {
+    pub id: String,
+    pub series_id: String,
+    pub timestamp: String,
+    pub prediction: Vec<f64>,
+    pub model: ModelRef,
+    pub variant: Variant,
+    pub latency_ms: f64,
+    pub produced_at: String,
+    #[serde(default)]
+    pub warmup: bool,
+}
+
+/// An `actuals` message; `actual` may be a bare number when the horizon is 1.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Actual {
+    pub id: String,
+    pub series_id: String,
+    pub timestamp: String,
+    #[serde(deserialize_with = "number_or_array")]
+    pub actual: Vec<f64>,
+}
+
+fn number_or_array<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrVec {
+        N(f64),
+        V(Vec<f64>),
+    }
+    Ok(match NumOrVec::deserialize(d)? {
+        NumOrVec::N(n) => vec![n],
+        NumOrVec::V(v) => v,
+    })
+}
+
+/// Formats a timestamp as RFC 3339 with milliseconds, UTC.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> FeatureSchema {
+        FeatureSchema {
+            names: vec!["load".into(), "temp".into()],
+            window: 2,
+            max_message_bytes: 1024,
+            reject_unknown_features: false,
+        }
+    }
+
+    fn decode(s: &str) -> Result<InputEvent, DecodeError> {
+        InputEvent::decode(s.as_bytes(), &schema())
+    }
+
+    fn kind(s: &str) -> RejectKind {
+        decode(s).unwrap_err().kind
+    }
+
+    const HEAD: &str = r#""id":"e1","series_id":"s","timestamp":"2026-11-26T19:00:00Z""#;
+
+    #[test]
+    fn both_feature_forms_decode_in_bundle_order() {
+        let a = decode(&format!(r#"{{{HEAD},"features":{{"temp":3.5,"load":12.5,"hum":1}}}}"#)).unwrap();
+        assert_eq!(a.values, EventValues::Observation(vec![12.5, 3.5]));
+        assert_eq!(a.extra_features, 1);
+        let b = decode(&format!(r#"{{{HEAD},"features":[12.5,3.5]}}"#)).unwrap();
+        assert_eq!(b.values, EventValues::Observation(vec![12.5, 3.5]));
+        assert_eq!((b.id.as_str(), b.series_id.as_str()), ("e1", "s"));
+    }
+
+    #[test]
+    fn window_in_mixed_forms_decodes_time_major() {
+        let e = decode(&format!(r#"{{{HEAD},"window":[[1,2],{{"load":3,"temp":4}}]}}"#)).unwrap();
+        assert_eq!(e.values, EventValues::Window(vec![1.0, 2.0, 3.0, 4.0]));
+    }
+
+    #[test]
+    fn every_malformed_case_gets_its_kind() {
+        assert_eq!(kind("{not json"), RejectKind::InvalidJson);
+        assert_eq!(kind(r#"{"series_id":"s","timestamp":"2026-11-26T19:00:00Z","features":[1,2]}"#), RejectKind::MissingField);
+        assert_eq!(kind(&format!(r#"{{{HEAD}}}"#)), RejectKind::MissingField);
+        assert_eq!(kind(r#"{"id":5,"series_id":"s","timestamp":"2026-11-26T19:00:00Z","features":[1,2]}"#), RejectKind::InvalidField);
+        assert_eq!(kind(r#"{"id":"e","series_id":"s","timestamp":"yesterday","features":[1,2]}"#), RejectKind::InvalidField);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":"1,2"}}"#)), RejectKind::InvalidField);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":{{"load":"x","temp":1}}}}"#)), RejectKind::InvalidField);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":{{"load":1}}}}"#)), RejectKind::MissingFeature);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":[1]}}"#)), RejectKind::MissingFeature);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":[1,2,3]}}"#)), RejectKind::UnknownFeature);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":{{"load":NaN,"temp":1}}}}"#)), RejectKind::NonFinite);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":[1e999,1]}}"#)), RejectKind::NonFinite);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":[1e300,1]}}"#)), RejectKind::NonFinite);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"window":[[1,2]]}}"#)), RejectKind::WindowLength);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"window":[[1,2],[1,2],[1,2]]}}"#)), RejectKind::WindowLength);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":[1,2],"pad":"{}"}}"#, "x".repeat(2000))), RejectKind::Oversized);
+    }
+
+    #[test]
+    fn unknown_features_can_be_rejected() {
+        let mut s = schema();
+        s.reject_unknown_features = true;
+        let e = InputEvent::decode(format!(r#"{{{HEAD},"features":{{"load":1,"temp":2,"x":3}}}}"#).as_bytes(), &s);
+        assert_eq!(e.unwrap_err().kind, RejectKind::UnknownFeature);
+    }
+
+    #[test]
+    fn prediction_encodes_contract_fields() {
+        let model = ModelRef { name: "m".into(), version: "3".into() };
+        let p = PredictionOut {
+            id: "e1",
+            series_id: "s",
+            timestamp: "t",
+            prediction: &[1.5],
+            model: &model,
+            variant: Variant::Primary,
+            latency_ms: 0.5,
+            produced_at: "p",
+            warmup: false,
+        };
+        let mut buf = Vec::new();
+        p.encode(&mut buf);
+        let back: Prediction = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(back.prediction, vec![1.5]);
+        assert_eq!(back.variant, Variant::Primary);
+        assert!(!String::from_utf8(buf).unwrap().contains("warmup"));
+    }
+
+    #[test]
+    fn actual_accepts_bare_number() {
+        let a: Actual = serde_json::from_str(r#"{"id":"e","series_id":"s","timestamp":"t","actual":13.0}"#).unwrap();
+        assert_eq!(a.actual, vec![13.0]);
+    }
+}

@@ -1,0 +1,264 @@
+//! A loaded, validated model: one ONNX Runtime session plus its bundle's scalers.
+//!
+//! `Session::run` takes `&mut self`, so a [`Model`] belongs to exactly one thread: the inference
+//! thread of a worker, a `streamcast predict` run, or a validation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ort::ep::{self, ExecutionProvider as _};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+
+use super::{runtime, InferenceError};
+use crate::bundle::{Bundle, BundleError, Layout};
+use crate::config::ExecutionProviderChoice;
+use crate::event::ModelRef;
+
+/// The execution provider a session actually runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Cpu,
+    Cuda,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+        }
+    }
+}
+
+/// How a session ended up on its provider; `fallback_reason` is set when CUDA was wanted but
+/// could not be used.
+#[derive(Debug, Clone)]
+pub struct ProviderReport {
+    pub provider: Provider,
+    pub fallback_reason: Option<String>,
+}
+
+/// Session options that are not part of the bundle.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    pub provider: ExecutionProviderChoice,
+    pub intra_threads: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { provider: ExecutionProviderChoice::Cpu, intra_threads: 1 }
+    }
+}
+
+/// A bundle with its ONNX Runtime session, ready to score windows.
+pub struct Model {
+    bundle: Arc<Bundle>,
+    model_ref: ModelRef,
+    session: Session,
+    provider: ProviderReport,
+    scratch: Vec<f32>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("model", &self.model_ref).field("provider", &self.provider).finish()
+    }
+}
+
+impl Model {
+    /// Creates the session, checks the model's signature against the bundle, and runs every golden
+    /// case. A bundle that fails any check is refused with a message naming the problem.
+    pub fn load(bundle: Bundle, options: SessionOptions) -> Result<Model, InferenceError> {
+        let (session, provider) = build_session(&bundle, options)?;
+        let model_ref = ModelRef { name: bundle.manifest.name.clone(), version: bundle.manifest.version.clone() };
+        let mut model = Model { bundle: Arc::new(bundle), model_ref, session, provider, scratch: Vec::new() };
+        model.check_signature()?;
+        model.check_golden()?;
+        Ok(model)
+    }
+
+    pub fn bundle(&self) -> &Arc<Bundle> {
+        &self.bundle
+    }
+
+    pub fn model_ref(&self) -> &ModelRef {
+        &self.model_ref
+    }
+
+    pub fn provider(&self) -> &ProviderReport {
+        &self.provider
+    }
+
+    pub fn horizon(&self) -> usize {
+        self.bundle.manifest.horizon
+    }
+
+    /// Scores `n` raw windows (`n · T · F` values, each window time-major) and writes `n · H`
+    /// de-normalized predictions to `out` (cleared first).
+    pub fn predict(&mut self, raw: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), InferenceError> {
+        let m = &self.bundle.manifest;
+        let (t, f, h) = (m.window, m.features.len(), m.horizon);
+        if raw.len() != n * t * f {
+            return Err(InferenceError::Shape(format!("{} input values for {n} windows of {t}x{f}", raw.len())));
+        }
+        out.clear();
+        if n == 0 {
+            return Ok(());
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(raw);
+        self.bundle.input_scaler.normalize(&mut self.scratch);
+        let tensor = match m.input.layout {
+            Layout::Flat => TensorRef::from_array_view(([n, t * f], &*self.scratch)),
+            Layout::Sequence => TensorRef::from_array_view(([n, t, f], &*self.scratch)),
+        }
+        .map_err(|e| InferenceError::Run(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![m.input.name.as_str() => tensor])
+            .map_err(|e| InferenceError::Run(e.to_string()))?;
+        let value = outputs
+            .get(&m.output.name)
+            .ok_or_else(|| InferenceError::Shape(format!("output `{}` missing from the run", m.output.name)))?;
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| InferenceError::Run(e.to_string()))?;
+        if data.len() != n * h || shape.first().copied() != Some(n as i64) {
+            return Err(InferenceError::Shape(format!("output shape {shape:?}; expected [{n}, {h}]")));
+        }
+        out.extend_from_slice(data);
+        if out.iter().any(|v| !v.is_finite()) {
+            return Err(InferenceError::NonFinite);
+        }
+        self.bundle.target_scaler.denormalize(out);
+        Ok(())
+    }
+
+    fn check_signature(&self) -> Result<(), InferenceError> {
+        let m = &self.bundle.manifest;
+        let invalid = |message: String| InferenceError::Bundle(BundleError::Invalid { dir: self.bundle.dir.clone(), message });
+        let names = |outlets: &[ort::value::Outlet]| outlets.iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ");
+        let input = self.session.inputs().iter().find(|o| o.name() == m.input.name).ok_or_else(|| {
+            invalid(format!("model has no input `{}` (its inputs: {})", m.input.name, names(self.session.inputs())))
+        })?;
+        let output = self.session.outputs().iter().find(|o| o.name() == m.output.name).ok_or_else(|| {
+            invalid(format!("model has no output `{}` (its outputs: {})", m.output.name, names(self.session.outputs())))
+        })?;
+        let (t, f, h) = (m.window as i64, m.features.len() as i64, m.horizon as i64);
+        let want_in: Vec<i64> = match m.input.layout {
+            Layout::Flat => vec![-1, t * f],
+            Layout::Sequence => vec![-1, t, f],
+        };
+        check_tensor("input", input.dtype(), &want_in).map_err(invalid)?;
+        check_tensor("output", output.dtype(), &[-1, h]).map_err(invalid)?;
+        Ok(())
+    }
+
+    fn check_golden(&mut self) -> Result<(), InferenceError> {
+        let cases = self.bundle.manifest.golden.clone();
+        let mut out = Vec::new();
+        for (case, g) in cases.iter().enumerate() {
+            let raw: Vec<f32> = g.window.iter().flatten().map(|v| *v as f32).collect();
+            self.predict(&raw, 1, &mut out)?;
+            for (step, (got, expected)) in out.iter().zip(&g.prediction).enumerate() {
+                let got = f64::from(*got);
+                if (got - expected).abs() > 1e-4 * expected.abs().max(1.0) {
+                    return Err(InferenceError::Bundle(BundleError::Golden {
+                        dir: self.bundle.dir.clone(),
+                        case,
+                        step,
+                        expected: *expected,
+                        got,
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one batch of `n` copies of the first golden window (or zeros), so the first real batch
+    /// does not pay for lazy initialization. Returns how long it took.
+    pub fn warm_up(&mut self, n: usize) -> Result<std::time::Duration, InferenceError> {
+        let m = &self.bundle.manifest;
+        let row: Vec<f32> = match m.golden.first() {
+            Some(g) => g.window.iter().flatten().map(|v| *v as f32).collect(),
+            None => vec![0.0; self.bundle.input_len()],
+        };
+        let raw: Vec<f32> = row.iter().copied().cycle().take(row.len() * n).collect();
+        let start = Instant::now();
+        let mut out = Vec::new();
+        self.predict(&raw, n, &mut out)?;
+        Ok(start.elapsed())
+    }
+}
+
+/// Checks a declared tensor: float32, the expected rank, and each fixed dimension (`-1` in
+/// `want` or in the model means dynamic).
+fn check_tensor(what: &str, ty: &ValueType, want: &[i64]) -> Result<(), String> {
+    let ValueType::Tensor { ty, shape, .. } = ty else {
+        return Err(format!("{what} is not a tensor"));
+    };
+    if *ty != TensorElementType::Float32 {
+        return Err(format!("{what} has element type {ty:?}; streamcast feeds float32"));
+    }
+    let dims: &[i64] = shape;
+    if dims.len() != want.len() {
+        return Err(format!("{what} has shape {dims:?}; the bundle implies {want:?} (-1 = any)"));
+    }
+    for (d, w) in dims.iter().zip(want) {
+        if *w >= 0 && *d >= 0 && d != w {
+            return Err(format!("{what} has shape {dims:?}; the bundle implies {want:?} (-1 = any)"));
+        }
+    }
+    Ok(())
+}
+
+fn build_session(bundle: &Bundle, options: SessionOptions) -> Result<(Session, ProviderReport), InferenceError> {
+    let env = runtime::environment()?;
+    let path = bundle.model_path();
+    let base = || -> Result<ort::session::builder::SessionBuilder, InferenceError> {
+        Session::builder(env)
+            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+            .and_then(|b| b.with_intra_threads(options.intra_threads).map_err(Into::into))
+            .map_err(|e| InferenceError::Runtime(e.to_string()))
+    };
+    let commit = |mut builder: ort::session::builder::SessionBuilder| {
+        builder.commit_from_file(&path).map_err(|e| {
+            InferenceError::Bundle(BundleError::Invalid {
+                dir: bundle.dir.clone(),
+                message: format!("ONNX Runtime refused model.onnx: {e}"),
+            })
+        })
+    };
+    let cpu = |fallback_reason: Option<String>| -> Result<(Session, ProviderReport), InferenceError> {
+        Ok((commit(base()?)?, ProviderReport { provider: Provider::Cpu, fallback_reason }))
+    };
+    match options.provider {
+        ExecutionProviderChoice::Cpu => cpu(None),
+        choice => match try_cuda(base()?) {
+            Ok(builder) => Ok((commit(builder)?, ProviderReport { provider: Provider::Cuda, fallback_reason: None })),
+            Err(reason) if choice == ExecutionProviderChoice::Auto => {
+                tracing::warn!(%reason, model = %bundle.dir.display(), "CUDA execution provider unavailable; FALLING BACK TO CPU.");
+                cpu(Some(reason))
+            }
+            Err(reason) => Err(InferenceError::Cuda(reason)),
+        },
+    }
+}
+
+fn try_cuda(builder: ort::session::builder::SessionBuilder) -> Result<ort::session::builder::SessionBuilder, String> {
+    match ep::CUDA::is_available() {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err("this ONNX Runtime build has no CUDA execution provider (the CPU `onnxruntime` wheel is \
+                        installed; `make ort-gpu` installs `onnxruntime-gpu`)"
+                .into())
+        }
+        Err(e) => return Err(format!("cannot list ONNX Runtime execution providers: {e}")),
+    }
+    builder
+        .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
+        .map_err(|e| format!("registering the CUDA execution provider failed: {e}"))
+}

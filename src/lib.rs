@@ -1,0 +1,34 @@
+//! streamcast: serve time-series ONNX models on Kafka.
+//!
+//! Follow one event: [`pipeline`] consumes and [`event`] decodes it, [`window`] completes it,
+//! [`inference`] batches, normalizes ([`normalize`]) and scores it, and [`pipeline`] publishes the
+//! prediction and stores the offset once the broker acknowledged it.
+//!
+//! # Layout
+//! - [`config`]: typed TOML config with environment overrides; errors name the key.
+//! - [`shutdown`]: the shutdown signal shared by all threads and tasks.
+//! - [`event`]: InputEvent / Prediction / Actual types mirroring `schemas/`; decode errors.
+//! - [`bundle`]: model bundles: load, validate, resolve `latest`, stay inside the root.
+//! - [`normalize`]: scalers; pure, in-place transforms.
+//! - [`window`]: bounded per-series window state.
+//! - [`inference`]: ONNX Runtime loading, model sessions, execution providers, micro-batching.
+//! - [`pipeline`]: consumer loop, offset tracking, producer and dead-letter queue.
+//! - [`serve`]: `streamcast run`: wires the model, pipeline, HTTP server and signals.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/models`.
+//! - [`telemetry`]: logging and Prometheus metrics.
+//! - [`topics`]: topic creation.
+//! - [`demo`]: `streamcast demo`, the embedded default on an in-process broker.
+
+pub mod bundle;
+pub mod config;
+pub mod demo;
+pub mod event;
+pub mod http;
+pub mod inference;
+pub mod normalize;
+pub mod pipeline;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topics;
+pub mod window;

@@ -1,0 +1,264 @@
+//! The `streamcast` command line. The only place `anyhow` lives: every library error is typed,
+//! and here each one is turned into a message and an exit code (0 ok, 2 usage or config, 1 runtime).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use streamcast::bundle::{self, Bundle};
+use streamcast::config::{Config, ConfigError, ExecutionProviderChoice};
+use streamcast::demo::{self, DemoOptions};
+use streamcast::inference::{Model, SessionOptions};
+use streamcast::serve::{self, RunError};
+use streamcast::telemetry;
+
+#[derive(Parser)]
+#[command(name = "streamcast", version, about = "Serve time-series ONNX models on Kafka.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker: the inference consumer group and the HTTP server.
+    Run(RunArgs),
+    /// The embedded default: an in-process broker, a shipped model and the replayed CO2 series.
+    Demo(DemoArgs),
+    /// Work with model bundles.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Manage the contract's topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Config file (TOML). Environment overrides: STREAMCAST_<SECTION>__<KEY>, STREAMCAST_BOOTSTRAP_SERVERS.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print the effective config (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Create missing topics before starting, with this many partitions.
+    #[arg(long, value_name = "PARTITIONS")]
+    create_topics: Option<i32>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Stop after this many seconds at most.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Number of series replayed (each a different stretch of the CO2 record).
+    #[arg(long, default_value_t = 8)]
+    series: usize,
+    /// Observations per series.
+    #[arg(long, default_value_t = 500)]
+    events_per_series: usize,
+    /// Model root.
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Bundle name.
+    #[arg(long, default_value = "co2-mlp")]
+    model: String,
+    /// `auto`, `cpu` or `cuda`.
+    #[arg(long, default_value = "auto")]
+    execution_provider: String,
+    /// The CSV replayed (timestamp plus the bundle's features).
+    #[arg(long, default_value = "data/co2_weekly.csv")]
+    data: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List bundles and their versions under a model root.
+    List {
+        #[arg(long, default_value = "models")]
+        root: PathBuf,
+    },
+    /// Show a bundle's manifest summary.
+    Inspect(ModelRefArgs),
+    /// Fully validate a bundle: manifest, ONNX signature and golden cases.
+    Validate(ModelRefArgs),
+}
+
+#[derive(Args)]
+struct ModelRefArgs {
+    /// Bundle name, or a path to a bundle directory.
+    name: String,
+    /// Version (`latest` resolves to the highest).
+    #[arg(default_value = "latest")]
+    version: String,
+    #[arg(long, default_value = "models")]
+    root: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create every topic of the contract (existing ones are left alone).
+    Create {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+    },
+}
+
+/// An error that maps to exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if is_usage_error(&error) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn is_usage_error(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.is::<ConfigError>()
+            || e.is::<UsageError>()
+            || e.is::<bundle::BundleError>()
+            || e.downcast_ref::<RunError>().is_some_and(RunError::is_setup_error)
+            || e.downcast_ref::<streamcast::inference::InferenceError>().is_some_and(|e| {
+                matches!(e, streamcast::inference::InferenceError::Bundle(_) | streamcast::inference::InferenceError::Cuda(_))
+            })
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = Config::load(args.config.as_deref(), std::env::vars())?;
+            if args.print_config {
+                print!("{}", config.to_redacted_toml());
+                return Ok(());
+            }
+            telemetry::init_logging(&config.telemetry);
+            let rt = runtime()?;
+            rt.block_on(async {
+                if let Some(partitions) = args.create_topics {
+                    let client = streamcast::pipeline::client_config(&config);
+                    let created =
+                        streamcast::topics::create_topics(&client, &config.topics.all(), partitions, 1).await?;
+                    tracing::info!(?created, "Topics created.");
+                }
+                serve::run(&config).await?;
+                anyhow::Ok(())
+            })
+        }
+        Command::Demo(args) => {
+            let provider = parse_provider(&args.execution_provider)?;
+            let options = DemoOptions {
+                duration: std::time::Duration::from_secs(args.duration),
+                series: args.series,
+                events_per_series: args.events_per_series,
+                models: args.models,
+                model: args.model,
+                execution_provider: provider,
+                data: args.data,
+            };
+            let rt = runtime()?;
+            let summary = rt.block_on(demo::run(options))?;
+            println!("{summary}");
+            Ok(())
+        }
+        Command::Models(cmd) => models(cmd),
+        Command::Topics(TopicsCommand::Create { config, partitions, replication_factor }) => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            let client = streamcast::pipeline::client_config(&config);
+            let rt = runtime()?;
+            let created = rt.block_on(streamcast::topics::create_topics(
+                &client,
+                &config.topics.all(),
+                partitions,
+                replication_factor,
+            ))?;
+            if created.is_empty() {
+                println!("All topics already exist.");
+            } else {
+                println!("Created: {}", created.join(", "));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_provider(s: &str) -> anyhow::Result<ExecutionProviderChoice> {
+    match s {
+        "auto" => Ok(ExecutionProviderChoice::Auto),
+        "cpu" => Ok(ExecutionProviderChoice::Cpu),
+        "cuda" => Ok(ExecutionProviderChoice::Cuda),
+        other => Err(UsageError(format!("--execution-provider must be auto, cpu or cuda, not `{other}`")).into()),
+    }
+}
+
+fn bundle_dir(args: &ModelRefArgs) -> anyhow::Result<PathBuf> {
+    let as_path = PathBuf::from(&args.name);
+    if as_path.join("bundle.json").is_file() {
+        return Ok(as_path);
+    }
+    Ok(bundle::resolve(&args.root, &args.name, &args.version)?)
+}
+
+fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelsCommand::List { root } => {
+            for name in bundle::list_models(&root)? {
+                let versions = bundle::list_versions(&root, &name)?;
+                let latest = versions.last().cloned().unwrap_or_default();
+                println!("{name}: versions {} (latest {latest})", versions.join(", "));
+            }
+            Ok(())
+        }
+        ModelsCommand::Inspect(args) => {
+            let dir = bundle_dir(&args)?;
+            let b = Bundle::load(&dir)?;
+            let m = &b.manifest;
+            println!("bundle:     {}", dir.display());
+            println!("model:      {} version {}", m.name, m.version);
+            println!("features:   {}", m.features.join(", "));
+            println!("window:     {} steps, layout {:?}, input `{}`", m.window, m.input.layout, m.input.name);
+            println!("horizon:    {} (output `{}`, target `{}`)", m.horizon, m.output.name, m.target.name);
+            if let Some(v) = &m.validation {
+                println!("validation: rmse {:.4}, mae {:.4}", v.rmse, v.mae);
+            }
+            println!("reference:  {} features, {} predictions", m.reference.features.len(), m.reference.predictions.len());
+            println!("golden:     {} cases", m.golden.len());
+            Ok(())
+        }
+        ModelsCommand::Validate(args) => {
+            let dir = bundle_dir(&args)?;
+            let b = Bundle::load(&dir)?;
+            let golden = b.manifest.golden.len();
+            let model = Model::load(b, SessionOptions::default())?;
+            println!(
+                "ok: {} version {} ({} golden cases match within 1e-4)",
+                model.model_ref().name,
+                model.model_ref().version,
+                golden
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The consumer thread: polls `input_data`, validates and windows each event, hands it to the
+//! inference thread (or the dead-letter topic), and stores offsets as deliveries are acknowledged.
+//!
+//! It owns the offset tracker and the per-series windows. They sit behind a mutex only because
+//! librdkafka's rebalance callback runs inside `poll` and must drain revoked partitions before
+//! they are released; the lock is never contended, since callbacks run on this same thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::ClientContext;
+
+use super::publish::{Completion, Publisher, Token, TRACEPARENT};
+use super::{PipelineError, StreamOrigin};
+use crate::event::{EventValues, FeatureSchema, InputEvent};
+use crate::inference::Job;
+use crate::telemetry::Metrics;
+use crate::window::WindowStore;
+
+/// State the consumer loop and the rebalance callback share.
+pub struct LoopState {
+    tracker: super::offsets::OffsetTracker,
+    windows: WindowStore,
+    completions: Receiver<Completion>,
+    fatal: Option<String>,
+}
+
+impl LoopState {
+    pub fn new(windows: WindowStore, completions: Receiver<Completion>) -> LoopState {
+        LoopState { tracker: Default::default(), windows, completions, fatal: None }
+    }
+}
+
+/// librdkafka consumer context: drains and commits on revoke.
+pub struct WorkerContext {
+    state: Mutex<LoopState>,
+    input_topic: String,
+    drain_timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// Set once the group has handed this member an assignment (possibly empty).
+    pub assigned: Arc<AtomicBool>,
+}
+
+impl WorkerContext {
+    pub fn new(state: LoopState, input_topic: &str, drain_timeout: Duration, metrics: Arc<Metrics>, assigned: Arc<AtomicBool>) -> Self {
+        WorkerContext { state: Mutex::new(state), input_topic: input_topic.into(), drain_timeout, metrics, assigned }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LoopState> {
+        // A panic while holding the lock already ends the worker; the state is still consistent
+        // enough to read for shutdown.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies one delivery report: counts it and stores the offset if the done prefix advanced.
+    fn apply(&self, st: &mut LoopState, c: Completion, consumer: &BaseConsumer<WorkerContext>) {
+        match c.result {
+            Ok(()) => {
+                self.metrics.events_acknowledged.inc();
+                if let Some(offset) = st.tracker.complete(c.token.partition, c.token.offset) {
+                    // `store_offset` stores `offset + 1`, the next offset to read.
+                    if let Err(error) = consumer.store_offset(&self.input_topic, c.token.partition, offset) {
+                        tracing::warn!(%error, partition = c.token.partition, offset, "Failed to store offset.");
+                    }
+                }
+            }
+            Err(error) => {
+                // librdkafka already retried within `message.timeout.ms`. Committing past this
+                // record would lose it, so the worker stops; the offset stays uncommitted and the
+                // event is re-delivered after restart.
+                self.metrics.delivery_failures.inc();
+                tracing::error!(%error, partition = c.token.partition, offset = c.token.offset, "Delivery failed; stopping.");
+                st.fatal.get_or_insert_with(|| format!("delivery of the record for partition {} offset {} failed: {error}", c.token.partition, c.token.offset));
+            }
+        }
+        self.metrics.in_flight.set(st.tracker.in_flight() as i64);
+    }
+
+    /// Applies every report that has already arrived.
+    fn drain_ready(&self, st: &mut LoopState, consumer: &BaseConsumer<WorkerContext>) {
+        while let Ok(c) = st.completions.try_recv() {
+            self.apply(st, c, consumer);
+        }
+    }
+
+    /// Waits up to `timeout` for the next report and applies it (plus any others already there).
+    fn wait_one(&self, st: &mut LoopState, timeout: Duration, consumer: &BaseConsumer<WorkerContext>) -> bool {
+        match st.completions.recv_timeout(timeout) {
+            Ok(c) => {
+                self.apply(st, c, consumer);
+                self.drain_ready(st, consumer);
+                true
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
+        }
+    }
+
+    /// Waits until no event of `partitions` (all, when `None`) is in flight, or the timeout.
+    /// Returns how many are still in flight.
+    fn drain(&self, st: &mut LoopState, partitions: Option<&[i32]>, consumer: &BaseConsumer<WorkerContext>) -> usize {
+        let deadline = Instant::now() + self.drain_timeout;
+        let left = |st: &LoopState| match partitions {
+            Some(p) => st.tracker.in_flight_for(p),
+            None => st.tracker.in_flight(),
+        };
+        self.drain_ready(st, consumer);
+        while left(st) > 0 && st.fatal.is_none() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            self.wait_one(st, remaining.min(Duration::from_millis(100)), consumer);
+        }
+        left(st)
+    }
+}
+
+impl ClientContext for WorkerContext {}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else { return };
+        let partitions: Vec<i32> =
+            tpl.elements().iter().filter(|e| e.topic() == self.input_topic).map(|e| e.partition()).collect();
+        if partitions.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        let left = self.drain(&mut st, Some(&partitions), consumer);
+        if left > 0 {
+            tracing::warn!(in_flight = left, ?partitions, "Revoke timed out; uncommitted events will be re-delivered to the next owner.");
+        }
+        for p in &partitions {
+            st.tracker.forget(*p);
+        }
+        let dropped = st.windows.drop_partitions(&partitions);
+        self.metrics.series_windows.set(st.windows.len() as i64);
+        self.metrics.in_flight.set(st.tracker.in_flight() as i64);
+        drop(st);
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::warn!(%error, "Commit on revoke failed."),
+        }
+        tracing::info!(?partitions, series_dropped = dropped, "Partitions revoked.");
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                self.assigned.store(true, Ordering::SeqCst);
+                tracing::info!(?partitions, "Partitions assigned.");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => tracing::warn!(%error, "Rebalance error."),
+        }
+    }
+}
+
+/// What the consumer thread needs besides the consumer itself.
+pub struct ConsumerLoop {
+    pub jobs: SyncSender<Job<StreamOrigin>>,
+    pub publisher: Publisher,
+    pub schema: FeatureSchema,
+    pub max_in_flight: usize,
+    pub shutdown: crate::shutdown::Shutdown,
+    pub metrics: Arc<Metrics>,
+}
+
+impl ConsumerLoop {
+    /// Runs until shutdown or a fatal error, then drains, commits and leaves the group.
+    pub fn run(self, consumer: BaseConsumer<WorkerContext>) -> Result<(), PipelineError> {
+        let ConsumerLoop { jobs, publisher, schema, max_in_flight, shutdown, metrics } = self;
+        let ctx = consumer.context();
+        let mut input = Vec::new();
+        let mut last_poll_error: Option<Instant> = None;
+        while !shutdown.is_triggered() {
+            {
+                let mut st = ctx.lock();
+                ctx.drain_ready(&mut st, &consumer);
+                if st.fatal.is_some() {
+                    break;
+                }
+                if st.tracker.in_flight() >= max_in_flight {
+                    // At the cap: wait for acknowledgements instead of fetching more.
+                    ctx.wait_one(&mut st, Duration::from_millis(50), &consumer);
+                    continue;
+                }
+            }
+            let message = match consumer.poll(Duration::from_millis(50)) {
+                None => continue,
+                Some(Ok(m)) => m,
+                Some(Err(error)) => {
+                    // Poll errors are broker-side conditions librdkafka retries itself; log them at
+                    // most once a second so a broker outage does not flood the log.
+                    if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                        tracing::warn!(%error, "Consumer error.");
+                        last_poll_error = Some(Instant::now());
+                    }
+                    continue;
+                }
+            };
+            metrics.events_consumed.inc();
+            let mut st = ctx.lock();
+            handle(&message, &mut st, &jobs, &publisher, &schema, &metrics, &mut input);
+            metrics.in_flight.set(st.tracker.in_flight() as i64);
+        }
+
+        // Stop feeding the inference thread; it finishes what is queued and exits.
+        drop(jobs);
+        let mut st = ctx.lock();
+        let left = ctx.drain(&mut st, None, &consumer);
+        let fatal = st.fatal.take();
+        drop(st);
+        if left > 0 {
+            tracing::warn!(in_flight = left, "Shutdown timed out; uncommitted events will be re-delivered.");
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::warn!(%error, "Final commit failed."),
+        }
+        // Dropping the consumer closes it, which leaves the group.
+        drop(consumer);
+        match fatal {
+            Some(reason) => Err(PipelineError::Delivery(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Validates one message and routes it: to the inference thread, or to the dead-letter topic.
+fn handle(
+    message: &BorrowedMessage<'_>,
+    st: &mut LoopState,
+    jobs: &SyncSender<Job<StreamOrigin>>,
+    publisher: &Publisher,
+    schema: &FeatureSchema,
+    metrics: &Metrics,
+    input: &mut Vec<f32>,
+) {
+    let received = Instant::now();
+    let token = Token { partition: message.partition(), offset: message.offset() };
+    st.tracker.begin(token.partition, token.offset);
+    let payload = message.payload().unwrap_or_default();
+    let event = match InputEvent::decode(payload, schema) {
+        Ok(e) => e,
+        Err(e) => {
+            publisher.dead_letter(token, message.key(), payload, e.kind, &e.reason);
+            return;
+        }
+    };
+    if event.extra_features > 0 {
+        metrics.extra_features.inc_by(u64::from(event.extra_features));
+    }
+    let (values, warmup) = match event.values {
+        EventValues::Window(w) => (w, false),
+        EventValues::Observation(obs) if schema.window == 1 => (obs, false),
+        EventValues::Observation(obs) => {
+            let filled = st.windows.push(token.partition, &event.series_id, &obs, input);
+            if filled.evicted {
+                metrics.series_evicted.inc();
+            }
+            metrics.series_windows.set(st.windows.len() as i64);
+            (input.clone(), filled.padded)
+        }
+    };
+    let traceparent = message
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT))
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_string);
+    let origin = StreamOrigin {
+        token,
+        id: event.id,
+        series_id: event.series_id,
+        timestamp: event.timestamp,
+        warmup,
+        received,
+        traceparent,
+        payload: payload.to_vec(),
+    };
+    // The channel holds `max_in_flight` jobs and the loop stops fetching at that many events in
+    // flight, so this send does not block. It fails only if the inference thread died, which
+    // the worker notices when joining it; the event then stays uncommitted.
+    if jobs.send(Job { input: values, origin }).is_err() {
+        st.fatal.get_or_insert_with(|| "the inference thread stopped".into());
+    }
+}

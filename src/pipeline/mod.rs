@@ -1,0 +1,200 @@
+//! The streaming worker: consumer thread → inference thread → producer, with offsets stored
+//! only after the broker acknowledged each event's prediction or dead-letter record.
+//!
+//! - [`consumer`]: the poll loop, validation, windows, rebalance draining.
+//! - [`offsets`]: in-order offset tracking per partition.
+//! - [`publish`]: predictions, dead letters, delivery reports.
+//!
+//! Every queue on the data path is bounded by `consumer.max_in_flight`.
+
+pub mod consumer;
+pub mod offsets;
+pub mod publish;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer as _;
+
+use crate::config::Config;
+use crate::event::FeatureSchema;
+use crate::inference::{Batcher, BatchingOptions, Model};
+use crate::shutdown::Shutdown;
+use crate::telemetry::Metrics;
+use crate::window::WindowStore;
+use consumer::{ConsumerLoop, LoopState, WorkerContext};
+use publish::{DeliveryContext, KafkaSink, Producer, Publisher, Token};
+
+/// Errors of the streaming pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("Kafka client setup failed: {0}")]
+    Client(#[source] KafkaError),
+    #[error("cannot reach the Kafka cluster at {servers}: {error}")]
+    Unreachable { servers: String, error: KafkaError },
+    #[error("topics missing on the cluster: {}; create them with `streamcast topics create --config FILE` or start with `--create-topics`", .0.join(", "))]
+    MissingTopics(Vec<String>),
+    #[error("{0}")]
+    Delivery(String),
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
+}
+
+/// Where a streamed event came from, and what its prediction must echo.
+#[derive(Debug)]
+pub struct StreamOrigin {
+    pub token: Token,
+    pub id: String,
+    pub series_id: String,
+    pub timestamp: String,
+    pub warmup: bool,
+    pub received: Instant,
+    pub traceparent: Option<String>,
+    /// The original message value, kept so an inference failure can be dead-lettered unchanged.
+    pub payload: Vec<u8>,
+}
+
+/// Builds a librdkafka client config: streamcast's defaults, then the user's `[kafka]` table.
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in config.kafka_properties() {
+        c.set(k, v);
+    }
+    c
+}
+
+fn consumer_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("auto.offset.reset", &config.consumer.auto_offset_reset);
+    for (k, v) in config.kafka_properties() {
+        c.set(k, v);
+    }
+    // Not overridable (config validation refuses them): at-least-once depends on them.
+    c.set("group.id", &config.consumer.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    c
+}
+
+fn producer_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("linger.ms", "5").set("acks", "all");
+    for (k, v) in config.kafka_properties() {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Which required topics do not exist on the cluster.
+pub fn missing_topics<C: rdkafka::consumer::ConsumerContext, T: Consumer<C>>(
+    consumer: &T,
+    wanted: &[&str],
+    servers: &str,
+) -> Result<Vec<String>, PipelineError> {
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|error| PipelineError::Unreachable { servers: servers.to_string(), error })?;
+    Ok(wanted
+        .iter()
+        .filter(|t| !metadata.topics().iter().any(|m| m.name() == **t && m.error().is_none() && !m.partitions().is_empty()))
+        .map(|t| t.to_string())
+        .collect())
+}
+
+/// A running worker: its two threads and the producer they share.
+pub struct Worker {
+    consumer_thread: JoinHandle<Result<(), PipelineError>>,
+    inference_thread: JoinHandle<()>,
+    producer: Arc<Producer>,
+    flush_timeout: Duration,
+    /// Set once the group assigned partitions to this member.
+    pub assigned: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Connects, checks the topics, and starts the consumer and inference threads.
+    pub fn start(config: &Config, model: Model, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<Worker, PipelineError> {
+        let servers = config.kafka.get("bootstrap.servers").map(|v| v.to_string()).unwrap_or_default();
+        let manifest = &model.bundle().manifest;
+        let schema = FeatureSchema {
+            names: manifest.features.clone(),
+            window: manifest.window,
+            max_message_bytes: config.validation.max_message_bytes,
+            reject_unknown_features: config.validation.reject_unknown_features,
+        };
+        let windows = WindowStore::new(manifest.window, manifest.features.len(), config.windows.max_series);
+        let max_in_flight = config.consumer.max_in_flight;
+
+        // Each in-flight event yields one record and so one report: this capacity never fills.
+        let (completions_tx, completions_rx) = sync_channel(max_in_flight + 1);
+        let producer: Arc<Producer> = Arc::new(
+            producer_config(config)
+                .create_with_context(DeliveryContext::new(completions_tx.clone()))
+                .map_err(PipelineError::Client)?,
+        );
+        let assigned = Arc::new(AtomicBool::new(false));
+        let context = WorkerContext::new(
+            LoopState::new(windows, completions_rx),
+            &config.topics.input,
+            config.processing.shutdown_timeout,
+            metrics.clone(),
+            assigned.clone(),
+        );
+        let consumer: BaseConsumer<WorkerContext> =
+            consumer_config(config).create_with_context(context).map_err(PipelineError::Client)?;
+        let missing = missing_topics(&consumer, &config.topics.worker_topics(), &servers)?;
+        if !missing.is_empty() {
+            return Err(PipelineError::MissingTopics(missing));
+        }
+        consumer.subscribe(&[&config.topics.input]).map_err(PipelineError::Client)?;
+
+        let publisher = Publisher::new(
+            producer.clone(),
+            completions_tx,
+            &config.topics.input,
+            &config.topics.predictions,
+            &config.topics.dlq,
+            metrics.clone(),
+        );
+        let (jobs_tx, jobs_rx) = sync_channel(max_in_flight);
+        let batching = BatchingOptions {
+            max_batch_size: config.batching.max_batch_size,
+            max_wait: Duration::from_millis(config.batching.max_wait_ms),
+        };
+        let mut sink = KafkaSink::new(publisher.clone(), metrics.clone());
+        let batcher = Batcher::new(model, batching);
+        let inference_thread = std::thread::Builder::new()
+            .name("streamcast-inference".into())
+            .spawn(move || batcher.run(jobs_rx, &mut sink))
+            .expect("spawning a thread only fails when the OS is out of resources");
+        let consumer_loop = ConsumerLoop { jobs: jobs_tx, publisher, schema, max_in_flight, shutdown, metrics };
+        let consumer_thread = std::thread::Builder::new()
+            .name("streamcast-consumer".into())
+            .spawn(move || consumer_loop.run(consumer))
+            .expect("spawning a thread only fails when the OS is out of resources");
+        Ok(Worker { consumer_thread, inference_thread, producer, flush_timeout: config.processing.shutdown_timeout, assigned })
+    }
+
+    /// True while both threads are running.
+    pub fn is_running(&self) -> bool {
+        !self.consumer_thread.is_finished() && !self.inference_thread.is_finished()
+    }
+
+    /// Waits for the threads to finish (after shutdown was triggered, or a fatal error) and
+    /// flushes the producer.
+    pub fn join(self) -> Result<(), PipelineError> {
+        let consumer = self.consumer_thread.join().map_err(|_| PipelineError::Panicked("consumer"))?;
+        let inference = self.inference_thread.join().map_err(|_| PipelineError::Panicked("inference"));
+        if let Err(error) = self.producer.flush(self.flush_timeout) {
+            tracing::warn!(%error, "Producer flush at shutdown failed.");
+        }
+        consumer.and(inference)
+    }
+}

@@ -1,0 +1,209 @@
+//! Producing predictions and dead-letter records, and routing their delivery reports back to the
+//! consumer thread, which stores offsets only for acknowledged records.
+//!
+//! Sends never wait for the broker: every record carries its input offset as delivery opaque, and
+//! librdkafka's delivery callback turns it into a [`Completion`].
+
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use super::StreamOrigin;
+use crate::event::{now_rfc3339, PredictionOut, RejectKind, Variant};
+use crate::inference::{BatchOutcome, JobSink};
+use crate::telemetry::Metrics;
+
+/// The input offset a produced record stands for.
+#[derive(Debug, Clone, Copy)]
+pub struct Token {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A delivery report for the record standing for one input offset.
+#[derive(Debug)]
+pub struct Completion {
+    pub token: Token,
+    pub result: Result<(), KafkaError>,
+}
+
+/// librdkafka context that forwards delivery reports to the consumer thread.
+pub struct DeliveryContext {
+    completions: SyncSender<Completion>,
+}
+
+impl DeliveryContext {
+    pub fn new(completions: SyncSender<Completion>) -> Self {
+        DeliveryContext { completions }
+    }
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Token>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, token: Box<Token>) {
+        let result = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        // The channel holds at least `max_in_flight` reports, so this never blocks; after shutdown
+        // the receiver is gone and the report no longer matters.
+        let _ = self.completions.send(Completion { token: *token, result });
+    }
+}
+
+pub type Producer = ThreadedProducer<DeliveryContext>;
+
+/// Header names of dead-letter records (contract).
+pub mod dlq_headers {
+    pub const KIND: &str = "streamcast-error-kind";
+    pub const ERROR: &str = "streamcast-error";
+    pub const SOURCE_TOPIC: &str = "streamcast-source-topic";
+    pub const SOURCE_PARTITION: &str = "streamcast-source-partition";
+    pub const SOURCE_OFFSET: &str = "streamcast-source-offset";
+}
+
+/// W3C trace-context header carried from input to prediction.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Sends records for input offsets; shared by the consumer thread (dead letters) and the
+/// inference thread (predictions).
+#[derive(Clone)]
+pub struct Publisher {
+    producer: Arc<Producer>,
+    completions: SyncSender<Completion>,
+    source_topic: Arc<str>,
+    predictions_topic: Arc<str>,
+    dlq_topic: Arc<str>,
+    metrics: Arc<Metrics>,
+}
+
+impl Publisher {
+    pub fn new(
+        producer: Arc<Producer>,
+        completions: SyncSender<Completion>,
+        source_topic: &str,
+        predictions_topic: &str,
+        dlq_topic: &str,
+        metrics: Arc<Metrics>,
+    ) -> Publisher {
+        Publisher {
+            producer,
+            completions,
+            source_topic: source_topic.into(),
+            predictions_topic: predictions_topic.into(),
+            dlq_topic: dlq_topic.into(),
+            metrics,
+        }
+    }
+
+    /// Sends the dead-letter record for an input event: the original key and bytes, unchanged,
+    /// with the reason and the source position in headers.
+    pub fn dead_letter(&self, token: Token, key: Option<&[u8]>, payload: &[u8], kind: RejectKind, reason: &str) {
+        self.metrics.rejected.with_label_values(&[kind.as_str()]).inc();
+        let partition = token.partition.to_string();
+        let offset = token.offset.to_string();
+        let headers = OwnedHeaders::new_with_capacity(5)
+            .insert(Header { key: dlq_headers::KIND, value: Some(kind.as_str()) })
+            .insert(Header { key: dlq_headers::ERROR, value: Some(reason) })
+            .insert(Header { key: dlq_headers::SOURCE_TOPIC, value: Some(&*self.source_topic) })
+            .insert(Header { key: dlq_headers::SOURCE_PARTITION, value: Some(&partition) })
+            .insert(Header { key: dlq_headers::SOURCE_OFFSET, value: Some(&offset) });
+        let mut record: BaseRecord<'_, [u8], [u8], Box<Token>> =
+            BaseRecord::with_opaque_to(&self.dlq_topic, Box::new(token)).payload(payload).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        self.send(record);
+    }
+
+    fn prediction(&self, token: Token, key: &str, payload: &[u8], traceparent: Option<&str>) {
+        let mut record: BaseRecord<'_, [u8], [u8], Box<Token>> =
+            BaseRecord::with_opaque_to(&self.predictions_topic, Box::new(token)).key(key.as_bytes()).payload(payload);
+        if let Some(tp) = traceparent {
+            record = record.headers(OwnedHeaders::new_with_capacity(1).insert(Header { key: TRACEPARENT, value: Some(tp) }));
+        }
+        self.send(record);
+    }
+
+    /// Enqueues a record, waiting while librdkafka's queue is full (backpressure). A record the
+    /// producer refuses outright is reported as a failed delivery.
+    fn send(&self, mut record: BaseRecord<'_, [u8], [u8], Box<Token>>) {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((error, back)) => {
+                    let token = *back.delivery_opaque;
+                    let _ = self.completions.send(Completion { token, result: Err(error) });
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Publishes each scored batch: predictions on success, dead letters when inference failed.
+pub struct KafkaSink {
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+    buf: Vec<u8>,
+}
+
+impl KafkaSink {
+    pub fn new(publisher: Publisher, metrics: Arc<Metrics>) -> KafkaSink {
+        KafkaSink { publisher, metrics, buf: Vec::with_capacity(512) }
+    }
+}
+
+impl JobSink<StreamOrigin> for KafkaSink {
+    fn batch(&mut self, outcome: BatchOutcome<'_, StreamOrigin>) {
+        let n = outcome.jobs.len();
+        self.metrics.batch_size.observe(n as f64);
+        self.metrics.inference_duration.observe(outcome.inference_time.as_secs_f64());
+        let predictions = match outcome.result {
+            Ok(p) => p,
+            Err(error) => {
+                let reason = error.to_string();
+                tracing::warn!(%error, batch = n, "Inference failed; dead-lettering the batch.");
+                for job in outcome.jobs.iter() {
+                    let o = &job.origin;
+                    self.publisher.dead_letter(o.token, Some(o.series_id.as_bytes()), &o.payload, RejectKind::InferenceError, &reason);
+                }
+                return;
+            }
+        };
+        // One timestamp per batch: every prediction of a batch is produced at the same moment.
+        let produced_at = now_rfc3339();
+        let h = outcome.horizon;
+        for (job, prediction) in outcome.jobs.iter().zip(predictions.chunks_exact(h)) {
+            let o = &job.origin;
+            let latency = o.received.elapsed();
+            PredictionOut {
+                id: &o.id,
+                series_id: &o.series_id,
+                timestamp: &o.timestamp,
+                prediction,
+                model: outcome.model,
+                variant: Variant::Primary,
+                latency_ms: latency.as_secs_f64() * 1e3,
+                produced_at: &produced_at,
+                warmup: o.warmup,
+            }
+            .encode(&mut self.buf);
+            self.publisher.prediction(o.token, &o.series_id, &self.buf, o.traceparent.as_deref());
+            self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
+        }
+        self.metrics.predictions.with_label_values(&["primary"]).inc_by(n as u64);
+    }
+}

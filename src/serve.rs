@@ -1,0 +1,134 @@
+//! `streamcast run`: loads the model, starts the pipeline and the HTTP server, and waits for a
+//! signal or a fatal error.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bundle::{self, Bundle, BundleError};
+use crate::config::Config;
+use crate::http::{self, AppState, Readiness};
+use crate::inference::{InferenceError, Model, SessionOptions};
+use crate::pipeline::{PipelineError, Worker};
+use crate::shutdown::Shutdown;
+use crate::telemetry::Metrics;
+
+/// Why the worker could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+}
+
+impl RunError {
+    /// True for problems the operator fixes in config, files or topics (exit code 2), as opposed
+    /// to runtime failures (exit code 1).
+    pub fn is_setup_error(&self) -> bool {
+        match self {
+            RunError::Bundle(_) | RunError::Listen { .. } => true,
+            RunError::Inference(e) => matches!(e, InferenceError::Bundle(_) | InferenceError::Cuda(_) | InferenceError::Runtime(_)),
+            RunError::Pipeline(e) => matches!(e, PipelineError::MissingTopics(_) | PipelineError::Client(_)),
+        }
+    }
+}
+
+/// Resolves, loads and validates the configured bundle, then warms its session up.
+pub fn load_model(config: &Config) -> Result<Model, RunError> {
+    let dir = bundle::resolve(&config.model.root, &config.model.name, &config.model.version)?;
+    let bundle = Bundle::load(&dir)?;
+    let options = SessionOptions { provider: config.model.execution_provider, intra_threads: config.model.intra_threads };
+    let mut model = Model::load(bundle, options)?;
+    let warm = model.warm_up(config.batching.max_batch_size)?;
+    let report = model.provider();
+    tracing::info!(
+        model = %model.model_ref().name,
+        version = %model.model_ref().version,
+        provider = report.provider.as_str(),
+        fallback_reason = report.fallback_reason.as_deref().unwrap_or(""),
+        warm_up_ms = warm.as_secs_f64() * 1e3,
+        "Model loaded."
+    );
+    Ok(model)
+}
+
+/// The `/models` document.
+pub fn models_document(model: &Model) -> serde_json::Value {
+    let m = &model.bundle().manifest;
+    serde_json::json!({
+        "models": [{
+            "name": m.name,
+            "version": m.version,
+            "variant": "primary",
+            "traffic_share": 1.0,
+            "features": m.features,
+            "window": m.window,
+            "horizon": m.horizon,
+            "layout": m.input.layout,
+            "execution_provider": model.provider().provider.as_str(),
+            "execution_provider_fallback_reason": model.provider().fallback_reason,
+        }]
+    })
+}
+
+/// A started worker with its HTTP server.
+pub struct Running {
+    pub worker: Worker,
+    pub model: crate::event::ModelRef,
+    pub provider: crate::inference::ProviderReport,
+    pub http_addr: Option<std::net::SocketAddr>,
+    pub readiness: Arc<Readiness>,
+}
+
+/// Loads the model and starts everything. Must be called inside a Tokio runtime.
+pub async fn start(config: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<Running, RunError> {
+    let config_for_load = config.clone();
+    let model = tokio::task::spawn_blocking(move || load_model(&config_for_load))
+        .await
+        .expect("model loading does not panic")?;
+    metrics.execution_provider.with_label_values(&[model.provider().provider.as_str()]).set(1);
+    let models = Arc::new(models_document(&model));
+    let (model_ref, provider) = (model.model_ref().clone(), model.provider().clone());
+    let worker = Worker::start(config, model, metrics.clone(), shutdown.clone())?;
+    let readiness = Arc::new(Readiness { assigned: worker.assigned.clone(), ..Default::default() });
+    readiness.model_loaded.store(true, Ordering::SeqCst);
+    // The topic check in `Worker::start` succeeded, so the cluster answered the producer's config.
+    readiness.producer_connected.store(true, Ordering::SeqCst);
+    let http_addr = if config.http.listen.is_empty() {
+        None
+    } else {
+        let addr = config.http.listen.parse().expect("validated in Config::validate");
+        let state = AppState { metrics, readiness: readiness.clone(), models };
+        let bound = http::serve(addr, state, shutdown)
+            .await
+            .map_err(|source| RunError::Listen { addr: config.http.listen.clone(), source })?;
+        tracing::info!(addr = %bound, "HTTP server listening.");
+        Some(bound)
+    };
+    Ok(Running { worker, model: model_ref, provider, http_addr, readiness })
+}
+
+/// Runs the worker until SIGTERM/SIGINT (or a fatal error), then shuts down cleanly.
+pub async fn run(config: &Config) -> Result<(), RunError> {
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let metrics = Metrics::new();
+    let running = start(config, metrics, shutdown.clone()).await?;
+    tracing::info!(group = %config.consumer.group_id, topic = %config.topics.input, "Worker started.");
+    while !shutdown.is_triggered() && running.worker.is_running() {
+        tokio::select! {
+            _ = shutdown.wait() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    shutdown.trigger();
+    let worker = running.worker;
+    tokio::task::spawn_blocking(move || worker.join()).await.expect("join does not panic")?;
+    tracing::info!("Worker stopped.");
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Logging and Prometheus metrics.
+//!
+//! Metric labels come from small fixed sets (reject kind, variant, provider), never from ids,
+//! keys or error text.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::config::{LogFormat, TelemetryConfig};
+use crate::event::RejectKind;
+
+/// Installs the global `tracing` subscriber. `RUST_LOG` wins over the configured level.
+pub fn init_logging(config: &TelemetryConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second initialisation (tests, the demo) is harmless; keep the first.
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.compact().try_init(),
+    };
+}
+
+/// Every metric the worker exports, registered in its own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_consumed: IntCounter,
+    pub events_acknowledged: IntCounter,
+    pub predictions: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub extra_features: IntCounter,
+    pub delivery_failures: IntCounter,
+    pub end_to_end_latency: Histogram,
+    pub inference_duration: Histogram,
+    pub batch_size: Histogram,
+    pub in_flight: IntGauge,
+    pub series_windows: IntGauge,
+    pub series_evicted: IntCounter,
+    pub execution_provider: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric name");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("registered once");
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric name");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let latency_buckets = prometheus::exponential_buckets(0.0001, 2.0, 18).expect("valid buckets");
+        let m = Metrics {
+            events_consumed: counter("streamcast_events_consumed_total", "Input events consumed."),
+            events_acknowledged: counter(
+                "streamcast_events_acknowledged_total",
+                "Input events whose prediction or dead-letter record the broker acknowledged (offset stored).",
+            ),
+            predictions: counter_vec("streamcast_predictions_total", "Predictions produced.", &["variant"]),
+            rejected: counter_vec("streamcast_events_rejected_total", "Events sent to the dead-letter topic.", &["kind"]),
+            extra_features: counter(
+                "streamcast_extra_features_total",
+                "Feature names in input objects that the bundle does not use (ignored).",
+            ),
+            delivery_failures: counter("streamcast_delivery_failures_total", "Records the broker did not acknowledge."),
+            end_to_end_latency: histogram(
+                "streamcast_end_to_end_latency_seconds",
+                "From consuming an event to handing its prediction to the producer.",
+                latency_buckets.clone(),
+            ),
+            inference_duration: histogram(
+                "streamcast_inference_duration_seconds",
+                "ONNX Runtime time per batch.",
+                latency_buckets,
+            ),
+            batch_size: histogram(
+                "streamcast_batch_size",
+                "Events per inference batch.",
+                prometheus::exponential_buckets(1.0, 2.0, 12).expect("valid buckets"),
+            ),
+            in_flight: gauge("streamcast_in_flight_events", "Events consumed and not yet acknowledged."),
+            series_windows: gauge("streamcast_series_windows", "Series whose window state is held."),
+            series_evicted: counter("streamcast_series_evicted_total", "Series windows evicted by the LRU cap."),
+            execution_provider: {
+                let g = IntGaugeVec::new(
+                    Opts::new("streamcast_execution_provider", "1 for the execution provider in use."),
+                    &["provider"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            registry,
+        };
+        for kind in RejectKind::ALL {
+            m.rejected.with_label_values(&[kind.as_str()]);
+        }
+        Arc::new(m)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encoding to a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
