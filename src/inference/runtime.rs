@@ -48,7 +48,9 @@ pub fn locate_library() -> Option<PathBuf> {
     if let Ok(exe) = std::env::current_exe() {
         roots.extend(exe.ancestors().skip(1).take(5).map(Path::to_path_buf));
     }
-    roots.iter().find_map(|root| find_in_venv(&root.join(".venv")))
+    roots
+        .iter()
+        .find_map(|root| find_in_venv(&root.join(".venv")))
 }
 
 fn find_in_venv(venv: &Path) -> Option<PathBuf> {
@@ -56,7 +58,12 @@ fn find_in_venv(venv: &Path) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(&lib)
         .ok()?
         .filter_map(|e| e.ok())
-        .map(|e| e.path().join("site-packages").join("onnxruntime").join("capi"))
+        .map(|e| {
+            e.path()
+                .join("site-packages")
+                .join("onnxruntime")
+                .join("capi")
+        })
         .filter_map(|capi| std::fs::read_dir(capi).ok())
         .flatten()
         .filter_map(|e| e.ok())

@@ -31,7 +31,12 @@ pub struct LoopState {
 
 impl LoopState {
     pub fn new(windows: WindowStore, completions: Receiver<Completion>) -> LoopState {
-        LoopState { tracker: Default::default(), windows, completions, fatal: None }
+        LoopState {
+            tracker: Default::default(),
+            windows,
+            completions,
+            fatal: None,
+        }
     }
 }
 
@@ -46,8 +51,20 @@ pub struct WorkerContext {
 }
 
 impl WorkerContext {
-    pub fn new(state: LoopState, input_topic: &str, drain_timeout: Duration, metrics: Arc<Metrics>, assigned: Arc<AtomicBool>) -> Self {
-        WorkerContext { state: Mutex::new(state), input_topic: input_topic.into(), drain_timeout, metrics, assigned }
+    pub fn new(
+        state: LoopState,
+        input_topic: &str,
+        drain_timeout: Duration,
+        metrics: Arc<Metrics>,
+        assigned: Arc<AtomicBool>,
+    ) -> Self {
+        WorkerContext {
+            state: Mutex::new(state),
+            input_topic: input_topic.into(),
+            drain_timeout,
+            metrics,
+            assigned,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, LoopState> {
@@ -63,7 +80,9 @@ impl WorkerContext {
                 self.metrics.events_acknowledged.inc();
                 if let Some(offset) = st.tracker.complete(c.token.partition, c.token.offset) {
                     // `store_offset` stores `offset + 1`, the next offset to read.
-                    if let Err(error) = consumer.store_offset(&self.input_topic, c.token.partition, offset) {
+                    if let Err(error) =
+                        consumer.store_offset(&self.input_topic, c.token.partition, offset)
+                    {
                         tracing::warn!(%error, partition = c.token.partition, offset, "Failed to store offset.");
                     }
                 }
@@ -74,7 +93,12 @@ impl WorkerContext {
                 // event is re-delivered after restart.
                 self.metrics.delivery_failures.inc();
                 tracing::error!(%error, partition = c.token.partition, offset = c.token.offset, "Delivery failed; stopping.");
-                st.fatal.get_or_insert_with(|| format!("delivery of the record for partition {} offset {} failed: {error}", c.token.partition, c.token.offset));
+                st.fatal.get_or_insert_with(|| {
+                    format!(
+                        "delivery of the record for partition {} offset {} failed: {error}",
+                        c.token.partition, c.token.offset
+                    )
+                });
             }
         }
         self.metrics.in_flight.set(st.tracker.in_flight() as i64);
@@ -88,7 +112,12 @@ impl WorkerContext {
     }
 
     /// Waits up to `timeout` for the next report and applies it (plus any others already there).
-    fn wait_one(&self, st: &mut LoopState, timeout: Duration, consumer: &BaseConsumer<WorkerContext>) -> bool {
+    fn wait_one(
+        &self,
+        st: &mut LoopState,
+        timeout: Duration,
+        consumer: &BaseConsumer<WorkerContext>,
+    ) -> bool {
         match st.completions.recv_timeout(timeout) {
             Ok(c) => {
                 self.apply(st, c, consumer);
@@ -101,7 +130,12 @@ impl WorkerContext {
 
     /// Waits until no event of `partitions` (all, when `None`) is in flight, or the timeout.
     /// Returns how many are still in flight.
-    fn drain(&self, st: &mut LoopState, partitions: Option<&[i32]>, consumer: &BaseConsumer<WorkerContext>) -> usize {
+    fn drain(
+        &self,
+        st: &mut LoopState,
+        partitions: Option<&[i32]>,
+        consumer: &BaseConsumer<WorkerContext>,
+    ) -> usize {
         let deadline = Instant::now() + self.drain_timeout;
         let left = |st: &LoopState| match partitions {
             Some(p) => st.tracker.in_flight_for(p),
@@ -123,16 +157,26 @@ impl ClientContext for WorkerContext {}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else { return };
-        let partitions: Vec<i32> =
-            tpl.elements().iter().filter(|e| e.topic() == self.input_topic).map(|e| e.partition()).collect();
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let partitions: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.input_topic)
+            .map(|e| e.partition())
+            .collect();
         if partitions.is_empty() {
             return;
         }
         let mut st = self.lock();
         let left = self.drain(&mut st, Some(&partitions), consumer);
         if left > 0 {
-            tracing::warn!(in_flight = left, ?partitions, "Revoke timed out; uncommitted events will be re-delivered to the next owner.");
+            tracing::warn!(
+                in_flight = left,
+                ?partitions,
+                "Revoke timed out; uncommitted events will be re-delivered to the next owner."
+            );
         }
         for p in &partitions {
             st.tracker.forget(*p);
@@ -142,7 +186,10 @@ impl ConsumerContext for WorkerContext {
         self.metrics.in_flight.set(st.tracker.in_flight() as i64);
         drop(st);
         match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Ok(())
+            | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
             Err(error) => tracing::warn!(%error, "Commit on revoke failed."),
         }
         tracing::info!(?partitions, series_dropped = dropped, "Partitions revoked.");
@@ -174,7 +221,14 @@ pub struct ConsumerLoop {
 impl ConsumerLoop {
     /// Runs until shutdown or a fatal error, then drains, commits and leaves the group.
     pub fn run(self, consumer: BaseConsumer<WorkerContext>) -> Result<(), PipelineError> {
-        let ConsumerLoop { jobs, publisher, schema, max_in_flight, shutdown, metrics } = self;
+        let ConsumerLoop {
+            jobs,
+            publisher,
+            schema,
+            max_in_flight,
+            shutdown,
+            metrics,
+        } = self;
         let ctx = consumer.context();
         let mut input = Vec::new();
         let mut last_poll_error: Option<Instant> = None;
@@ -206,7 +260,9 @@ impl ConsumerLoop {
             };
             metrics.events_consumed.inc();
             let mut st = ctx.lock();
-            handle(&message, &mut st, &jobs, &publisher, &schema, &metrics, &mut input);
+            handle(
+                &message, &mut st, &jobs, &publisher, &schema, &metrics, &mut input,
+            );
             metrics.in_flight.set(st.tracker.in_flight() as i64);
         }
 
@@ -217,10 +273,16 @@ impl ConsumerLoop {
         let fatal = st.fatal.take();
         drop(st);
         if left > 0 {
-            tracing::warn!(in_flight = left, "Shutdown timed out; uncommitted events will be re-delivered.");
+            tracing::warn!(
+                in_flight = left,
+                "Shutdown timed out; uncommitted events will be re-delivered."
+            );
         }
         match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Ok(())
+            | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
             Err(error) => tracing::warn!(%error, "Final commit failed."),
         }
         // Dropping the consumer closes it, which leaves the group.
@@ -243,7 +305,10 @@ fn handle(
     input: &mut Vec<f32>,
 ) {
     let received = Instant::now();
-    let token = Token { partition: message.partition(), offset: message.offset() };
+    let token = Token {
+        partition: message.partition(),
+        offset: message.offset(),
+    };
     st.tracker.begin(token.partition, token.offset);
     let payload = message.payload().unwrap_or_default();
     let event = match InputEvent::decode(payload, schema) {
@@ -254,13 +319,17 @@ fn handle(
         }
     };
     if event.extra_features > 0 {
-        metrics.extra_features.inc_by(u64::from(event.extra_features));
+        metrics
+            .extra_features
+            .inc_by(u64::from(event.extra_features));
     }
     let (values, warmup) = match event.values {
         EventValues::Window(w) => (w, false),
         EventValues::Observation(obs) if schema.window == 1 => (obs, false),
         EventValues::Observation(obs) => {
-            let filled = st.windows.push(token.partition, &event.series_id, &obs, input);
+            let filled = st
+                .windows
+                .push(token.partition, &event.series_id, &obs, input);
             if filled.evicted {
                 metrics.series_evicted.inc();
             }
@@ -287,7 +356,14 @@ fn handle(
     // The channel holds `max_in_flight` jobs and the loop stops fetching at that many events in
     // flight, so this send does not block. It fails only if the inference thread died, which
     // the worker notices when joining it; the event then stays uncommitted.
-    if jobs.send(Job { input: values, origin }).is_err() {
-        st.fatal.get_or_insert_with(|| "the inference thread stopped".into());
+    if jobs
+        .send(Job {
+            input: values,
+            origin,
+        })
+        .is_err()
+    {
+        st.fatal
+            .get_or_insert_with(|| "the inference thread stopped".into());
     }
 }

@@ -69,10 +69,46 @@ pub fn client_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// Prefixes of librdkafka properties that only producers (or only consumers) understand. The
+/// `[kafka]` table is shared, and librdkafka warns about every property of the other side.
+const PRODUCER_ONLY: [&str; 10] = [
+    "linger.ms",
+    "acks",
+    "request.required.acks",
+    "batch.",
+    "compression.",
+    "compression.codec",
+    "message.timeout.ms",
+    "queue.buffering.",
+    "enable.idempotence",
+    "transactional.id",
+];
+const CONSUMER_ONLY: [&str; 12] = [
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "auto.commit.interval.ms",
+    "max.poll.interval.ms",
+    "fetch.",
+    "group.",
+    "partition.assignment.strategy",
+    "isolation.level",
+    "auto.offset.reset",
+    "check.crcs",
+    "queued.",
+    "enable.partition.eof",
+];
+
+fn is_for(key: &str, other_side: &[&str]) -> bool {
+    !other_side.iter().any(|p| key.starts_with(p))
+}
+
 fn consumer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("auto.offset.reset", &config.consumer.auto_offset_reset);
-    for (k, v) in config.kafka_properties() {
+    for (k, v) in config
+        .kafka_properties()
+        .filter(|(k, _)| is_for(k, &PRODUCER_ONLY))
+    {
         c.set(k, v);
     }
     // Not overridable (config validation refuses them): at-least-once depends on them.
@@ -86,7 +122,10 @@ fn consumer_config(config: &Config) -> ClientConfig {
 fn producer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("linger.ms", "5").set("acks", "all");
-    for (k, v) in config.kafka_properties() {
+    for (k, v) in config
+        .kafka_properties()
+        .filter(|(k, _)| is_for(k, &CONSUMER_ONLY))
+    {
         c.set(k, v);
     }
     c
@@ -100,10 +139,18 @@ pub fn missing_topics<C: rdkafka::consumer::ConsumerContext, T: Consumer<C>>(
 ) -> Result<Vec<String>, PipelineError> {
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|error| PipelineError::Unreachable { servers: servers.to_string(), error })?;
+        .map_err(|error| PipelineError::Unreachable {
+            servers: servers.to_string(),
+            error,
+        })?;
     Ok(wanted
         .iter()
-        .filter(|t| !metadata.topics().iter().any(|m| m.name() == **t && m.error().is_none() && !m.partitions().is_empty()))
+        .filter(|t| {
+            !metadata
+                .topics()
+                .iter()
+                .any(|m| m.name() == **t && m.error().is_none() && !m.partitions().is_empty())
+        })
         .map(|t| t.to_string())
         .collect())
 }
@@ -120,8 +167,17 @@ pub struct Worker {
 
 impl Worker {
     /// Connects, checks the topics, and starts the consumer and inference threads.
-    pub fn start(config: &Config, model: Model, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<Worker, PipelineError> {
-        let servers = config.kafka.get("bootstrap.servers").map(|v| v.to_string()).unwrap_or_default();
+    pub fn start(
+        config: &Config,
+        model: Model,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+    ) -> Result<Worker, PipelineError> {
+        let servers = config
+            .kafka
+            .get("bootstrap.servers")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
         let manifest = &model.bundle().manifest;
         let schema = FeatureSchema {
             names: manifest.features.clone(),
@@ -129,7 +185,11 @@ impl Worker {
             max_message_bytes: config.validation.max_message_bytes,
             reject_unknown_features: config.validation.reject_unknown_features,
         };
-        let windows = WindowStore::new(manifest.window, manifest.features.len(), config.windows.max_series);
+        let windows = WindowStore::new(
+            manifest.window,
+            manifest.features.len(),
+            config.windows.max_series,
+        );
         let max_in_flight = config.consumer.max_in_flight;
 
         // Each in-flight event yields one record and so one report: this capacity never fills.
@@ -147,13 +207,16 @@ impl Worker {
             metrics.clone(),
             assigned.clone(),
         );
-        let consumer: BaseConsumer<WorkerContext> =
-            consumer_config(config).create_with_context(context).map_err(PipelineError::Client)?;
+        let consumer: BaseConsumer<WorkerContext> = consumer_config(config)
+            .create_with_context(context)
+            .map_err(PipelineError::Client)?;
         let missing = missing_topics(&consumer, &config.topics.worker_topics(), &servers)?;
         if !missing.is_empty() {
             return Err(PipelineError::MissingTopics(missing));
         }
-        consumer.subscribe(&[&config.topics.input]).map_err(PipelineError::Client)?;
+        consumer
+            .subscribe(&[&config.topics.input])
+            .map_err(PipelineError::Client)?;
 
         let publisher = Publisher::new(
             producer.clone(),
@@ -174,12 +237,25 @@ impl Worker {
             .name("streamcast-inference".into())
             .spawn(move || batcher.run(jobs_rx, &mut sink))
             .expect("spawning a thread only fails when the OS is out of resources");
-        let consumer_loop = ConsumerLoop { jobs: jobs_tx, publisher, schema, max_in_flight, shutdown, metrics };
+        let consumer_loop = ConsumerLoop {
+            jobs: jobs_tx,
+            publisher,
+            schema,
+            max_in_flight,
+            shutdown,
+            metrics,
+        };
         let consumer_thread = std::thread::Builder::new()
             .name("streamcast-consumer".into())
             .spawn(move || consumer_loop.run(consumer))
             .expect("spawning a thread only fails when the OS is out of resources");
-        Ok(Worker { consumer_thread, inference_thread, producer, flush_timeout: config.processing.shutdown_timeout, assigned })
+        Ok(Worker {
+            consumer_thread,
+            inference_thread,
+            producer,
+            flush_timeout: config.processing.shutdown_timeout,
+            assigned,
+        })
     }
 
     /// True while both threads are running.
@@ -190,8 +266,14 @@ impl Worker {
     /// Waits for the threads to finish (after shutdown was triggered, or a fatal error) and
     /// flushes the producer.
     pub fn join(self) -> Result<(), PipelineError> {
-        let consumer = self.consumer_thread.join().map_err(|_| PipelineError::Panicked("consumer"))?;
-        let inference = self.inference_thread.join().map_err(|_| PipelineError::Panicked("inference"));
+        let consumer = self
+            .consumer_thread
+            .join()
+            .map_err(|_| PipelineError::Panicked("consumer"))?;
+        let inference = self
+            .inference_thread
+            .join()
+            .map_err(|_| PipelineError::Panicked("inference"));
         if let Err(error) = self.producer.flush(self.flush_timeout) {
             tracing::warn!(%error, "Producer flush at shutdown failed.");
         }

@@ -28,7 +28,10 @@ impl OffsetTracker {
     /// Records that `offset` of `partition` was consumed and is now in flight.
     pub fn begin(&mut self, partition: i32, offset: i64) {
         let track = self.partitions.entry(partition).or_default();
-        debug_assert!(track.pending.back().is_none_or(|(o, _)| *o < offset), "offsets arrive in order");
+        debug_assert!(
+            track.pending.back().is_none_or(|(o, _)| *o < offset),
+            "offsets arrive in order"
+        );
         track.pending.push_back((offset, false));
         self.in_flight += 1;
     }
@@ -38,7 +41,10 @@ impl OffsetTracker {
     /// ignored.
     pub fn complete(&mut self, partition: i32, offset: i64) -> Option<i64> {
         let track = self.partitions.get_mut(&partition)?;
-        let i = track.pending.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
+        let i = track
+            .pending
+            .binary_search_by_key(&offset, |(o, _)| *o)
+            .ok()?;
         if track.pending[i].1 {
             return None;
         }

@@ -1,0 +1,63 @@
+# streamcast: `make run` runs the demo, `make test` runs every test. Both work on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+ORT_VERSION := 1.31.1
+ORT_STAMP := $(VENV)/.onnxruntime-$(ORT_VERSION)
+# The test broker: a real Kafka-compatible process, installed once per user and reused by CI's
+# fresh clones on the same machine. nisshi 0.6.0: 0.7+ needs a newer rustc; tansu 0.6.0 skips
+# records after a mid-batch commit.
+NISSHI_VERSION := 0.6.0
+NISSHI_ROOT ?= $(HOME)/.local/share/streamcast/nisshi-$(NISSHI_VERSION)
+NISSHI := $(NISSHI_ROOT)/bin/nisshi
+CARGO_FLAGS ?= --release --locked
+
+.PHONY: run test build ort ort-gpu test-deps broker bench bundles clean-venv
+
+run: ort build
+	./target/release/streamcast demo
+
+build:
+	cargo build $(CARGO_FLAGS)
+
+# ONNX Runtime's shared library comes from the pinned PyPI wheel, in a project-local virtualenv.
+ort: $(ORT_STAMP)
+$(ORT_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check onnxruntime==$(ORT_VERSION)
+	touch $@
+
+# The CUDA build of ONNX Runtime with its CUDA and cuDNN libraries (for machines with a GPU).
+ort-gpu:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip uninstall --quiet -y onnxruntime || true
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)"
+	rm -f $(VENV)/.onnxruntime-*
+
+# The independent end-to-end client used by some integration tests and the benchmark.
+TEST_STAMP := $(VENV)/.test-deps
+test-deps: $(TEST_STAMP)
+$(TEST_STAMP): $(ORT_STAMP)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check confluent-kafka==2.16.1
+	touch $@
+
+broker: $(NISSHI)
+$(NISSHI):
+	@echo "Installing nisshi $(NISSHI_VERSION) to $(NISSHI_ROOT) (once per user; about 17 minutes on 2 cores)"
+	cargo install nisshi@$(NISSHI_VERSION) --locked --no-default-features --features dynostore --root $(NISSHI_ROOT)
+
+test: ort test-deps broker
+	cargo build $(CARGO_FLAGS) --tests --bins
+	NISSHI=$(NISSHI) scripts/with-broker.sh cargo test $(CARGO_FLAGS) --no-fail-fast -- --test-threads=2
+
+bench: ort test-deps broker build
+	NISSHI=$(NISSHI) scripts/with-broker.sh $(VENV)/bin/python scripts/bench.py
+
+# Rebuild the sample bundles and test fixtures from the statsmodels CO2 record.
+bundles:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r scripts/requirements-bundles.txt
+	$(VENV)/bin/python scripts/build_bundles.py
+
+clean-venv:
+	rm -rf $(VENV)

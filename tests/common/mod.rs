@@ -1,0 +1,501 @@
+//! Integration-test helpers: a real broker process, random topic names, the real worker binary,
+//! and an independent Kafka client to produce inputs and read outputs.
+//!
+//! The broker is a separate `nisshi` process. `make test` starts one and exports
+//! `STREAMCAST_TEST_BOOTSTRAP`; without it, the first test that needs a broker starts one itself
+//! (found on PATH or where `make broker` installs it) for the rest of the test binary.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::TopicPartitionList;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_streamcast")
+}
+
+/// Bootstrap servers of the test broker.
+pub fn bootstrap() -> String {
+    static BROKER: OnceLock<String> = OnceLock::new();
+    BROKER
+        .get_or_init(|| match std::env::var("STREAMCAST_TEST_BOOTSTRAP") {
+            Ok(s) if !s.is_empty() => s,
+            _ => start_own_broker(),
+        })
+        .clone()
+}
+
+fn nisshi_path() -> PathBuf {
+    if let Ok(p) = std::env::var("NISSHI") {
+        return p.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let user = Path::new(&home).join(".local/share/streamcast/nisshi-0.6.0/bin/nisshi");
+    if user.is_file() {
+        return user;
+    }
+    PathBuf::from("nisshi")
+}
+
+/// Starts a broker owned by this test process. It is started from a thread that never exits,
+/// with PDEATHSIG, so the broker dies with the test binary instead of outliving it.
+fn start_own_broker() -> String {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = Command::new(nisshi_path());
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://streamcast/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn();
+        let _ = tx.send(child.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        if let Ok(mut child) = child {
+            let _ = child.wait();
+        }
+        loop {
+            std::thread::park();
+        }
+    });
+    if let Err(e) = rx.recv().expect("broker thread reports") {
+        panic!("cannot start nisshi ({e}); run `make broker` or `make test`, or set STREAMCAST_TEST_BOOTSTRAP");
+    }
+    wait_for_port(port, Duration::from_secs(30));
+    format!("127.0.0.1:{port}")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker did not open port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Topic names for one test.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub input: String,
+    pub predictions: String,
+    pub dlq: String,
+    pub actuals: String,
+    pub metrics: String,
+    pub alerts: String,
+    pub group: String,
+}
+
+impl Topics {
+    /// Creates fresh topics; `input` gets `partitions` partitions.
+    pub fn create(partitions: i32) -> Topics {
+        let t = Topics {
+            input: unique("in"),
+            predictions: unique("pred"),
+            dlq: unique("dlq"),
+            actuals: unique("act"),
+            metrics: unique("met"),
+            alerts: unique("alr"),
+            group: unique("grp"),
+        };
+        create_topics(&[
+            (&t.input, partitions),
+            (&t.predictions, 3),
+            (&t.dlq, 1),
+            (&t.actuals, partitions),
+            (&t.metrics, 1),
+            (&t.alerts, 1),
+        ]);
+        t
+    }
+
+    /// A worker config TOML for these topics.
+    pub fn config(&self, model: &str, version: &str, extra: &str) -> String {
+        format!(
+            r#"
+[kafka]
+"bootstrap.servers" = "{servers}"
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 500
+"auto.commit.interval.ms" = 200
+
+[consumer]
+group_id = "{group}"
+
+[topics]
+input = "{input}"
+predictions = "{pred}"
+dlq = "{dlq}"
+actuals = "{act}"
+metrics = "{met}"
+alerts = "{alr}"
+
+[model]
+root = "{root}"
+name = "{model}"
+version = "{version}"
+execution_provider = "cpu"
+
+[http]
+listen = "127.0.0.1:0"
+
+[telemetry]
+log_format = "json"
+log_level = "info"
+{extra}
+"#,
+            servers = bootstrap(),
+            group = self.group,
+            input = self.input,
+            pred = self.predictions,
+            dlq = self.dlq,
+            act = self.actuals,
+            met = self.metrics,
+            alr = self.alerts,
+            root = repo().join("models").display(),
+        )
+    }
+}
+
+pub fn create_topics(topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        ))
+        .expect("create topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// A record as read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Record {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("JSON payload")
+    }
+}
+
+pub fn producer() -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// Produces `(key, payload, headers)` records and waits for every acknowledgement.
+pub fn produce(topic: &str, records: &[(Option<&str>, &[u8], &[(&str, &str)])]) {
+    let p = producer();
+    for (key, payload, headers) in records {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers.iter() {
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let mut rec = BaseRecord::to(topic).payload(*payload).headers(h);
+        if let Some(k) = key {
+            rec = rec.key(*k);
+        }
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// An independent reader that assigns every partition of `topic` from the beginning (no group).
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub records: Vec<Record>,
+}
+
+impl Reader {
+    pub fn new(topic: &str) -> Reader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("reader");
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            // An explicit 0, not `Offset::Beginning`: nisshi 0.6.0 can answer the ListOffsets
+            // (earliest) lookup with a later offset after a producer was killed mid-stream.
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(0))
+                .unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        Reader {
+            consumer,
+            records: Vec::new(),
+        }
+    }
+
+    /// Reads until `done(records)` or the timeout; returns whether `done` was reached.
+    pub fn read_until(&mut self, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.records) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            if let Some(m) = self.consumer.poll(Duration::from_millis(100)) {
+                let m = m.expect("read");
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.records.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+        }
+        true
+    }
+
+    /// Keeps reading for `quiet`, to catch records that should not be there.
+    pub fn settle(&mut self, quiet: Duration) {
+        let deadline = Instant::now() + quiet;
+        self.read_until(quiet + Duration::from_secs(1), |_| {
+            Instant::now() > deadline
+        });
+    }
+}
+
+/// A worker process running `streamcast run`.
+pub struct Worker {
+    pub child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Worker {
+    pub fn start(config: &str) -> Worker {
+        Self::start_with(config, &[])
+    }
+
+    pub fn start_with(config: &str, env: &[(&str, &str)]) -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("streamcast.toml");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(config.as_bytes())
+            .unwrap();
+        let log = dir.path().join("worker.log");
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .envs(env.iter().copied())
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start worker");
+        Worker {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `needle`.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log_text().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "worker exited ({status}) before logging {needle:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not log {needle:?} in {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The HTTP port the worker bound (it listens on port 0 in tests).
+    pub fn http_port(&mut self) -> u16 {
+        self.wait_for_log("HTTP server listening.", Duration::from_secs(60));
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("HTTP server listening."))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        v["addr"]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        wait_exit(&mut self.child, timeout)
+            .unwrap_or_else(|| panic!("worker did not stop on SIGTERM:\n{}", self.log_text()))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads a JSONL fixture.
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Distinct prediction ids and their count.
+pub fn ids_of(records: &[Record]) -> HashMap<String, usize> {
+    let mut ids = HashMap::new();
+    for r in records {
+        let id = r.json()["id"].as_str().expect("id").to_string();
+        *ids.entry(id).or_default() += 1;
+    }
+    ids
+}
+
+/// A synthetic InputEvent for window-1 style tests: `features` as an array.
+pub fn event(id: &str, series: &str, values: &[f64]) -> String {
+    serde_json::json!({"id": id, "series_id": series, "timestamp": "2026-11-26T19:00:00Z", "features": values}).to_string()
+}

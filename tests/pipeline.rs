@@ -1,0 +1,385 @@
+//! The worker end to end against a real broker process, checked with an independent client.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+
+/// Produces a bundle's fixture events, and checks every prediction against the values that
+/// `scripts/build_bundles.py` computed with numpy and Python onnxruntime.
+fn check_fixture(bundle: &str) {
+    let topics = Topics::create(3);
+    let events = jsonl(&repo().join(format!("tests/fixtures/{bundle}/events.jsonl")));
+    let expected = jsonl(&repo().join(format!("tests/fixtures/{bundle}/expected.jsonl")));
+    let payloads: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["series_id"].as_str().unwrap().to_string(),
+                e.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> = payloads
+        .iter()
+        .map(|(k, p)| (Some(k.as_str()), p.as_slice(), &[][..]))
+        .collect();
+    produce(&topics.input, &records);
+
+    let mut worker = Worker::start(&topics.config(bundle, "1", ""));
+    let mut reader = Reader::new(&topics.predictions);
+    let all = reader.read_until(Duration::from_secs(90), |r| ids_of(r).len() >= events.len());
+    assert!(
+        all,
+        "only {} of {} predictions:\n{}",
+        ids_of(&reader.records).len(),
+        events.len(),
+        worker.log_text()
+    );
+    reader.settle(Duration::from_secs(2));
+
+    let ids = ids_of(&reader.records);
+    assert_eq!(ids.len(), events.len());
+    assert!(ids.values().all(|n| *n == 1), "an id was predicted twice");
+    let by_id: HashMap<String, serde_json::Value> = reader
+        .records
+        .iter()
+        .map(|r| (r.json()["id"].as_str().unwrap().to_string(), r.json()))
+        .collect();
+    let mut warmups = 0;
+    for e in &expected {
+        let id = e["id"].as_str().unwrap();
+        let p = &by_id[id];
+        assert_eq!(p["series_id"], e["series_id"]);
+        assert_eq!(p["model"]["name"], bundle);
+        assert_eq!(p["model"]["version"], "1");
+        assert_eq!(p["variant"], "primary");
+        assert_eq!(
+            p["warmup"].as_bool().unwrap_or(false),
+            e["warmup"].as_bool().unwrap(),
+            "warmup flag of {id}"
+        );
+        warmups += usize::from(e["warmup"].as_bool().unwrap());
+        let got: Vec<f64> = p["prediction"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let want: Vec<f64> = e["prediction"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len(), "horizon of {id}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-4, "{id}: worker {g}, expected {w}");
+        }
+    }
+    assert!(
+        warmups > 0 && warmups < events.len(),
+        "the fixture exercises both warm-up and full windows"
+    );
+    // Predictions are keyed by series id, so a series stays on one partition.
+    for r in &reader.records {
+        assert_eq!(
+            r.key.as_deref(),
+            Some(r.json()["series_id"].as_str().unwrap().as_bytes())
+        );
+    }
+    let status = worker.terminate(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM, got {status}:\n{}",
+        worker.log_text()
+    );
+}
+
+#[test]
+fn flat_mlp_predictions_match_independent_computation() {
+    check_fixture("co2-mlp");
+}
+
+#[test]
+fn sequence_gru_predictions_match_independent_computation() {
+    check_fixture("co2-gru");
+}
+
+#[test]
+fn poison_messages_go_to_the_dlq_with_their_kind_and_good_events_are_predicted() {
+    let topics = Topics::create(1);
+    let poison = jsonl(&repo().join("tests/fixtures/poison.jsonl"));
+    let oversized = format!(
+        r#"{{"id":"big","series_id":"s-9","timestamp":"2026-11-26T19:00:00Z","features":[1,2,3],"note":"{}"}}"#,
+        "x".repeat(5000)
+    );
+    let mut payloads: Vec<(String, Vec<u8>, Option<&str>)> = Vec::new();
+    let mut good_ids = Vec::new();
+    for (i, p) in poison.iter().enumerate() {
+        let good = format!("good-{i}");
+        payloads.push((
+            good.clone(),
+            event(&good, "s-1", &[330.0 + i as f64, 0.5, 0.5]).into_bytes(),
+            None,
+        ));
+        good_ids.push(good);
+        payloads.push((
+            p["kind"].as_str().unwrap().into(),
+            p["payload"].as_str().unwrap().as_bytes().to_vec(),
+            Some("poison"),
+        ));
+    }
+    payloads.push((
+        "oversized".into(),
+        oversized.clone().into_bytes(),
+        Some("poison"),
+    ));
+    good_ids.push("good-last".into());
+    payloads.push((
+        "good-last".into(),
+        event("good-last", "s-1", &[331.0, 0.5, 0.5]).into_bytes(),
+        None,
+    ));
+    let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> = payloads
+        .iter()
+        .map(|(_, p, k)| (*k, p.as_slice(), &[][..]))
+        .collect();
+    produce(&topics.input, &records);
+
+    let worker =
+        Worker::start(&topics.config("co2-mlp", "1", "[validation]\nmax_message_bytes = 4096\n"));
+    let mut dlq = Reader::new(&topics.dlq);
+    let n_bad = poison.len() + 1;
+    assert!(
+        dlq.read_until(Duration::from_secs(90), |r| r.len() >= n_bad),
+        "DLQ got {} of {n_bad}:\n{}",
+        dlq.records.len(),
+        worker.log_text()
+    );
+    let mut preds = Reader::new(&topics.predictions);
+    assert!(
+        preds.read_until(Duration::from_secs(30), |r| ids_of(r).len()
+            >= good_ids.len()),
+        "{}",
+        worker.log_text()
+    );
+    dlq.settle(Duration::from_secs(1));
+    assert_eq!(
+        dlq.records.len(),
+        n_bad,
+        "each poison message dead-lettered exactly once"
+    );
+
+    // DLQ records keep the original bytes, and say why and where they came from.
+    let mut expected_kinds: Vec<(Vec<u8>, String)> = poison
+        .iter()
+        .map(|p| {
+            (
+                p["payload"].as_str().unwrap().as_bytes().to_vec(),
+                p["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    expected_kinds.push((oversized.into_bytes(), "oversized".into()));
+    for r in &dlq.records {
+        let kind = &r.headers["streamcast-error-kind"];
+        assert!(
+            expected_kinds
+                .iter()
+                .any(|(payload, k)| *payload == r.payload && k == kind),
+            "unexpected DLQ record kind {kind} for {:?}",
+            String::from_utf8_lossy(&r.payload)
+        );
+        assert!(!r.headers["streamcast-error"].is_empty());
+        assert_eq!(r.headers["streamcast-source-topic"], topics.input);
+        assert_eq!(r.headers["streamcast-source-partition"], "0");
+        assert!(r.headers["streamcast-source-offset"].parse::<i64>().is_ok());
+        assert_eq!(r.key.as_deref(), Some(&b"poison"[..]));
+    }
+    let kinds: HashSet<&str> = dlq
+        .records
+        .iter()
+        .map(|r| r.headers["streamcast-error-kind"].as_str())
+        .collect();
+    for k in [
+        "invalid_json",
+        "missing_field",
+        "invalid_field",
+        "missing_feature",
+        "non_finite",
+        "window_length",
+        "oversized",
+    ] {
+        assert!(kinds.contains(k), "no {k} in the DLQ");
+    }
+    let ids = ids_of(&preds.records);
+    for g in &good_ids {
+        assert!(ids.contains_key(g), "good event {g} was not predicted");
+    }
+}
+
+#[test]
+fn sigkill_mid_stream_loses_nothing() {
+    let topics = Topics::create(3);
+    let n = 20_000;
+    let payloads: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let series = format!("s-{}", i % 50);
+            let id = format!("k-{i:06}");
+            (
+                series.clone(),
+                event(&id, &series, &[330.0 + (i % 17) as f64, 0.5, -0.5]).into_bytes(),
+            )
+        })
+        .collect();
+    let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> = payloads
+        .iter()
+        .map(|(k, p)| (Some(k.as_str()), p.as_slice(), &[][..]))
+        .collect();
+    produce(&topics.input, &records);
+
+    // Small batches so the first worker is still mid-stream when it is killed. Progress is read
+    // from its metrics rather than from `predictions`: a reader fetching while the producer is
+    // killed can stall on nisshi 0.6.0, which says nothing about the worker.
+    let config = topics.config(
+        "co2-mlp",
+        "1",
+        "[batching]\nmax_batch_size = 8\nmax_wait_ms = 1\n",
+    );
+    let mut first = Worker::start(&config);
+    let port = first.http_port();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metric_value(
+        &http_get(port, "/metrics"),
+        "streamcast_events_acknowledged_total",
+    ) < 2_000.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first worker made no progress:\n{}",
+            first.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill_hard();
+
+    let second = Worker::start(&config);
+    // Read back with confluent-kafka: librdkafka 2.12 (rdkafka-sys) stalls on partitions that a
+    // producer killed mid-batch wrote to nisshi 0.6.0, while the newer librdkafka in the Python
+    // client reads them. The worker's own output is what is under test here.
+    let out = std::process::Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/e2e/read_ids.py"))
+        .args([
+            bootstrap(),
+            topics.predictions.clone(),
+            n.to_string(),
+            "120".into(),
+        ])
+        .output()
+        .expect("run tests/e2e/read_ids.py (make test installs confluent-kafka into .venv)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let distinct = seen["distinct"].as_u64().unwrap() as usize;
+    assert_eq!(
+        distinct,
+        n,
+        "after restart only {distinct} of {n} ids predicted:\n{}",
+        second.log_text()
+    );
+    assert!(seen["records"].as_u64().unwrap() as usize >= n);
+}
+
+#[test]
+fn three_replicas_share_six_partitions_and_predict_every_id() {
+    let topics = Topics::create(6);
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|_| Worker::start(&topics.config("co2-mlp", "1", "")))
+        .collect();
+    for w in workers.iter_mut() {
+        w.wait_for_log("Partitions assigned", Duration::from_secs(60));
+    }
+    let ports: Vec<u16> = workers.iter_mut().map(Worker::http_port).collect();
+    // Let the group settle: members joining one after another trigger successive rebalances.
+    std::thread::sleep(Duration::from_secs(8));
+
+    let n = 3_000;
+    let payloads: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let series = format!("r-{}", i % 120);
+            let id = format!("r-{i:05}");
+            (
+                series.clone(),
+                event(&id, &series, &[335.0, 0.0, 1.0]).into_bytes(),
+            )
+        })
+        .collect();
+    let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> = payloads
+        .iter()
+        .map(|(k, p)| (Some(k.as_str()), p.as_slice(), &[][..]))
+        .collect();
+    produce(&topics.input, &records);
+    let mut reader = Reader::new(&topics.predictions);
+    let done = reader.read_until(Duration::from_secs(90), |r| ids_of(r).len() >= n);
+    assert!(done, "only {} of {n}", ids_of(&reader.records).len());
+
+    for (w, port) in workers.iter().zip(&ports) {
+        let metrics = http_get(*port, "/metrics");
+        let consumed = metric_value(&metrics, "streamcast_events_consumed_total");
+        assert!(
+            consumed > 0.0,
+            "replica on port {port} consumed nothing:\n{}",
+            w.log_text()
+        );
+    }
+}
+
+/// A minimal HTTP/1.1 GET (the worker's HTTP server is tested in depth elsewhere).
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn missing_topics_stop_start_up_with_exit_code_2() {
+    let topics = Topics::create(1);
+    let mut config = topics.config("co2-mlp", "1", "");
+    config = config.replace(&topics.predictions, "no-such-topic-here");
+    let out = std::process::Command::new(bin())
+        .args(["run", "--config", "/dev/stdin"])
+        .current_dir(repo())
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(config.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no-such-topic-here"), "{err}");
+}
