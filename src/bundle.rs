@@ -22,26 +22,13 @@ pub enum BundleError {
     #[error("{path} is outside the model root {root}")]
     Escapes { path: PathBuf, root: PathBuf },
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: field `{field}`: {message}")]
-    Manifest {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
+    Manifest { path: PathBuf, field: String, message: String },
     #[error("bundle {dir}: {message}")]
     Invalid { dir: PathBuf, message: String },
     #[error("bundle {dir}: golden case {case} step {step}: expected {expected}, model gives {got} (tolerance 1e-4)")]
-    Golden {
-        dir: PathBuf,
-        case: usize,
-        step: usize,
-        expected: f64,
-        got: f64,
-    },
+    Golden { dir: PathBuf, case: usize, step: usize, expected: f64, got: f64 },
 }
 
 /// How the input tensor is laid out.
@@ -139,26 +126,17 @@ impl Bundle {
     /// Loads and statically validates the bundle in `dir`.
     pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
         let path = dir.join("bundle.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Io { path: path.clone(), source })?;
         let manifest = parse_manifest(&path, &text)?;
         let model = dir.join("model.onnx");
         if !model.is_file() {
-            return Err(BundleError::Invalid {
-                dir: dir.into(),
-                message: "model.onnx is missing".into(),
-            });
+            return Err(BundleError::Invalid { dir: dir.into(), message: "model.onnx is missing".into() });
         }
         Bundle::from_manifest(dir, manifest)
     }
 
     fn from_manifest(dir: &Path, m: Manifest) -> Result<Bundle, BundleError> {
-        let invalid = |message: String| BundleError::Invalid {
-            dir: dir.into(),
-            message,
-        };
+        let invalid = |message: String| BundleError::Invalid { dir: dir.into(), message };
         let field = |field: &str, message: String| BundleError::Manifest {
             path: dir.join("bundle.json"),
             field: field.into(),
@@ -181,8 +159,7 @@ impl Bundle {
         if m.input.name.is_empty() || m.output.name.is_empty() {
             return Err(field("input.name/output.name", "must not be empty".into()));
         }
-        let input_scaler = Scaler::new(&m.scaler, m.features.len())
-            .map_err(|e| scaler_field("scaler", e, &field))?;
+        let input_scaler = Scaler::new(&m.scaler, m.features.len()).map_err(|e| scaler_field("scaler", e, &field))?;
         let target_cols = match &m.target.scaler {
             ScalerSpec::Standard { mean, .. } => mean.len(),
             ScalerSpec::Minmax { min, .. } => min.len(),
@@ -190,70 +167,40 @@ impl Bundle {
         if target_cols != 1 && target_cols != m.horizon {
             return Err(field(
                 "target.scaler",
-                format!(
-                    "has {target_cols} columns; expected 1 or horizon ({})",
-                    m.horizon
-                ),
+                format!("has {target_cols} columns; expected 1 or horizon ({})", m.horizon),
             ));
         }
-        let target_scaler = Scaler::new(&m.target.scaler, target_cols)
-            .map_err(|e| scaler_field("target.scaler", e, &field))?;
+        let target_scaler =
+            Scaler::new(&m.target.scaler, target_cols).map_err(|e| scaler_field("target.scaler", e, &field))?;
         for (name, values) in &m.reference.features {
             if !m.features.contains(name) {
-                return Err(field(
-                    "reference.features",
-                    format!("`{name}` is not one of the bundle's features"),
-                ));
+                return Err(field("reference.features", format!("`{name}` is not one of the bundle's features")));
             }
             if values.iter().any(|v| !v.is_finite()) {
-                return Err(field(
-                    &format!("reference.features.{name}"),
-                    "holds a non-finite value".into(),
-                ));
+                return Err(field(&format!("reference.features.{name}"), "holds a non-finite value".into()));
             }
         }
         if m.reference.predictions.iter().any(|v| !v.is_finite()) {
-            return Err(field(
-                "reference.predictions",
-                "holds a non-finite value".into(),
-            ));
+            return Err(field("reference.predictions", "holds a non-finite value".into()));
         }
         for (i, g) in m.golden.iter().enumerate() {
-            if g.window.len() != m.window
-                || g.window.iter().any(|row| row.len() != m.features.len())
-            {
+            if g.window.len() != m.window || g.window.iter().any(|row| row.len() != m.features.len()) {
                 return Err(field(
                     &format!("golden[{i}].window"),
                     format!("must be {} rows of {} values", m.window, m.features.len()),
                 ));
             }
             if g.prediction.len() != m.horizon {
-                return Err(field(
-                    &format!("golden[{i}].prediction"),
-                    format!("must hold {} values", m.horizon),
-                ));
+                return Err(field(&format!("golden[{i}].prediction"), format!("must hold {} values", m.horizon)));
             }
-            if g.window
-                .iter()
-                .flatten()
-                .chain(&g.prediction)
-                .any(|v| !v.is_finite())
-            {
-                return Err(field(
-                    &format!("golden[{i}]"),
-                    "holds a non-finite value".into(),
-                ));
+            if g.window.iter().flatten().chain(&g.prediction).any(|v| !v.is_finite()) {
+                return Err(field(&format!("golden[{i}]"), "holds a non-finite value".into()));
             }
         }
         if m.version.is_empty() {
             return Err(invalid("version is empty".into()));
         }
-        Ok(Bundle {
-            dir: dir.to_path_buf(),
-            manifest: m,
-            input_scaler,
-            target_scaler,
-        })
+        Ok(Bundle { dir: dir.to_path_buf(), manifest: m, input_scaler, target_scaler })
     }
 
     pub fn model_path(&self) -> PathBuf {
@@ -266,16 +213,11 @@ impl Bundle {
     }
 }
 
-fn scaler_field(
-    name: &str,
-    e: ScalerError,
-    field: &impl Fn(&str, String) -> BundleError,
-) -> BundleError {
+fn scaler_field(name: &str, e: ScalerError, field: &impl Fn(&str, String) -> BundleError) -> BundleError {
     match e {
-        ScalerError::NonFinite { field: f, index } => field(
-            &format!("{name}.{f}[{index}]"),
-            "is not a finite number".into(),
-        ),
+        ScalerError::NonFinite { field: f, index } => {
+            field(&format!("{name}.{f}[{index}]"), "is not a finite number".into())
+        }
         other => field(name, other.to_string()),
     }
 }
@@ -300,10 +242,7 @@ fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, BundleError> {
                 return Err(field_error(e));
             }
             // Name the first field that held a non-finite token.
-            match serde_json::from_str::<serde_json::Value>(&patched)
-                .ok()
-                .and_then(|v| first_null(&v, String::new()))
-            {
+            match serde_json::from_str::<serde_json::Value>(&patched).ok().and_then(|v| first_null(&v, String::new())) {
                 Some(field) => Err(BundleError::Manifest {
                     path: path.into(),
                     field,
@@ -320,20 +259,12 @@ fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, BundleError> {
 fn first_null(v: &serde_json::Value, at: String) -> Option<String> {
     match v {
         serde_json::Value::Null => Some(at),
-        serde_json::Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, x)| first_null(x, format!("{at}[{i}]"))),
-        serde_json::Value::Object(map) => map.iter().find_map(|(k, x)| {
-            first_null(
-                x,
-                if at.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{at}.{k}")
-                },
-            )
-        }),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, x)| first_null(x, format!("{at}[{i}]")))
+        }
+        serde_json::Value::Object(map) => {
+            map.iter().find_map(|(k, x)| first_null(x, if at.is_empty() { k.clone() } else { format!("{at}.{k}") }))
+        }
         _ => None,
     }
 }
@@ -359,19 +290,13 @@ fn replace_non_finite_tokens(text: &str) -> String {
             in_string = true;
         } else {
             let rest = &text[i..];
-            if let Some(token) = ["-Infinity", "Infinity", "NaN"]
-                .into_iter()
-                .find(|t| rest.starts_with(t))
-            {
+            if let Some(token) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| rest.starts_with(t)) {
                 out.push_str("null");
                 i += token.len();
                 continue;
             }
         }
-        let ch = text[i..]
-            .chars()
-            .next()
-            .expect("index is on a char boundary: we only skip ASCII");
+        let ch = text[i..].chars().next().expect("index is on a char boundary: we only skip ASCII");
         out.push(ch);
         i += ch.len_utf8();
     }
@@ -420,10 +345,7 @@ pub fn list_versions(root: &Path, name: &str) -> Result<Vec<String>, BundleError
         if source.kind() == std::io::ErrorKind::NotFound {
             BundleError::NotFound(dir.clone())
         } else {
-            BundleError::Io {
-                path: dir.clone(),
-                source,
-            }
+            BundleError::Io { path: dir.clone(), source }
         }
     })?;
     let mut versions: Vec<String> = entries
@@ -442,10 +364,7 @@ pub fn list_models(root: &Path) -> Result<Vec<String>, BundleError> {
         if source.kind() == std::io::ErrorKind::NotFound {
             BundleError::NotFound(root.into())
         } else {
-            BundleError::Io {
-                path: root.into(),
-                source,
-            }
+            BundleError::Io { path: root.into(), source }
         }
     })?;
     let mut names: Vec<String> = entries
@@ -461,9 +380,7 @@ pub fn list_models(root: &Path) -> Result<Vec<String>, BundleError> {
 /// Resolves `root/name/version` (`latest` = highest) to a directory that stays inside `root`.
 pub fn resolve(root: &Path, name: &str, version: &str) -> Result<PathBuf, BundleError> {
     let version = if version == "latest" {
-        list_versions(root, name)?
-            .pop()
-            .ok_or_else(|| BundleError::NoVersions(root.join(name)))?
+        list_versions(root, name)?.pop().ok_or_else(|| BundleError::NoVersions(root.join(name)))?
     } else {
         version.to_string()
     };
@@ -471,19 +388,10 @@ pub fn resolve(root: &Path, name: &str, version: &str) -> Result<PathBuf, Bundle
     if !dir.is_dir() {
         return Err(BundleError::NotFound(dir));
     }
-    let canon_root = root.canonicalize().map_err(|source| BundleError::Io {
-        path: root.into(),
-        source,
-    })?;
-    let canon = dir.canonicalize().map_err(|source| BundleError::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    let canon_root = root.canonicalize().map_err(|source| BundleError::Io { path: root.into(), source })?;
+    let canon = dir.canonicalize().map_err(|source| BundleError::Io { path: dir.clone(), source })?;
     if !canon.starts_with(&canon_root) {
-        return Err(BundleError::Escapes {
-            path: dir,
-            root: root.into(),
-        });
+        return Err(BundleError::Escapes { path: dir, root: root.into() });
     }
     Ok(dir)
 }
@@ -503,10 +411,7 @@ mod tests {
     #[test]
     fn non_finite_tokens_outside_strings_become_null() {
         let t = r#"{"a": NaN, "b": "NaN", "c": [-Infinity, Infinity], "d": "x\"NaN"}"#;
-        assert_eq!(
-            replace_non_finite_tokens(t),
-            r#"{"a": null, "b": "NaN", "c": [null, null], "d": "x\"NaN"}"#
-        );
+        assert_eq!(replace_non_finite_tokens(t), r#"{"a": null, "b": "NaN", "c": [null, null], "d": "x\"NaN"}"#);
     }
 
     #[test]
@@ -515,19 +420,11 @@ mod tests {
         for v in ["2", "10", "9"] {
             std::fs::create_dir_all(root.path().join("m").join(v)).unwrap();
         }
-        assert!(resolve(root.path(), "m", "latest")
-            .unwrap()
-            .ends_with("m/10"));
+        assert!(resolve(root.path(), "m", "latest").unwrap().ends_with("m/10"));
         assert!(resolve(root.path(), "m", "9").unwrap().ends_with("m/9"));
-        assert!(matches!(
-            resolve(root.path(), "m", "3"),
-            Err(BundleError::NotFound(_))
-        ));
+        assert!(matches!(resolve(root.path(), "m", "3"), Err(BundleError::NotFound(_))));
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("m").join("11")).unwrap();
-        assert!(matches!(
-            resolve(root.path(), "m", "11"),
-            Err(BundleError::Escapes { .. })
-        ));
+        assert!(matches!(resolve(root.path(), "m", "11"), Err(BundleError::Escapes { .. })));
     }
 }

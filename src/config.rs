@@ -13,10 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
@@ -27,10 +24,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Key {
-            key: key.into(),
-            message: message.into(),
-        }
+        ConfigError::Key { key: key.into(), message: message.into() }
     }
 }
 
@@ -96,11 +90,7 @@ pub struct ConsumerConfig {
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
-        ConsumerConfig {
-            group_id: "streamcast".into(),
-            max_in_flight: 10_000,
-            auto_offset_reset: "earliest".into(),
-        }
+        ConsumerConfig { group_id: "streamcast".into(), max_in_flight: 10_000, auto_offset_reset: "earliest".into() }
     }
 }
 
@@ -136,14 +126,7 @@ impl TopicsConfig {
 
     /// Every topic of the contract, for `streamcast topics create`.
     pub fn all(&self) -> [&str; 6] {
-        [
-            &self.input,
-            &self.predictions,
-            &self.actuals,
-            &self.dlq,
-            &self.metrics,
-            &self.alerts,
-        ]
+        [&self.input, &self.predictions, &self.actuals, &self.dlq, &self.metrics, &self.alerts]
     }
 }
 
@@ -212,10 +195,7 @@ pub struct BatchingConfig {
 
 impl Default for BatchingConfig {
     fn default() -> Self {
-        BatchingConfig {
-            max_batch_size: 256,
-            max_wait_ms: 5,
-        }
+        BatchingConfig { max_batch_size: 256, max_wait_ms: 5 }
     }
 }
 
@@ -231,10 +211,7 @@ pub struct ValidationConfig {
 
 impl Default for ValidationConfig {
     fn default() -> Self {
-        ValidationConfig {
-            max_message_bytes: 1 << 20,
-            reject_unknown_features: false,
-        }
+        ValidationConfig { max_message_bytes: 1 << 20, reject_unknown_features: false }
     }
 }
 
@@ -247,9 +224,7 @@ pub struct WindowsConfig {
 
 impl Default for WindowsConfig {
     fn default() -> Self {
-        WindowsConfig {
-            max_series: 100_000,
-        }
+        WindowsConfig { max_series: 100_000 }
     }
 }
 
@@ -269,6 +244,9 @@ pub struct ProcessingConfig {
     /// (uncommitted work is then re-delivered to the next owner).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Benchmark ceiling only: forward each input record unchanged to the predictions topic, with
+    /// no decoding or inference, through the same consume/produce/offset machinery.
+    pub passthrough: bool,
 }
 
 impl Default for ProcessingConfig {
@@ -276,6 +254,7 @@ impl Default for ProcessingConfig {
         ProcessingConfig {
             guarantee: Guarantee::AtLeastOnce,
             shutdown_timeout: Duration::from_secs(30),
+            passthrough: false,
         }
     }
 }
@@ -289,9 +268,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            listen: "127.0.0.1:9464".into(),
-        }
+        HttpConfig { listen: "127.0.0.1:9464".into() }
     }
 }
 
@@ -313,10 +290,7 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig {
-            log_format: LogFormat::Json,
-            log_level: "info".into(),
-        }
+        TelemetryConfig { log_format: LogFormat::Json, log_level: "info".into() }
     }
 }
 
@@ -326,21 +300,13 @@ const SECRET_KEY_MARKERS: [&str; 3] = ["password", "secret", "key.pem"];
 impl Config {
     /// Reads `path` (or nothing, when `None`), applies environment overrides from `env`, and
     /// validates the result.
-    pub fn load(
-        path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let mut table = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
                 text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Syntax {
-                        path: path.to_path_buf(),
-                        message: e.to_string(),
-                    })?
+                    .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() })?
             }
             None => toml::Table::new(),
         };
@@ -350,16 +316,11 @@ impl Config {
 
     /// Builds a config from an already-parsed TOML table (used by the demo and tests).
     pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
-                let key = if key == "." {
-                    "(top level)".to_string()
-                } else {
-                    key
-                };
-                ConfigError::key(key, e.inner().to_string())
-            })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top level)".to_string() } else { key };
+            ConfigError::key(key, e.inner().to_string())
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -383,55 +344,28 @@ impl Config {
             return Err(ConfigError::key("consumer.group_id", "must not be empty"));
         }
         if self.consumer.max_in_flight == 0 {
-            return Err(ConfigError::key(
-                "consumer.max_in_flight",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::key("consumer.max_in_flight", "must be at least 1"));
         }
-        if !matches!(
-            self.consumer.auto_offset_reset.as_str(),
-            "earliest" | "latest"
-        ) {
-            return Err(ConfigError::key(
-                "consumer.auto_offset_reset",
-                "must be `earliest` or `latest`",
-            ));
+        if !matches!(self.consumer.auto_offset_reset.as_str(), "earliest" | "latest") {
+            return Err(ConfigError::key("consumer.auto_offset_reset", "must be `earliest` or `latest`"));
         }
-        if self.model.name.is_empty()
-            || self.model.name.contains(['/', '\\'])
-            || self.model.name.starts_with('.')
-        {
-            return Err(ConfigError::key(
-                "model.name",
-                "must be a plain directory name under model.root",
-            ));
+        if self.model.name.is_empty() || self.model.name.contains(['/', '\\']) || self.model.name.starts_with('.') {
+            return Err(ConfigError::key("model.name", "must be a plain directory name under model.root"));
         }
         if self.model.version.is_empty()
             || self.model.version.contains(['/', '\\'])
             || self.model.version.starts_with('.')
         {
-            return Err(ConfigError::key(
-                "model.version",
-                "must be `latest` or a plain version directory name",
-            ));
+            return Err(ConfigError::key("model.version", "must be `latest` or a plain version directory name"));
         }
         if self.model.intra_threads == 0 {
-            return Err(ConfigError::key(
-                "model.intra_threads",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::key("model.intra_threads", "must be at least 1"));
         }
         if self.batching.max_batch_size == 0 {
-            return Err(ConfigError::key(
-                "batching.max_batch_size",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::key("batching.max_batch_size", "must be at least 1"));
         }
         if self.validation.max_message_bytes == 0 {
-            return Err(ConfigError::key(
-                "validation.max_message_bytes",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::key("validation.max_message_bytes", "must be at least 1"));
         }
         if self.windows.max_series == 0 {
             return Err(ConfigError::key("windows.max_series", "must be at least 1"));
@@ -448,18 +382,11 @@ impl Config {
                 return Err(ConfigError::key("topics", "topic names must not be empty"));
             }
             if topics[..i].contains(topic) {
-                return Err(ConfigError::key(
-                    "topics",
-                    format!("topic `{topic}` is used for two roles"),
-                ));
+                return Err(ConfigError::key("topics", format!("topic `{topic}` is used for two roles")));
             }
         }
-        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(ConfigError::key(
-                "http.listen",
-                "must be an address such as 127.0.0.1:9464, or empty",
-            ));
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::key("http.listen", "must be an address such as 127.0.0.1:9464, or empty"));
         }
         Ok(())
     }
@@ -477,8 +404,7 @@ impl Config {
                 *value = KafkaValue::String("***".into());
             }
         }
-        toml::to_string_pretty(&copy)
-            .expect("config always serializes: it was deserialized from TOML")
+        toml::to_string_pretty(&copy).expect("config always serializes: it was deserialized from TOML")
     }
 }
 
@@ -495,8 +421,7 @@ fn apply_env_overrides(
             continue;
         };
         if rest == "BOOTSTRAP_SERVERS" {
-            section(table, "kafka", &var)?
-                .insert("bootstrap.servers".into(), toml::Value::String(value));
+            section(table, "kafka", &var)?.insert("bootstrap.servers".into(), toml::Value::String(value));
             continue;
         }
         let Some((sec, key)) = rest.split_once("__") else {
@@ -505,14 +430,10 @@ fn apply_env_overrides(
         let sec = sec.to_ascii_lowercase();
         let key = key.to_ascii_lowercase();
         if sec.is_empty() || key.is_empty() {
-            return Err(ConfigError::Env {
-                var,
-                message: "expected STREAMCAST_<SECTION>__<KEY>".into(),
-            });
+            return Err(ConfigError::Env { var, message: "expected STREAMCAST_<SECTION>__<KEY>".into() });
         }
         if sec == "kafka" {
-            section(table, "kafka", &var)?
-                .insert(key.replace('_', "."), toml::Value::String(value));
+            section(table, "kafka", &var)?.insert(key.replace('_', "."), toml::Value::String(value));
         } else {
             let parsed = parse_env_value(&value);
             section(table, &sec, &var)?.insert(key, parsed);
@@ -521,20 +442,10 @@ fn apply_env_overrides(
     Ok(())
 }
 
-fn section<'t>(
-    table: &'t mut toml::Table,
-    name: &str,
-    var: &str,
-) -> Result<&'t mut toml::Table, ConfigError> {
-    match table
-        .entry(name)
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-    {
+fn section<'t>(table: &'t mut toml::Table, name: &str, var: &str) -> Result<&'t mut toml::Table, ConfigError> {
+    match table.entry(name).or_insert_with(|| toml::Value::Table(toml::Table::new())) {
         toml::Value::Table(t) => Ok(t),
-        _ => Err(ConfigError::Env {
-            var: var.into(),
-            message: format!("`{name}` is not a table in the config file"),
-        }),
+        _ => Err(ConfigError::Env { var: var.into(), message: format!("`{name}` is not a table in the config file") }),
     }
 }
 
@@ -560,10 +471,7 @@ mod tests {
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let mut table: toml::Table = text.parse().unwrap();
-        apply_env_overrides(
-            &mut table,
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )?;
+        apply_env_overrides(&mut table, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))?;
         Config::from_table(table)
     }
 
@@ -588,27 +496,15 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = load(&format!("{MINIMAL}\n[batching]\nmax_batch = 3\n"), &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("batching") && err.contains("max_batch"),
-            "{err}"
-        );
+        let err = load(&format!("{MINIMAL}\n[batching]\nmax_batch = 3\n"), &[]).unwrap_err().to_string();
+        assert!(err.contains("batching") && err.contains("max_batch"), "{err}");
     }
 
     #[test]
     fn invalid_value_is_named() {
-        let err = load(
-            &format!("{MINIMAL}\n[batching]\nmax_wait_ms = \"soon\"\n"),
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
+        let err = load(&format!("{MINIMAL}\n[batching]\nmax_wait_ms = \"soon\"\n"), &[]).unwrap_err().to_string();
         assert!(err.contains("batching.max_wait_ms"), "{err}");
-        let err = load(&MINIMAL.replace("co2-mlp", "../etc"), &[])
-            .unwrap_err()
-            .to_string();
+        let err = load(&MINIMAL.replace("co2-mlp", "../etc"), &[]).unwrap_err().to_string();
         assert!(err.contains("model.name"), "{err}");
     }
 
@@ -626,43 +522,22 @@ mod tests {
         .unwrap();
         assert_eq!(c.model.version, "3");
         assert_eq!(c.batching.max_wait_ms, 9);
-        assert_eq!(
-            c.kafka["bootstrap.servers"],
-            KafkaValue::String("b:1".into())
-        );
-        assert_eq!(
-            c.kafka["sasl.mechanism"],
-            KafkaValue::String("PLAIN".into())
-        );
+        assert_eq!(c.kafka["bootstrap.servers"], KafkaValue::String("b:1".into()));
+        assert_eq!(c.kafka["sasl.mechanism"], KafkaValue::String("PLAIN".into()));
     }
 
     #[test]
     fn secrets_are_redacted() {
-        let c = load(
-            &MINIMAL.replace("[consumer]", "\"sasl.password\" = \"hunter2\"\n[consumer]"),
-            &[],
-        )
-        .unwrap();
+        let c = load(&MINIMAL.replace("[consumer]", "\"sasl.password\" = \"hunter2\"\n[consumer]"), &[]).unwrap();
         let shown = c.to_redacted_toml();
-        assert!(
-            !shown.contains("hunter2") && shown.contains("***"),
-            "{shown}"
-        );
+        assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
     }
 
     #[test]
     fn managed_kafka_keys_and_exactly_once_are_refused() {
-        let err = load(
-            &MINIMAL.replace("[consumer]", "\"enable.auto.commit\" = true\n[consumer]"),
-            &[],
-        )
-        .unwrap_err();
+        let err = load(&MINIMAL.replace("[consumer]", "\"enable.auto.commit\" = true\n[consumer]"), &[]).unwrap_err();
         assert!(err.to_string().contains("enable.auto.commit"));
-        let err = load(
-            &format!("{MINIMAL}\n[processing]\nguarantee = \"exactly_once\"\n"),
-            &[],
-        )
-        .unwrap_err();
+        let err = load(&format!("{MINIMAL}\n[processing]\nguarantee = \"exactly_once\"\n"), &[]).unwrap_err();
         assert!(err.to_string().contains("processing.guarantee"));
     }
 }

@@ -84,24 +84,12 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         writeln!(f, "streamcast demo summary")?;
-        writeln!(
-            f,
-            "  model               {} version {}",
-            self.model, self.version
-        )?;
+        writeln!(f, "  model               {} version {}", self.model, self.version)?;
         match &self.provider_note {
-            Some(note) => writeln!(
-                f,
-                "  execution provider  {} (fell back: {note})",
-                self.provider
-            )?,
+            Some(note) => writeln!(f, "  execution provider  {} (fell back: {note})", self.provider)?,
             None => writeln!(f, "  execution provider  {}", self.provider)?,
         }
-        writeln!(
-            f,
-            "  events in           {} ({} malformed on purpose)",
-            self.events_in, self.malformed_in
-        )?;
+        writeln!(f, "  events in           {} ({} malformed on purpose)", self.events_in, self.malformed_in)?;
         writeln!(
             f,
             "  predictions out     {} ({} during window warm-up)",
@@ -111,27 +99,14 @@ impl fmt::Display for Summary {
         for (kind, n) in &self.dlq_kinds {
             writeln!(f, "    {kind:<18} {n}")?;
         }
-        writeln!(
-            f,
-            "  throughput          {:.0} events/s over {:.2} s",
-            self.events_in as f64 / secs,
-            secs
-        )?;
+        writeln!(f, "  throughput          {:.0} events/s over {:.2} s", self.events_in as f64 / secs, secs)?;
         writeln!(
             f,
             "  latency p50 / p99   {:.2} ms / {:.2} ms (consume to producer hand-off)",
             self.quantile(0.5),
             self.quantile(0.99)
         )?;
-        write!(
-            f,
-            "  every event answered {}",
-            if self.complete {
-                "yes"
-            } else {
-                "NO (time limit reached first)"
-            }
-        )
+        write!(f, "  every event answered {}", if self.complete { "yes" } else { "NO (time limit reached first)" })
     }
 }
 
@@ -151,40 +126,22 @@ struct Row {
 }
 
 fn read_rows(path: &PathBuf, features: &[String]) -> Result<Vec<Row>, DemoError> {
-    let err = |message: String| DemoError::Data {
-        path: path.clone(),
-        message,
-    };
+    let err = |message: String| DemoError::Data { path: path.clone(), message };
     let mut reader = csv::Reader::from_path(path).map_err(|e| err(e.to_string()))?;
     let headers = reader.headers().map_err(|e| err(e.to_string()))?.clone();
-    let ts = headers
-        .iter()
-        .position(|h| h == "timestamp")
-        .ok_or_else(|| err("no `timestamp` column".into()))?;
+    let ts = headers.iter().position(|h| h == "timestamp").ok_or_else(|| err("no `timestamp` column".into()))?;
     let cols: Vec<usize> = features
         .iter()
-        .map(|f| {
-            headers
-                .iter()
-                .position(|h| h == f)
-                .ok_or_else(|| err(format!("no `{f}` column")))
-        })
+        .map(|f| headers.iter().position(|h| h == f).ok_or_else(|| err(format!("no `{f}` column"))))
         .collect::<Result<_, _>>()?;
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| err(e.to_string()))?;
         let values = cols
             .iter()
-            .map(|c| {
-                record[*c]
-                    .parse::<f64>()
-                    .map_err(|e| err(format!("line {:?}: {e}", record.position())))
-            })
+            .map(|c| record[*c].parse::<f64>().map_err(|e| err(format!("line {:?}: {e}", record.position()))))
             .collect::<Result<_, _>>()?;
-        rows.push(Row {
-            timestamp: record[ts].to_string(),
-            values,
-        });
+        rows.push(Row { timestamp: record[ts].to_string(), values });
     }
     Ok(rows)
 }
@@ -195,10 +152,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     let features = bundle.manifest.features.clone();
     let rows = read_rows(&options.data, &features)?;
     if rows.is_empty() {
-        return Err(DemoError::Data {
-            path: options.data.clone(),
-            message: "no rows".into(),
-        });
+        return Err(DemoError::Data { path: options.data.clone(), message: "no rows".into() });
     }
 
     let cluster = MockCluster::new(1).map_err(DemoError::Cluster)?;
@@ -211,9 +165,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         ("model_metrics", 1),
         ("alerts", 1),
     ] {
-        cluster
-            .create_topic(topic, partitions, 1)
-            .map_err(DemoError::Cluster)?;
+        cluster.create_topic(topic, partitions, 1).map_err(DemoError::Cluster)?;
     }
 
     let mut table: toml::Table = toml::from_str(&format!(
@@ -234,14 +186,8 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         options.model
     ))
     .expect("the demo config is valid TOML");
-    let model_table = table
-        .get_mut("model")
-        .and_then(|m| m.as_table_mut())
-        .expect("model table above");
-    model_table.insert(
-        "root".into(),
-        toml::Value::String(options.models.display().to_string()),
-    );
+    let model_table = table.get_mut("model").and_then(|m| m.as_table_mut()).expect("model table above");
+    model_table.insert("root".into(), toml::Value::String(options.models.display().to_string()));
     model_table.insert(
         "execution_provider".into(),
         toml::Value::String(
@@ -262,19 +208,14 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     let deadline = Instant::now() + options.duration;
     let servers_for_blocking = servers.clone();
     let opts = options.clone();
-    let summary = tokio::task::spawn_blocking(move || {
-        drive(&servers_for_blocking, &opts, &features, &rows, deadline)
-    })
-    .await
-    .expect("the demo driver does not panic")?;
+    let summary = tokio::task::spawn_blocking(move || drive(&servers_for_blocking, &opts, &features, &rows, deadline))
+        .await
+        .expect("the demo driver does not panic")?;
 
     shutdown.trigger();
     let (running_model, running_provider) = (running.model, running.provider);
     let worker = running.worker;
-    tokio::task::spawn_blocking(move || worker.join())
-        .await
-        .expect("join does not panic")
-        .map_err(RunError::from)?;
+    tokio::task::spawn_blocking(move || worker.join()).await.expect("join does not panic").map_err(RunError::from)?;
     drop(cluster);
     let mut summary = summary;
     summary.model = running_model.name;
@@ -292,10 +233,8 @@ fn drive(
     rows: &[Row],
     deadline: Instant,
 ) -> Result<Summary, DemoError> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .set("linger.ms", "5")
-        .create()?;
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", servers).set("linger.ms", "5").create()?;
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
         .set("group.id", "streamcast-demo-reader")
@@ -324,11 +263,8 @@ fn drive(
                 let features_json = if n % 2 == 0 {
                     serde_json::to_string(&row.values).expect("finite floats")
                 } else {
-                    let map: serde_json::Map<String, serde_json::Value> = features
-                        .iter()
-                        .zip(&row.values)
-                        .map(|(k, v)| (k.clone(), serde_json::json!(v)))
-                        .collect();
+                    let map: serde_json::Map<String, serde_json::Value> =
+                        features.iter().zip(&row.values).map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
                     serde_json::Value::Object(map).to_string()
                 };
                 let _ = write!(
@@ -337,9 +273,7 @@ fn drive(
                     row.timestamp
                 );
             }
-            let mut record = BaseRecord::to("input_data")
-                .key(series.as_str())
-                .payload(payload.as_str());
+            let mut record = BaseRecord::to("input_data").key(series.as_str()).payload(payload.as_str());
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -355,8 +289,7 @@ fn drive(
         }
     }
     producer.flush(Duration::from_secs(10))?;
-    while summary.predictions_out + summary.dlq_out < summary.events_in && Instant::now() < deadline
-    {
+    while summary.predictions_out + summary.dlq_out < summary.events_in && Instant::now() < deadline {
         drain(&reader, &mut summary, Duration::from_millis(100));
     }
     summary.elapsed = start.elapsed();
@@ -369,10 +302,7 @@ fn drain(reader: &BaseConsumer, summary: &mut Summary, first_wait: Duration) {
     while let Some(Ok(m)) = reader.poll(wait) {
         wait = Duration::ZERO;
         if m.topic() == "predictions" {
-            if let Some(p) = m
-                .payload()
-                .and_then(|b| serde_json::from_slice::<Prediction>(b).ok())
-            {
+            if let Some(p) = m.payload().and_then(|b| serde_json::from_slice::<Prediction>(b).ok()) {
                 summary.predictions_out += 1;
                 summary.warmup_predictions += usize::from(p.warmup);
                 summary.latencies_ms.push(p.latency_ms);

@@ -69,10 +69,7 @@ pub struct DecodeError {
 
 impl DecodeError {
     fn new(kind: RejectKind, reason: impl Into<String>) -> Self {
-        DecodeError {
-            kind,
-            reason: reason.into(),
-        }
+        DecodeError { kind, reason: reason.into() }
     }
 }
 
@@ -132,21 +129,14 @@ impl InputEvent {
         if bytes.len() > schema.max_message_bytes {
             return Err(DecodeError::new(
                 RejectKind::Oversized,
-                format!(
-                    "message is {} bytes; the limit is {}",
-                    bytes.len(),
-                    schema.max_message_bytes
-                ),
+                format!("message is {} bytes; the limit is {}", bytes.len(), schema.max_message_bytes),
             ));
         }
         let raw: RawEvent<'_> = serde_json::from_slice(bytes).map_err(|e| {
             let mut d = json_error(bytes, &e, "event");
             // Every field of RawEvent accepts any JSON, so a data error means the value is no object.
             if d.kind == RejectKind::InvalidField {
-                d = DecodeError::new(
-                    RejectKind::InvalidJson,
-                    format!("an event must be a JSON object: {e}"),
-                );
+                d = DecodeError::new(RejectKind::InvalidJson, format!("an event must be a JSON object: {e}"));
             }
             d
         })?;
@@ -178,10 +168,7 @@ impl InputEvent {
                 EventValues::Observation(out)
             }
             (None, None) => {
-                return Err(DecodeError::new(
-                    RejectKind::MissingField,
-                    "`features` (or `window`) is required",
-                ));
+                return Err(DecodeError::new(RejectKind::MissingField, "`features` (or `window`) is required"));
             }
         };
         Ok(InputEvent {
@@ -194,24 +181,12 @@ impl InputEvent {
     }
 }
 
-fn required_string<'a>(
-    raw: Option<&'a RawValue>,
-    field: &str,
-) -> Result<Cow<'a, str>, DecodeError> {
-    let raw = raw.ok_or_else(|| {
-        DecodeError::new(RejectKind::MissingField, format!("`{field}` is required"))
-    })?;
-    let s: Cow<'a, str> = Deserialize::deserialize(raw).map_err(|_| {
-        DecodeError::new(
-            RejectKind::InvalidField,
-            format!("`{field}` must be a string"),
-        )
-    })?;
+fn required_string<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<Cow<'a, str>, DecodeError> {
+    let raw = raw.ok_or_else(|| DecodeError::new(RejectKind::MissingField, format!("`{field}` is required")))?;
+    let s: Cow<'a, str> = Deserialize::deserialize(raw)
+        .map_err(|_| DecodeError::new(RejectKind::InvalidField, format!("`{field}` must be a string")))?;
     if s.is_empty() {
-        return Err(DecodeError::new(
-            RejectKind::InvalidField,
-            format!("`{field}` must not be empty"),
-        ));
+        return Err(DecodeError::new(RejectKind::InvalidField, format!("`{field}` must not be empty")));
     }
     Ok(s)
 }
@@ -221,15 +196,10 @@ fn required_string<'a>(
 fn json_error(bytes: &[u8], e: &serde_json::Error, what: &str) -> DecodeError {
     let msg = e.to_string();
     if msg.contains("number out of range") || points_at_non_finite(bytes, e) {
-        return DecodeError::new(
-            RejectKind::NonFinite,
-            format!("{what} holds a non-finite number ({msg})"),
-        );
+        return DecodeError::new(RejectKind::NonFinite, format!("{what} holds a non-finite number ({msg})"));
     }
     match e.classify() {
-        serde_json::error::Category::Data => {
-            DecodeError::new(RejectKind::InvalidField, format!("{what}: {msg}"))
-        }
+        serde_json::error::Category::Data => DecodeError::new(RejectKind::InvalidField, format!("{what}: {msg}")),
         _ => DecodeError::new(RejectKind::InvalidJson, format!("not valid JSON: {msg}")),
     }
 }
@@ -238,11 +208,7 @@ fn points_at_non_finite(bytes: &[u8], e: &serde_json::Error) -> bool {
     if e.line() == 0 {
         return false;
     }
-    let line_start: usize = bytes
-        .split(|b| *b == b'\n')
-        .take(e.line() - 1)
-        .map(|l| l.len() + 1)
-        .sum();
+    let line_start: usize = bytes.split(|b| *b == b'\n').take(e.line() - 1).map(|l| l.len() + 1).sum();
     // serde_json reports the column of the offending character (1-based) or just past it.
     let at = line_start + e.column().saturating_sub(1);
     [at.saturating_sub(1), at].into_iter().any(|p| {
@@ -260,33 +226,16 @@ fn decode_observation(
     what: &str,
 ) -> Result<(), DecodeError> {
     let kind = Cell::new(None);
-    let seed = ObservationSeed {
-        schema,
-        out,
-        extra,
-        kind: &kind,
-    };
+    let seed = ObservationSeed { schema, out, extra, kind: &kind };
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    seed.deserialize(&mut de)
-        .map_err(|e| classify_seed_error(raw, &e, &kind, what))
+    seed.deserialize(&mut de).map_err(|e| classify_seed_error(raw, &e, &kind, what))
 }
 
-fn decode_window(
-    raw: &RawValue,
-    schema: &FeatureSchema,
-    out: &mut [f32],
-    extra: &mut u32,
-) -> Result<(), DecodeError> {
+fn decode_window(raw: &RawValue, schema: &FeatureSchema, out: &mut [f32], extra: &mut u32) -> Result<(), DecodeError> {
     let kind = Cell::new(None);
-    let seed = WindowSeed {
-        schema,
-        out,
-        extra,
-        kind: &kind,
-    };
+    let seed = WindowSeed { schema, out, extra, kind: &kind };
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    seed.deserialize(&mut de)
-        .map_err(|e| classify_seed_error(raw, &e, &kind, "window"))
+    seed.deserialize(&mut de).map_err(|e| classify_seed_error(raw, &e, &kind, "window"))
 }
 
 fn classify_seed_error(
@@ -324,10 +273,9 @@ impl ObservationSeed<'_, '_> {
     fn store<E: serde::de::Error>(&self, slot: &mut f32, value: f64, name: &str) -> Result<(), E> {
         let v = value as f32;
         if !v.is_finite() {
-            return Err(self.fail(
-                RejectKind::NonFinite,
-                format_args!("feature `{name}` is not a finite f32 ({value})"),
-            ));
+            return Err(
+                self.fail(RejectKind::NonFinite, format_args!("feature `{name}` is not a finite f32 ({value})"))
+            );
         }
         *slot = v;
         Ok(())
@@ -345,22 +293,14 @@ impl<'de> Visitor<'de> for ObservationSeed<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "an object of feature values or an array of {} numbers",
-            self.schema.width()
-        )
+        write!(f, "an object of feature values or an array of {} numbers", self.schema.width())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         // A bitmask keeps the missing-feature check allocation-free for up to 128 features.
         let width = self.schema.width();
         let mut seen_small: u128 = 0;
-        let mut seen_big: Vec<bool> = if width > 128 {
-            vec![false; width]
-        } else {
-            Vec::new()
-        };
+        let mut seen_big: Vec<bool> = if width > 128 { vec![false; width] } else { Vec::new() };
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match self.schema.names.iter().position(|n| *n == *key) {
                 Some(i) => {
@@ -368,10 +308,7 @@ impl<'de> Visitor<'de> for ObservationSeed<'_, '_> {
                         if e.to_string().contains("out of range") {
                             self.fail(RejectKind::NonFinite, format_args!("feature `{key}`: {e}"))
                         } else {
-                            self.fail(
-                                RejectKind::InvalidField,
-                                format_args!("feature `{key}` must be a number"),
-                            )
+                            self.fail(RejectKind::InvalidField, format_args!("feature `{key}` must be a number"))
                         }
                     })?;
                     let mut slot = self.out[i];
@@ -385,10 +322,7 @@ impl<'de> Visitor<'de> for ObservationSeed<'_, '_> {
                 }
                 None => {
                     if self.schema.reject_unknown_features {
-                        return Err(self.fail(
-                            RejectKind::UnknownFeature,
-                            format_args!("unknown feature `{key}`"),
-                        ));
+                        return Err(self.fail(RejectKind::UnknownFeature, format_args!("unknown feature `{key}`")));
                     }
                     map.next_value::<serde::de::IgnoredAny>()?;
                     *self.extra += 1;
@@ -402,10 +336,7 @@ impl<'de> Visitor<'de> for ObservationSeed<'_, '_> {
         };
         if let Some(i) = missing {
             let name = &self.schema.names[i];
-            return Err(self.fail(
-                RejectKind::MissingFeature,
-                format_args!("feature `{name}` is missing"),
-            ));
+            return Err(self.fail(RejectKind::MissingFeature, format_args!("feature `{name}` is missing")));
         }
         Ok(())
     }
@@ -418,10 +349,7 @@ impl<'de> Visitor<'de> for ObservationSeed<'_, '_> {
                 if e.to_string().contains("out of range") {
                     self.fail(RejectKind::NonFinite, format_args!("value {i}: {e}"))
                 } else {
-                    self.fail(
-                        RejectKind::InvalidField,
-                        format_args!("value {i} must be a number"),
-                    )
+                    self.fail(RejectKind::InvalidField, format_args!("value {i} must be a number"))
                 }
             })?;
             let Some(v) = next else { break };
@@ -440,20 +368,14 @@ impl<'de> Visitor<'de> for ObservationSeed<'_, '_> {
         if i < width {
             return Err(self.fail(
                 RejectKind::MissingFeature,
-                format_args!(
-                    "array has {i} values; the model expects {width} ({})",
-                    self.schema.names.join(", ")
-                ),
+                format_args!("array has {i} values; the model expects {width} ({})", self.schema.names.join(", ")),
             ));
         }
         Ok(())
     }
 
     fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
-        Err(self.fail(
-            RejectKind::InvalidField,
-            "must be an object or an array, not a string",
-        ))
+        Err(self.fail(RejectKind::InvalidField, "must be an object or an array, not a string"))
     }
 }
 
@@ -486,9 +408,7 @@ impl<'de> Visitor<'de> for WindowSeed<'_, '_> {
             if step == t {
                 if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
                     self.kind.set(Some(RejectKind::WindowLength));
-                    return Err(A::Error::custom(format_args!(
-                        "window has more than the model's {t} steps"
-                    )));
+                    return Err(A::Error::custom(format_args!("window has more than the model's {t} steps")));
                 }
                 break;
             }
@@ -500,9 +420,7 @@ impl<'de> Visitor<'de> for WindowSeed<'_, '_> {
             };
             if seq.next_element_seed(seed)?.is_none() {
                 self.kind.set(Some(RejectKind::WindowLength));
-                return Err(A::Error::custom(format_args!(
-                    "window has {step} steps; the model needs {t}"
-                )));
+                return Err(A::Error::custom(format_args!("window has {step} steps; the model needs {t}")));
             }
             step += 1;
         }
@@ -546,8 +464,7 @@ impl PredictionOut<'_> {
     /// Encodes into `buf` (cleared first), reusing its capacity.
     pub fn encode(&self, buf: &mut Vec<u8>) {
         buf.clear();
-        serde_json::to_writer(&mut *buf, self)
-            .expect("writing JSON to a Vec cannot fail; all floats are finite");
+        serde_json::to_writer(&mut *buf, self).expect("writing JSON to a Vec cannot fail; all floats are finite");
     }
 }
 
@@ -619,10 +536,7 @@ mod tests {
 
     #[test]
     fn both_feature_forms_decode_in_bundle_order() {
-        let a = decode(&format!(
-            r#"{{{HEAD},"features":{{"temp":3.5,"load":12.5,"hum":1}}}}"#
-        ))
-        .unwrap();
+        let a = decode(&format!(r#"{{{HEAD},"features":{{"temp":3.5,"load":12.5,"hum":1}}}}"#)).unwrap();
         assert_eq!(a.values, EventValues::Observation(vec![12.5, 3.5]));
         assert_eq!(a.extra_features, 1);
         let b = decode(&format!(r#"{{{HEAD},"features":[12.5,3.5]}}"#)).unwrap();
@@ -632,10 +546,7 @@ mod tests {
 
     #[test]
     fn window_in_mixed_forms_decodes_time_major() {
-        let e = decode(&format!(
-            r#"{{{HEAD},"window":[[1,2],{{"load":3,"temp":4}}]}}"#
-        ))
-        .unwrap();
+        let e = decode(&format!(r#"{{{HEAD},"window":[[1,2],{{"load":3,"temp":4}}]}}"#)).unwrap();
         assert_eq!(e.values, EventValues::Window(vec![1.0, 2.0, 3.0, 4.0]));
     }
 
@@ -655,51 +566,18 @@ mod tests {
             kind(r#"{"id":"e","series_id":"s","timestamp":"yesterday","features":[1,2]}"#),
             RejectKind::InvalidField
         );
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":"1,2"}}"#)), RejectKind::InvalidField);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":{{"load":"x","temp":1}}}}"#)), RejectKind::InvalidField);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":{{"load":1}}}}"#)), RejectKind::MissingFeature);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":[1]}}"#)), RejectKind::MissingFeature);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":[1,2,3]}}"#)), RejectKind::UnknownFeature);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":{{"load":NaN,"temp":1}}}}"#)), RejectKind::NonFinite);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":[1e999,1]}}"#)), RejectKind::NonFinite);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"features":[1e300,1]}}"#)), RejectKind::NonFinite);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"window":[[1,2]]}}"#)), RejectKind::WindowLength);
+        assert_eq!(kind(&format!(r#"{{{HEAD},"window":[[1,2],[1,2],[1,2]]}}"#)), RejectKind::WindowLength);
         assert_eq!(
-            kind(&format!(r#"{{{HEAD},"features":"1,2"}}"#)),
-            RejectKind::InvalidField
-        );
-        assert_eq!(
-            kind(&format!(r#"{{{HEAD},"features":{{"load":"x","temp":1}}}}"#)),
-            RejectKind::InvalidField
-        );
-        assert_eq!(
-            kind(&format!(r#"{{{HEAD},"features":{{"load":1}}}}"#)),
-            RejectKind::MissingFeature
-        );
-        assert_eq!(
-            kind(&format!(r#"{{{HEAD},"features":[1]}}"#)),
-            RejectKind::MissingFeature
-        );
-        assert_eq!(
-            kind(&format!(r#"{{{HEAD},"features":[1,2,3]}}"#)),
-            RejectKind::UnknownFeature
-        );
-        assert_eq!(
-            kind(&format!(r#"{{{HEAD},"features":{{"load":NaN,"temp":1}}}}"#)),
-            RejectKind::NonFinite
-        );
-        assert_eq!(
-            kind(&format!(r#"{{{HEAD},"features":[1e999,1]}}"#)),
-            RejectKind::NonFinite
-        );
-        assert_eq!(
-            kind(&format!(r#"{{{HEAD},"features":[1e300,1]}}"#)),
-            RejectKind::NonFinite
-        );
-        assert_eq!(
-            kind(&format!(r#"{{{HEAD},"window":[[1,2]]}}"#)),
-            RejectKind::WindowLength
-        );
-        assert_eq!(
-            kind(&format!(r#"{{{HEAD},"window":[[1,2],[1,2],[1,2]]}}"#)),
-            RejectKind::WindowLength
-        );
-        assert_eq!(
-            kind(&format!(
-                r#"{{{HEAD},"features":[1,2],"pad":"{}"}}"#,
-                "x".repeat(2000)
-            )),
+            kind(&format!(r#"{{{HEAD},"features":[1,2],"pad":"{}"}}"#, "x".repeat(2000))),
             RejectKind::Oversized
         );
     }
@@ -708,19 +586,13 @@ mod tests {
     fn unknown_features_can_be_rejected() {
         let mut s = schema();
         s.reject_unknown_features = true;
-        let e = InputEvent::decode(
-            format!(r#"{{{HEAD},"features":{{"load":1,"temp":2,"x":3}}}}"#).as_bytes(),
-            &s,
-        );
+        let e = InputEvent::decode(format!(r#"{{{HEAD},"features":{{"load":1,"temp":2,"x":3}}}}"#).as_bytes(), &s);
         assert_eq!(e.unwrap_err().kind, RejectKind::UnknownFeature);
     }
 
     #[test]
     fn prediction_encodes_contract_fields() {
-        let model = ModelRef {
-            name: "m".into(),
-            version: "3".into(),
-        };
+        let model = ModelRef { name: "m".into(), version: "3".into() };
         let p = PredictionOut {
             id: "e1",
             series_id: "s",
@@ -742,9 +614,7 @@ mod tests {
 
     #[test]
     fn actual_accepts_bare_number() {
-        let a: Actual =
-            serde_json::from_str(r#"{"id":"e","series_id":"s","timestamp":"t","actual":13.0}"#)
-                .unwrap();
+        let a: Actual = serde_json::from_str(r#"{"id":"e","series_id":"s","timestamp":"t","actual":13.0}"#).unwrap();
         assert_eq!(a.actual, vec![13.0]);
     }
 }

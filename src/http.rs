@@ -62,20 +62,12 @@ async fn readyz(State(s): State<AppState>) -> Response {
     if reasons.is_empty() {
         (StatusCode::OK, Json(serde_json::json!({"ready": true}))).into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"ready": false, "reasons": reasons})),
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"ready": false, "reasons": reasons}))).into_response()
     }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 
 async fn models(State(s): State<AppState>) -> Response {
@@ -83,16 +75,11 @@ async fn models(State(s): State<AppState>) -> Response {
 }
 
 /// Binds `addr` and serves until shutdown. Returns the bound address (useful with port 0).
-pub async fn serve(
-    addr: SocketAddr,
-    state: AppState,
-    shutdown: Shutdown,
-) -> std::io::Result<SocketAddr> {
+pub async fn serve(addr: SocketAddr, state: AppState, shutdown: Shutdown) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
-        let server = axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move { shutdown.wait().await });
+        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.wait().await });
         if let Err(error) = server.await {
             tracing::error!(%error, "HTTP server failed.");
         }

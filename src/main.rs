@@ -15,11 +15,7 @@ use streamcast::serve::{self, RunError};
 use streamcast::telemetry;
 
 #[derive(Parser)]
-#[command(
-    name = "streamcast",
-    version,
-    about = "Serve time-series ONNX models on Kafka."
-)]
+#[command(name = "streamcast", version, about = "Serve time-series ONNX models on Kafka.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -139,24 +135,18 @@ fn is_usage_error(error: &anyhow::Error) -> bool {
         e.is::<ConfigError>()
             || e.is::<UsageError>()
             || e.is::<bundle::BundleError>()
-            || e.downcast_ref::<RunError>()
-                .is_some_and(RunError::is_setup_error)
-            || e.downcast_ref::<streamcast::inference::InferenceError>()
-                .is_some_and(|e| {
-                    matches!(
-                        e,
-                        streamcast::inference::InferenceError::Bundle(_)
-                            | streamcast::inference::InferenceError::Cuda(_)
-                    )
-                })
+            || e.downcast_ref::<RunError>().is_some_and(RunError::is_setup_error)
+            || e.downcast_ref::<streamcast::inference::InferenceError>().is_some_and(|e| {
+                matches!(
+                    e,
+                    streamcast::inference::InferenceError::Bundle(_) | streamcast::inference::InferenceError::Cuda(_)
+                )
+            })
     })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -172,13 +162,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(async {
                 if let Some(partitions) = args.create_topics {
                     let client = streamcast::pipeline::client_config(&config);
-                    let created = streamcast::topics::create_topics(
-                        &client,
-                        &config.topics.all(),
-                        partitions,
-                        1,
-                    )
-                    .await?;
+                    let created =
+                        streamcast::topics::create_topics(&client, &config.topics.all(), partitions, 1).await?;
                     tracing::info!(?created, "Topics created.");
                 }
                 serve::run(&config).await?;
@@ -202,11 +187,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Models(cmd) => models(cmd),
-        Command::Topics(TopicsCommand::Create {
-            config,
-            partitions,
-            replication_factor,
-        }) => {
+        Command::Topics(TopicsCommand::Create { config, partitions, replication_factor }) => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             let client = streamcast::pipeline::client_config(&config);
             let rt = runtime()?;
@@ -231,10 +212,7 @@ fn parse_provider(s: &str) -> anyhow::Result<ExecutionProviderChoice> {
         "auto" => Ok(ExecutionProviderChoice::Auto),
         "cpu" => Ok(ExecutionProviderChoice::Cpu),
         "cuda" => Ok(ExecutionProviderChoice::Cuda),
-        other => Err(UsageError(format!(
-            "--execution-provider must be auto, cpu or cuda, not `{other}`"
-        ))
-        .into()),
+        other => Err(UsageError(format!("--execution-provider must be auto, cpu or cuda, not `{other}`")).into()),
     }
 }
 
@@ -263,14 +241,8 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
             println!("bundle:     {}", dir.display());
             println!("model:      {} version {}", m.name, m.version);
             println!("features:   {}", m.features.join(", "));
-            println!(
-                "window:     {} steps, layout {:?}, input `{}`",
-                m.window, m.input.layout, m.input.name
-            );
-            println!(
-                "horizon:    {} (output `{}`, target `{}`)",
-                m.horizon, m.output.name, m.target.name
-            );
+            println!("window:     {} steps, layout {:?}, input `{}`", m.window, m.input.layout, m.input.name);
+            println!("horizon:    {} (output `{}`, target `{}`)", m.horizon, m.output.name, m.target.name);
             if let Some(v) = &m.validation {
                 println!("validation: rmse {:.4}, mae {:.4}", v.rmse, v.mae);
             }

@@ -43,26 +43,17 @@ impl Scaler {
         };
         for v in [a, b] {
             if v.len() != columns {
-                return Err(ScalerError::Length {
-                    expected: columns,
-                    got: v.len(),
-                });
+                return Err(ScalerError::Length { expected: columns, got: v.len() });
             }
         }
         let mut offset = Vec::with_capacity(columns);
         let mut scale = Vec::with_capacity(columns);
         for i in 0..columns {
             if !a[i].is_finite() {
-                return Err(ScalerError::NonFinite {
-                    field: a_name,
-                    index: i,
-                });
+                return Err(ScalerError::NonFinite { field: a_name, index: i });
             }
             if !b[i].is_finite() {
-                return Err(ScalerError::NonFinite {
-                    field: b_name,
-                    index: i,
-                });
+                return Err(ScalerError::NonFinite { field: b_name, index: i });
             }
             let s = match spec {
                 ScalerSpec::Standard { .. } => b[i],
@@ -75,11 +66,7 @@ impl Scaler {
             scale.push(s as f32);
         }
         let inv_scale = scale.iter().map(|s| 1.0 / s).collect();
-        Ok(Scaler {
-            offset,
-            inv_scale,
-            scale,
-        })
+        Ok(Scaler { offset, inv_scale, scale })
     }
 
     pub fn columns(&self) -> usize {
@@ -122,14 +109,7 @@ mod tests {
 
     #[test]
     fn standard_round_trips_and_matches_formula() {
-        let s = Scaler::new(
-            &ScalerSpec::Standard {
-                mean: vec![350.0, 0.0],
-                std: vec![10.0, 0.5],
-            },
-            2,
-        )
-        .unwrap();
+        let s = Scaler::new(&ScalerSpec::Standard { mean: vec![350.0, 0.0], std: vec![10.0, 0.5] }, 2).unwrap();
         let mut v = vec![360.0, 0.25, 340.0, -0.5];
         s.normalize(&mut v);
         assert_eq!(v, vec![1.0, 0.5, -1.0, -1.0]);
@@ -139,14 +119,7 @@ mod tests {
 
     #[test]
     fn minmax_maps_range_to_unit_interval() {
-        let s = Scaler::new(
-            &ScalerSpec::Minmax {
-                min: vec![10.0],
-                max: vec![20.0],
-            },
-            1,
-        )
-        .unwrap();
+        let s = Scaler::new(&ScalerSpec::Minmax { min: vec![10.0], max: vec![20.0] }, 1).unwrap();
         let mut v = vec![10.0, 15.0, 20.0];
         s.normalize(&mut v);
         assert_eq!(v, vec![0.0, 0.5, 1.0]);
@@ -154,14 +127,7 @@ mod tests {
 
     #[test]
     fn one_column_target_scaler_covers_every_horizon_step() {
-        let s = Scaler::new(
-            &ScalerSpec::Standard {
-                mean: vec![100.0],
-                std: vec![2.0],
-            },
-            1,
-        )
-        .unwrap();
+        let s = Scaler::new(&ScalerSpec::Standard { mean: vec![100.0], std: vec![2.0] }, 1).unwrap();
         let mut v = vec![0.0, 1.0, -1.0, 0.5];
         s.denormalize(&mut v);
         assert_eq!(v, vec![100.0, 102.0, 98.0, 101.0]);
@@ -169,35 +135,11 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_refused_with_their_position() {
-        let bad = |mean: Vec<f64>, std: Vec<f64>| {
-            Scaler::new(&ScalerSpec::Standard { mean, std }, 2).unwrap_err()
-        };
-        assert_eq!(
-            bad(vec![1.0], vec![1.0]),
-            ScalerError::Length {
-                expected: 2,
-                got: 1
-            }
-        );
-        assert_eq!(
-            bad(vec![1.0, f64::NAN], vec![1.0, 1.0]),
-            ScalerError::NonFinite {
-                field: "mean",
-                index: 1
-            }
-        );
-        assert_eq!(
-            bad(vec![1.0, 1.0], vec![1.0, 0.0]),
-            ScalerError::ZeroScale { index: 1 }
-        );
-        let mm = Scaler::new(
-            &ScalerSpec::Minmax {
-                min: vec![5.0],
-                max: vec![5.0],
-            },
-            1,
-        )
-        .unwrap_err();
+        let bad = |mean: Vec<f64>, std: Vec<f64>| Scaler::new(&ScalerSpec::Standard { mean, std }, 2).unwrap_err();
+        assert_eq!(bad(vec![1.0], vec![1.0]), ScalerError::Length { expected: 2, got: 1 });
+        assert_eq!(bad(vec![1.0, f64::NAN], vec![1.0, 1.0]), ScalerError::NonFinite { field: "mean", index: 1 });
+        assert_eq!(bad(vec![1.0, 1.0], vec![1.0, 0.0]), ScalerError::ZeroScale { index: 1 });
+        let mm = Scaler::new(&ScalerSpec::Minmax { min: vec![5.0], max: vec![5.0] }, 1).unwrap_err();
         assert_eq!(mm, ScalerError::ZeroScale { index: 0 });
     }
 }

@@ -23,10 +23,7 @@ pub enum RunError {
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
 }
 
 impl RunError {
@@ -35,30 +32,20 @@ impl RunError {
     pub fn is_setup_error(&self) -> bool {
         match self {
             RunError::Bundle(_) | RunError::Listen { .. } => true,
-            RunError::Inference(e) => matches!(
-                e,
-                InferenceError::Bundle(_) | InferenceError::Cuda(_) | InferenceError::Runtime(_)
-            ),
-            RunError::Pipeline(e) => matches!(
-                e,
-                PipelineError::MissingTopics(_) | PipelineError::Client(_)
-            ),
+            RunError::Inference(e) => {
+                matches!(e, InferenceError::Bundle(_) | InferenceError::Cuda(_) | InferenceError::Runtime(_))
+            }
+            RunError::Pipeline(e) => matches!(e, PipelineError::MissingTopics(_) | PipelineError::Client(_)),
         }
     }
 }
 
 /// Resolves, loads and validates the configured bundle, then warms its session up.
 pub fn load_model(config: &Config) -> Result<Model, RunError> {
-    let dir = bundle::resolve(
-        &config.model.root,
-        &config.model.name,
-        &config.model.version,
-    )?;
+    let dir = bundle::resolve(&config.model.root, &config.model.name, &config.model.version)?;
     let bundle = Bundle::load(&dir)?;
-    let options = SessionOptions {
-        provider: config.model.execution_provider,
-        intra_threads: config.model.intra_threads,
-    };
+    let options =
+        SessionOptions { provider: config.model.execution_provider, intra_threads: config.model.intra_threads };
     let mut model = Model::load(bundle, options)?;
     let warm = model.warm_up(config.batching.max_batch_size)?;
     let report = model.provider();
@@ -102,59 +89,31 @@ pub struct Running {
 }
 
 /// Loads the model and starts everything. Must be called inside a Tokio runtime.
-pub async fn start(
-    config: &Config,
-    metrics: Arc<Metrics>,
-    shutdown: Shutdown,
-) -> Result<Running, RunError> {
+pub async fn start(config: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<Running, RunError> {
     let config_for_load = config.clone();
     let model = tokio::task::spawn_blocking(move || load_model(&config_for_load))
         .await
         .expect("model loading does not panic")?;
-    metrics
-        .execution_provider
-        .with_label_values(&[model.provider().provider.as_str()])
-        .set(1);
+    metrics.execution_provider.with_label_values(&[model.provider().provider.as_str()]).set(1);
     let models = Arc::new(models_document(&model));
     let (model_ref, provider) = (model.model_ref().clone(), model.provider().clone());
     let worker = Worker::start(config, model, metrics.clone(), shutdown.clone())?;
-    let readiness = Arc::new(Readiness {
-        assigned: worker.assigned.clone(),
-        ..Default::default()
-    });
+    let readiness = Arc::new(Readiness { assigned: worker.assigned.clone(), ..Default::default() });
     readiness.model_loaded.store(true, Ordering::SeqCst);
     // The topic check in `Worker::start` succeeded, so the cluster answered the producer's config.
     readiness.producer_connected.store(true, Ordering::SeqCst);
     let http_addr = if config.http.listen.is_empty() {
         None
     } else {
-        let addr = config
-            .http
-            .listen
-            .parse()
-            .expect("validated in Config::validate");
-        let state = AppState {
-            metrics,
-            readiness: readiness.clone(),
-            models,
-        };
-        let bound =
-            http::serve(addr, state, shutdown)
-                .await
-                .map_err(|source| RunError::Listen {
-                    addr: config.http.listen.clone(),
-                    source,
-                })?;
+        let addr = config.http.listen.parse().expect("validated in Config::validate");
+        let state = AppState { metrics, readiness: readiness.clone(), models };
+        let bound = http::serve(addr, state, shutdown)
+            .await
+            .map_err(|source| RunError::Listen { addr: config.http.listen.clone(), source })?;
         tracing::info!(addr = %bound, "HTTP server listening.");
         Some(bound)
     };
-    Ok(Running {
-        worker,
-        model: model_ref,
-        provider,
-        http_addr,
-        readiness,
-    })
+    Ok(Running { worker, model: model_ref, provider, http_addr, readiness })
 }
 
 /// Runs the worker until SIGTERM/SIGINT (or a fatal error), then shuts down cleanly.
@@ -172,9 +131,7 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     }
     shutdown.trigger();
     let worker = running.worker;
-    tokio::task::spawn_blocking(move || worker.join())
-        .await
-        .expect("join does not panic")?;
+    tokio::task::spawn_blocking(move || worker.join()).await.expect("join does not panic")?;
     tracing::info!("Worker stopped.");
     Ok(())
 }

@@ -23,10 +23,7 @@ impl Default for Shutdown {
 impl Shutdown {
     pub fn new() -> Shutdown {
         let (tx, _) = watch::channel(false);
-        Shutdown {
-            flag: Arc::new(AtomicBool::new(false)),
-            tx: Arc::new(tx),
-        }
+        Shutdown { flag: Arc::new(AtomicBool::new(false)), tx: Arc::new(tx) }
     }
 
     pub fn trigger(&self) {
@@ -50,10 +47,7 @@ impl Shutdown {
         let this = self.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
                 tracing::error!("Cannot install signal handlers.");
                 return;
             };

@@ -6,8 +6,7 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::config::{LogFormat, TelemetryConfig};
@@ -17,11 +16,9 @@ use crate::event::RejectKind;
 pub fn init_logging(config: &TelemetryConfig) {
     use tracing_subscriber::EnvFilter;
     // ONNX Runtime logs every graph transform at INFO; keep it at WARN unless RUST_LOG asks.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},ort=warn", config.log_level)));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{},ort=warn", config.log_level)));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second initialisation (tests, the demo) is harmless; keep the first.
     let _ = match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -53,35 +50,25 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric name");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("registered once");
+            registry.register(Box::new(c.clone())).expect("registered once");
             c
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("registered once");
+            registry.register(Box::new(c.clone())).expect("registered once");
             c
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("registered once");
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("registered once");
             h
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric name");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("registered once");
+            registry.register(Box::new(g.clone())).expect("registered once");
             g
         };
-        let latency_buckets =
-            prometheus::exponential_buckets(0.0001, 2.0, 18).expect("valid buckets");
+        let latency_buckets = prometheus::exponential_buckets(0.0001, 2.0, 18).expect("valid buckets");
         let m = Metrics {
             events_consumed: counter("streamcast_events_consumed_total", "Input events consumed."),
             events_acknowledged: counter(
@@ -89,7 +76,11 @@ impl Metrics {
                 "Input events whose prediction or dead-letter record the broker acknowledged (offset stored).",
             ),
             predictions: counter_vec("streamcast_predictions_total", "Predictions produced.", &["variant"]),
-            rejected: counter_vec("streamcast_events_rejected_total", "Events sent to the dead-letter topic.", &["kind"]),
+            rejected: counter_vec(
+                "streamcast_events_rejected_total",
+                "Events sent to the dead-letter topic.",
+                &["kind"],
+            ),
             extra_features: counter(
                 "streamcast_extra_features_total",
                 "Feature names in input objects that the bundle does not use (ignored).",
@@ -133,9 +124,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("encoding to a Vec cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encoding to a Vec cannot fail");
         String::from_utf8(buf).expect("the text format is UTF-8")
     }
 }

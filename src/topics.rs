@@ -18,10 +18,8 @@ pub async fn create_topics(
     replication: i32,
 ) -> Result<Vec<String>, rdkafka::error::KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client.create()?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
-        .collect();
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication))).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin.create_topics(&new, &options).await?;
     let mut created = Vec::new();

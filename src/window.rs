@@ -37,12 +37,7 @@ pub struct Filled {
 impl WindowStore {
     pub fn new(window: usize, width: usize, max_series: usize) -> WindowStore {
         let cap = NonZeroUsize::new(max_series).unwrap_or(NonZeroUsize::MIN);
-        WindowStore {
-            window,
-            width,
-            series: LruCache::new(cap),
-            evicted: 0,
-        }
+        WindowStore { window, width, series: LruCache::new(cap), evicted: 0 }
     }
 
     /// Appends `obs` to the series' window and writes the model input (`T·F` raw values, oldest
@@ -50,23 +45,14 @@ impl WindowStore {
     ///
     /// While a series has fewer than `T` observations the window is left-padded by repeating its
     /// oldest observation, so every event gets a prediction; the prediction is marked `warmup`.
-    pub fn push(
-        &mut self,
-        partition: i32,
-        series_id: &str,
-        obs: &[f32],
-        out: &mut Vec<f32>,
-    ) -> Filled {
+    pub fn push(&mut self, partition: i32, series_id: &str, obs: &[f32], out: &mut Vec<f32>) -> Filled {
         debug_assert_eq!(obs.len(), self.width);
         let cap = self.window * self.width;
         let mut evicted = false;
         let entry = match self.series.get_mut(series_id) {
             Some(entry) => entry,
             None => {
-                let fresh = SeriesWindow {
-                    partition,
-                    rows: VecDeque::with_capacity(cap),
-                };
+                let fresh = SeriesWindow { partition, rows: VecDeque::with_capacity(cap) };
                 if let Some((_, _)) = self.series.push(series_id.to_string(), fresh) {
                     evicted = true;
                     self.evicted += 1;
@@ -90,20 +76,13 @@ impl WindowStore {
         }
         out.extend_from_slice(a);
         out.extend_from_slice(b);
-        Filled {
-            padded: missing > 0,
-            evicted,
-        }
+        Filled { padded: missing > 0, evicted }
     }
 
     /// Drops the state of series last seen on any of `partitions`; returns how many were dropped.
     pub fn drop_partitions(&mut self, partitions: &[i32]) -> usize {
-        let doomed: Vec<String> = self
-            .series
-            .iter()
-            .filter(|(_, w)| partitions.contains(&w.partition))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let doomed: Vec<String> =
+            self.series.iter().filter(|(_, w)| partitions.contains(&w.partition)).map(|(k, _)| k.clone()).collect();
         for k in &doomed {
             self.series.pop(k);
         }

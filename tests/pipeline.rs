@@ -13,41 +13,23 @@ fn check_fixture(bundle: &str) {
     let topics = Topics::create(3);
     let events = jsonl(&repo().join(format!("tests/fixtures/{bundle}/events.jsonl")));
     let expected = jsonl(&repo().join(format!("tests/fixtures/{bundle}/expected.jsonl")));
-    let payloads: Vec<(String, Vec<u8>)> = events
-        .iter()
-        .map(|e| {
-            (
-                e["series_id"].as_str().unwrap().to_string(),
-                e.to_string().into_bytes(),
-            )
-        })
-        .collect();
-    let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> = payloads
-        .iter()
-        .map(|(k, p)| (Some(k.as_str()), p.as_slice(), &[][..]))
-        .collect();
+    let payloads: Vec<(String, Vec<u8>)> =
+        events.iter().map(|e| (e["series_id"].as_str().unwrap().to_string(), e.to_string().into_bytes())).collect();
+    let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> =
+        payloads.iter().map(|(k, p)| (Some(k.as_str()), p.as_slice(), &[][..])).collect();
     produce(&topics.input, &records);
 
     let mut worker = Worker::start(&topics.config(bundle, "1", ""));
     let mut reader = Reader::new(&topics.predictions);
     let all = reader.read_until(Duration::from_secs(90), |r| ids_of(r).len() >= events.len());
-    assert!(
-        all,
-        "only {} of {} predictions:\n{}",
-        ids_of(&reader.records).len(),
-        events.len(),
-        worker.log_text()
-    );
+    assert!(all, "only {} of {} predictions:\n{}", ids_of(&reader.records).len(), events.len(), worker.log_text());
     reader.settle(Duration::from_secs(2));
 
     let ids = ids_of(&reader.records);
     assert_eq!(ids.len(), events.len());
     assert!(ids.values().all(|n| *n == 1), "an id was predicted twice");
-    let by_id: HashMap<String, serde_json::Value> = reader
-        .records
-        .iter()
-        .map(|r| (r.json()["id"].as_str().unwrap().to_string(), r.json()))
-        .collect();
+    let by_id: HashMap<String, serde_json::Value> =
+        reader.records.iter().map(|r| (r.json()["id"].as_str().unwrap().to_string(), r.json())).collect();
     let mut warmups = 0;
     for e in &expected {
         let id = e["id"].as_str().unwrap();
@@ -56,46 +38,22 @@ fn check_fixture(bundle: &str) {
         assert_eq!(p["model"]["name"], bundle);
         assert_eq!(p["model"]["version"], "1");
         assert_eq!(p["variant"], "primary");
-        assert_eq!(
-            p["warmup"].as_bool().unwrap_or(false),
-            e["warmup"].as_bool().unwrap(),
-            "warmup flag of {id}"
-        );
+        assert_eq!(p["warmup"].as_bool().unwrap_or(false), e["warmup"].as_bool().unwrap(), "warmup flag of {id}");
         warmups += usize::from(e["warmup"].as_bool().unwrap());
-        let got: Vec<f64> = p["prediction"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
-        let want: Vec<f64> = e["prediction"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let got: Vec<f64> = p["prediction"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let want: Vec<f64> = e["prediction"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         assert_eq!(got.len(), want.len(), "horizon of {id}");
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-4, "{id}: worker {g}, expected {w}");
         }
     }
-    assert!(
-        warmups > 0 && warmups < events.len(),
-        "the fixture exercises both warm-up and full windows"
-    );
+    assert!(warmups > 0 && warmups < events.len(), "the fixture exercises both warm-up and full windows");
     // Predictions are keyed by series id, so a series stays on one partition.
     for r in &reader.records {
-        assert_eq!(
-            r.key.as_deref(),
-            Some(r.json()["series_id"].as_str().unwrap().as_bytes())
-        );
+        assert_eq!(r.key.as_deref(), Some(r.json()["series_id"].as_str().unwrap().as_bytes()));
     }
     let status = worker.terminate(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "clean exit on SIGTERM, got {status}:\n{}",
-        worker.log_text()
-    );
+    assert!(status.success(), "clean exit on SIGTERM, got {status}:\n{}", worker.log_text());
 }
 
 #[test]
@@ -120,11 +78,7 @@ fn poison_messages_go_to_the_dlq_with_their_kind_and_good_events_are_predicted()
     let mut good_ids = Vec::new();
     for (i, p) in poison.iter().enumerate() {
         let good = format!("good-{i}");
-        payloads.push((
-            good.clone(),
-            event(&good, "s-1", &[330.0 + i as f64, 0.5, 0.5]).into_bytes(),
-            None,
-        ));
+        payloads.push((good.clone(), event(&good, "s-1", &[330.0 + i as f64, 0.5, 0.5]).into_bytes(), None));
         good_ids.push(good);
         payloads.push((
             p["kind"].as_str().unwrap().into(),
@@ -132,25 +86,14 @@ fn poison_messages_go_to_the_dlq_with_their_kind_and_good_events_are_predicted()
             Some("poison"),
         ));
     }
-    payloads.push((
-        "oversized".into(),
-        oversized.clone().into_bytes(),
-        Some("poison"),
-    ));
+    payloads.push(("oversized".into(), oversized.clone().into_bytes(), Some("poison")));
     good_ids.push("good-last".into());
-    payloads.push((
-        "good-last".into(),
-        event("good-last", "s-1", &[331.0, 0.5, 0.5]).into_bytes(),
-        None,
-    ));
-    let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> = payloads
-        .iter()
-        .map(|(_, p, k)| (*k, p.as_slice(), &[][..]))
-        .collect();
+    payloads.push(("good-last".into(), event("good-last", "s-1", &[331.0, 0.5, 0.5]).into_bytes(), None));
+    let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> =
+        payloads.iter().map(|(_, p, k)| (*k, p.as_slice(), &[][..])).collect();
     produce(&topics.input, &records);
 
-    let worker =
-        Worker::start(&topics.config("co2-mlp", "1", "[validation]\nmax_message_bytes = 4096\n"));
+    let worker = Worker::start(&topics.config("co2-mlp", "1", "[validation]\nmax_message_bytes = 4096\n"));
     let mut dlq = Reader::new(&topics.dlq);
     let n_bad = poison.len() + 1;
     assert!(
@@ -160,36 +103,20 @@ fn poison_messages_go_to_the_dlq_with_their_kind_and_good_events_are_predicted()
         worker.log_text()
     );
     let mut preds = Reader::new(&topics.predictions);
-    assert!(
-        preds.read_until(Duration::from_secs(30), |r| ids_of(r).len()
-            >= good_ids.len()),
-        "{}",
-        worker.log_text()
-    );
+    assert!(preds.read_until(Duration::from_secs(30), |r| ids_of(r).len() >= good_ids.len()), "{}", worker.log_text());
     dlq.settle(Duration::from_secs(1));
-    assert_eq!(
-        dlq.records.len(),
-        n_bad,
-        "each poison message dead-lettered exactly once"
-    );
+    assert_eq!(dlq.records.len(), n_bad, "each poison message dead-lettered exactly once");
 
     // DLQ records keep the original bytes, and say why and where they came from.
     let mut expected_kinds: Vec<(Vec<u8>, String)> = poison
         .iter()
-        .map(|p| {
-            (
-                p["payload"].as_str().unwrap().as_bytes().to_vec(),
-                p["kind"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|p| (p["payload"].as_str().unwrap().as_bytes().to_vec(), p["kind"].as_str().unwrap().to_string()))
         .collect();
     expected_kinds.push((oversized.into_bytes(), "oversized".into()));
     for r in &dlq.records {
         let kind = &r.headers["streamcast-error-kind"];
         assert!(
-            expected_kinds
-                .iter()
-                .any(|(payload, k)| *payload == r.payload && k == kind),
+            expected_kinds.iter().any(|(payload, k)| *payload == r.payload && k == kind),
             "unexpected DLQ record kind {kind} for {:?}",
             String::from_utf8_lossy(&r.payload)
         );
@@ -199,11 +126,7 @@ fn poison_messages_go_to_the_dlq_with_their_kind_and_good_events_are_predicted()
         assert!(r.headers["streamcast-source-offset"].parse::<i64>().is_ok());
         assert_eq!(r.key.as_deref(), Some(&b"poison"[..]));
     }
-    let kinds: HashSet<&str> = dlq
-        .records
-        .iter()
-        .map(|r| r.headers["streamcast-error-kind"].as_str())
-        .collect();
+    let kinds: HashSet<&str> = dlq.records.iter().map(|r| r.headers["streamcast-error-kind"].as_str()).collect();
     for k in [
         "invalid_json",
         "missing_field",
@@ -229,39 +152,22 @@ fn sigkill_mid_stream_loses_nothing() {
         .map(|i| {
             let series = format!("s-{}", i % 50);
             let id = format!("k-{i:06}");
-            (
-                series.clone(),
-                event(&id, &series, &[330.0 + (i % 17) as f64, 0.5, -0.5]).into_bytes(),
-            )
+            (series.clone(), event(&id, &series, &[330.0 + (i % 17) as f64, 0.5, -0.5]).into_bytes())
         })
         .collect();
-    let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> = payloads
-        .iter()
-        .map(|(k, p)| (Some(k.as_str()), p.as_slice(), &[][..]))
-        .collect();
+    let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> =
+        payloads.iter().map(|(k, p)| (Some(k.as_str()), p.as_slice(), &[][..])).collect();
     produce(&topics.input, &records);
 
     // Small batches so the first worker is still mid-stream when it is killed. Progress is read
     // from its metrics rather than from `predictions`: a reader fetching while the producer is
     // killed can stall on nisshi 0.6.0, which says nothing about the worker.
-    let config = topics.config(
-        "co2-mlp",
-        "1",
-        "[batching]\nmax_batch_size = 8\nmax_wait_ms = 1\n",
-    );
+    let config = topics.config("co2-mlp", "1", "[batching]\nmax_batch_size = 8\nmax_wait_ms = 1\n");
     let mut first = Worker::start(&config);
     let port = first.http_port();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while metric_value(
-        &http_get(port, "/metrics"),
-        "streamcast_events_acknowledged_total",
-    ) < 2_000.0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "first worker made no progress:\n{}",
-            first.log_text()
-        );
+    while metric_value(&http_get(port, "/metrics"), "streamcast_events_acknowledged_total") < 2_000.0 {
+        assert!(std::time::Instant::now() < deadline, "first worker made no progress:\n{}", first.log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
     first.kill_hard();
@@ -272,36 +178,20 @@ fn sigkill_mid_stream_loses_nothing() {
     // client reads them. The worker's own output is what is under test here.
     let out = std::process::Command::new(repo().join(".venv/bin/python"))
         .arg(repo().join("tests/e2e/read_ids.py"))
-        .args([
-            bootstrap(),
-            topics.predictions.clone(),
-            n.to_string(),
-            "120".into(),
-        ])
+        .args([bootstrap(), topics.predictions.clone(), n.to_string(), "120".into()])
         .output()
         .expect("run tests/e2e/read_ids.py (make test installs confluent-kafka into .venv)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let distinct = seen["distinct"].as_u64().unwrap() as usize;
-    assert_eq!(
-        distinct,
-        n,
-        "after restart only {distinct} of {n} ids predicted:\n{}",
-        second.log_text()
-    );
+    assert_eq!(distinct, n, "after restart only {distinct} of {n} ids predicted:\n{}", second.log_text());
     assert!(seen["records"].as_u64().unwrap() as usize >= n);
 }
 
 #[test]
 fn three_replicas_share_six_partitions_and_predict_every_id() {
     let topics = Topics::create(6);
-    let mut workers: Vec<Worker> = (0..3)
-        .map(|_| Worker::start(&topics.config("co2-mlp", "1", "")))
-        .collect();
+    let mut workers: Vec<Worker> = (0..3).map(|_| Worker::start(&topics.config("co2-mlp", "1", ""))).collect();
     for w in workers.iter_mut() {
         w.wait_for_log("Partitions assigned", Duration::from_secs(60));
     }
@@ -314,16 +204,11 @@ fn three_replicas_share_six_partitions_and_predict_every_id() {
         .map(|i| {
             let series = format!("r-{}", i % 120);
             let id = format!("r-{i:05}");
-            (
-                series.clone(),
-                event(&id, &series, &[335.0, 0.0, 1.0]).into_bytes(),
-            )
+            (series.clone(), event(&id, &series, &[335.0, 0.0, 1.0]).into_bytes())
         })
         .collect();
-    let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> = payloads
-        .iter()
-        .map(|(k, p)| (Some(k.as_str()), p.as_slice(), &[][..]))
-        .collect();
+    let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> =
+        payloads.iter().map(|(k, p)| (Some(k.as_str()), p.as_slice(), &[][..])).collect();
     produce(&topics.input, &records);
     let mut reader = Reader::new(&topics.predictions);
     let done = reader.read_until(Duration::from_secs(90), |r| ids_of(r).len() >= n);
@@ -332,11 +217,7 @@ fn three_replicas_share_six_partitions_and_predict_every_id() {
     for (w, port) in workers.iter().zip(&ports) {
         let metrics = http_get(*port, "/metrics");
         let consumed = metric_value(&metrics, "streamcast_events_consumed_total");
-        assert!(
-            consumed > 0.0,
-            "replica on port {port} consumed nothing:\n{}",
-            w.log_text()
-        );
+        assert!(consumed > 0.0, "replica on port {port} consumed nothing:\n{}", w.log_text());
     }
 }
 
@@ -344,11 +225,7 @@ fn three_replicas_share_six_partitions_and_predict_every_id() {
 pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out

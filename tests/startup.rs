@@ -38,26 +38,15 @@ listen = ""
 
 #[test]
 fn unknown_config_key_exits_2_naming_the_key() {
-    let (code, _, err) = run(
-        &["run"],
-        Some(&format!("{GOOD}\n[batching]\nmax_batch_sise = 3\n")),
-    );
+    let (code, _, err) = run(&["run"], Some(&format!("{GOOD}\n[batching]\nmax_batch_sise = 3\n")));
     assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("batching") && err.contains("max_batch_sise"),
-        "{err}"
-    );
+    assert!(err.contains("batching") && err.contains("max_batch_sise"), "{err}");
 }
 
 #[test]
 fn invalid_config_value_exits_2_naming_the_key() {
-    let (code, _, err) = run(
-        &["run"],
-        Some(&GOOD.replace(
-            "name = \"co2-mlp\"",
-            "name = \"co2-mlp\"\nexecution_provider = \"tpu\"",
-        )),
-    );
+    let (code, _, err) =
+        run(&["run"], Some(&GOOD.replace("name = \"co2-mlp\"", "name = \"co2-mlp\"\nexecution_provider = \"tpu\"")));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("model.execution_provider"), "{err}");
 }
@@ -67,10 +56,8 @@ fn missing_bundle_exits_2_naming_the_path() {
     let (code, _, err) = run(&["run"], Some(&GOOD.replace("co2-mlp", "no-such-model")));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("no-such-model"), "{err}");
-    let (code, _, err) = run(
-        &["run"],
-        Some(&GOOD.replace("name = \"co2-mlp\"", "name = \"co2-mlp\"\nversion = \"99\"")),
-    );
+    let (code, _, err) =
+        run(&["run"], Some(&GOOD.replace("name = \"co2-mlp\"", "name = \"co2-mlp\"\nversion = \"99\"")));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("co2-mlp/99"), "{err}");
 }
@@ -82,14 +69,8 @@ fn print_config_redacts_secrets() {
         Some(&GOOD.replace("[consumer]", "\"sasl.password\" = \"hunter2\"\n[consumer]")),
     );
     assert_eq!(code, Some(0), "{err}");
-    assert!(
-        out.contains("sasl.password") && !out.contains("hunter2"),
-        "{out}"
-    );
-    assert!(
-        out.contains("max_batch_size = 256"),
-        "defaults are shown: {out}"
-    );
+    assert!(out.contains("sasl.password") && !out.contains("hunter2"), "{out}");
+    assert!(out.contains("max_batch_size = 256"), "defaults are shown: {out}");
 }
 
 #[test]
@@ -104,16 +85,11 @@ fn shipped_bundles_validate() {
     assert!(out.contains("co2-mlp: versions 1, 2 (latest 2)"), "{out}");
     let (code, out, _) = run(&["models", "inspect", "co2-gru"], None);
     assert_eq!(code, Some(0));
-    assert!(
-        out.contains("layout Sequence") && out.contains("horizon:    4"),
-        "{out}"
-    );
+    assert!(out.contains("layout Sequence") && out.contains("horizon:    4"), "{out}");
 }
 
 /// Copies the shipped co2-mlp v1 bundle, lets `edit` break its manifest, and validates it.
-fn validate_broken(
-    edit: impl Fn(&mut serde_json::Value) -> Option<String>,
-) -> (Option<i32>, String) {
+fn validate_broken(edit: impl Fn(&mut serde_json::Value) -> Option<String>) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let src = repo().join("models/co2-mlp/1");
     let dst = dir.path().join("co2-mlp/1");
@@ -121,19 +97,10 @@ fn validate_broken(
     std::fs::copy(src.join("model.onnx"), dst.join("model.onnx")).unwrap();
     let mut manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("bundle.json")).unwrap()).unwrap();
-    let text =
-        edit(&mut manifest).unwrap_or_else(|| serde_json::to_string_pretty(&manifest).unwrap());
+    let text = edit(&mut manifest).unwrap_or_else(|| serde_json::to_string_pretty(&manifest).unwrap());
     std::fs::write(dst.join("bundle.json"), text).unwrap();
-    let out = Command::new(bin())
-        .args(["models", "validate"])
-        .arg(&dst)
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Command::new(bin()).args(["models", "validate"]).arg(&dst).current_dir(repo()).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -143,10 +110,7 @@ fn broken_bundles_are_refused_with_a_precise_message() {
         None
     });
     assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("no input `features_in`") && err.contains("its inputs: input"),
-        "{err}"
-    );
+    assert!(err.contains("no input `features_in`") && err.contains("its inputs: input"), "{err}");
 
     let (code, err) = validate_broken(|m| {
         m["window"] = 12.into();
@@ -154,25 +118,15 @@ fn broken_bundles_are_refused_with_a_precise_message() {
         None
     });
     assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("input has shape") && err.contains("36"),
-        "{err}"
-    );
+    assert!(err.contains("input has shape") && err.contains("36"), "{err}");
 
     let (code, err) = validate_broken(|m| {
         m["scaler"]["std"][1] = 123456.75.into();
         // Python's json.dump writes NaN like this.
-        Some(
-            serde_json::to_string_pretty(m)
-                .unwrap()
-                .replace("123456.75", "NaN"),
-        )
+        Some(serde_json::to_string_pretty(m).unwrap().replace("123456.75", "NaN"))
     });
     assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("scaler.std[1]") && err.contains("finite"),
-        "{err}"
-    );
+    assert!(err.contains("scaler.std[1]") && err.contains("finite"), "{err}");
 
     let (code, err) = validate_broken(|m| {
         let p = m["golden"][0]["prediction"][0].as_f64().unwrap();
@@ -205,9 +159,7 @@ fn bundle_json_schema_and_shipped_examples_agree_with_the_rust_types() {
         max_message_bytes: 1 << 20,
         reject_unknown_features: false,
     };
-    streamcast::event::InputEvent::decode(read("input_event.json").as_bytes(), &schema)
-        .expect("input example");
-    let _: streamcast::bundle::Manifest =
-        serde_json::from_str(&read("bundle.json")).expect("bundle example");
+    streamcast::event::InputEvent::decode(read("input_event.json").as_bytes(), &schema).expect("input example");
+    let _: streamcast::bundle::Manifest = serde_json::from_str(&read("bundle.json")).expect("bundle example");
     assert!(Path::new(&examples.join("metrics_snapshot.json")).is_file());
 }

@@ -49,12 +49,7 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(model: Model, options: BatchingOptions) -> Batcher {
-        Batcher {
-            model,
-            options,
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-        }
+        Batcher { model, options, inputs: Vec::new(), outputs: Vec::new() }
     }
 
     /// Runs until every sender of `jobs` is dropped and the queue is drained.
@@ -102,9 +97,7 @@ impl Batcher {
             self.inputs.extend_from_slice(&job.input);
         }
         let start = Instant::now();
-        let result = self
-            .model
-            .predict(&self.inputs, batch.len(), &mut self.outputs);
+        let result = self.model.predict(&self.inputs, batch.len(), &mut self.outputs);
         let inference_time = start.elapsed();
         let horizon = self.model.horizon();
         let outcome = BatchOutcome {

@@ -50,10 +50,7 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions {
-            provider: ExecutionProviderChoice::Cpu,
-            intra_threads: 1,
-        }
+        SessionOptions { provider: ExecutionProviderChoice::Cpu, intra_threads: 1 }
     }
 }
 
@@ -68,10 +65,7 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model")
-            .field("model", &self.model_ref)
-            .field("provider", &self.provider)
-            .finish()
+        f.debug_struct("Model").field("model", &self.model_ref).field("provider", &self.provider).finish()
     }
 }
 
@@ -80,17 +74,8 @@ impl Model {
     /// case. A bundle that fails any check is refused with a message naming the problem.
     pub fn load(bundle: Bundle, options: SessionOptions) -> Result<Model, InferenceError> {
         let (session, provider) = build_session(&bundle, options)?;
-        let model_ref = ModelRef {
-            name: bundle.manifest.name.clone(),
-            version: bundle.manifest.version.clone(),
-        };
-        let mut model = Model {
-            bundle: Arc::new(bundle),
-            model_ref,
-            session,
-            provider,
-            scratch: Vec::new(),
-        };
+        let model_ref = ModelRef { name: bundle.manifest.name.clone(), version: bundle.manifest.version.clone() };
+        let mut model = Model { bundle: Arc::new(bundle), model_ref, session, provider, scratch: Vec::new() };
         model.check_signature()?;
         model.check_golden()?;
         Ok(model)
@@ -114,19 +99,11 @@ impl Model {
 
     /// Scores `n` raw windows (`n · T · F` values, each window time-major) and writes `n · H`
     /// de-normalized predictions to `out` (cleared first).
-    pub fn predict(
-        &mut self,
-        raw: &[f32],
-        n: usize,
-        out: &mut Vec<f32>,
-    ) -> Result<(), InferenceError> {
+    pub fn predict(&mut self, raw: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), InferenceError> {
         let m = &self.bundle.manifest;
         let (t, f, h) = (m.window, m.features.len(), m.horizon);
         if raw.len() != n * t * f {
-            return Err(InferenceError::Shape(format!(
-                "{} input values for {n} windows of {t}x{f}",
-                raw.len()
-            )));
+            return Err(InferenceError::Shape(format!("{} input values for {n} windows of {t}x{f}", raw.len())));
         }
         out.clear();
         if n == 0 {
@@ -144,16 +121,12 @@ impl Model {
             .session
             .run(ort::inputs![m.input.name.as_str() => tensor])
             .map_err(|e| InferenceError::Run(e.to_string()))?;
-        let value = outputs.get(&m.output.name).ok_or_else(|| {
-            InferenceError::Shape(format!("output `{}` missing from the run", m.output.name))
-        })?;
-        let (shape, data) = value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| InferenceError::Run(e.to_string()))?;
+        let value = outputs
+            .get(&m.output.name)
+            .ok_or_else(|| InferenceError::Shape(format!("output `{}` missing from the run", m.output.name)))?;
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| InferenceError::Run(e.to_string()))?;
         if data.len() != n * h || shape.first().copied() != Some(n as i64) {
-            return Err(InferenceError::Shape(format!(
-                "output shape {shape:?}; expected [{n}, {h}]"
-            )));
+            return Err(InferenceError::Shape(format!("output shape {shape:?}; expected [{n}, {h}]")));
         }
         out.extend_from_slice(data);
         if out.iter().any(|v| !v.is_finite()) {
@@ -165,43 +138,17 @@ impl Model {
 
     fn check_signature(&self) -> Result<(), InferenceError> {
         let m = &self.bundle.manifest;
-        let invalid = |message: String| {
-            InferenceError::Bundle(BundleError::Invalid {
-                dir: self.bundle.dir.clone(),
-                message,
-            })
-        };
+        let invalid =
+            |message: String| InferenceError::Bundle(BundleError::Invalid { dir: self.bundle.dir.clone(), message });
         let names = |outlets: &[ort::value::Outlet]| {
-            outlets
-                .iter()
-                .map(|o| o.name().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            outlets.iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ")
         };
-        let input = self
-            .session
-            .inputs()
-            .iter()
-            .find(|o| o.name() == m.input.name)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "model has no input `{}` (its inputs: {})",
-                    m.input.name,
-                    names(self.session.inputs())
-                ))
-            })?;
-        let output = self
-            .session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == m.output.name)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "model has no output `{}` (its outputs: {})",
-                    m.output.name,
-                    names(self.session.outputs())
-                ))
-            })?;
+        let input = self.session.inputs().iter().find(|o| o.name() == m.input.name).ok_or_else(|| {
+            invalid(format!("model has no input `{}` (its inputs: {})", m.input.name, names(self.session.inputs())))
+        })?;
+        let output = self.session.outputs().iter().find(|o| o.name() == m.output.name).ok_or_else(|| {
+            invalid(format!("model has no output `{}` (its outputs: {})", m.output.name, names(self.session.outputs())))
+        })?;
         let (t, f, h) = (m.window as i64, m.features.len() as i64, m.horizon as i64);
         let want_in: Vec<i64> = match m.input.layout {
             Layout::Flat => vec![-1, t * f],
@@ -257,42 +204,27 @@ fn check_tensor(what: &str, ty: &ValueType, want: &[i64]) -> Result<(), String> 
         return Err(format!("{what} is not a tensor"));
     };
     if *ty != TensorElementType::Float32 {
-        return Err(format!(
-            "{what} has element type {ty:?}; streamcast feeds float32"
-        ));
+        return Err(format!("{what} has element type {ty:?}; streamcast feeds float32"));
     }
     let dims: &[i64] = shape;
     if dims.len() != want.len() {
-        return Err(format!(
-            "{what} has shape {dims:?}; the bundle implies {want:?} (-1 = any)"
-        ));
+        return Err(format!("{what} has shape {dims:?}; the bundle implies {want:?} (-1 = any)"));
     }
     for (d, w) in dims.iter().zip(want) {
         if *w >= 0 && *d >= 0 && d != w {
-            return Err(format!(
-                "{what} has shape {dims:?}; the bundle implies {want:?} (-1 = any)"
-            ));
+            return Err(format!("{what} has shape {dims:?}; the bundle implies {want:?} (-1 = any)"));
         }
     }
     Ok(())
 }
 
-fn build_session(
-    bundle: &Bundle,
-    options: SessionOptions,
-) -> Result<(Session, ProviderReport), InferenceError> {
+fn build_session(bundle: &Bundle, options: SessionOptions) -> Result<(Session, ProviderReport), InferenceError> {
     let env = runtime::environment()?;
     let path = bundle.model_path();
     let base = || -> Result<ort::session::builder::SessionBuilder, InferenceError> {
         Session::builder(env)
-            .and_then(|b| {
-                b.with_optimization_level(GraphOptimizationLevel::Level3)
-                    .map_err(Into::into)
-            })
-            .and_then(|b| {
-                b.with_intra_threads(options.intra_threads)
-                    .map_err(Into::into)
-            })
+            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+            .and_then(|b| b.with_intra_threads(options.intra_threads).map_err(Into::into))
             .map_err(|e| InferenceError::Runtime(e.to_string()))
     };
     let commit = |mut builder: ort::session::builder::SessionBuilder| {
@@ -303,26 +235,13 @@ fn build_session(
             })
         })
     };
-    let cpu =
-        |fallback_reason: Option<String>| -> Result<(Session, ProviderReport), InferenceError> {
-            Ok((
-                commit(base()?)?,
-                ProviderReport {
-                    provider: Provider::Cpu,
-                    fallback_reason,
-                },
-            ))
-        };
+    let cpu = |fallback_reason: Option<String>| -> Result<(Session, ProviderReport), InferenceError> {
+        Ok((commit(base()?)?, ProviderReport { provider: Provider::Cpu, fallback_reason }))
+    };
     match options.provider {
         ExecutionProviderChoice::Cpu => cpu(None),
         choice => match try_cuda(base()?) {
-            Ok(builder) => Ok((
-                commit(builder)?,
-                ProviderReport {
-                    provider: Provider::Cuda,
-                    fallback_reason: None,
-                },
-            )),
+            Ok(builder) => Ok((commit(builder)?, ProviderReport { provider: Provider::Cuda, fallback_reason: None })),
             Err(reason) if choice == ExecutionProviderChoice::Auto => {
                 tracing::warn!(%reason, model = %bundle.dir.display(), "CUDA execution provider unavailable; FALLING BACK TO CPU.");
                 cpu(Some(reason))
@@ -332,9 +251,7 @@ fn build_session(
     }
 }
 
-fn try_cuda(
-    builder: ort::session::builder::SessionBuilder,
-) -> Result<ort::session::builder::SessionBuilder, String> {
+fn try_cuda(builder: ort::session::builder::SessionBuilder) -> Result<ort::session::builder::SessionBuilder, String> {
     match ep::CUDA::is_available() {
         Ok(true) => {}
         Ok(false) => {

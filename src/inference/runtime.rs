@@ -22,8 +22,8 @@ pub fn environment() -> Result<&'static Environment, InferenceError> {
                  (it installs the pinned onnxruntime wheel into .venv), or set ORT_DYLIB_PATH to the library"
                     .to_string()
             })?;
-            let builder = ort::init_from(&path)
-                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+            let builder =
+                ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
             tracing::debug!(path = %path.display(), "Loaded ONNX Runtime.");
             builder
                 .with_name("streamcast")
@@ -48,9 +48,7 @@ pub fn locate_library() -> Option<PathBuf> {
     if let Ok(exe) = std::env::current_exe() {
         roots.extend(exe.ancestors().skip(1).take(5).map(Path::to_path_buf));
     }
-    roots
-        .iter()
-        .find_map(|root| find_in_venv(&root.join(".venv")))
+    roots.iter().find_map(|root| find_in_venv(&root.join(".venv")))
 }
 
 fn find_in_venv(venv: &Path) -> Option<PathBuf> {
@@ -58,21 +56,12 @@ fn find_in_venv(venv: &Path) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(&lib)
         .ok()?
         .filter_map(|e| e.ok())
-        .map(|e| {
-            e.path()
-                .join("site-packages")
-                .join("onnxruntime")
-                .join("capi")
-        })
+        .map(|e| e.path().join("site-packages").join("onnxruntime").join("capi"))
         .filter_map(|capi| std::fs::read_dir(capi).ok())
         .flatten()
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
         .collect();
     found.sort();
     found.pop()

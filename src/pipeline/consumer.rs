@@ -31,12 +31,7 @@ pub struct LoopState {
 
 impl LoopState {
     pub fn new(windows: WindowStore, completions: Receiver<Completion>) -> LoopState {
-        LoopState {
-            tracker: Default::default(),
-            windows,
-            completions,
-            fatal: None,
-        }
+        LoopState { tracker: Default::default(), windows, completions, fatal: None }
     }
 }
 
@@ -58,13 +53,7 @@ impl WorkerContext {
         metrics: Arc<Metrics>,
         assigned: Arc<AtomicBool>,
     ) -> Self {
-        WorkerContext {
-            state: Mutex::new(state),
-            input_topic: input_topic.into(),
-            drain_timeout,
-            metrics,
-            assigned,
-        }
+        WorkerContext { state: Mutex::new(state), input_topic: input_topic.into(), drain_timeout, metrics, assigned }
     }
 
     fn lock(&self) -> MutexGuard<'_, LoopState> {
@@ -80,9 +69,7 @@ impl WorkerContext {
                 self.metrics.events_acknowledged.inc();
                 if let Some(offset) = st.tracker.complete(c.token.partition, c.token.offset) {
                     // `store_offset` stores `offset + 1`, the next offset to read.
-                    if let Err(error) =
-                        consumer.store_offset(&self.input_topic, c.token.partition, offset)
-                    {
+                    if let Err(error) = consumer.store_offset(&self.input_topic, c.token.partition, offset) {
                         tracing::warn!(%error, partition = c.token.partition, offset, "Failed to store offset.");
                     }
                 }
@@ -112,12 +99,7 @@ impl WorkerContext {
     }
 
     /// Waits up to `timeout` for the next report and applies it (plus any others already there).
-    fn wait_one(
-        &self,
-        st: &mut LoopState,
-        timeout: Duration,
-        consumer: &BaseConsumer<WorkerContext>,
-    ) -> bool {
+    fn wait_one(&self, st: &mut LoopState, timeout: Duration, consumer: &BaseConsumer<WorkerContext>) -> bool {
         match st.completions.recv_timeout(timeout) {
             Ok(c) => {
                 self.apply(st, c, consumer);
@@ -130,12 +112,7 @@ impl WorkerContext {
 
     /// Waits until no event of `partitions` (all, when `None`) is in flight, or the timeout.
     /// Returns how many are still in flight.
-    fn drain(
-        &self,
-        st: &mut LoopState,
-        partitions: Option<&[i32]>,
-        consumer: &BaseConsumer<WorkerContext>,
-    ) -> usize {
+    fn drain(&self, st: &mut LoopState, partitions: Option<&[i32]>, consumer: &BaseConsumer<WorkerContext>) -> usize {
         let deadline = Instant::now() + self.drain_timeout;
         let left = |st: &LoopState| match partitions {
             Some(p) => st.tracker.in_flight_for(p),
@@ -160,12 +137,8 @@ impl ConsumerContext for WorkerContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        let partitions: Vec<i32> = tpl
-            .elements()
-            .iter()
-            .filter(|e| e.topic() == self.input_topic)
-            .map(|e| e.partition())
-            .collect();
+        let partitions: Vec<i32> =
+            tpl.elements().iter().filter(|e| e.topic() == self.input_topic).map(|e| e.partition()).collect();
         if partitions.is_empty() {
             return;
         }
@@ -186,10 +159,7 @@ impl ConsumerContext for WorkerContext {
         self.metrics.in_flight.set(st.tracker.in_flight() as i64);
         drop(st);
         match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(())
-            | Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
+            Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(%error, "Commit on revoke failed."),
         }
         tracing::info!(?partitions, series_dropped = dropped, "Partitions revoked.");
@@ -216,19 +186,14 @@ pub struct ConsumerLoop {
     pub max_in_flight: usize,
     pub shutdown: crate::shutdown::Shutdown,
     pub metrics: Arc<Metrics>,
+    /// See `processing.passthrough`.
+    pub passthrough: bool,
 }
 
 impl ConsumerLoop {
     /// Runs until shutdown or a fatal error, then drains, commits and leaves the group.
     pub fn run(self, consumer: BaseConsumer<WorkerContext>) -> Result<(), PipelineError> {
-        let ConsumerLoop {
-            jobs,
-            publisher,
-            schema,
-            max_in_flight,
-            shutdown,
-            metrics,
-        } = self;
+        let ConsumerLoop { jobs, publisher, schema, max_in_flight, shutdown, metrics, passthrough } = self;
         let ctx = consumer.context();
         let mut input = Vec::new();
         let mut last_poll_error: Option<Instant> = None;
@@ -260,9 +225,13 @@ impl ConsumerLoop {
             };
             metrics.events_consumed.inc();
             let mut st = ctx.lock();
-            handle(
-                &message, &mut st, &jobs, &publisher, &schema, &metrics, &mut input,
-            );
+            if passthrough {
+                let token = Token { partition: message.partition(), offset: message.offset() };
+                st.tracker.begin(token.partition, token.offset);
+                publisher.forward(token, message.key(), message.payload().unwrap_or_default());
+                continue;
+            }
+            handle(&message, &mut st, &jobs, &publisher, &schema, &metrics, &mut input);
             metrics.in_flight.set(st.tracker.in_flight() as i64);
         }
 
@@ -273,16 +242,10 @@ impl ConsumerLoop {
         let fatal = st.fatal.take();
         drop(st);
         if left > 0 {
-            tracing::warn!(
-                in_flight = left,
-                "Shutdown timed out; uncommitted events will be re-delivered."
-            );
+            tracing::warn!(in_flight = left, "Shutdown timed out; uncommitted events will be re-delivered.");
         }
         match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(())
-            | Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
+            Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(%error, "Final commit failed."),
         }
         // Dropping the consumer closes it, which leaves the group.
@@ -305,10 +268,7 @@ fn handle(
     input: &mut Vec<f32>,
 ) {
     let received = Instant::now();
-    let token = Token {
-        partition: message.partition(),
-        offset: message.offset(),
-    };
+    let token = Token { partition: message.partition(), offset: message.offset() };
     st.tracker.begin(token.partition, token.offset);
     let payload = message.payload().unwrap_or_default();
     let event = match InputEvent::decode(payload, schema) {
@@ -319,17 +279,13 @@ fn handle(
         }
     };
     if event.extra_features > 0 {
-        metrics
-            .extra_features
-            .inc_by(u64::from(event.extra_features));
+        metrics.extra_features.inc_by(u64::from(event.extra_features));
     }
     let (values, warmup) = match event.values {
         EventValues::Window(w) => (w, false),
         EventValues::Observation(obs) if schema.window == 1 => (obs, false),
         EventValues::Observation(obs) => {
-            let filled = st
-                .windows
-                .push(token.partition, &event.series_id, &obs, input);
+            let filled = st.windows.push(token.partition, &event.series_id, &obs, input);
             if filled.evicted {
                 metrics.series_evicted.inc();
             }
@@ -356,14 +312,7 @@ fn handle(
     // The channel holds `max_in_flight` jobs and the loop stops fetching at that many events in
     // flight, so this send does not block. It fails only if the inference thread died, which
     // the worker notices when joining it; the event then stays uncommitted.
-    if jobs
-        .send(Job {
-            input: values,
-            origin,
-        })
-        .is_err()
-    {
-        st.fatal
-            .get_or_insert_with(|| "the inference thread stopped".into());
+    if jobs.send(Job { input: values, origin }).is_err() {
+        st.fatal.get_or_insert_with(|| "the inference thread stopped".into());
     }
 }

@@ -105,10 +105,7 @@ fn is_for(key: &str, other_side: &[&str]) -> bool {
 fn consumer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("auto.offset.reset", &config.consumer.auto_offset_reset);
-    for (k, v) in config
-        .kafka_properties()
-        .filter(|(k, _)| is_for(k, &PRODUCER_ONLY))
-    {
+    for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &PRODUCER_ONLY)) {
         c.set(k, v);
     }
     // Not overridable (config validation refuses them): at-least-once depends on them.
@@ -122,10 +119,7 @@ fn consumer_config(config: &Config) -> ClientConfig {
 fn producer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("linger.ms", "5").set("acks", "all");
-    for (k, v) in config
-        .kafka_properties()
-        .filter(|(k, _)| is_for(k, &CONSUMER_ONLY))
-    {
+    for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &CONSUMER_ONLY)) {
         c.set(k, v);
     }
     c
@@ -139,17 +133,11 @@ pub fn missing_topics<C: rdkafka::consumer::ConsumerContext, T: Consumer<C>>(
 ) -> Result<Vec<String>, PipelineError> {
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|error| PipelineError::Unreachable {
-            servers: servers.to_string(),
-            error,
-        })?;
+        .map_err(|error| PipelineError::Unreachable { servers: servers.to_string(), error })?;
     Ok(wanted
         .iter()
         .filter(|t| {
-            !metadata
-                .topics()
-                .iter()
-                .any(|m| m.name() == **t && m.error().is_none() && !m.partitions().is_empty())
+            !metadata.topics().iter().any(|m| m.name() == **t && m.error().is_none() && !m.partitions().is_empty())
         })
         .map(|t| t.to_string())
         .collect())
@@ -173,11 +161,7 @@ impl Worker {
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> Result<Worker, PipelineError> {
-        let servers = config
-            .kafka
-            .get("bootstrap.servers")
-            .map(|v| v.to_string())
-            .unwrap_or_default();
+        let servers = config.kafka.get("bootstrap.servers").map(|v| v.to_string()).unwrap_or_default();
         let manifest = &model.bundle().manifest;
         let schema = FeatureSchema {
             names: manifest.features.clone(),
@@ -185,11 +169,7 @@ impl Worker {
             max_message_bytes: config.validation.max_message_bytes,
             reject_unknown_features: config.validation.reject_unknown_features,
         };
-        let windows = WindowStore::new(
-            manifest.window,
-            manifest.features.len(),
-            config.windows.max_series,
-        );
+        let windows = WindowStore::new(manifest.window, manifest.features.len(), config.windows.max_series);
         let max_in_flight = config.consumer.max_in_flight;
 
         // Each in-flight event yields one record and so one report: this capacity never fills.
@@ -207,16 +187,13 @@ impl Worker {
             metrics.clone(),
             assigned.clone(),
         );
-        let consumer: BaseConsumer<WorkerContext> = consumer_config(config)
-            .create_with_context(context)
-            .map_err(PipelineError::Client)?;
+        let consumer: BaseConsumer<WorkerContext> =
+            consumer_config(config).create_with_context(context).map_err(PipelineError::Client)?;
         let missing = missing_topics(&consumer, &config.topics.worker_topics(), &servers)?;
         if !missing.is_empty() {
             return Err(PipelineError::MissingTopics(missing));
         }
-        consumer
-            .subscribe(&[&config.topics.input])
-            .map_err(PipelineError::Client)?;
+        consumer.subscribe(&[&config.topics.input]).map_err(PipelineError::Client)?;
 
         let publisher = Publisher::new(
             producer.clone(),
@@ -244,6 +221,7 @@ impl Worker {
             max_in_flight,
             shutdown,
             metrics,
+            passthrough: config.processing.passthrough,
         };
         let consumer_thread = std::thread::Builder::new()
             .name("streamcast-consumer".into())
@@ -266,14 +244,8 @@ impl Worker {
     /// Waits for the threads to finish (after shutdown was triggered, or a fatal error) and
     /// flushes the producer.
     pub fn join(self) -> Result<(), PipelineError> {
-        let consumer = self
-            .consumer_thread
-            .join()
-            .map_err(|_| PipelineError::Panicked("consumer"))?;
-        let inference = self
-            .inference_thread
-            .join()
-            .map_err(|_| PipelineError::Panicked("inference"));
+        let consumer = self.consumer_thread.join().map_err(|_| PipelineError::Panicked("consumer"))?;
+        let inference = self.inference_thread.join().map_err(|_| PipelineError::Panicked("inference"));
         if let Err(error) = self.producer.flush(self.flush_timeout) {
             tracing::warn!(%error, "Producer flush at shutdown failed.");
         }

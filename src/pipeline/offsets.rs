@@ -28,10 +28,7 @@ impl OffsetTracker {
     /// Records that `offset` of `partition` was consumed and is now in flight.
     pub fn begin(&mut self, partition: i32, offset: i64) {
         let track = self.partitions.entry(partition).or_default();
-        debug_assert!(
-            track.pending.back().is_none_or(|(o, _)| *o < offset),
-            "offsets arrive in order"
-        );
+        debug_assert!(track.pending.back().is_none_or(|(o, _)| *o < offset), "offsets arrive in order");
         track.pending.push_back((offset, false));
         self.in_flight += 1;
     }
@@ -41,10 +38,7 @@ impl OffsetTracker {
     /// ignored.
     pub fn complete(&mut self, partition: i32, offset: i64) -> Option<i64> {
         let track = self.partitions.get_mut(&partition)?;
-        let i = track
-            .pending
-            .binary_search_by_key(&offset, |(o, _)| *o)
-            .ok()?;
+        let i = track.pending.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
         if track.pending[i].1 {
             return None;
         }
@@ -74,11 +68,8 @@ impl OffsetTracker {
 
     /// Stops tracking `partition` (revoked); returns how many of its events were still in flight.
     pub fn forget(&mut self, partition: i32) -> usize {
-        let abandoned = self
-            .partitions
-            .remove(&partition)
-            .map(|t| t.pending.iter().filter(|(_, done)| !done).count())
-            .unwrap_or(0);
+        let abandoned =
+            self.partitions.remove(&partition).map(|t| t.pending.iter().filter(|(_, done)| !done).count()).unwrap_or(0);
         self.in_flight -= abandoned;
         abandoned
     }

@@ -55,10 +55,7 @@ impl ProducerContext for DeliveryContext {
         };
         // The channel holds at least `max_in_flight` reports, so this never blocks; after shutdown
         // the receiver is gone and the report no longer matters.
-        let _ = self.completions.send(Completion {
-            token: *token,
-            result,
-        });
+        let _ = self.completions.send(Completion { token: *token, result });
     }
 }
 
@@ -109,45 +106,28 @@ impl Publisher {
 
     /// Sends the dead-letter record for an input event: the original key and bytes, unchanged,
     /// with the reason and the source position in headers.
-    pub fn dead_letter(
-        &self,
-        token: Token,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        kind: RejectKind,
-        reason: &str,
-    ) {
-        self.metrics
-            .rejected
-            .with_label_values(&[kind.as_str()])
-            .inc();
+    pub fn dead_letter(&self, token: Token, key: Option<&[u8]>, payload: &[u8], kind: RejectKind, reason: &str) {
+        self.metrics.rejected.with_label_values(&[kind.as_str()]).inc();
         let partition = token.partition.to_string();
         let offset = token.offset.to_string();
         let headers = OwnedHeaders::new_with_capacity(5)
-            .insert(Header {
-                key: dlq_headers::KIND,
-                value: Some(kind.as_str()),
-            })
-            .insert(Header {
-                key: dlq_headers::ERROR,
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: dlq_headers::SOURCE_TOPIC,
-                value: Some(&*self.source_topic),
-            })
-            .insert(Header {
-                key: dlq_headers::SOURCE_PARTITION,
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: dlq_headers::SOURCE_OFFSET,
-                value: Some(&offset),
-            });
+            .insert(Header { key: dlq_headers::KIND, value: Some(kind.as_str()) })
+            .insert(Header { key: dlq_headers::ERROR, value: Some(reason) })
+            .insert(Header { key: dlq_headers::SOURCE_TOPIC, value: Some(&*self.source_topic) })
+            .insert(Header { key: dlq_headers::SOURCE_PARTITION, value: Some(&partition) })
+            .insert(Header { key: dlq_headers::SOURCE_OFFSET, value: Some(&offset) });
         let mut record: BaseRecord<'_, [u8], [u8], Box<Token>> =
-            BaseRecord::with_opaque_to(&self.dlq_topic, Box::new(token))
-                .payload(payload)
-                .headers(headers);
+            BaseRecord::with_opaque_to(&self.dlq_topic, Box::new(token)).payload(payload).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        self.send(record);
+    }
+
+    /// Passthrough (benchmark ceiling): the input record, unchanged, to the predictions topic.
+    pub fn forward(&self, token: Token, key: Option<&[u8]>, payload: &[u8]) {
+        let mut record: BaseRecord<'_, [u8], [u8], Box<Token>> =
+            BaseRecord::with_opaque_to(&self.predictions_topic, Box::new(token)).payload(payload);
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -156,14 +136,10 @@ impl Publisher {
 
     fn prediction(&self, token: Token, key: &str, payload: &[u8], traceparent: Option<&str>) {
         let mut record: BaseRecord<'_, [u8], [u8], Box<Token>> =
-            BaseRecord::with_opaque_to(&self.predictions_topic, Box::new(token))
-                .key(key.as_bytes())
-                .payload(payload);
+            BaseRecord::with_opaque_to(&self.predictions_topic, Box::new(token)).key(key.as_bytes()).payload(payload);
         if let Some(tp) = traceparent {
-            record = record.headers(OwnedHeaders::new_with_capacity(1).insert(Header {
-                key: TRACEPARENT,
-                value: Some(tp),
-            }));
+            record =
+                record.headers(OwnedHeaders::new_with_capacity(1).insert(Header { key: TRACEPARENT, value: Some(tp) }));
         }
         self.send(record);
     }
@@ -180,10 +156,7 @@ impl Publisher {
                 }
                 Err((error, back)) => {
                     let token = *back.delivery_opaque;
-                    let _ = self.completions.send(Completion {
-                        token,
-                        result: Err(error),
-                    });
+                    let _ = self.completions.send(Completion { token, result: Err(error) });
                     return;
                 }
             }
@@ -200,11 +173,7 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     pub fn new(publisher: Publisher, metrics: Arc<Metrics>) -> KafkaSink {
-        KafkaSink {
-            publisher,
-            metrics,
-            buf: Vec::with_capacity(512),
-        }
+        KafkaSink { publisher, metrics, buf: Vec::with_capacity(512) }
     }
 }
 
@@ -212,9 +181,7 @@ impl JobSink<StreamOrigin> for KafkaSink {
     fn batch(&mut self, outcome: BatchOutcome<'_, StreamOrigin>) {
         let n = outcome.jobs.len();
         self.metrics.batch_size.observe(n as f64);
-        self.metrics
-            .inference_duration
-            .observe(outcome.inference_time.as_secs_f64());
+        self.metrics.inference_duration.observe(outcome.inference_time.as_secs_f64());
         let predictions = match outcome.result {
             Ok(p) => p,
             Err(error) => {
@@ -251,15 +218,9 @@ impl JobSink<StreamOrigin> for KafkaSink {
                 warmup: o.warmup,
             }
             .encode(&mut self.buf);
-            self.publisher
-                .prediction(o.token, &o.series_id, &self.buf, o.traceparent.as_deref());
-            self.metrics
-                .end_to_end_latency
-                .observe(latency.as_secs_f64());
+            self.publisher.prediction(o.token, &o.series_id, &self.buf, o.traceparent.as_deref());
+            self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
         }
-        self.metrics
-            .predictions
-            .with_label_values(&["primary"])
-            .inc_by(n as u64);
+        self.metrics.predictions.with_label_values(&["primary"]).inc_by(n as u64);
     }
 }

@@ -97,11 +97,7 @@ fn start_own_broker() -> String {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn wait_for_port(port: u16, timeout: Duration) {
@@ -115,16 +111,8 @@ fn wait_for_port(port: u16, timeout: Duration) {
 /// A name no other test (or earlier run against the same broker) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}-{}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000,
-        N.fetch_add(1, Ordering::SeqCst)
-    )
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}-{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::SeqCst))
 }
 
 /// Topic names for one test.
@@ -211,23 +199,12 @@ log_level = "info"
 }
 
 pub fn create_topics(topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let results = rt
-        .block_on(admin.create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        ))
+        .block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)))))
         .expect("create topics");
     for r in results {
         r.expect("topic created");
@@ -251,11 +228,7 @@ impl Record {
 }
 
 pub fn producer() -> BaseProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer")
+    ClientConfig::new().set("bootstrap.servers", bootstrap()).set("linger.ms", "5").create().expect("producer")
 }
 
 /// Produces `(key, payload, headers)` records and waits for every acknowledgement.
@@ -264,10 +237,7 @@ pub fn produce(topic: &str, records: &[(Option<&str>, &[u8], &[(&str, &str)])]) 
     for (key, payload, headers) in records {
         let mut h = OwnedHeaders::new();
         for (k, v) in headers.iter() {
-            h = h.insert(Header {
-                key: k,
-                value: Some(*v),
-            });
+            h = h.insert(Header { key: k, value: Some(*v) });
         }
         let mut rec = BaseRecord::to(topic).payload(*payload).headers(h);
         if let Some(k) = key {
@@ -301,21 +271,15 @@ impl Reader {
             .set("enable.auto.commit", "false")
             .create()
             .expect("reader");
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
         let mut tpl = TopicPartitionList::new();
         for p in md.topics()[0].partitions() {
             // An explicit 0, not `Offset::Beginning`: nisshi 0.6.0 can answer the ListOffsets
             // (earliest) lookup with a later offset after a producer was killed mid-stream.
-            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(0))
-                .unwrap();
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(0)).unwrap();
         }
         consumer.assign(&tpl).expect("assign");
-        Reader {
-            consumer,
-            records: Vec::new(),
-        }
+        Reader { consumer, records: Vec::new() }
     }
 
     /// Reads until `done(records)` or the timeout; returns whether `done` was reached.
@@ -332,11 +296,7 @@ impl Reader {
                     .map(|h| {
                         h.iter()
                             .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
+                                (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
                             })
                             .collect()
                     })
@@ -356,9 +316,7 @@ impl Reader {
     /// Keeps reading for `quiet`, to catch records that should not be there.
     pub fn settle(&mut self, quiet: Duration) {
         let deadline = Instant::now() + quiet;
-        self.read_until(quiet + Duration::from_secs(1), |_| {
-            Instant::now() > deadline
-        });
+        self.read_until(quiet + Duration::from_secs(1), |_| Instant::now() > deadline);
     }
 }
 
@@ -377,10 +335,7 @@ impl Worker {
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("streamcast.toml");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(config.as_bytes())
-            .unwrap();
+        std::fs::File::create(&path).unwrap().write_all(config.as_bytes()).unwrap();
         let log = dir.path().join("worker.log");
         let child = Command::new(bin())
             .args(["run", "--config"])
@@ -391,11 +346,7 @@ impl Worker {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start worker");
-        Worker {
-            child,
-            log,
-            _dir: dir,
-        }
+        Worker { child, log, _dir: dir }
     }
 
     pub fn log_text(&self) -> String {
@@ -407,16 +358,9 @@ impl Worker {
         let deadline = Instant::now() + timeout;
         while !self.log_text().contains(needle) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "worker exited ({status}) before logging {needle:?}:\n{}",
-                    self.log_text()
-                );
+                panic!("worker exited ({status}) before logging {needle:?}:\n{}", self.log_text());
             }
-            assert!(
-                Instant::now() < deadline,
-                "worker did not log {needle:?} in {timeout:?}:\n{}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "worker did not log {needle:?} in {timeout:?}:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -425,19 +369,9 @@ impl Worker {
     pub fn http_port(&mut self) -> u16 {
         self.wait_for_log("HTTP server listening.", Duration::from_secs(60));
         let log = self.log_text();
-        let line = log
-            .lines()
-            .find(|l| l.contains("HTTP server listening."))
-            .unwrap();
+        let line = log.lines().find(|l| l.contains("HTTP server listening.")).unwrap();
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        v["addr"]
-            .as_str()
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        v["addr"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap()
     }
 
     pub fn kill_hard(&mut self) {
@@ -497,5 +431,6 @@ pub fn ids_of(records: &[Record]) -> HashMap<String, usize> {
 
 /// A synthetic InputEvent for window-1 style tests: `features` as an array.
 pub fn event(id: &str, series: &str, values: &[f64]) -> String {
-    serde_json::json!({"id": id, "series_id": series, "timestamp": "2026-11-26T19:00:00Z", "features": values}).to_string()
+    serde_json::json!({"id": id, "series_id": series, "timestamp": "2026-11-26T19:00:00Z", "features": values})
+        .to_string()
 }
