@@ -37,8 +37,8 @@ ort-gpu:
 # The independent end-to-end client used by some integration tests and the benchmark.
 TEST_STAMP := $(VENV)/.test-deps
 test-deps: $(TEST_STAMP)
-$(TEST_STAMP): $(ORT_STAMP)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check confluent-kafka==2.16.1
+$(TEST_STAMP): $(ORT_STAMP) scripts/requirements-test.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 	touch $@
 
 broker: $(NISSHI)
@@ -48,6 +48,7 @@ $(NISSHI):
 
 test: ort test-deps broker
 	cargo build $(CARGO_FLAGS) --tests --bins
+	$(VENV)/bin/python scripts/check_deploy.py
 	NISSHI=$(NISSHI) scripts/with-broker.sh cargo test $(CARGO_FLAGS) --no-fail-fast -- --test-threads=2
 
 bench: ort test-deps broker build

@@ -50,6 +50,8 @@ pub struct Config {
     #[serde(default)]
     pub processing: ProcessingConfig,
     #[serde(default)]
+    pub monitor: MonitorConfig,
+    #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -259,6 +261,79 @@ impl Default for ProcessingConfig {
     }
 }
 
+/// The monitor side task: joins actuals to predictions, rolling error, drift, alerts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Run the monitor inside `streamcast run` (`--role` overrides).
+    pub enabled: bool,
+    /// How long either side of a join waits for the other.
+    #[serde(with = "humantime_serde")]
+    pub join_ttl: Duration,
+    /// Most entries waiting in the join; at the cap the oldest is evicted (and counted).
+    pub max_pending: usize,
+    /// Rolling error window: at most this many joined values...
+    pub window_count: usize,
+    /// ...and only those whose event time is within this duration of the newest.
+    #[serde(with = "humantime_serde")]
+    pub window_duration: Duration,
+    /// How often a MetricsSnapshot is published and alerts are evaluated.
+    #[serde(with = "humantime_serde")]
+    pub publish_interval: Duration,
+    /// Absolute RMSE threshold (target units). When unset, `rmse_threshold_ratio` times the
+    /// bundle's validation RMSE is used.
+    pub rmse_threshold: Option<f64>,
+    pub rmse_threshold_ratio: f64,
+    /// Joined values needed before any error alert.
+    pub min_joined: usize,
+    /// Recent served values per feature compared with the bundle's reference sample.
+    pub drift_sample_size: usize,
+    /// Samples needed before any drift verdict.
+    pub drift_min_samples: usize,
+    /// Significance level for the Benjamini-Hochberg-corrected KS p-values.
+    pub drift_alpha: f64,
+    /// Effect-size thresholds: a feature is flagged only when the corrected p-value is below
+    /// `drift_alpha` AND the KS statistic or the PSI reaches its threshold.
+    pub drift_ks_threshold: f64,
+    pub drift_psi_threshold: f64,
+    /// PSI bins (reference quantiles).
+    pub drift_bins: usize,
+    /// Request retraining when the error stays above threshold this long.
+    #[serde(with = "humantime_serde")]
+    pub retrain_after: Duration,
+    /// Also request retraining on this schedule (unset: never).
+    #[serde(with = "humantime_serde")]
+    pub retrain_schedule: Option<Duration>,
+    /// Least time between two firings of the same alert.
+    #[serde(with = "humantime_serde")]
+    pub alert_cooldown: Duration,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            enabled: true,
+            join_ttl: Duration::from_secs(24 * 3600),
+            max_pending: 1_000_000,
+            window_count: 10_000,
+            window_duration: Duration::from_secs(3600),
+            publish_interval: Duration::from_secs(10),
+            rmse_threshold: None,
+            rmse_threshold_ratio: 1.5,
+            min_joined: 50,
+            drift_sample_size: 2000,
+            drift_min_samples: 500,
+            drift_alpha: 0.01,
+            drift_ks_threshold: 0.1,
+            drift_psi_threshold: 0.2,
+            drift_bins: 10,
+            retrain_after: Duration::from_secs(1800),
+            retrain_schedule: None,
+            alert_cooldown: Duration::from_secs(900),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -383,6 +458,24 @@ impl Config {
             }
             if topics[..i].contains(topic) {
                 return Err(ConfigError::key("topics", format!("topic `{topic}` is used for two roles")));
+            }
+        }
+        let m = &self.monitor;
+        for (key, ok) in [
+            ("monitor.max_pending", m.max_pending > 0),
+            ("monitor.window_count", m.window_count > 0),
+            ("monitor.window_duration", !m.window_duration.is_zero()),
+            ("monitor.publish_interval", !m.publish_interval.is_zero()),
+            ("monitor.join_ttl", !m.join_ttl.is_zero()),
+            ("monitor.rmse_threshold", m.rmse_threshold.is_none_or(|t| t.is_finite() && t > 0.0)),
+            ("monitor.rmse_threshold_ratio", m.rmse_threshold_ratio.is_finite() && m.rmse_threshold_ratio > 0.0),
+            ("monitor.drift_sample_size", m.drift_sample_size >= 2),
+            ("monitor.drift_min_samples", m.drift_min_samples >= 1 && m.drift_min_samples <= m.drift_sample_size),
+            ("monitor.drift_alpha", m.drift_alpha > 0.0 && m.drift_alpha < 1.0),
+            ("monitor.drift_bins", m.drift_bins >= 2),
+        ] {
+            if !ok {
+                return Err(ConfigError::key(key, "is out of range (see the README's monitor section)"));
             }
         }
         if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {

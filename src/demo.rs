@@ -28,6 +28,8 @@ pub struct DemoOptions {
     pub duration: Duration,
     pub series: usize,
     pub events_per_series: usize,
+    /// Events per second produced.
+    pub rate: f64,
     pub models: PathBuf,
     pub model: String,
     pub execution_provider: ExecutionProviderChoice,
@@ -66,6 +68,13 @@ pub struct Summary {
     pub elapsed: Duration,
     pub latencies_ms: Vec<f64>,
     pub complete: bool,
+    pub actuals_in: usize,
+    pub shifted_feature: Option<String>,
+    pub validation_rmse: Option<f64>,
+    /// The last `model_metrics` snapshot read back.
+    pub snapshot: Option<serde_json::Value>,
+    /// `kind (details)` of every alert read back.
+    pub alerts: Vec<String>,
 }
 
 impl Summary {
@@ -106,7 +115,46 @@ impl fmt::Display for Summary {
             self.quantile(0.5),
             self.quantile(0.99)
         )?;
-        write!(f, "  every event answered {}", if self.complete { "yes" } else { "NO (time limit reached first)" })
+        writeln!(f, "  every event answered {}", if self.complete { "yes" } else { "NO (time limit reached first)" })?;
+        writeln!(f, "monitor (late actuals joined to predictions)")?;
+        writeln!(f, "  actuals in          {}", self.actuals_in)?;
+        if let Some(shift) = &self.shifted_feature {
+            writeln!(f, "  shift injected      `{shift}` raised by one training std from the stream's midpoint")?;
+        }
+        match &self.snapshot {
+            Some(snap) => {
+                let num = |k: &str| snap[k].as_f64().map_or("n/a".to_string(), |v| format!("{v:.3}"));
+                let validation = self.validation_rmse.map_or("n/a".into(), |v| format!("{v:.3}"));
+                writeln!(f, "  joined / pending    {} / {}", snap["joined"], snap["pending"])?;
+                writeln!(
+                    f,
+                    "  rolling RMSE / MAE  {} / {} (bundle validation RMSE {validation})",
+                    num("rmse"),
+                    num("mae")
+                )?;
+                if let Some(drift) = snap["drift"].as_object() {
+                    for (feature, d) in drift {
+                        let flagged =
+                            snap["drifted_features"].as_array().is_some_and(|a| a.iter().any(|x| x == feature));
+                        writeln!(
+                            f,
+                            "  drift {feature:<13} KS {:.3}  PSI {:.3}  p {:.2e}  n {}  {}",
+                            d["ks_statistic"].as_f64().unwrap_or(f64::NAN),
+                            d["psi"].as_f64().unwrap_or(f64::NAN),
+                            d["p_value"].as_f64().unwrap_or(f64::NAN),
+                            d["samples"],
+                            if flagged { "DRIFTED" } else { "ok" }
+                        )?;
+                    }
+                }
+            }
+            None => writeln!(f, "  no snapshot read back")?,
+        }
+        write!(f, "  alerts raised       {}", self.alerts.len())?;
+        for a in &self.alerts {
+            write!(f, "\n    {a}")?;
+        }
+        Ok(())
     }
 }
 
@@ -150,6 +198,12 @@ fn read_rows(path: &PathBuf, features: &[String]) -> Result<Vec<Row>, DemoError>
 pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     let bundle = Bundle::load(&bundle::resolve(&options.models, &options.model, "latest")?)?;
     let features = bundle.manifest.features.clone();
+    let target = features.iter().position(|f| *f == bundle.manifest.target.name);
+    let shift = match &bundle.manifest.scaler {
+        crate::normalize::ScalerSpec::Standard { std, .. } => std[0],
+        crate::normalize::ScalerSpec::Minmax { min, max } => max[0] - min[0],
+    };
+    let validation_rmse = bundle.manifest.validation.as_ref().map(|v| v.rmse);
     let rows = read_rows(&options.data, &features)?;
     if rows.is_empty() {
         return Err(DemoError::Data { path: options.data.clone(), message: "no rows".into() });
@@ -180,10 +234,19 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         [batching]
         max_batch_size = 64
         max_wait_ms = 2
+        [monitor]
+        publish_interval = "1s"
+        drift_sample_size = {drift_sample}
+        drift_min_samples = 300
+        min_joined = 50
+        retrain_after = "3s"
         [http]
         listen = ""
         "#,
-        options.model
+        options.model,
+        // Two years of weekly values per series: a window of whole years keeps the seasonal
+        // features (month_sin/cos) at their reference distribution, so only real shifts show.
+        drift_sample = (options.series.max(1) * 104).max(300),
     ))
     .expect("the demo config is valid TOML");
     let model_table = table.get_mut("model").and_then(|m| m.as_table_mut()).expect("model table above");
@@ -203,21 +266,32 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
 
     let shutdown = Shutdown::new();
     let metrics = Metrics::new();
-    let running = serve::start(&config, metrics, shutdown.clone()).await?;
+    let running = serve::start(&config, metrics, shutdown.clone(), serve::Role::All).await?;
 
     let deadline = Instant::now() + options.duration;
     let servers_for_blocking = servers.clone();
     let opts = options.clone();
-    let summary = tokio::task::spawn_blocking(move || drive(&servers_for_blocking, &opts, &features, &rows, deadline))
-        .await
-        .expect("the demo driver does not panic")?;
+    let summary = tokio::task::spawn_blocking(move || {
+        drive(&servers_for_blocking, &opts, &features, target, shift, &rows, deadline)
+    })
+    .await
+    .expect("the demo driver does not panic")?;
 
     shutdown.trigger();
     let (running_model, running_provider) = (running.model, running.provider);
-    let worker = running.worker;
-    tokio::task::spawn_blocking(move || worker.join()).await.expect("join does not panic").map_err(RunError::from)?;
+    let (worker, monitor) = (running.worker, running.monitor);
+    tokio::task::spawn_blocking(move || {
+        if let Some(m) = monitor {
+            let _ = m.join();
+        }
+        worker.map_or(Ok(()), |w| w.join())
+    })
+    .await
+    .expect("join does not panic")
+    .map_err(RunError::from)?;
     drop(cluster);
     let mut summary = summary;
+    summary.validation_rmse = validation_rmse;
     summary.model = running_model.name;
     summary.version = running_model.version;
     summary.provider = running_provider.provider.as_str().into();
@@ -230,6 +304,8 @@ fn drive(
     servers: &str,
     options: &DemoOptions,
     features: &[String],
+    target: Option<usize>,
+    shift: f64,
     rows: &[Row],
     deadline: Instant,
 ) -> Result<Summary, DemoError> {
@@ -241,14 +317,26 @@ fn drive(
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()?;
-    reader.subscribe(&["predictions", "input_data.dlq"])?;
+    reader.subscribe(&["predictions", "input_data.dlq", "model_metrics", "alerts"])?;
 
     let mut summary = Summary::default();
+    summary.shifted_feature = Some(features[0].clone());
+    let mut actual = String::new();
     let stride = (rows.len() / options.series.max(1)).max(1);
     let start = Instant::now();
     let mut payload = String::new();
     for i in 0..options.events_per_series {
         for s in 0..options.series {
+            // Paced, so the stream arrives in time order as it would live: a replayed backlog is
+            // consumed partition by partition, which scrambles what "recent" means for drift.
+            let due = start + Duration::from_secs_f64(summary.events_in as f64 / options.rate.max(1.0));
+            while Instant::now() < due {
+                drain(
+                    &reader,
+                    &mut summary,
+                    due.saturating_duration_since(Instant::now()).min(Duration::from_millis(5)),
+                );
+            }
             let row = &rows[(s * stride + i) % rows.len()];
             let series = format!("co2-{s}");
             let n = summary.events_in;
@@ -259,12 +347,18 @@ fn drive(
             } else {
                 use std::fmt::Write as _;
                 let id = format!("demo-{s}-{i:05}");
+                // From the midpoint on, the first feature is shifted: its distribution drifts and,
+                // since the actuals stay true, accuracy degrades.
+                let mut values = row.values.clone();
+                if i >= options.events_per_series / 2 {
+                    values[0] += shift;
+                }
                 // Alternate the two `features` forms the contract allows.
                 let features_json = if n % 2 == 0 {
-                    serde_json::to_string(&row.values).expect("finite floats")
+                    serde_json::to_string(&values).expect("finite floats")
                 } else {
                     let map: serde_json::Map<String, serde_json::Value> =
-                        features.iter().zip(&row.values).map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+                        features.iter().zip(&values).map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
                     serde_json::Value::Object(map).to_string()
                 };
                 let _ = write!(
@@ -284,6 +378,25 @@ fn drive(
                 }
             }
             summary.events_in += 1;
+            // The truth for the previous event of this series arrives only now (one step late):
+            // the model forecasts the next observation of its target.
+            if let (Some(t), true) = (target, i > 0) {
+                use std::fmt::Write as _;
+                actual.clear();
+                let _ = write!(
+                    actual,
+                    r#"{{"id":"demo-{s}-{:05}","series_id":"{series}","timestamp":"{}","actual":{}}}"#,
+                    i - 1,
+                    row.timestamp,
+                    row.values[t]
+                );
+                let mut record = BaseRecord::to("actuals").key(series.as_str()).payload(actual.as_str());
+                while let Err((_, back)) = producer.send(record) {
+                    record = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+                summary.actuals_in += 1;
+            }
             producer.poll(Duration::ZERO);
             drain(&reader, &mut summary, Duration::ZERO);
         }
@@ -294,6 +407,11 @@ fn drive(
     }
     summary.elapsed = start.elapsed();
     summary.complete = summary.predictions_out + summary.dlq_out >= summary.events_in;
+    // Give the monitor a few publish intervals to join the last actuals and evaluate.
+    let settle = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < settle.min(deadline + Duration::from_secs(4)) {
+        drain(&reader, &mut summary, Duration::from_millis(100));
+    }
     Ok(summary)
 }
 
@@ -301,6 +419,22 @@ fn drain(reader: &BaseConsumer, summary: &mut Summary, first_wait: Duration) {
     let mut wait = first_wait;
     while let Some(Ok(m)) = reader.poll(wait) {
         wait = Duration::ZERO;
+        if m.topic() == "model_metrics" {
+            if let Some(v) = m.payload().and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok()) {
+                summary.snapshot = Some(v);
+            }
+            continue;
+        }
+        if m.topic() == "alerts" {
+            if let Some(v) = m.payload().and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok()) {
+                let d = &v["details"];
+                let subject = d["feature"].as_str().map(|f| format!(" `{f}`")).unwrap_or_default();
+                let reason = d["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+                let state = d["state"].as_str().unwrap_or("firing");
+                summary.alerts.push(format!("{}{subject}{reason}: {state}", v["kind"].as_str().unwrap_or("?")));
+            }
+            continue;
+        }
         if m.topic() == "predictions" {
             if let Some(p) = m.payload().and_then(|b| serde_json::from_slice::<Prediction>(b).ok()) {
                 summary.predictions_out += 1;

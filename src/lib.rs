@@ -13,6 +13,7 @@
 //! - [`window`]: bounded per-series window state.
 //! - [`inference`]: ONNX Runtime loading, model sessions, execution providers, micro-batching.
 //! - [`pipeline`]: consumer loop, offset tracking, producer and dead-letter queue.
+//! - [`monitor`]: the side task: actuals join, rolling error, drift, alerts, retraining triggers.
 //! - [`serve`]: `streamcast run`: wires the model, pipeline, HTTP server and signals.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/models`.
 //! - [`telemetry`]: logging and Prometheus metrics.
@@ -25,6 +26,7 @@ pub mod demo;
 pub mod event;
 pub mod http;
 pub mod inference;
+pub mod monitor;
 pub mod normalize;
 pub mod pipeline;
 pub mod serve;

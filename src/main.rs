@@ -43,6 +43,9 @@ struct RunArgs {
     /// Print the effective config (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
+    /// What to run: the worker and monitor (`all`), or one of them.
+    #[arg(long, value_enum, default_value = "all")]
+    role: serve::Role,
     /// Create missing topics before starting, with this many partitions.
     #[arg(long, value_name = "PARTITIONS")]
     create_topics: Option<i32>,
@@ -59,6 +62,9 @@ struct DemoArgs {
     /// Observations per series.
     #[arg(long, default_value_t = 500)]
     events_per_series: usize,
+    /// Events per second produced (paced, like a live stream).
+    #[arg(long, default_value_t = 400.0)]
+    rate: f64,
     /// Model root.
     #[arg(long, default_value = "models")]
     models: PathBuf,
@@ -166,7 +172,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         streamcast::topics::create_topics(&client, &config.topics.all(), partitions, 1).await?;
                     tracing::info!(?created, "Topics created.");
                 }
-                serve::run(&config).await?;
+                serve::run(&config, args.role).await?;
                 anyhow::Ok(())
             })
         }
@@ -176,6 +182,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 duration: std::time::Duration::from_secs(args.duration),
                 series: args.series,
                 events_per_series: args.events_per_series,
+                rate: args.rate,
                 models: args.models,
                 model: args.model,
                 execution_provider: provider,

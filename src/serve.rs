@@ -1,7 +1,7 @@
 //! `streamcast run`: loads the model, starts the pipeline and the HTTP server, and waits for a
 //! signal or a fatal error.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,8 @@ pub enum RunError {
     Inference(#[from] InferenceError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Monitor(#[from] crate::monitor::MonitorError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
 }
@@ -35,7 +37,10 @@ impl RunError {
             RunError::Inference(e) => {
                 matches!(e, InferenceError::Bundle(_) | InferenceError::Cuda(_) | InferenceError::Runtime(_))
             }
-            RunError::Pipeline(e) => matches!(e, PipelineError::MissingTopics(_) | PipelineError::Client(_)),
+            RunError::Pipeline(e) | RunError::Monitor(crate::monitor::MonitorError::Pipeline(e)) => {
+                matches!(e, PipelineError::MissingTopics(_) | PipelineError::Client(_))
+            }
+            RunError::Monitor(_) => true,
         }
     }
 }
@@ -79,9 +84,21 @@ pub fn models_document(model: &Model) -> serde_json::Value {
     })
 }
 
-/// A started worker with its HTTP server.
+/// Which parts of `streamcast run` this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The inference worker, plus the monitor when `monitor.enabled`.
+    All,
+    /// Only the inference worker.
+    Worker,
+    /// Only the monitor side task (needs the bundle for its reference sample, not ONNX Runtime).
+    Monitor,
+}
+
+/// A started worker and/or monitor with its HTTP server.
 pub struct Running {
-    pub worker: Worker,
+    pub worker: Option<Worker>,
+    pub monitor: Option<std::thread::JoinHandle<()>>,
     pub model: crate::event::ModelRef,
     pub provider: crate::inference::ProviderReport,
     pub http_addr: Option<std::net::SocketAddr>,
@@ -89,49 +106,88 @@ pub struct Running {
 }
 
 /// Loads the model and starts everything. Must be called inside a Tokio runtime.
-pub async fn start(config: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<Running, RunError> {
-    let config_for_load = config.clone();
-    let model = tokio::task::spawn_blocking(move || load_model(&config_for_load))
-        .await
-        .expect("model loading does not panic")?;
-    metrics.execution_provider.with_label_values(&[model.provider().provider.as_str()]).set(1);
-    let models = Arc::new(models_document(&model));
-    let (model_ref, provider) = (model.model_ref().clone(), model.provider().clone());
-    let worker = Worker::start(config, model, metrics.clone(), shutdown.clone())?;
-    let readiness = Arc::new(Readiness { assigned: worker.assigned.clone(), ..Default::default() });
-    readiness.model_loaded.store(true, Ordering::SeqCst);
-    // The topic check in `Worker::start` succeeded, so the cluster answered the producer's config.
-    readiness.producer_connected.store(true, Ordering::SeqCst);
+pub async fn start(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    role: Role,
+) -> Result<Running, RunError> {
+    let (worker, models, model_ref, provider, bundle) = if role == Role::Monitor {
+        let dir = bundle::resolve(&config.model.root, &config.model.name, &config.model.version)?;
+        let bundle = Arc::new(Bundle::load(&dir)?);
+        let m = &bundle.manifest;
+        let model_ref = crate::event::ModelRef { name: m.name.clone(), version: m.version.clone() };
+        let doc = serde_json::json!({"models": [{"name": m.name, "version": m.version, "role": "monitor"}]});
+        let report =
+            crate::inference::ProviderReport { provider: crate::inference::Provider::Cpu, fallback_reason: None };
+        (None, doc, model_ref, report, bundle)
+    } else {
+        let config_for_load = config.clone();
+        let model = tokio::task::spawn_blocking(move || load_model(&config_for_load))
+            .await
+            .expect("model loading does not panic")?;
+        metrics.execution_provider.with_label_values(&[model.provider().provider.as_str()]).set(1);
+        let doc = models_document(&model);
+        let (model_ref, provider) = (model.model_ref().clone(), model.provider().clone());
+        let bundle = model.bundle().clone();
+        let worker = Worker::start(config, model, metrics.clone(), shutdown.clone())?;
+        (Some(worker), doc, model_ref, provider, bundle)
+    };
+    // A monitor-only process has no inference assignment to wait for; it is ready once running.
+    let assigned = worker.as_ref().map_or_else(|| Arc::new(AtomicBool::new(true)), |w| w.assigned.clone());
+    let readiness = Arc::new(Readiness {
+        assigned,
+        model_loaded: true.into(),
+        // The topic check at start-up succeeded, so the cluster answered.
+        producer_connected: true.into(),
+    });
+    let monitor = if role == Role::Monitor || (role == Role::All && config.monitor.enabled) {
+        Some(crate::monitor::spawn(config, bundle, &metrics.registry, shutdown.clone())?)
+    } else {
+        None
+    };
     let http_addr = if config.http.listen.is_empty() {
         None
     } else {
         let addr = config.http.listen.parse().expect("validated in Config::validate");
-        let state = AppState { metrics, readiness: readiness.clone(), models };
+        let state = AppState { metrics, readiness: readiness.clone(), models: Arc::new(models) };
         let bound = http::serve(addr, state, shutdown)
             .await
             .map_err(|source| RunError::Listen { addr: config.http.listen.clone(), source })?;
         tracing::info!(addr = %bound, "HTTP server listening.");
         Some(bound)
     };
-    Ok(Running { worker, model: model_ref, provider, http_addr, readiness })
+    Ok(Running { worker, monitor, model: model_ref, provider, http_addr, readiness })
 }
 
-/// Runs the worker until SIGTERM/SIGINT (or a fatal error), then shuts down cleanly.
-pub async fn run(config: &Config) -> Result<(), RunError> {
+/// Runs until SIGTERM/SIGINT (or a fatal error), then shuts down cleanly.
+pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let metrics = Metrics::new();
-    let running = start(config, metrics, shutdown.clone()).await?;
-    tracing::info!(group = %config.consumer.group_id, topic = %config.topics.input, "Worker started.");
-    while !shutdown.is_triggered() && running.worker.is_running() {
+    let running = start(config, metrics, shutdown.clone(), role).await?;
+    tracing::info!(group = %config.consumer.group_id, topic = %config.topics.input, ?role, "Worker started.");
+    let alive = |r: &Running| {
+        r.worker.as_ref().is_none_or(Worker::is_running) && r.monitor.as_ref().is_none_or(|m| !m.is_finished())
+    };
+    while !shutdown.is_triggered() && alive(&running) {
         tokio::select! {
             _ = shutdown.wait() => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
     shutdown.trigger();
-    let worker = running.worker;
-    tokio::task::spawn_blocking(move || worker.join()).await.expect("join does not panic")?;
+    let Running { worker, monitor, .. } = running;
+    tokio::task::spawn_blocking(move || {
+        if let Some(m) = monitor {
+            if m.join().is_err() {
+                tracing::error!("The monitor thread panicked.");
+            }
+        }
+        worker.map_or(Ok(()), Worker::join)
+    })
+    .await
+    .expect("join does not panic")?;
     tracing::info!("Worker stopped.");
     Ok(())
 }

@@ -332,7 +332,16 @@ impl Worker {
         Self::start_with(config, &[])
     }
 
+    /// `streamcast run --config … ARGS`.
+    pub fn start_args(config: &str, args: &[&str]) -> Worker {
+        Self::spawn(config, args, &[])
+    }
+
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Worker {
+        Self::spawn(config, &[], env)
+    }
+
+    fn spawn(config: &str, args: &[&str], env: &[(&str, &str)]) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("streamcast.toml");
         std::fs::File::create(&path).unwrap().write_all(config.as_bytes()).unwrap();
@@ -340,6 +349,7 @@ impl Worker {
         let child = Command::new(bin())
             .args(["run", "--config"])
             .arg(&path)
+            .args(args)
             .envs(env.iter().copied())
             .current_dir(repo())
             .stdout(Stdio::null())

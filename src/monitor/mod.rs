@@ -1,0 +1,573 @@
+//! The monitor side task: joins late actuals to earlier predictions, keeps rolling error per
+//! model version and variant, tests served inputs and outputs for drift against the bundle's
+//! reference sample, and publishes snapshots, alerts and retraining triggers.
+//!
+//! - [`join`]: the bounded id join and its commit watermarks.
+//! - [`rolling`]: incremental RMSE/MAE/bias over a count and a time window.
+//! - [`stats`]: KS test, PSI, multiple-testing correction, bounded samples.
+//! - [`drift`]: per-feature drift verdicts.
+//! - [`alerts`]: hysteresis and cooldown.
+//!
+//! It reads `predictions`, `actuals` and `input_data` in its own consumer group
+//! (`<consumer.group_id>-monitor`), so it runs the same inside `streamcast run` or alone with
+//! `--role monitor`, and a restart or rebalance rebuilds pending joins by re-reading from the
+//! committed watermark: per partition, the lowest offset whose record still waits.
+
+pub mod alerts;
+pub mod drift;
+pub mod join;
+pub mod rolling;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus::{GaugeVec, IntGaugeVec, Opts, Registry};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::bundle::Bundle;
+use crate::config::{Config, MonitorConfig};
+use crate::event::{now_rfc3339, Actual, EventValues, FeatureSchema, InputEvent, ModelRef, Prediction, Variant};
+use crate::pipeline::{client_config, missing_topics, PipelineError};
+use crate::shutdown::Shutdown;
+use alerts::{Alert, Gate, Transition};
+use drift::{DriftReport, DriftTracker};
+use join::{JoinBuffer, Offer, Side, Source, WaitingPrediction};
+use rolling::RollingError;
+
+/// At most this many model version × variant keys are tracked; more means a misrouted topic.
+const MAX_KEYS: usize = 64;
+
+/// Monitor gauges, labelled by model, version, variant and feature only.
+#[derive(Clone)]
+pub struct MonitorMetrics {
+    rmse: GaugeVec,
+    mae: GaugeVec,
+    joined: IntGaugeVec,
+    pending: IntGaugeVec,
+    expired: IntGaugeVec,
+    unmatched: IntGaugeVec,
+    ks: GaugeVec,
+    psi: GaugeVec,
+    p_value: GaugeVec,
+}
+
+impl MonitorMetrics {
+    pub fn register(registry: &Registry) -> MonitorMetrics {
+        let g = |name: &str, help: &str, labels: &[&str]| {
+            let v = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(v.clone())).expect("registered once");
+            v
+        };
+        let i = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(v.clone())).expect("registered once");
+            v
+        };
+        let key = &["model", "version", "variant"];
+        let feat = &["model", "feature"];
+        MonitorMetrics {
+            rmse: g("streamcast_monitor_rmse", "Rolling RMSE on joined actuals (target units).", key),
+            mae: g("streamcast_monitor_mae", "Rolling MAE on joined actuals (target units).", key),
+            joined: i("streamcast_monitor_joined", "Joined values in the rolling window.", key),
+            pending: i("streamcast_monitor_pending", "Predictions waiting for their actual.", key),
+            expired: i("streamcast_monitor_expired", "Predictions whose actual never came (cumulative).", key),
+            unmatched: i(
+                "streamcast_monitor_unmatched_actuals",
+                "Actuals whose prediction never came (cumulative).",
+                &["model"],
+            ),
+            ks: g("streamcast_monitor_drift_ks_statistic", "KS statistic of served inputs vs reference.", feat),
+            psi: g("streamcast_monitor_drift_psi", "PSI of served inputs vs reference.", feat),
+            p_value: g("streamcast_monitor_drift_p_value", "BH-corrected KS p-value.", feat),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("Kafka client setup failed: {0}")]
+    Client(#[source] rdkafka::error::KafkaError),
+}
+
+/// A `model_metrics` message.
+#[derive(Debug, Serialize)]
+struct Snapshot<'a> {
+    model: &'a ModelRef,
+    variant: Variant,
+    at: &'a str,
+    window: WindowDef,
+    joined: u64,
+    pending: u64,
+    expired: u64,
+    unmatched_actuals: u64,
+    rmse: Option<f64>,
+    mae: Option<f64>,
+    bias: Option<f64>,
+    drift: &'a std::collections::BTreeMap<String, drift::DriftStat>,
+    prediction_drift: Option<&'a drift::DriftStat>,
+    drifted_features: &'a [String],
+}
+
+#[derive(Debug, Serialize)]
+struct WindowDef {
+    duration_s: f64,
+    max_samples: usize,
+}
+
+/// Rebalance context: revoked partitions are handed to the loop, which drops their waiting
+/// entries (the next owner re-reads them from the committed watermark).
+struct MonitorContext {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for MonitorContext {}
+impl ConsumerContext for MonitorContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut r = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            r.extend(tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())));
+        }
+    }
+}
+
+/// One model version × variant being scored.
+struct Scored {
+    model: ModelRef,
+    variant: Variant,
+    rolling: RollingError,
+    rmse_gate: Gate,
+    above_since: Option<Instant>,
+    retrain_requested: bool,
+}
+
+/// The monitor's state, owned by its thread.
+struct State {
+    cfg: MonitorConfig,
+    model: ModelRef,
+    threshold: Option<f64>,
+    schema: FeatureSchema,
+    join: JoinBuffer,
+    keys: Vec<Scored>,
+    expired_by_key: HashMap<u16, u64>,
+    drift: DriftTracker,
+    feature_gates: Vec<Gate>,
+    prediction_gate: Gate,
+    last_schedule: Instant,
+    /// One past the last record read, per (topic, partition).
+    next: HashMap<(String, i32), i64>,
+    metrics: MonitorMetrics,
+}
+
+/// Topic roles the monitor reads.
+struct Topics {
+    predictions: String,
+    actuals: String,
+    input: String,
+    metrics: String,
+    alerts: String,
+}
+
+/// Starts the monitor thread.
+pub fn spawn(
+    config: &Config,
+    bundle: Arc<Bundle>,
+    registry: &Registry,
+    shutdown: Shutdown,
+) -> Result<JoinHandle<()>, MonitorError> {
+    let cfg = config.monitor.clone();
+    let servers = config.kafka.get("bootstrap.servers").map(|v| v.to_string()).unwrap_or_default();
+    let mut cc = client_config(config);
+    cc.set("group.id", format!("{}-monitor", config.consumer.group_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // Predictions and actuals are keyed by series id: with equal partition counts, the range
+        // assignor gives both topics' partition p to the same member, so joins stay local.
+        .set("partition.assignment.strategy", "range");
+    let consumer: BaseConsumer<MonitorContext> =
+        cc.create_with_context(MonitorContext { revoked: Mutex::new(Vec::new()) }).map_err(MonitorError::Client)?;
+    let t = &config.topics;
+    let missing = missing_topics(&consumer, &[&t.predictions, &t.actuals, &t.input, &t.metrics, &t.alerts], &servers)?;
+    if !missing.is_empty() {
+        return Err(PipelineError::MissingTopics(missing).into());
+    }
+    consumer.subscribe(&[&t.predictions, &t.actuals, &t.input]).map_err(MonitorError::Client)?;
+    let producer: BaseProducer = client_config(config).create().map_err(MonitorError::Client)?;
+    let topics = Topics {
+        predictions: t.predictions.clone(),
+        actuals: t.actuals.clone(),
+        input: t.input.clone(),
+        metrics: t.metrics.clone(),
+        alerts: t.alerts.clone(),
+    };
+    let m = &bundle.manifest;
+    let threshold = cfg.rmse_threshold.or_else(|| m.validation.as_ref().map(|v| v.rmse * cfg.rmse_threshold_ratio));
+    let drift = DriftTracker::new(&bundle, &cfg);
+    let state = State {
+        model: ModelRef { name: m.name.clone(), version: m.version.clone() },
+        threshold,
+        schema: FeatureSchema {
+            names: m.features.clone(),
+            window: m.window,
+            max_message_bytes: config.validation.max_message_bytes,
+            reject_unknown_features: false,
+        },
+        join: JoinBuffer::new(cfg.max_pending, cfg.join_ttl),
+        keys: Vec::new(),
+        expired_by_key: HashMap::new(),
+        feature_gates: m.features.iter().map(|_| Gate::new(cfg.alert_cooldown)).collect(),
+        prediction_gate: Gate::new(cfg.alert_cooldown),
+        drift,
+        last_schedule: Instant::now(),
+        next: HashMap::new(),
+        metrics: MonitorMetrics::register(registry),
+        cfg,
+    };
+    tracing::info!(group = %format!("{}-monitor", config.consumer.group_id), threshold, "Monitor started.");
+    Ok(std::thread::Builder::new()
+        .name("streamcast-monitor".into())
+        .spawn(move || run(consumer, producer, topics, state, shutdown))
+        .expect("spawning a thread only fails when the OS is out of resources"))
+}
+
+fn run(
+    consumer: BaseConsumer<MonitorContext>,
+    producer: BaseProducer,
+    topics: Topics,
+    mut st: State,
+    shutdown: Shutdown,
+) {
+    let mut last_publish = Instant::now();
+    let mut last_expire = Instant::now();
+    while !shutdown.is_triggered() {
+        if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
+            match msg {
+                Ok(m) => {
+                    let now = Instant::now();
+                    let topic = m.topic();
+                    let src = Source { partition: m.partition(), offset: m.offset() };
+                    st.next.insert((topic.to_string(), src.partition), src.offset + 1);
+                    let payload = m.payload().unwrap_or_default();
+                    if topic == topics.predictions {
+                        st.on_prediction(payload, src, now);
+                    } else if topic == topics.actuals {
+                        st.on_actual(payload, src, now);
+                    } else if topic == topics.input {
+                        st.on_input(payload);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "Monitor consumer error."),
+            }
+        }
+        let revoked: Vec<(String, i32)> =
+            std::mem::take(&mut *consumer.context().revoked.lock().unwrap_or_else(|e| e.into_inner()));
+        for (topic, partition) in revoked {
+            let side = if topic == topics.predictions { Side::Prediction } else { Side::Actual };
+            if topic != topics.input {
+                st.join.drop_partition(side, partition);
+            }
+            st.next.remove(&(topic, partition));
+        }
+        let now = Instant::now();
+        if now.duration_since(last_expire) >= Duration::from_secs(1) {
+            st.expire(now);
+            last_expire = now;
+        }
+        if now.duration_since(last_publish) >= st.cfg.publish_interval {
+            st.publish(&producer, &topics, now);
+            commit(&consumer, &st, &topics, CommitMode::Async);
+            last_publish = now;
+        }
+    }
+    commit(&consumer, &st, &topics, CommitMode::Sync);
+    let _ = producer.flush(Duration::from_secs(10));
+    tracing::info!("Monitor stopped.");
+}
+
+/// Commits, per partition, the lowest offset whose record still waits in the join.
+fn commit(consumer: &BaseConsumer<MonitorContext>, st: &State, topics: &Topics, mode: CommitMode) {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in &st.next {
+        let offset = if *topic == topics.predictions {
+            st.join.commit_point(Side::Prediction, *partition, *next)
+        } else if *topic == topics.actuals {
+            st.join.commit_point(Side::Actual, *partition, *next)
+        } else {
+            *next
+        };
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset));
+    }
+    if tpl.count() > 0 {
+        if let Err(error) = consumer.commit(&tpl, mode) {
+            tracing::warn!(%error, "Monitor commit failed.");
+        }
+    }
+}
+
+impl State {
+    fn key_of(&mut self, model: &ModelRef, variant: Variant) -> Option<u16> {
+        if let Some(i) = self.keys.iter().position(|k| k.model == *model && k.variant == variant) {
+            return Some(i as u16);
+        }
+        if self.keys.len() >= MAX_KEYS {
+            return None;
+        }
+        self.keys.push(Scored {
+            model: model.clone(),
+            variant,
+            rolling: RollingError::new(self.cfg.window_count, self.cfg.window_duration),
+            rmse_gate: Gate::new(self.cfg.alert_cooldown),
+            above_since: None,
+            retrain_requested: false,
+        });
+        Some((self.keys.len() - 1) as u16)
+    }
+
+    fn on_prediction(&mut self, payload: &[u8], src: Source, now: Instant) {
+        let Ok(p) = serde_json::from_slice::<Prediction>(payload) else { return };
+        if let (Some(first), Variant::Primary) = (p.prediction.first(), p.variant) {
+            self.drift.push_prediction(*first);
+        }
+        let Some(key) = self.key_of(&p.model, p.variant) else { return };
+        let offer = self.join.offer_prediction(&p.id, WaitingPrediction { key, values: p.prediction }, src, now);
+        self.score(offer);
+    }
+
+    fn on_actual(&mut self, payload: &[u8], src: Source, now: Instant) {
+        let Ok(a) = serde_json::from_slice::<Actual>(payload) else { return };
+        if a.actual.iter().any(|v| !v.is_finite()) {
+            return;
+        }
+        let offer = self.join.offer_actual(&a.id, a.actual, src, now);
+        self.score(offer);
+    }
+
+    fn on_input(&mut self, payload: &[u8]) {
+        // Malformed events are the worker's to dead-letter; the monitor just skips them.
+        let Ok(e) = InputEvent::decode(payload, &self.schema) else { return };
+        let width = self.schema.width();
+        let row = match &e.values {
+            EventValues::Observation(v) => &v[..],
+            EventValues::Window(w) => &w[w.len() - width..],
+        };
+        self.drift.push_features(row);
+    }
+
+    fn score(&mut self, offer: Offer) {
+        if let Offer::Joined { prediction, actual } = offer {
+            let scored = &mut self.keys[prediction.key as usize];
+            // The time window runs on the monitor's clock (join time), not event time: actuals
+            // arrive arbitrarily late, and the window is about recent model behaviour.
+            let at = chrono::Utc::now().timestamp_millis();
+            for (p, a) in prediction.values.iter().zip(&actual) {
+                scored.rolling.push(at, p - a);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let before = self.join.pending_by_key();
+        let expired_before = self.join.counts().expired;
+        self.join.expire(now);
+        if self.join.counts().expired > expired_before {
+            let after = self.join.pending_by_key();
+            for (k, n) in before {
+                let gone = n - after.get(&k).copied().unwrap_or(0);
+                *self.expired_by_key.entry(k).or_default() += gone;
+            }
+        }
+    }
+
+    fn publish(&mut self, producer: &BaseProducer, topics: &Topics, now: Instant) {
+        let at = now_rfc3339();
+        let report: DriftReport = self.drift.evaluate(&self.cfg);
+        let pending = self.join.pending_by_key();
+        let counts = self.join.counts();
+        let mut alerts: Vec<Alert> = Vec::new();
+
+        // Drift alerts, one gate per feature.
+        for (i, f) in self.schema.names.iter().enumerate() {
+            let stat = report.features.get(f);
+            let firing = report.drifted.contains(f);
+            let clear = stat.is_none_or(|s| report.is_clear(s, &self.cfg));
+            match self.feature_gates[i].update(firing, clear, now) {
+                Transition::Fire | Transition::Resolve if stat.is_some() => {
+                    let s = stat.expect("checked");
+                    let state = if self.feature_gates[i].is_active() { "firing" } else { "resolved" };
+                    alerts.push(self.alert(
+                        "feature_drift",
+                        None,
+                        &at,
+                        serde_json::json!({
+                            "state": state, "feature": f, "features": [f], "ks_statistic": s.ks_statistic,
+                            "p_value": s.p_value, "psi": s.psi, "samples": s.samples,
+                        }),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = &report.prediction {
+            let firing = report.prediction_drifted;
+            let clear = report.is_clear(s, &self.cfg);
+            if self.prediction_gate.update(firing, clear, now) != Transition::None {
+                let state = if self.prediction_gate.is_active() { "firing" } else { "resolved" };
+                alerts.push(self.alert("prediction_drift", None, &at, serde_json::json!({
+                    "state": state, "ks_statistic": s.ks_statistic, "p_value": s.p_value, "psi": s.psi, "samples": s.samples,
+                })));
+            }
+        }
+
+        let schedule_due = self.cfg.retrain_schedule.is_some_and(|d| now.duration_since(self.last_schedule) >= d);
+        if schedule_due {
+            self.last_schedule = now;
+            alerts.push(self.alert("retrain_requested", None, &at, serde_json::json!({"reason": "schedule"})));
+        }
+
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for (i, k) in self.keys.iter_mut().enumerate() {
+            k.rolling.advance(now_ms);
+            let stats = k.rolling.snapshot();
+            let variant = variant_str(k.variant);
+            if let Some(threshold) = self.threshold {
+                let enough = stats.count >= self.cfg.min_joined;
+                let rmse = stats.rmse.unwrap_or(0.0);
+                let firing = enough && rmse > threshold;
+                // Hysteresis: clear only well below the threshold.
+                let clear = enough && rmse < 0.9 * threshold;
+                let details = serde_json::json!({
+                    "rmse": stats.rmse, "mae": stats.mae, "count": stats.count, "threshold": threshold,
+                });
+                match k.rmse_gate.update(firing, clear, now) {
+                    Transition::Fire => {
+                        k.above_since = Some(now);
+                        alerts.push(make_alert(
+                            "rmse_above_threshold",
+                            &k.model,
+                            Some(variant),
+                            &at,
+                            with_state(&details, "firing"),
+                        ));
+                    }
+                    Transition::Resolve => {
+                        k.above_since = None;
+                        k.retrain_requested = false;
+                        alerts.push(make_alert(
+                            "rmse_above_threshold",
+                            &k.model,
+                            Some(variant),
+                            &at,
+                            with_state(&details, "resolved"),
+                        ));
+                    }
+                    Transition::None => {}
+                }
+                if let Some(since) = k.above_since {
+                    if !k.retrain_requested && now.duration_since(since) >= self.cfg.retrain_after {
+                        k.retrain_requested = true;
+                        let mut d = with_state(&details, "firing");
+                        d["reason"] = "performance".into();
+                        d["above_for_s"] = now.duration_since(since).as_secs_f64().into();
+                        alerts.push(make_alert("retrain_requested", &k.model, Some(variant), &at, d));
+                    }
+                }
+            }
+
+            let labels = [k.model.name.as_str(), k.model.version.as_str(), variant];
+            self.metrics.rmse.with_label_values(&labels).set(stats.rmse.unwrap_or(f64::NAN));
+            self.metrics.mae.with_label_values(&labels).set(stats.mae.unwrap_or(f64::NAN));
+            self.metrics.joined.with_label_values(&labels).set(stats.count as i64);
+            let key_pending = pending.get(&(i as u16)).copied().unwrap_or(0);
+            let key_expired = self.expired_by_key.get(&(i as u16)).copied().unwrap_or(0);
+            self.metrics.pending.with_label_values(&labels).set(key_pending as i64);
+            self.metrics.expired.with_label_values(&labels).set(key_expired as i64);
+            let snapshot = Snapshot {
+                model: &k.model,
+                variant: k.variant,
+                at: &at,
+                window: WindowDef {
+                    duration_s: self.cfg.window_duration.as_secs_f64(),
+                    max_samples: self.cfg.window_count,
+                },
+                joined: stats.count as u64,
+                pending: key_pending,
+                expired: key_expired,
+                unmatched_actuals: counts.unmatched_actuals + counts.evicted_actuals,
+                rmse: stats.rmse,
+                mae: stats.mae,
+                bias: stats.bias,
+                drift: &report.features,
+                prediction_drift: report.prediction.as_ref(),
+                drifted_features: &report.drifted,
+            };
+            let body = serde_json::to_vec(&snapshot).expect("snapshot serializes");
+            send(producer, &topics.metrics, &k.model.name, &body);
+        }
+        self.metrics
+            .unmatched
+            .with_label_values(&[self.model.name.as_str()])
+            .set((counts.unmatched_actuals + counts.evicted_actuals) as i64);
+        for (f, s) in &report.features {
+            let labels = [self.model.name.as_str(), f.as_str()];
+            self.metrics.ks.with_label_values(&labels).set(s.ks_statistic.unwrap_or(f64::NAN));
+            self.metrics.psi.with_label_values(&labels).set(s.psi.unwrap_or(f64::NAN));
+            self.metrics.p_value.with_label_values(&labels).set(s.p_value.unwrap_or(f64::NAN));
+        }
+        for a in alerts {
+            tracing::warn!(kind = a.kind, details = %a.details, "Alert.");
+            let body = serde_json::to_vec(&a).expect("alert serializes");
+            send(producer, &topics.alerts, &a.model.name, &body);
+        }
+        producer.poll(Duration::ZERO);
+    }
+
+    fn alert(&self, kind: &'static str, variant: Option<&'static str>, at: &str, details: serde_json::Value) -> Alert {
+        make_alert(kind, &self.model, variant, at, details)
+    }
+}
+
+fn with_state(details: &serde_json::Value, state: &str) -> serde_json::Value {
+    let mut d = details.clone();
+    d["state"] = state.into();
+    d
+}
+
+fn make_alert(
+    kind: &'static str,
+    model: &ModelRef,
+    variant: Option<&'static str>,
+    at: &str,
+    details: serde_json::Value,
+) -> Alert {
+    Alert { kind, model: model.clone(), variant, at: at.to_string(), details }
+}
+
+fn variant_str(v: Variant) -> &'static str {
+    match v {
+        Variant::Primary => "primary",
+        Variant::Candidate => "candidate",
+        Variant::Shadow => "shadow",
+    }
+}
+
+fn send(producer: &BaseProducer, topic: &str, key: &str, body: &[u8]) {
+    let mut record = BaseRecord::to(topic).key(key).payload(body);
+    for _ in 0..100 {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+        }
+    }
+    tracing::error!(topic, "Monitor could not enqueue a record.");
+}

@@ -1,0 +1,224 @@
+//! The monitor side task (`streamcast run --role monitor`) against a real broker process.
+//! Predictions, actuals and inputs are produced by the test itself, so every expected number is
+//! computed here, independently of the worker.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn monitor_config(topics: &Topics, monitor: &str) -> String {
+    topics.config("co2-mlp", "1", &format!("[monitor]\npublish_interval = \"500ms\"\n{monitor}\n"))
+}
+
+fn start_monitor(config: &str) -> Worker {
+    Worker::start_args(config, &["--role", "monitor"])
+}
+
+fn prediction(id: &str, series: &str, value: f64) -> String {
+    serde_json::json!({
+        "id": id, "series_id": series, "timestamp": "2026-11-26T19:00:00Z", "prediction": [value],
+        "model": {"name": "co2-mlp", "version": "1"}, "variant": "primary", "latency_ms": 1.0,
+        "produced_at": "2026-11-26T19:00:00.001Z"
+    })
+    .to_string()
+}
+
+fn actual(id: &str, series: &str, value: f64) -> String {
+    serde_json::json!({"id": id, "series_id": series, "timestamp": "2026-11-26T20:00:00Z", "actual": value}).to_string()
+}
+
+fn send(topic: &str, records: &[(String, String)]) {
+    let r: Vec<(Option<&str>, &[u8], &[(&str, &str)])> =
+        records.iter().map(|(k, v)| (Some(k.as_str()), v.as_bytes(), &[][..])).collect();
+    produce(topic, &r);
+}
+
+/// The latest snapshot that satisfies `done`, or a panic with the last one seen.
+fn wait_snapshot(
+    topics: &Topics,
+    worker: &Worker,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut reader = Reader::new(&topics.metrics);
+    let found = reader.read_until(timeout, |r| r.iter().any(|x| done(&x.json())));
+    let last = reader.records.last().map(|r| r.json());
+    assert!(found, "no matching snapshot; last: {last:?}\n{}", worker.log_text());
+    reader.records.iter().map(|r| r.json()).find(|j| done(j)).unwrap()
+}
+
+fn value_of(i: usize) -> (f64, f64) {
+    // Prediction and actual of event i: errors of varying sign and size.
+    let p = 340.0 + (i % 13) as f64 * 0.7;
+    let a = p - ((i % 7) as f64 - 3.0) * 0.45;
+    (p, a)
+}
+
+#[test]
+fn rmse_and_counts_are_exact_with_late_early_missing_and_duplicate_actuals() {
+    let topics = Topics::create(3);
+    let id = |i: usize| format!("m-{i:04}");
+    let series = |i: usize| format!("s-{}", i % 9);
+    let mut early_actuals = Vec::new();
+    let mut predictions = Vec::new();
+    let mut late_actuals = Vec::new();
+    for i in 0..180 {
+        let (p, a) = value_of(i);
+        predictions.push((series(i), prediction(&id(i), &series(i), p)));
+        if i < 10 {
+            predictions.push((series(i), prediction(&id(i), &series(i), p))); // duplicate prediction
+        }
+        match i {
+            0..50 => early_actuals.push((series(i), actual(&id(i), &series(i), a))),
+            50..150 => {
+                late_actuals.push((series(i), actual(&id(i), &series(i), a)));
+                if i < 60 {
+                    late_actuals.push((series(i), actual(&id(i), &series(i), a)));
+                    // duplicate actual
+                }
+            }
+            _ => {} // 150..180: never
+        }
+    }
+    for j in 0..20 {
+        late_actuals.push(("s-x".into(), actual(&format!("orphan-{j}"), "s-x", 1.0)));
+    }
+    send(&topics.actuals, &early_actuals);
+    let monitor = start_monitor(&monitor_config(&topics, "join_ttl = \"6s\"\nmin_joined = 1"));
+    send(&topics.predictions, &predictions);
+    std::thread::sleep(Duration::from_secs(1));
+    send(&topics.actuals, &late_actuals);
+
+    // Independent computation over the 150 joined pairs.
+    let errors: Vec<f64> = (0..150).map(|i| value_of(i).0 - value_of(i).1).collect();
+    let rmse = (errors.iter().map(|e| e * e).sum::<f64>() / 150.0).sqrt();
+    let mae = errors.iter().map(|e| e.abs()).sum::<f64>() / 150.0;
+    let snap = wait_snapshot(&topics, &monitor, Duration::from_secs(60), |s| {
+        s["joined"] == 150 && s["expired"] == 30 && s["unmatched_actuals"] == 20
+    });
+    assert_eq!(snap["model"]["version"], "1");
+    assert_eq!(snap["variant"], "primary");
+    assert_eq!(snap["pending"], 0);
+    let got_rmse = snap["rmse"].as_f64().unwrap();
+    let got_mae = snap["mae"].as_f64().unwrap();
+    assert!((got_rmse - rmse).abs() < 1e-9, "rmse {got_rmse} vs {rmse}");
+    assert!((got_mae - mae).abs() < 1e-9, "mae {got_mae} vs {mae}");
+}
+
+#[test]
+fn a_restarted_monitor_still_completes_pending_joins() {
+    let topics = Topics::create(3);
+    let config = monitor_config(&topics, "min_joined = 1");
+    let mut first = start_monitor(&config);
+    let preds: Vec<(String, String)> = (0..100)
+        .map(|i| (format!("s-{}", i % 5), prediction(&format!("r-{i}"), &format!("s-{}", i % 5), 10.0 + i as f64)))
+        .collect();
+    send(&topics.predictions, &preds);
+    wait_snapshot(&topics, &first, Duration::from_secs(60), |s| s["pending"] == 100);
+    // Let one more publish (and its commit) pass, then stop.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(first.terminate(Duration::from_secs(30)).success(), "{}", first.log_text());
+
+    let acts: Vec<(String, String)> = (0..100)
+        .map(|i| (format!("s-{}", i % 5), actual(&format!("r-{i}"), &format!("s-{}", i % 5), 11.0 + i as f64)))
+        .collect();
+    send(&topics.actuals, &acts);
+    let second = start_monitor(&config);
+    let snap = wait_snapshot(&topics, &second, Duration::from_secs(60), |s| s["joined"] == 100);
+    assert!((snap["rmse"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    assert!((snap["mae"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+}
+
+/// Training-range rows of the shipped CO2 record (what the bundle's reference sample holds).
+fn training_rows() -> Vec<[f64; 3]> {
+    let text = std::fs::read_to_string(repo().join("data/co2_weekly.csv")).unwrap();
+    let rows: Vec<[f64; 3]> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let v: Vec<f64> = l.split(',').skip(1).map(|x| x.parse().unwrap()).collect();
+            [v[0], v[1], v[2]]
+        })
+        .collect();
+    let n = rows.len() * 8 / 10;
+    rows[..n].to_vec()
+}
+
+fn input_stream(n: usize, co2_shift: f64) -> Vec<(String, String)> {
+    let rows = training_rows();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let r = rows[(x % rows.len() as u64) as usize];
+            let series = format!("d-{}", i % 20);
+            (series.clone(), event(&format!("d-{i}"), &series, &[r[0] + co2_shift, r[1], r[2]]))
+        })
+        .collect()
+}
+
+fn alerts_of_kind(records: &[Record], kind: &str) -> Vec<serde_json::Value> {
+    records.iter().map(|r| r.json()).filter(|j| j["kind"] == kind).collect()
+}
+
+#[test]
+fn one_shifted_feature_gives_exactly_one_feature_drift_alert_for_it() {
+    let topics = Topics::create(3);
+    let monitor = start_monitor(&monitor_config(&topics, ""));
+    send(&topics.input, &input_stream(5_000, 30.0));
+    let mut alerts = Reader::new(&topics.alerts);
+    let fired = alerts.read_until(Duration::from_secs(60), |r| !alerts_of_kind(r, "feature_drift").is_empty());
+    assert!(fired, "no feature_drift alert:\n{}", monitor.log_text());
+    // A few more evaluations: the ongoing shift must not fire again.
+    alerts.settle(Duration::from_secs(4));
+    let drift = alerts_of_kind(&alerts.records, "feature_drift");
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(drift[0]["details"]["feature"], "co2");
+    assert_eq!(drift[0]["details"]["state"], "firing");
+    let snap = wait_snapshot(&topics, &monitor, Duration::from_secs(10), |s| {
+        !s["drifted_features"].as_array().unwrap().is_empty()
+    });
+    assert_eq!(snap["drifted_features"], serde_json::json!(["co2"]));
+}
+
+#[test]
+fn an_unshifted_stream_of_50000_events_gives_no_drift_alert() {
+    let topics = Topics::create(3);
+    let monitor = start_monitor(&monitor_config(&topics, ""));
+    send(&topics.input, &input_stream(50_000, 0.0));
+    // Wait until the monitor has evaluated a full sample of recent values, then a while longer.
+    wait_snapshot(&topics, &monitor, Duration::from_secs(90), |s| s["drift"]["co2"]["samples"] == 2000);
+    let mut alerts = Reader::new(&topics.alerts);
+    alerts.settle(Duration::from_secs(4));
+    assert!(
+        alerts_of_kind(&alerts.records, "feature_drift").is_empty(),
+        "{:?}",
+        alerts.records.iter().map(|r| r.json()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn sustained_high_error_requests_retraining_once() {
+    let topics = Topics::create(3);
+    let monitor = start_monitor(&monitor_config(
+        &topics,
+        "rmse_threshold = 1.0\nmin_joined = 20\nretrain_after = \"2s\"\nalert_cooldown = \"1h\"",
+    ));
+    let preds: Vec<(String, String)> =
+        (0..200).map(|i| ("s".into(), prediction(&format!("h-{i}"), "s", 100.0))).collect();
+    let acts: Vec<(String, String)> = (0..200).map(|i| ("s".into(), actual(&format!("h-{i}"), "s", 95.0))).collect();
+    send(&topics.predictions, &preds);
+    send(&topics.actuals, &acts);
+    let mut alerts = Reader::new(&topics.alerts);
+    let asked = alerts.read_until(Duration::from_secs(60), |r| !alerts_of_kind(r, "retrain_requested").is_empty());
+    assert!(asked, "no retrain_requested:\n{}", monitor.log_text());
+    alerts.settle(Duration::from_secs(4));
+    let retrain = alerts_of_kind(&alerts.records, "retrain_requested");
+    assert_eq!(retrain.len(), 1, "{retrain:?}");
+    assert_eq!(retrain[0]["details"]["reason"], "performance");
+    assert_eq!(alerts_of_kind(&alerts.records, "rmse_above_threshold").len(), 1);
+}
