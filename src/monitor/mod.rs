@@ -211,7 +211,7 @@ pub fn spawn(
     let m = &bundle.manifest;
     let threshold = cfg.rmse_threshold.or_else(|| m.validation.as_ref().map(|v| v.rmse * cfg.rmse_threshold_ratio));
     let drift = DriftTracker::new(&bundle, &cfg);
-    let state = State {
+    let mut state = State {
         model: ModelRef { name: m.name.clone(), version: m.version.clone() },
         threshold,
         schema: FeatureSchema {
@@ -231,6 +231,10 @@ pub fn spawn(
         metrics: MonitorMetrics::register(registry),
         cfg,
     };
+    // The served model's primary variant always has a snapshot, so drift is published even
+    // before any prediction has been read.
+    let served = state.model.clone();
+    state.key_of(&served, Variant::Primary);
     tracing::info!(group = %format!("{}-monitor", config.consumer.group_id), threshold, "Monitor started.");
     Ok(std::thread::Builder::new()
         .name("streamcast-monitor".into())
