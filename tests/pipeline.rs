@@ -260,3 +260,24 @@ fn missing_topics_stop_start_up_with_exit_code_2() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("no-such-topic-here"), "{err}");
 }
+
+#[test]
+fn traceparent_on_an_input_event_comes_out_on_its_prediction() {
+    let topics = Topics::create(1);
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let with = event("t-1", "s-t", &[330.0, 0.5, 0.5]);
+    let without = event("t-2", "s-t", &[331.0, 0.5, 0.5]);
+    produce(
+        &topics.input,
+        &[(Some("s-t"), with.as_bytes(), &[("traceparent", trace)]), (Some("s-t"), without.as_bytes(), &[])],
+    );
+    let worker = Worker::start(&topics.config("co2-mlp", "1", ""));
+    let mut reader = Reader::new(&topics.predictions);
+    assert!(reader.read_until(Duration::from_secs(60), |r| r.len() >= 2), "{}", worker.log_text());
+    for r in &reader.records {
+        match r.json()["id"].as_str().unwrap() {
+            "t-1" => assert_eq!(r.headers.get("traceparent").map(String::as_str), Some(trace)),
+            _ => assert!(!r.headers.contains_key("traceparent")),
+        }
+    }
+}
