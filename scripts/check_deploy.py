@@ -68,7 +68,7 @@ CONFIG_KEYS: dict[str, set[str] | None] = {
         "drift_alpha", "drift_ks_threshold", "drift_psi_threshold", "drift_bins", "retrain_after",
         "retrain_schedule", "alert_cooldown",
     },
-    "http": {"listen"},
+    "http": {"listen", "max_body_bytes"},
     "telemetry": {"log_format", "log_level"},
 }
 RESERVED_KAFKA_KEYS = {"group.id", "enable.auto.offset.store", "enable.auto.commit"}

@@ -339,11 +339,14 @@ impl Default for MonitorConfig {
 pub struct HttpConfig {
     /// Listen address of `/healthz`, `/readyz`, `/metrics` and `/predict`. Empty disables the server.
     pub listen: String,
+    /// Largest `/predict` request body; larger ones get 413. Each event in it is also held to
+    /// `validation.max_message_bytes`.
+    pub max_body_bytes: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:9464".into() }
+        HttpConfig { listen: "127.0.0.1:9464".into(), max_body_bytes: 4 << 20 }
     }
 }
 

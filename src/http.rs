@@ -1,15 +1,25 @@
-//! The HTTP surface: `/healthz`, `/readyz`, `/metrics` and `/models`.
+//! The HTTP surface: `/healthz`, `/readyz`, `/metrics`, `/models` and `POST /predict`.
+//!
+//! `/predict` goes through the same decoder, bundle scaler and inference thread as the stream:
+//! its events are queued next to streamed ones and scored in the same micro-batches.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::State;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde_json::value::RawValue;
 
+use crate::event::{EventValues, FeatureSchema, InputEvent, Prediction, Variant};
+use crate::pipeline::{GateError, RequestGate};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 
@@ -46,10 +56,16 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// The `/models` document, fixed at start-up.
     pub models: Arc<serde_json::Value>,
+    /// The way into the inference thread; `None` in a monitor-only process.
+    pub requests: Option<Arc<RequestGate>>,
+    pub schema: Arc<FeatureSchema>,
+    pub max_body_bytes: usize,
 }
 
 pub fn router(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
     Router::new()
+        .route("/predict", post(predict).layer(DefaultBodyLimit::max(limit)))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -72,6 +88,116 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 async fn models(State(s): State<AppState>) -> Response {
     Json(s.models.as_ref().clone()).into_response()
+}
+
+fn error(status: StatusCode, kind: &str, message: impl Into<String>, index: Option<usize>) -> Response {
+    let mut body = serde_json::json!({"error": message.into(), "kind": kind});
+    if let Some(i) = index {
+        body["index"] = i.into();
+    }
+    (status, Json(body)).into_response()
+}
+
+/// `POST /predict`: one InputEvent or an array of them, each with a full `window` when the model
+/// needs one (this path keeps no per-series state). Answers with Predictions in the same order.
+async fn predict(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let received = Instant::now();
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let kind = if status == StatusCode::PAYLOAD_TOO_LARGE { "oversized" } else { "invalid_body" };
+            return error(status, kind, rejection.body_text(), None);
+        }
+    };
+    let Some(gate) = &s.requests else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this process runs no inference (--role monitor)",
+            None,
+        );
+    };
+    let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let raws: Vec<&RawValue> = if batch {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return error(StatusCode::BAD_REQUEST, "invalid_json", format!("not a JSON array of events: {e}"), None)
+            }
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => vec![v],
+            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_json", format!("not valid JSON: {e}"), None),
+        }
+    };
+    if raws.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "invalid_body", "the array holds no events", None);
+    }
+    let mut events = Vec::with_capacity(raws.len());
+    for (i, raw) in raws.iter().enumerate() {
+        let event = match InputEvent::decode(raw.get().as_bytes(), &s.schema) {
+            Ok(e) => e,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.kind.as_str(), e.reason, batch.then_some(i)),
+        };
+        let input = match &event.values {
+            EventValues::Window(w) => w.clone(),
+            EventValues::Observation(o) if s.schema.window == 1 => o.clone(),
+            EventValues::Observation(_) => {
+                let msg = format!(
+                    "this model needs a `window` of {} observations per event on /predict (the HTTP path keeps no per-series state)",
+                    s.schema.window
+                );
+                return error(StatusCode::BAD_REQUEST, "window_length", msg, batch.then_some(i));
+            }
+        };
+        events.push((event, input));
+    }
+    let mut pending = Vec::with_capacity(events.len());
+    for (event, input) in events {
+        match gate.submit(input) {
+            Ok(rx) => pending.push((event, rx)),
+            Err(GateError::Full) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "the inference queue is full; retry later",
+                    None,
+                )
+            }
+            Err(GateError::Closed) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the worker is shutting down", None)
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for (i, (event, rx)) in pending.into_iter().enumerate() {
+        match rx.await {
+            Ok(Ok(scored)) => out.push(Prediction {
+                id: event.id,
+                series_id: event.series_id,
+                timestamp: event.timestamp,
+                prediction: scored.prediction.iter().map(|v| f64::from(*v)).collect(),
+                model: scored.model,
+                variant: Variant::Primary,
+                latency_ms: received.elapsed().as_secs_f64() * 1e3,
+                produced_at: scored.produced_at,
+                warmup: false,
+            }),
+            Ok(Err(reason)) => {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "inference_error", reason, batch.then_some(i))
+            }
+            Err(_) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the worker is shutting down", None)
+            }
+        }
+    }
+    if batch {
+        Json(out).into_response()
+    } else {
+        Json(out.pop().expect("one event")).into_response()
+    }
 }
 
 /// Binds `addr` and serves until shutdown. Returns the bound address (useful with port 0).

@@ -142,15 +142,30 @@ pub async fn start(
         producer_connected: true.into(),
     });
     let monitor = if role == Role::Monitor || (role == Role::All && config.monitor.enabled) {
-        Some(crate::monitor::spawn(config, bundle, &metrics.registry, shutdown.clone())?)
+        Some(crate::monitor::spawn(config, bundle.clone(), &metrics.registry, shutdown.clone())?)
     } else {
         None
     };
+    let bundle_for_http = bundle;
     let http_addr = if config.http.listen.is_empty() {
         None
     } else {
         let addr = config.http.listen.parse().expect("validated in Config::validate");
-        let state = AppState { metrics, readiness: readiness.clone(), models: Arc::new(models) };
+        let m = &bundle_for_http.manifest;
+        let schema = crate::event::FeatureSchema {
+            names: m.features.clone(),
+            window: m.window,
+            max_message_bytes: config.validation.max_message_bytes,
+            reject_unknown_features: config.validation.reject_unknown_features,
+        };
+        let state = AppState {
+            metrics,
+            readiness: readiness.clone(),
+            models: Arc::new(models),
+            requests: worker.as_ref().map(|w| w.requests.clone()),
+            schema: Arc::new(schema),
+            max_body_bytes: config.http.max_body_bytes,
+        };
         let bound = http::serve(addr, state, shutdown)
             .await
             .map_err(|source| RunError::Listen { addr: config.http.listen.clone(), source })?;

@@ -15,7 +15,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::ClientContext;
 
 use super::publish::{Completion, Publisher, Token, TRACEPARENT};
-use super::{PipelineError, StreamOrigin};
+use super::{Origin, PipelineError, StreamOrigin};
 use crate::event::{EventValues, FeatureSchema, InputEvent};
 use crate::inference::Job;
 use crate::telemetry::Metrics;
@@ -180,7 +180,7 @@ impl ConsumerContext for WorkerContext {
 
 /// What the consumer thread needs besides the consumer itself.
 pub struct ConsumerLoop {
-    pub jobs: SyncSender<Job<StreamOrigin>>,
+    pub jobs: SyncSender<Job<Origin>>,
     pub publisher: Publisher,
     pub schema: FeatureSchema,
     pub max_in_flight: usize,
@@ -261,7 +261,7 @@ impl ConsumerLoop {
 fn handle(
     message: &BorrowedMessage<'_>,
     st: &mut LoopState,
-    jobs: &SyncSender<Job<StreamOrigin>>,
+    jobs: &SyncSender<Job<Origin>>,
     publisher: &Publisher,
     schema: &FeatureSchema,
     metrics: &Metrics,
@@ -312,7 +312,7 @@ fn handle(
     // The channel holds `max_in_flight` jobs and the loop stops fetching at that many events in
     // flight, so this send does not block. It fails only if the inference thread died, which
     // the worker notices when joining it; the event then stays uncommitted.
-    if jobs.send(Job { input: values, origin }).is_err() {
+    if jobs.send(Job { input: values, origin: Origin::Stream(origin) }).is_err() {
         st.fatal.get_or_insert_with(|| "the inference thread stopped".into());
     }
 }

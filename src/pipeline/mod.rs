@@ -46,6 +46,65 @@ pub enum PipelineError {
     Panicked(&'static str),
 }
 
+/// Where a job for the inference thread came from.
+#[derive(Debug)]
+pub enum Origin {
+    /// An `input_data` record: its prediction goes to Kafka.
+    Stream(StreamOrigin),
+    /// An HTTP `/predict` request: the prediction goes back to the waiting handler.
+    Request(RequestOrigin),
+}
+
+/// One scored window, as returned to an HTTP request.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub prediction: Vec<f32>,
+    pub model: crate::event::ModelRef,
+    pub produced_at: String,
+}
+
+/// A `/predict` event waiting for its prediction.
+#[derive(Debug)]
+pub struct RequestOrigin {
+    pub reply: tokio::sync::oneshot::Sender<Result<Scored, String>>,
+}
+
+/// Hands HTTP requests to the inference thread, through the same queue as the stream.
+///
+/// The sender is dropped on shutdown, so the inference thread can finish once the stream's own
+/// sender is gone too.
+#[derive(Debug, Default)]
+pub struct RequestGate {
+    jobs: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<crate::inference::Job<Origin>>>>,
+}
+
+/// Why a request could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateError {
+    /// No inference thread (monitor-only process, or shutting down).
+    Closed,
+    /// The queue is at `consumer.max_in_flight`: the stream has priority.
+    Full,
+}
+
+impl RequestGate {
+    pub fn submit(&self, input: Vec<f32>) -> Result<tokio::sync::oneshot::Receiver<Result<Scored, String>>, GateError> {
+        let guard = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = guard.as_ref().ok_or(GateError::Closed)?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = crate::inference::Job { input, origin: Origin::Request(RequestOrigin { reply }) };
+        match tx.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(std::sync::mpsc::TrySendError::Full(_)) => Err(GateError::Full),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(GateError::Closed),
+        }
+    }
+
+    pub fn close(&self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
 /// Where a streamed event came from, and what its prediction must echo.
 #[derive(Debug)]
 pub struct StreamOrigin {
@@ -151,6 +210,8 @@ pub struct Worker {
     flush_timeout: Duration,
     /// Set once the group assigned partitions to this member.
     pub assigned: Arc<AtomicBool>,
+    /// `/predict`'s way into the inference thread.
+    pub requests: Arc<RequestGate>,
 }
 
 impl Worker {
@@ -204,6 +265,7 @@ impl Worker {
             metrics.clone(),
         );
         let (jobs_tx, jobs_rx) = sync_channel(max_in_flight);
+        let requests = Arc::new(RequestGate { jobs: std::sync::Mutex::new(Some(jobs_tx.clone())) });
         let batching = BatchingOptions {
             max_batch_size: config.batching.max_batch_size,
             max_wait: Duration::from_millis(config.batching.max_wait_ms),
@@ -233,6 +295,7 @@ impl Worker {
             producer,
             flush_timeout: config.processing.shutdown_timeout,
             assigned,
+            requests,
         })
     }
 
@@ -244,6 +307,7 @@ impl Worker {
     /// Waits for the threads to finish (after shutdown was triggered, or a fatal error) and
     /// flushes the producer.
     pub fn join(self) -> Result<(), PipelineError> {
+        self.requests.close();
         let consumer = self.consumer_thread.join().map_err(|_| PipelineError::Panicked("consumer"))?;
         let inference = self.inference_thread.join().map_err(|_| PipelineError::Panicked("inference"));
         if let Err(error) = self.producer.flush(self.flush_timeout) {

@@ -13,7 +13,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use super::StreamOrigin;
+use super::{Origin, Scored};
 use crate::event::{now_rfc3339, PredictionOut, RejectKind, Variant};
 use crate::inference::{BatchOutcome, JobSink};
 use crate::telemetry::Metrics;
@@ -177,8 +177,8 @@ impl KafkaSink {
     }
 }
 
-impl JobSink<StreamOrigin> for KafkaSink {
-    fn batch(&mut self, outcome: BatchOutcome<'_, StreamOrigin>) {
+impl JobSink<Origin> for KafkaSink {
+    fn batch(&mut self, outcome: BatchOutcome<'_, Origin>) {
         let n = outcome.jobs.len();
         self.metrics.batch_size.observe(n as f64);
         self.metrics.inference_duration.observe(outcome.inference_time.as_secs_f64());
@@ -187,15 +187,19 @@ impl JobSink<StreamOrigin> for KafkaSink {
             Err(error) => {
                 let reason = error.to_string();
                 tracing::warn!(%error, batch = n, "Inference failed; dead-lettering the batch.");
-                for job in outcome.jobs.iter() {
-                    let o = &job.origin;
-                    self.publisher.dead_letter(
-                        o.token,
-                        Some(o.series_id.as_bytes()),
-                        &o.payload,
-                        RejectKind::InferenceError,
-                        &reason,
-                    );
+                for job in outcome.jobs.drain(..) {
+                    match job.origin {
+                        Origin::Stream(o) => self.publisher.dead_letter(
+                            o.token,
+                            Some(o.series_id.as_bytes()),
+                            &o.payload,
+                            RejectKind::InferenceError,
+                            &reason,
+                        ),
+                        Origin::Request(r) => {
+                            let _ = r.reply.send(Err(reason.clone()));
+                        }
+                    }
                 }
                 return;
             }
@@ -203,8 +207,19 @@ impl JobSink<StreamOrigin> for KafkaSink {
         // One timestamp per batch: every prediction of a batch is produced at the same moment.
         let produced_at = now_rfc3339();
         let h = outcome.horizon;
-        for (job, prediction) in outcome.jobs.iter().zip(predictions.chunks_exact(h)) {
-            let o = &job.origin;
+        let mut streamed = 0;
+        for (job, prediction) in outcome.jobs.drain(..).zip(predictions.chunks_exact(h)) {
+            let o = match job.origin {
+                Origin::Stream(o) => o,
+                Origin::Request(r) => {
+                    let _ = r.reply.send(Ok(Scored {
+                        prediction: prediction.to_vec(),
+                        model: outcome.model.clone(),
+                        produced_at: produced_at.clone(),
+                    }));
+                    continue;
+                }
+            };
             let latency = o.received.elapsed();
             PredictionOut {
                 id: &o.id,
@@ -220,7 +235,8 @@ impl JobSink<StreamOrigin> for KafkaSink {
             .encode(&mut self.buf);
             self.publisher.prediction(o.token, &o.series_id, &self.buf, o.traceparent.as_deref());
             self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
+            streamed += 1;
         }
-        self.metrics.predictions.with_label_values(&["primary"]).inc_by(n as u64);
+        self.metrics.predictions.with_label_values(&["primary"]).inc_by(streamed);
     }
 }
