@@ -78,6 +78,18 @@ DEFAULT_INPUT_TOPIC = "input_data"
 
 # Prometheus metrics the worker exports (histograms also as _bucket, _sum, _count).
 KNOWN_METRICS = {
+    "streamcast_consumer_lag_messages",
+    "streamcast_consumer_lag_seconds",
+    "streamcast_producer_queue_messages",
+    "streamcast_monitor_rmse",
+    "streamcast_monitor_mae",
+    "streamcast_monitor_joined",
+    "streamcast_monitor_pending",
+    "streamcast_monitor_expired",
+    "streamcast_monitor_unmatched_actuals",
+    "streamcast_monitor_drift_ks_statistic",
+    "streamcast_monitor_drift_psi",
+    "streamcast_monitor_drift_p_value",
     "streamcast_events_consumed_total",
     "streamcast_events_acknowledged_total",
     "streamcast_predictions_total",

@@ -43,6 +43,14 @@ pub struct Metrics {
     pub series_windows: IntGauge,
     pub series_evicted: IntCounter,
     pub execution_provider: IntGaugeVec,
+    /// Per input partition (a small, fixed set): messages between the consumer's position and
+    /// the high watermark, from librdkafka's statistics.
+    pub consumer_lag_messages: IntGaugeVec,
+    /// Per input partition: how far behind the newest event the consumer is, in seconds (age of
+    /// the last consumed event while lag is positive, 0 when caught up).
+    pub consumer_lag_seconds: prometheus::GaugeVec,
+    /// Messages waiting in the producer's queues (librdkafka `msg_cnt`).
+    pub producer_queue_messages: IntGauge,
 }
 
 impl Metrics {
@@ -113,6 +121,28 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("registered once");
                 g
             },
+            consumer_lag_messages: {
+                let g = IntGaugeVec::new(
+                    Opts::new("streamcast_consumer_lag_messages", "Input messages not yet consumed, per partition."),
+                    &["partition"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            consumer_lag_seconds: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "streamcast_consumer_lag_seconds",
+                        "Seconds behind the newest input event, per partition.",
+                    ),
+                    &["partition"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            producer_queue_messages: gauge("streamcast_producer_queue_messages", "Messages in the producer's queues."),
             registry,
         };
         for kind in RejectKind::ALL {

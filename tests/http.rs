@@ -48,6 +48,14 @@ fn readyz_metrics_and_predict_agree_with_the_stream() {
     assert!(metrics.contains("streamcast_end_to_end_latency_seconds_bucket"));
     assert!(metrics.contains("streamcast_inference_duration_seconds_count"));
 
+    // Lag comes from librdkafka's statistics, every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(port, "/metrics").contains("streamcast_consumer_lag_messages{partition=\"0\"} 0") {
+        assert!(Instant::now() < deadline, "no consumer lag metric:\n{}", http_get(port, "/metrics"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(http_get(port, "/metrics").contains("streamcast_producer_queue_messages"));
+
     // The events that carry their own window, posted as one batch, get the stream's predictions.
     let windowed: Vec<&serde_json::Value> = events.iter().filter(|e| e.get("window").is_some()).collect();
     assert!(windowed.len() > 5);

@@ -27,11 +27,13 @@ pub struct LoopState {
     windows: WindowStore,
     completions: Receiver<Completion>,
     fatal: Option<String>,
+    /// Kafka timestamp (ms) of the last event consumed per partition, for lag in seconds.
+    last_timestamp: std::collections::HashMap<i32, i64>,
 }
 
 impl LoopState {
     pub fn new(windows: WindowStore, completions: Receiver<Completion>) -> LoopState {
-        LoopState { tracker: Default::default(), windows, completions, fatal: None }
+        LoopState { tracker: Default::default(), windows, completions, fatal: None, last_timestamp: Default::default() }
     }
 }
 
@@ -130,7 +132,27 @@ impl WorkerContext {
     }
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    /// librdkafka statistics (every `statistics.interval.ms`): consumer lag per input partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.input_topic) else { return };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let st = self.lock();
+        for (id, p) in &topic.partitions {
+            // Partition -1 is librdkafka's internal "unassigned" queue; negative lag is unknown.
+            if *id < 0 || p.consumer_lag < 0 {
+                continue;
+            }
+            let label = id.to_string();
+            self.metrics.consumer_lag_messages.with_label_values(&[&label]).set(p.consumer_lag);
+            let behind = match (p.consumer_lag, st.last_timestamp.get(id)) {
+                (0, _) | (_, None) => 0.0,
+                (_, Some(ts)) => (now_ms - ts).max(0) as f64 / 1e3,
+            };
+            self.metrics.consumer_lag_seconds.with_label_values(&[&label]).set(behind);
+        }
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -269,6 +291,9 @@ fn handle(
 ) {
     let received = Instant::now();
     let token = Token { partition: message.partition(), offset: message.offset() };
+    if let Some(ts) = message.timestamp().to_millis() {
+        st.last_timestamp.insert(token.partition, ts);
+    }
     st.tracker.begin(token.partition, token.offset);
     let payload = message.payload().unwrap_or_default();
     let event = match InputEvent::decode(payload, schema) {

@@ -163,7 +163,7 @@ fn is_for(key: &str, other_side: &[&str]) -> bool {
 
 fn consumer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("auto.offset.reset", &config.consumer.auto_offset_reset);
+    c.set("auto.offset.reset", &config.consumer.auto_offset_reset).set("statistics.interval.ms", "5000");
     for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &PRODUCER_ONLY)) {
         c.set(k, v);
     }
@@ -177,7 +177,7 @@ fn consumer_config(config: &Config) -> ClientConfig {
 
 fn producer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("linger.ms", "5").set("acks", "all");
+    c.set("linger.ms", "5").set("acks", "all").set("statistics.interval.ms", "5000");
     for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &CONSUMER_ONLY)) {
         c.set(k, v);
     }
@@ -237,7 +237,7 @@ impl Worker {
         let (completions_tx, completions_rx) = sync_channel(max_in_flight + 1);
         let producer: Arc<Producer> = Arc::new(
             producer_config(config)
-                .create_with_context(DeliveryContext::new(completions_tx.clone()))
+                .create_with_context(DeliveryContext::new(completions_tx.clone(), metrics.clone()))
                 .map_err(PipelineError::Client)?,
         );
         let assigned = Arc::new(AtomicBool::new(false));

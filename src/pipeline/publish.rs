@@ -35,15 +35,20 @@ pub struct Completion {
 /// librdkafka context that forwards delivery reports to the consumer thread.
 pub struct DeliveryContext {
     completions: SyncSender<Completion>,
+    metrics: Arc<Metrics>,
 }
 
 impl DeliveryContext {
-    pub fn new(completions: SyncSender<Completion>) -> Self {
-        DeliveryContext { completions }
+    pub fn new(completions: SyncSender<Completion>, metrics: Arc<Metrics>) -> Self {
+        DeliveryContext { completions, metrics }
     }
 }
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics.producer_queue_messages.set(statistics.msg_cnt as i64);
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Token>;
