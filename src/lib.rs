@@ -18,8 +18,10 @@
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/models`.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`topics`]: topic creation.
+//! - [`batch`]: `streamcast predict`: batch prediction over a file, no Kafka.
 //! - [`demo`]: `streamcast demo`, the embedded default on an in-process broker.
 
+pub mod batch;
 pub mod bundle;
 pub mod config;
 pub mod demo;

@@ -27,6 +27,8 @@ enum Command {
     Run(RunArgs),
     /// The embedded default: an in-process broker, a shipped model and the replayed CO2 series.
     Demo(DemoArgs),
+    /// Batch prediction over a CSV or JSONL file with a bundle, no Kafka.
+    Predict(PredictArgs),
     /// Work with model bundles.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -77,6 +79,33 @@ struct DemoArgs {
     /// The CSV replayed (timestamp plus the bundle's features).
     #[arg(long, default_value = "data/co2_weekly.csv")]
     data: PathBuf,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// Input: JSONL of InputEvents, or CSV with `timestamp`, optional `id` and `series_id`, and
+    /// one column per bundle feature.
+    input: PathBuf,
+    /// Output file (`.csv` for CSV, else JSONL); standard output (JSONL) when absent.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    #[arg(long, default_value = "co2-mlp")]
+    model: String,
+    #[arg(long, default_value = "latest")]
+    version: String,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Most series whose window state is held (least recently seen evicted first).
+    #[arg(long, default_value_t = 100_000)]
+    max_series: usize,
+    /// `auto`, `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    execution_provider: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -193,6 +222,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
+        Command::Predict(args) => predict(args),
         Command::Models(cmd) => models(cmd),
         Command::Topics(TopicsCommand::Create { config, partitions, replication_factor }) => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
@@ -221,6 +251,39 @@ fn parse_provider(s: &str) -> anyhow::Result<ExecutionProviderChoice> {
         "cuda" => Ok(ExecutionProviderChoice::Cuda),
         other => Err(UsageError(format!("--execution-provider must be auto, cpu or cuda, not `{other}`")).into()),
     }
+}
+
+fn predict(args: PredictArgs) -> anyhow::Result<()> {
+    if args.batch_size == 0 {
+        return Err(UsageError("--batch-size must be at least 1".into()).into());
+    }
+    let provider = parse_provider(&args.execution_provider)?;
+    let dir = bundle::resolve(&args.models, &args.model, &args.version)?;
+    let mut model = Model::load(Bundle::load(&dir)?, SessionOptions { provider, intra_threads: 1 })?;
+    let opts = streamcast::batch::BatchOptions {
+        input: &args.input,
+        output: args.output.as_deref(),
+        batch_size: args.batch_size,
+        max_series: args.max_series.max(1),
+        progress: !args.quiet,
+    };
+    let summary = streamcast::batch::run(&mut model, &opts)?;
+    eprintln!(
+        "predicted {} of {} events with {} version {} ({} during window warm-up); {} rejected",
+        summary.predicted,
+        summary.events,
+        model.model_ref().name,
+        model.model_ref().version,
+        summary.warmup,
+        summary.rejected.len()
+    );
+    for (line, reason) in summary.rejected.iter().take(20) {
+        eprintln!("  line {line}: {reason}");
+    }
+    if summary.rejected.len() > 20 {
+        eprintln!("  ... and {} more", summary.rejected.len() - 20);
+    }
+    Ok(())
 }
 
 fn bundle_dir(args: &ModelRefArgs) -> anyhow::Result<PathBuf> {

@@ -48,6 +48,25 @@ fn readyz_metrics_and_predict_agree_with_the_stream() {
     assert!(metrics.contains("streamcast_end_to_end_latency_seconds_bucket"));
     assert!(metrics.contains("streamcast_inference_duration_seconds_count"));
 
+    // `streamcast predict` over the same file gives the stream's predictions, event for event.
+    let out = tempfile::tempdir().unwrap();
+    let out_path = out.path().join("batch.jsonl");
+    let run = std::process::Command::new(bin())
+        .args(["predict", "--model", "co2-gru", "--version", "1", "--quiet", "-o"])
+        .arg(&out_path)
+        .arg(repo().join("tests/fixtures/co2-gru/events.jsonl"))
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let batch = jsonl(&out_path);
+    assert_eq!(batch.len(), events.len());
+    for b in &batch {
+        let streamed = reader.records.iter().map(|r| r.json()).find(|p| p["id"] == b["id"]).unwrap();
+        assert_eq!(b["prediction"], streamed["prediction"], "{}", b["id"]);
+        assert_eq!(b.get("warmup"), streamed.get("warmup"), "{}", b["id"]);
+    }
+
     // Lag comes from librdkafka's statistics, every 5 s.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !http_get(port, "/metrics").contains("streamcast_consumer_lag_messages{partition=\"0\"} 0") {
