@@ -14,6 +14,7 @@
 //! - [`inference`]: ONNX Runtime loading, model sessions, execution providers, micro-batching.
 //! - [`pipeline`]: consumer loop, offset tracking, producer and dead-letter queue.
 //! - [`monitor`]: the side task: actuals join, rolling error, drift, alerts, retraining triggers.
+//! - [`produce`]: `streamcast produce`: send a CSV/JSONL file (and delayed actuals) to Kafka.
 //! - [`serve`]: `streamcast run`: wires the model, pipeline, HTTP server and signals.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/models`.
 //! - [`telemetry`]: logging and Prometheus metrics.
@@ -31,6 +32,7 @@ pub mod inference;
 pub mod monitor;
 pub mod normalize;
 pub mod pipeline;
+pub mod produce;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

@@ -27,6 +27,8 @@ enum Command {
     Run(RunArgs),
     /// The embedded default: an in-process broker, a shipped model and the replayed CO2 series.
     Demo(DemoArgs),
+    /// Send a CSV or JSONL file of observations (and optionally delayed actuals) to Kafka.
+    Produce(ProduceArgs),
     /// Batch prediction over a CSV or JSONL file with a bundle, no Kafka.
     Predict(PredictArgs),
     /// Work with model bundles.
@@ -79,6 +81,43 @@ struct DemoArgs {
     /// The CSV replayed (timestamp plus the bundle's features).
     #[arg(long, default_value = "data/co2_weekly.csv")]
     data: PathBuf,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// JSONL of InputEvents (sent unchanged), or CSV with `timestamp`, optional `id` and
+    /// `series_id`, and feature columns.
+    input: PathBuf,
+    /// Take `[kafka]` and `[topics]` from this config file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Used when no config file is given.
+    #[arg(long, env = "STREAMCAST_BOOTSTRAP_SERVERS", default_value = "localhost:9092")]
+    bootstrap_servers: String,
+    /// Input topic (default: the config's, else `input_data`).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Actuals topic (default: the config's, else `actuals`).
+    #[arg(long)]
+    actuals_topic: Option<String>,
+    /// Events per second; 0 sends as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Series id for CSV rows without a `series_id` column.
+    #[arg(long, default_value = "series-0")]
+    series: String,
+    /// Prefix of generated event ids (CSV without an `id` column).
+    #[arg(long, default_value = "obs")]
+    id_prefix: String,
+    /// CSV column whose next value in the same series is sent as the actual of each row.
+    #[arg(long)]
+    actuals_column: Option<String>,
+    /// Seconds between the next row being sent and its predecessor's actual.
+    #[arg(long, default_value_t = 0.0)]
+    actuals_delay: f64,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -223,6 +262,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Predict(args) => predict(args),
+        Command::Produce(args) => produce(args),
         Command::Models(cmd) => models(cmd),
         Command::Topics(TopicsCommand::Create { config, partitions, replication_factor }) => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
@@ -251,6 +291,49 @@ fn parse_provider(s: &str) -> anyhow::Result<ExecutionProviderChoice> {
         "cuda" => Ok(ExecutionProviderChoice::Cuda),
         other => Err(UsageError(format!("--execution-provider must be auto, cpu or cuda, not `{other}`")).into()),
     }
+}
+
+fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    if !(args.rate >= 0.0 && args.actuals_delay >= 0.0 && args.actuals_delay.is_finite()) {
+        return Err(UsageError("--rate and --actuals-delay must be non-negative".into()).into());
+    }
+    let (client, topics) = match &args.config {
+        Some(path) => {
+            let config = Config::load(Some(path), std::env::vars())?;
+            (streamcast::pipeline::client_config(&config), config.topics)
+        }
+        None => {
+            let mut c = rdkafka::config::ClientConfig::new();
+            c.set("bootstrap.servers", &args.bootstrap_servers);
+            (c, Default::default())
+        }
+    };
+    let topic = args.topic.clone().unwrap_or(topics.input);
+    let actuals_topic = args.actuals_topic.clone().unwrap_or(topics.actuals);
+    let opts = streamcast::produce::ProduceOptions {
+        input: &args.input,
+        topic: &topic,
+        actuals_topic: &actuals_topic,
+        rate: args.rate,
+        series: &args.series,
+        id_prefix: &args.id_prefix,
+        actuals_column: args.actuals_column.as_deref(),
+        actuals_delay: std::time::Duration::from_secs_f64(args.actuals_delay),
+        progress: !args.quiet,
+    };
+    let s = streamcast::produce::run(&client, &opts)?;
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    eprintln!(
+        "sent {} events to `{topic}` and {} actuals to `{actuals_topic}` in {secs:.2} s ({:.0} events/s); {} failed deliveries",
+        s.events,
+        s.actuals,
+        s.events as f64 / secs,
+        s.failed
+    );
+    if s.failed > 0 {
+        anyhow::bail!("{} records were not delivered", s.failed);
+    }
+    Ok(())
 }
 
 fn predict(args: PredictArgs) -> anyhow::Result<()> {

@@ -37,6 +37,16 @@ listen = ""
 "#;
 
 #[test]
+fn the_example_config_documents_valid_keys() {
+    let out = Command::new(bin())
+        .args(["run", "--print-config", "--config", "streamcast.toml"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn unknown_config_key_exits_2_naming_the_key() {
     let (code, _, err) = run(&["run"], Some(&format!("{GOOD}\n[batching]\nmax_batch_sise = 3\n")));
     assert_eq!(code, Some(2), "{err}");
