@@ -106,7 +106,8 @@ def reader(topic: str) -> Consumer:
 def start_worker(cfg_text: str, log: Path) -> subprocess.Popen:
     cfg = Path(tempfile.mkstemp(suffix=".toml")[1])
     cfg.write_text(cfg_text)
-    return subprocess.Popen([str(BIN), "run", "--config", str(cfg)], stderr=log.open("w"), stdout=subprocess.DEVNULL)
+    # --role worker: the monitor side task would add its own reads to the worker's CPU figures.
+    return subprocess.Popen([str(BIN), "run", "--role", "worker", "--config", str(cfg)], stderr=log.open("w"), stdout=subprocess.DEVNULL)
 
 
 def read_ids(c: Consumer, sink: dict, timeout: float) -> list:
