@@ -158,6 +158,11 @@ pub struct ModelConfig {
     /// ONNX Runtime intra-op threads per session. One is fastest on small boxes; scale with replicas.
     #[serde(default = "default_intra_threads")]
     pub intra_threads: usize,
+    /// With `version = "latest"`, how often the model root is checked for a newer version, which
+    /// is then loaded, validated and warmed up off the hot path and swapped in between batches.
+    /// `0s` disables the watcher.
+    #[serde(default = "default_watch_interval", with = "humantime_serde")]
+    pub watch_interval: Duration,
 }
 
 fn default_model_root() -> PathBuf {
@@ -171,6 +176,9 @@ fn default_provider() -> ExecutionProviderChoice {
 }
 fn default_intra_threads() -> usize {
     1
+}
+fn default_watch_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

@@ -54,8 +54,8 @@ impl Readiness {
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
-    /// The `/models` document, fixed at start-up.
-    pub models: Arc<serde_json::Value>,
+    /// The `/models` document; the registry watcher updates the version on a swap.
+    pub models: Arc<std::sync::RwLock<serde_json::Value>>,
     /// The way into the inference thread; `None` in a monitor-only process.
     pub requests: Option<Arc<RequestGate>>,
     pub schema: Arc<FeatureSchema>,
@@ -87,7 +87,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 async fn models(State(s): State<AppState>) -> Response {
-    Json(s.models.as_ref().clone()).into_response()
+    let doc = s.models.read().map(|d| d.clone()).unwrap_or_default();
+    Json(doc).into_response()
 }
 
 fn error(status: StatusCode, kind: &str, message: impl Into<String>, index: Option<usize>) -> Response {

@@ -15,6 +15,7 @@
 //! - [`pipeline`]: consumer loop, offset tracking, producer and dead-letter queue.
 //! - [`monitor`]: the side task: actuals join, rolling error, drift, alerts, retraining triggers.
 //! - [`produce`]: `streamcast produce`: send a CSV/JSONL file (and delayed actuals) to Kafka.
+//! - [`registry`]: watches the model root; validates and hands new versions to the inference thread.
 //! - [`serve`]: `streamcast run`: wires the model, pipeline, HTTP server and signals.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/models`.
 //! - [`telemetry`]: logging and Prometheus metrics.
@@ -33,6 +34,7 @@ pub mod monitor;
 pub mod normalize;
 pub mod pipeline;
 pub mod produce;
+pub mod registry;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

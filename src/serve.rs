@@ -98,6 +98,7 @@ pub enum Role {
 /// A started worker and/or monitor with its HTTP server.
 pub struct Running {
     pub worker: Option<Worker>,
+    pub registry: Option<std::thread::JoinHandle<()>>,
     pub monitor: Option<std::thread::JoinHandle<()>>,
     pub model: crate::event::ModelRef,
     pub provider: crate::inference::ProviderReport,
@@ -146,6 +147,13 @@ pub async fn start(
     } else {
         None
     };
+    let models = Arc::new(std::sync::RwLock::new(models));
+    let registry = worker.as_ref().and_then(|w| {
+        let m = &bundle.manifest;
+        let served =
+            crate::registry::Served { model: model_ref.clone(), features: m.features.clone(), window: m.window };
+        crate::registry::spawn(config, served, w.reloads.clone(), models.clone(), metrics.clone(), shutdown.clone())
+    });
     let bundle_for_http = bundle;
     let http_addr = if config.http.listen.is_empty() {
         None
@@ -161,7 +169,7 @@ pub async fn start(
         let state = AppState {
             metrics,
             readiness: readiness.clone(),
-            models: Arc::new(models),
+            models,
             requests: worker.as_ref().map(|w| w.requests.clone()),
             schema: Arc::new(schema),
             max_body_bytes: config.http.max_body_bytes,
@@ -172,7 +180,7 @@ pub async fn start(
         tracing::info!(addr = %bound, "HTTP server listening.");
         Some(bound)
     };
-    Ok(Running { worker, monitor, model: model_ref, provider, http_addr, readiness })
+    Ok(Running { worker, registry, monitor, model: model_ref, provider, http_addr, readiness })
 }
 
 /// Runs until SIGTERM/SIGINT (or a fatal error), then shuts down cleanly.
@@ -192,8 +200,11 @@ pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
         }
     }
     shutdown.trigger();
-    let Running { worker, monitor, .. } = running;
+    let Running { worker, monitor, registry, .. } = running;
     tokio::task::spawn_blocking(move || {
+        if let Some(r) = registry {
+            let _ = r.join();
+        }
         if let Some(m) = monitor {
             if m.join().is_err() {
                 tracing::error!("The monitor thread panicked.");

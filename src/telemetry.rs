@@ -51,6 +51,8 @@ pub struct Metrics {
     pub consumer_lag_seconds: prometheus::GaugeVec,
     /// Messages waiting in the producer's queues (librdkafka `msg_cnt`).
     pub producer_queue_messages: IntGauge,
+    /// New model versions found by the registry watcher, by result (`loaded`, `rejected`).
+    pub model_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -143,6 +145,11 @@ impl Metrics {
                 g
             },
             producer_queue_messages: gauge("streamcast_producer_queue_messages", "Messages in the producer's queues."),
+            model_reloads: counter_vec(
+                "streamcast_model_reloads_total",
+                "New model versions found by the registry watcher, by result.",
+                &["result"],
+            ),
             registry,
         };
         for kind in RejectKind::ALL {

@@ -45,11 +45,33 @@ pub struct Batcher {
     options: BatchingOptions,
     inputs: Vec<f32>,
     outputs: Vec<f32>,
+    /// Validated, warmed-up replacement models from the registry watcher.
+    reloads: Option<Receiver<Model>>,
 }
 
 impl Batcher {
     pub fn new(model: Model, options: BatchingOptions) -> Batcher {
-        Batcher { model, options, inputs: Vec::new(), outputs: Vec::new() }
+        Batcher { model, options, inputs: Vec::new(), outputs: Vec::new(), reloads: None }
+    }
+
+    /// Accepts replacement models on `reloads`; each is swapped in between two batches, so no
+    /// batch is scored by two models and no event waits for a load.
+    pub fn with_reloads(mut self, reloads: Receiver<Model>) -> Batcher {
+        self.reloads = Some(reloads);
+        self
+    }
+
+    fn swap_if_reloaded(&mut self) {
+        let Some(rx) = &self.reloads else { return };
+        while let Ok(next) = rx.try_recv() {
+            tracing::info!(
+                from = %self.model.model_ref().version,
+                to = %next.model_ref().version,
+                model = %next.model_ref().name,
+                "Model swapped."
+            );
+            self.model = next;
+        }
     }
 
     /// Runs until every sender of `jobs` is dropped and the queue is drained.
@@ -82,6 +104,7 @@ impl Batcher {
                     }
                 }
             }
+            self.swap_if_reloaded();
             self.score(&mut batch, sink);
             batch.clear();
             if disconnected {

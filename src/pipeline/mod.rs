@@ -212,6 +212,8 @@ pub struct Worker {
     pub assigned: Arc<AtomicBool>,
     /// `/predict`'s way into the inference thread.
     pub requests: Arc<RequestGate>,
+    /// The registry watcher's way to hand the inference thread a new model.
+    pub reloads: std::sync::mpsc::SyncSender<Model>,
 }
 
 impl Worker {
@@ -271,7 +273,8 @@ impl Worker {
             max_wait: Duration::from_millis(config.batching.max_wait_ms),
         };
         let mut sink = KafkaSink::new(publisher.clone(), metrics.clone());
-        let batcher = Batcher::new(model, batching);
+        let (reloads, reloads_rx) = sync_channel(1);
+        let batcher = Batcher::new(model, batching).with_reloads(reloads_rx);
         let inference_thread = std::thread::Builder::new()
             .name("streamcast-inference".into())
             .spawn(move || batcher.run(jobs_rx, &mut sink))
@@ -296,6 +299,7 @@ impl Worker {
             flush_timeout: config.processing.shutdown_timeout,
             assigned,
             requests,
+            reloads,
         })
     }
 

@@ -1,0 +1,165 @@
+//! The model registry watcher: polls the model root for a newer version of the served bundle,
+//! loads, validates (signature, finite parameters, golden cases) and warms it up on its own
+//! thread, and hands it to the inference thread, which swaps it in between two batches.
+//!
+//! A version that fails is refused with a WARN and a `model_rejected` alert naming the reason;
+//! the old model keeps serving, and the same files are not retried until they change (a
+//! half-copied bundle is retried once the copy completes).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::bundle::{self, Bundle};
+use crate::config::Config;
+use crate::event::{now_rfc3339, ModelRef};
+use crate::inference::{Model, SessionOptions};
+use crate::monitor::alerts::Alert;
+use crate::shutdown::Shutdown;
+use crate::telemetry::Metrics;
+
+/// What the watcher needs to know about the served model.
+pub struct Served {
+    pub model: ModelRef,
+    pub features: Vec<String>,
+    pub window: usize,
+}
+
+/// Starts the watcher when `model.version = "latest"` and `model.watch_interval` is non-zero.
+pub fn spawn(
+    config: &Config,
+    served: Served,
+    reloads: SyncSender<Model>,
+    models_doc: Arc<RwLock<serde_json::Value>>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Option<JoinHandle<()>> {
+    if config.model.version != "latest" || config.model.watch_interval.is_zero() {
+        return None;
+    }
+    let alerts: Option<BaseProducer> = crate::pipeline::client_config(config).create().ok();
+    let w = Watcher {
+        root: config.model.root.clone(),
+        name: config.model.name.clone(),
+        interval: config.model.watch_interval,
+        options: SessionOptions {
+            provider: config.model.execution_provider,
+            intra_threads: config.model.intra_threads,
+        },
+        warm_batch: config.batching.max_batch_size,
+        alerts_topic: config.topics.alerts.clone(),
+        served,
+        rejected: HashSet::new(),
+    };
+    Some(
+        std::thread::Builder::new()
+            .name("streamcast-registry".into())
+            .spawn(move || w.run(reloads, models_doc, metrics, alerts, shutdown))
+            .expect("spawning a thread only fails when the OS is out of resources"),
+    )
+}
+
+struct Watcher {
+    root: PathBuf,
+    name: String,
+    interval: Duration,
+    options: SessionOptions,
+    warm_batch: usize,
+    alerts_topic: String,
+    served: Served,
+    /// (version, modification times) of refused bundles, so they are not reloaded every tick.
+    rejected: HashSet<(String, Option<SystemTime>, Option<SystemTime>)>,
+}
+
+impl Watcher {
+    fn run(
+        mut self,
+        reloads: SyncSender<Model>,
+        doc: Arc<RwLock<serde_json::Value>>,
+        metrics: Arc<Metrics>,
+        alerts: Option<BaseProducer>,
+        shutdown: Shutdown,
+    ) {
+        while !shutdown.is_triggered() {
+            sleep_unless(&shutdown, self.interval);
+            let Ok(versions) = bundle::list_versions(&self.root, &self.name) else { continue };
+            let Some(latest) = versions.last() else { continue };
+            if *latest == self.served.model.version {
+                continue;
+            }
+            let dir = self.root.join(&self.name).join(latest);
+            let key = (latest.clone(), mtime(&dir.join("bundle.json")), mtime(&dir.join("model.onnx")));
+            if self.rejected.contains(&key) {
+                continue;
+            }
+            match self.load(&dir, latest) {
+                Ok(model) => {
+                    let to = model.model_ref().clone();
+                    tracing::info!(from = %self.served.model.version, to = %to.version, "New model version validated; swapping.");
+                    if reloads.send(model).is_err() {
+                        return; // The inference thread is gone: shutting down.
+                    }
+                    metrics.model_reloads.with_label_values(&["loaded"]).inc();
+                    if let Ok(mut d) = doc.write() {
+                        d["models"][0]["version"] = to.version.clone().into();
+                    }
+                    self.served.model = to;
+                }
+                Err(reason) => {
+                    tracing::warn!(version = %latest, %reason, serving = %self.served.model.version, "Model version refused; the old one keeps serving.");
+                    metrics.model_reloads.with_label_values(&["rejected"]).inc();
+                    self.rejected.insert(key);
+                    if let Some(p) = &alerts {
+                        let alert = Alert {
+                            kind: "model_rejected",
+                            model: ModelRef { name: self.name.clone(), version: latest.clone() },
+                            variant: Some("primary"),
+                            at: now_rfc3339(),
+                            details: serde_json::json!({"reason": reason, "serving": self.served.model.version}),
+                        };
+                        let body = serde_json::to_vec(&alert).expect("alert serializes");
+                        let _ = p.send(BaseRecord::to(&self.alerts_topic).key(&self.name).payload(&body));
+                        let _ = p.flush(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Loads, validates and warms up `dir`, refusing what cannot replace the served model in place.
+    fn load(&self, dir: &Path, version: &str) -> Result<Model, String> {
+        let bundle = Bundle::load(dir).map_err(|e| e.to_string())?;
+        let m = &bundle.manifest;
+        if m.version != version {
+            return Err(format!("bundle.json says version {} but it lives in directory {version}", m.version));
+        }
+        if m.features != self.served.features || m.window != self.served.window {
+            return Err(format!(
+                "features {:?} / window {} differ from the served model's {:?} / {}; per-series state cannot carry over, restart to switch",
+                m.features, m.window, self.served.features, self.served.window
+            ));
+        }
+        let mut model = Model::load(bundle, self.options).map_err(|e| e.to_string())?;
+        model.warm_up(self.warm_batch).map_err(|e| e.to_string())?;
+        Ok(model)
+    }
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn sleep_unless(shutdown: &Shutdown, total: Duration) {
+    let step = Duration::from_millis(100);
+    let mut left = total;
+    while !left.is_zero() && !shutdown.is_triggered() {
+        let d = left.min(step);
+        std::thread::sleep(d);
+        left -= d;
+    }
+}

@@ -1,0 +1,138 @@
+//! Model lifecycle against the real broker: hot reload of a new version mid-stream, and refusal
+//! of a broken one while the old keeps serving.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+fn copy_bundle(from: &Path, to: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    std::fs::create_dir_all(to).unwrap();
+    // model.onnx first and bundle.json last, like a careful deployment would.
+    std::fs::copy(from.join("model.onnx"), to.join("model.onnx")).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(from.join("bundle.json")).unwrap()).unwrap();
+    edit(&mut m);
+    std::fs::write(to.join("bundle.json"), serde_json::to_string_pretty(&m).unwrap()).unwrap();
+}
+
+fn events(from: usize, to: usize) -> Vec<(String, String)> {
+    let rows: Vec<Vec<f64>> = std::fs::read_to_string(repo().join("data/co2_weekly.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').skip(1).map(|x| x.parse().unwrap()).collect())
+        .collect();
+    (from..to)
+        .map(|i| {
+            let series = format!("h-{}", i % 4);
+            (series.clone(), event(&format!("h-{i:05}"), &series, &rows[i % rows.len()]))
+        })
+        .collect()
+}
+
+fn send(topic: &str, evs: &[(String, String)]) {
+    let r: Vec<(Option<&str>, &[u8], &[(&str, &str)])> =
+        evs.iter().map(|(k, v)| (Some(k.as_str()), v.as_bytes(), &[][..])).collect();
+    produce(topic, &r);
+}
+
+#[test]
+fn a_new_version_takes_over_mid_stream_and_a_broken_one_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let shipped = repo().join("models/co2-mlp");
+    copy_bundle(&shipped.join("1"), &root.path().join("co2-mlp/1"), |_| {});
+    let topics = Topics::create(1);
+    let config = topics
+        .config("co2-mlp", "latest", "")
+        .replace(
+            &format!("root = \"{}\"", repo().join("models").display()),
+            &format!("root = \"{}\"", root.path().display()),
+        )
+        .replace("execution_provider = \"cpu\"", "execution_provider = \"cpu\"\nwatch_interval = \"300ms\"");
+    let mut worker = Worker::start(&config);
+    let mut reader = Reader::new(&topics.predictions);
+
+    let first = events(0, 300);
+    send(&topics.input, &first);
+    assert!(reader.read_until(Duration::from_secs(60), |r| r.len() >= 300), "{}", worker.log_text());
+
+    // A broken version (golden mismatch) is refused; version 1 keeps serving.
+    copy_bundle(&shipped.join("1"), &root.path().join("co2-mlp/2"), |m| {
+        m["version"] = "2".into();
+        let p = m["golden"][0]["prediction"][0].as_f64().unwrap();
+        m["golden"][0]["prediction"][0] = (p + 1.0).into();
+    });
+    worker.wait_for_log("Model version refused", Duration::from_secs(30));
+    let mut alerts = Reader::new(&topics.alerts);
+    assert!(alerts.read_until(Duration::from_secs(30), |r| r.iter().any(|a| a.json()["kind"] == "model_rejected")));
+    let rejected = alerts.records.iter().map(|a| a.json()).find(|a| a["kind"] == "model_rejected").unwrap();
+    assert_eq!(rejected["model"]["version"], "2");
+    assert!(rejected["details"]["reason"].as_str().unwrap().contains("golden case 0"), "{rejected}");
+
+    // A valid version 3 dropped in while events flow takes over between batches.
+    let second = events(300, 3300);
+    let input = topics.input.clone();
+    let feeder = std::thread::spawn(move || {
+        for chunk in second.chunks(300) {
+            send(&input, chunk);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    copy_bundle(&shipped.join("2"), &root.path().join("co2-mlp/3"), |m| m["version"] = "3".into());
+    feeder.join().unwrap();
+    let done = reader.read_until(Duration::from_secs(60), |r| r.len() >= 3300);
+    assert!(done, "{} of 3300:\n{}", reader.records.len(), worker.log_text());
+    reader.settle(Duration::from_secs(2));
+
+    // Exactly one prediction per id, in offset order the version changes once, from 1 to 3.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut versions = Vec::new();
+    for r in &reader.records {
+        let p = r.json();
+        *seen.entry(p["id"].as_str().unwrap().to_string()).or_default() += 1;
+        let v = p["model"]["version"].as_str().unwrap().to_string();
+        if versions.last() != Some(&v) {
+            versions.push(v);
+        }
+    }
+    assert_eq!(seen.len(), 3300);
+    assert!(seen.values().all(|n| *n == 1), "an id was predicted twice or more");
+    assert_eq!(versions, vec!["1".to_string(), "3".to_string()], "versions in offset order");
+    assert!(worker.log_text().contains("Model swapped."));
+
+    // Each prediction equals what its claimed version computes for the same event history
+    // (`streamcast predict` builds the same windows; the two versions differ).
+    let all = events(0, 3300);
+    let file = root.path().join("events.jsonl");
+    std::fs::write(&file, all.iter().map(|(_, v)| v.clone() + "\n").collect::<String>()).unwrap();
+    let mut by_version: HashMap<&str, HashMap<String, f64>> = HashMap::new();
+    for (version, dir) in [("1", "1"), ("3", "2")] {
+        let out = root.path().join(format!("v{version}.jsonl"));
+        let status = std::process::Command::new(bin())
+            .args(["predict", "--model", "co2-mlp", "--version", dir, "--quiet", "-o"])
+            .arg(&out)
+            .arg(&file)
+            .current_dir(repo())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        by_version.insert(
+            version,
+            jsonl(&out)
+                .into_iter()
+                .map(|p| (p["id"].as_str().unwrap().to_string(), p["prediction"][0].as_f64().unwrap()))
+                .collect(),
+        );
+    }
+    for r in &reader.records {
+        let p = r.json();
+        let want = by_version[p["model"]["version"].as_str().unwrap()][p["id"].as_str().unwrap()];
+        let got = p["prediction"][0].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-4, "{}: {got} vs {want}", p["id"]);
+    }
+}
