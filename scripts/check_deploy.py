@@ -57,7 +57,7 @@ CONFIG_KEYS: dict[str, set[str] | None] = {
     "kafka": None,
     "consumer": {"group_id", "max_in_flight", "auto_offset_reset"},
     "topics": {"input", "predictions", "actuals", "dlq", "metrics", "alerts"},
-    "model": {"root", "name", "version", "execution_provider", "intra_threads"},
+    "model": {"root", "name", "version", "execution_provider", "intra_threads", "watch_interval"},
     "batching": {"max_batch_size", "max_wait_ms"},
     "validation": {"max_message_bytes", "reject_unknown_features"},
     "windows": {"max_series"},
@@ -78,6 +78,8 @@ DEFAULT_INPUT_TOPIC = "input_data"
 
 # Prometheus metrics the worker exports (histograms also as _bucket, _sum, _count).
 KNOWN_METRICS = {
+    "streamcast_model_reloads_total",
+    "streamcast_execution_provider_fallback",
     "streamcast_consumer_lag_messages",
     "streamcast_consumer_lag_seconds",
     "streamcast_producer_queue_messages",

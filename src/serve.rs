@@ -65,6 +65,26 @@ pub fn load_model(config: &Config) -> Result<Model, RunError> {
     Ok(model)
 }
 
+/// Publishes `execution_provider_fallback` (the WARN was logged when the session was built).
+fn alert_provider_fallback(config: &Config, model: &crate::event::ModelRef, reason: &str) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let alert = crate::monitor::alerts::Alert {
+        kind: "execution_provider_fallback",
+        model: model.clone(),
+        variant: Some("primary"),
+        at: crate::event::now_rfc3339(),
+        details: serde_json::json!({"requested": "auto", "using": "cpu", "reason": reason}),
+    };
+    let body = serde_json::to_vec(&alert).expect("alert serializes");
+    let sent = crate::pipeline::client_config(config).create::<BaseProducer>().and_then(|p| {
+        p.send(BaseRecord::to(&config.topics.alerts).key(&model.name).payload(&body)).map_err(|(e, _)| e)?;
+        p.flush(Duration::from_secs(10))
+    });
+    if let Err(error) = sent {
+        tracing::warn!(%error, "Could not publish the execution_provider_fallback alert.");
+    }
+}
+
 /// The `/models` document.
 pub fn models_document(model: &Model) -> serde_json::Value {
     let m = &model.bundle().manifest;
@@ -128,6 +148,10 @@ pub async fn start(
             .await
             .expect("model loading does not panic")?;
         metrics.execution_provider.with_label_values(&[model.provider().provider.as_str()]).set(1);
+        if let Some(reason) = &model.provider().fallback_reason {
+            metrics.execution_provider_fallback.set(1);
+            alert_provider_fallback(config, model.model_ref(), reason);
+        }
         let doc = models_document(&model);
         let (model_ref, provider) = (model.model_ref().clone(), model.provider().clone());
         let bundle = model.bundle().clone();

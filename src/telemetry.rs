@@ -53,6 +53,8 @@ pub struct Metrics {
     pub producer_queue_messages: IntGauge,
     /// New model versions found by the registry watcher, by result (`loaded`, `rejected`).
     pub model_reloads: IntCounterVec,
+    /// 1 when CUDA was asked for (`auto`) and the worker fell back to CPU.
+    pub execution_provider_fallback: IntGauge,
 }
 
 impl Metrics {
@@ -145,6 +147,10 @@ impl Metrics {
                 g
             },
             producer_queue_messages: gauge("streamcast_producer_queue_messages", "Messages in the producer's queues."),
+            execution_provider_fallback: gauge(
+                "streamcast_execution_provider_fallback",
+                "1 when CUDA was wanted (auto) and inference fell back to CPU.",
+            ),
             model_reloads: counter_vec(
                 "streamcast_model_reloads_total",
                 "New model versions found by the registry watcher, by result.",

@@ -136,3 +136,25 @@ fn a_new_version_takes_over_mid_stream_and_a_broken_one_is_refused() {
         assert!((got - want).abs() <= 1e-4, "{}: {got} vs {want}", p["id"]);
     }
 }
+
+#[test]
+fn auto_falls_back_to_cpu_loudly_without_cuda() {
+    // This suite runs on CPU-only machines with the CPU onnxruntime wheel.
+    let topics = Topics::create(1);
+    let config =
+        topics.config("co2-mlp", "1", "").replace("execution_provider = \"cpu\"", "execution_provider = \"auto\"");
+    let mut worker = Worker::start(&config);
+    let port = worker.http_port();
+    let log = worker.log_text();
+    assert!(log.contains("FALLING BACK TO CPU") && log.contains("\"level\":\"WARN\""), "{log}");
+    let mut alerts = Reader::new(&topics.alerts);
+    assert!(alerts
+        .read_until(Duration::from_secs(30), |r| r.iter().any(|a| a.json()["kind"] == "execution_provider_fallback")));
+    let alert = alerts.records.iter().map(|a| a.json()).find(|a| a["kind"] == "execution_provider_fallback").unwrap();
+    assert!(alert["details"]["reason"].as_str().unwrap().contains("CUDA"), "{alert}");
+    let metrics = http_get(port, "/metrics");
+    assert_eq!(metric_value(&metrics, "streamcast_execution_provider_fallback"), 1.0);
+    assert!(metrics.contains("streamcast_execution_provider{provider=\"cpu\"} 1"));
+    let models: serde_json::Value = serde_json::from_str(&http_get(port, "/models")).unwrap();
+    assert_eq!(models["models"][0]["execution_provider"], "cpu");
+}

@@ -73,6 +73,14 @@ fn missing_bundle_exits_2_naming_the_path() {
 }
 
 #[test]
+fn cuda_requested_without_cuda_exits_2() {
+    let (code, _, err) =
+        run(&["run"], Some(&GOOD.replace("name = \"co2-mlp\"", "name = \"co2-mlp\"\nexecution_provider = \"cuda\"")));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("CUDA execution provider requested but unavailable"), "{err}");
+}
+
+#[test]
 fn print_config_redacts_secrets() {
     let (code, out, err) = run(
         &["run", "--print-config"],
