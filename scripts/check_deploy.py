@@ -61,6 +61,7 @@ CONFIG_KEYS: dict[str, set[str] | None] = {
     "batching": {"max_batch_size", "max_wait_ms"},
     "validation": {"max_message_bytes", "reject_unknown_features"},
     "windows": {"max_series"},
+    "cache": {"enabled", "max_entries"},
     "processing": {"guarantee", "shutdown_timeout", "passthrough"},
     "monitor": {
         "enabled", "join_ttl", "max_pending", "window_count", "window_duration", "publish_interval",
@@ -78,6 +79,8 @@ DEFAULT_INPUT_TOPIC = "input_data"
 
 # Prometheus metrics the worker exports (histograms also as _bucket, _sum, _count).
 KNOWN_METRICS = {
+    "streamcast_cache_hits_total",
+    "streamcast_cache_misses_total",
     "streamcast_model_reloads_total",
     "streamcast_execution_provider_fallback",
     "streamcast_consumer_lag_messages",

@@ -48,6 +48,8 @@ pub struct Config {
     #[serde(default)]
     pub windows: WindowsConfig,
     #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
     pub processing: ProcessingConfig,
     #[serde(default)]
     pub monitor: MonitorConfig,
@@ -235,6 +237,22 @@ pub struct WindowsConfig {
 impl Default for WindowsConfig {
     fn default() -> Self {
         WindowsConfig { max_series: 100_000 }
+    }
+}
+
+/// The optional prediction cache (off by default: in a live stream every window is new).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Serve repeated (model version, window) pairs from a bounded LRU.
+    pub enabled: bool,
+    /// Most predictions held.
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { enabled: false, max_entries: 100_000 }
     }
 }
 
@@ -452,6 +470,9 @@ impl Config {
         }
         if self.validation.max_message_bytes == 0 {
             return Err(ConfigError::key("validation.max_message_bytes", "must be at least 1"));
+        }
+        if self.cache.enabled && self.cache.max_entries == 0 {
+            return Err(ConfigError::key("cache.max_entries", "must be at least 1 when the cache is enabled"));
         }
         if self.windows.max_series == 0 {
             return Err(ConfigError::key("windows.max_series", "must be at least 1"));

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub producer_queue_messages: IntGauge,
     /// New model versions found by the registry watcher, by result (`loaded`, `rejected`).
     pub model_reloads: IntCounterVec,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
     /// 1 when CUDA was asked for (`auto`) and the worker fell back to CPU.
     pub execution_provider_fallback: IntGauge,
 }
@@ -147,6 +149,8 @@ impl Metrics {
                 g
             },
             producer_queue_messages: gauge("streamcast_producer_queue_messages", "Messages in the producer's queues."),
+            cache_hits: counter("streamcast_cache_hits_total", "Predictions served from the prediction cache."),
+            cache_misses: counter("streamcast_cache_misses_total", "Prediction cache lookups that ran the model."),
             execution_provider_fallback: gauge(
                 "streamcast_execution_provider_fallback",
                 "1 when CUDA was wanted (auto) and inference fell back to CPU.",

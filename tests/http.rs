@@ -11,7 +11,7 @@ fn readyz_metrics_and_predict_agree_with_the_stream() {
     let topics = Topics::create(1);
     let mut worker = Worker::start(
         &topics
-            .config("co2-gru", "1", "")
+            .config("co2-gru", "1", "[cache]\nenabled = true\n")
             .replace("[http]\nlisten = \"127.0.0.1:0\"", "[http]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536"),
     );
     let port = worker.http_port();
@@ -91,6 +91,12 @@ fn readyz_metrics_and_predict_agree_with_the_stream() {
             assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= 1e-4, "{x} vs {y}");
         }
     }
+    // Those windows were scored by the stream already: /predict got them from the cache.
+    let metrics = http_get(port, "/metrics");
+    let hits = metric_value(&metrics, "streamcast_cache_hits_total");
+    assert!(hits >= windowed.len() as f64, "cache hits {hits}: {}", metrics.lines().filter(|l| l.contains("cache")).collect::<Vec<_>>().join(" | "));
+    assert!(metric_value(&metrics, "streamcast_cache_misses_total") >= (events.len() - windowed.len()) as f64);
+
     // A single event gets a single object back.
     let (status, body) = http(port, "POST", "/predict", serde_json::to_string(windowed[0]).unwrap().as_bytes());
     assert_eq!(status, 200, "{body}");

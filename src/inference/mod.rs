@@ -3,9 +3,11 @@
 //!
 //! - [`runtime`]: finds `libonnxruntime.so` and creates the process-wide environment.
 //! - [`model`]: a bundle plus its session; signature and golden checks; CUDA/CPU choice.
+//! - [`cache`]: the optional LRU of predictions for repeated windows.
 //! - [`batcher`]: the dedicated thread that owns a [`model::Model`] and scores micro-batches.
 
 pub mod batcher;
+pub mod cache;
 pub mod model;
 pub mod runtime;
 

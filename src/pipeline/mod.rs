@@ -274,7 +274,10 @@ impl Worker {
         };
         let mut sink = KafkaSink::new(publisher.clone(), metrics.clone());
         let (reloads, reloads_rx) = sync_channel(1);
-        let batcher = Batcher::new(model, batching).with_reloads(reloads_rx);
+        let mut batcher = Batcher::new(model, batching).with_reloads(reloads_rx);
+        if config.cache.enabled {
+            batcher = batcher.with_cache(config.cache.max_entries);
+        }
         let inference_thread = std::thread::Builder::new()
             .name("streamcast-inference".into())
             .spawn(move || batcher.run(jobs_rx, &mut sink))

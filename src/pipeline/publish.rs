@@ -187,6 +187,8 @@ impl JobSink<Origin> for KafkaSink {
         let n = outcome.jobs.len();
         self.metrics.batch_size.observe(n as f64);
         self.metrics.inference_duration.observe(outcome.inference_time.as_secs_f64());
+        self.metrics.cache_hits.inc_by(outcome.cache_hits);
+        self.metrics.cache_misses.inc_by(outcome.cache_misses);
         let predictions = match outcome.result {
             Ok(p) => p,
             Err(error) => {
