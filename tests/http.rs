@@ -94,7 +94,11 @@ fn readyz_metrics_and_predict_agree_with_the_stream() {
     // Those windows were scored by the stream already: /predict got them from the cache.
     let metrics = http_get(port, "/metrics");
     let hits = metric_value(&metrics, "streamcast_cache_hits_total");
-    assert!(hits >= windowed.len() as f64, "cache hits {hits}: {}", metrics.lines().filter(|l| l.contains("cache")).collect::<Vec<_>>().join(" | "));
+    assert!(
+        hits >= windowed.len() as f64,
+        "cache hits {hits}: {}",
+        metrics.lines().filter(|l| l.contains("cache")).collect::<Vec<_>>().join(" | ")
+    );
     assert!(metric_value(&metrics, "streamcast_cache_misses_total") >= (events.len() - windowed.len()) as f64);
 
     // A single event gets a single object back.
