@@ -279,8 +279,11 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
 
     shutdown.trigger();
     let (running_model, running_provider) = (running.model, running.provider);
-    let (worker, monitor) = (running.worker, running.monitor);
+    let (worker, monitor, registry) = (running.worker, running.monitor, running.registry);
     tokio::task::spawn_blocking(move || {
+        if let Some(r) = registry {
+            let _ = r.join();
+        }
         if let Some(m) = monitor {
             let _ = m.join();
         }
