@@ -213,7 +213,9 @@ fn is_usage_error(error: &anyhow::Error) -> bool {
             || e.downcast_ref::<streamcast::inference::InferenceError>().is_some_and(|e| {
                 matches!(
                     e,
-                    streamcast::inference::InferenceError::Bundle(_) | streamcast::inference::InferenceError::Cuda(_)
+                    streamcast::inference::InferenceError::Bundle(_)
+                        | streamcast::inference::InferenceError::Cuda(_)
+                        | streamcast::inference::InferenceError::Runtime(_)
                 )
             })
     })

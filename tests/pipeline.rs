@@ -87,6 +87,8 @@ fn poison_messages_go_to_the_dlq_with_their_kind_and_good_events_are_predicted()
         ));
     }
     payloads.push(("oversized".into(), oversized.clone().into_bytes(), Some("poison")));
+    let too_many = r#"{"id":"p-x","series_id":"s-1","timestamp":"2026-11-26T19:00:00Z","features":[1,2,3,4]}"#;
+    payloads.push(("unknown_feature".into(), too_many.as_bytes().to_vec(), Some("poison")));
     good_ids.push("good-last".into());
     payloads.push(("good-last".into(), event("good-last", "s-1", &[331.0, 0.5, 0.5]).into_bytes(), None));
     let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> =
@@ -95,7 +97,7 @@ fn poison_messages_go_to_the_dlq_with_their_kind_and_good_events_are_predicted()
 
     let worker = Worker::start(&topics.config("co2-mlp", "1", "[validation]\nmax_message_bytes = 4096\n"));
     let mut dlq = Reader::new(&topics.dlq);
-    let n_bad = poison.len() + 1;
+    let n_bad = poison.len() + 2;
     assert!(
         dlq.read_until(Duration::from_secs(90), |r| r.len() >= n_bad),
         "DLQ got {} of {n_bad}:\n{}",
@@ -113,6 +115,7 @@ fn poison_messages_go_to_the_dlq_with_their_kind_and_good_events_are_predicted()
         .map(|p| (p["payload"].as_str().unwrap().as_bytes().to_vec(), p["kind"].as_str().unwrap().to_string()))
         .collect();
     expected_kinds.push((oversized.into_bytes(), "oversized".into()));
+    expected_kinds.push((too_many.as_bytes().to_vec(), "unknown_feature".into()));
     for r in &dlq.records {
         let kind = &r.headers["streamcast-error-kind"];
         assert!(
@@ -132,6 +135,7 @@ fn poison_messages_go_to_the_dlq_with_their_kind_and_good_events_are_predicted()
         "missing_field",
         "invalid_field",
         "missing_feature",
+        "unknown_feature",
         "non_finite",
         "window_length",
         "oversized",

@@ -81,6 +81,19 @@ fn cuda_requested_without_cuda_exits_2() {
 }
 
 #[test]
+fn a_missing_onnx_runtime_library_is_named_with_the_fix() {
+    let out = Command::new(bin())
+        .args(["models", "validate", "co2-mlp"])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("/nonexistent/libonnxruntime.so"), "{err}");
+}
+
+#[test]
 fn print_config_redacts_secrets() {
     let (code, out, err) = run(
         &["run", "--print-config"],
