@@ -82,6 +82,16 @@ impl Metrics {
             registry.register(Box::new(g.clone())).expect("registered once");
             g
         };
+        let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
         let latency_buckets = prometheus::exponential_buckets(0.0001, 2.0, 18).expect("valid buckets");
         let m = Metrics {
             events_consumed: counter("streamcast_events_consumed_total", "Input events consumed."),
@@ -118,36 +128,21 @@ impl Metrics {
             in_flight: gauge("streamcast_in_flight_events", "Events consumed and not yet acknowledged."),
             series_windows: gauge("streamcast_series_windows", "Series whose window state is held."),
             series_evicted: counter("streamcast_series_evicted_total", "Series windows evicted by the LRU cap."),
-            execution_provider: {
-                let g = IntGaugeVec::new(
-                    Opts::new("streamcast_execution_provider", "1 for the execution provider in use."),
-                    &["provider"],
-                )
-                .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
-            consumer_lag_messages: {
-                let g = IntGaugeVec::new(
-                    Opts::new("streamcast_consumer_lag_messages", "Input messages not yet consumed, per partition."),
-                    &["partition"],
-                )
-                .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
-            consumer_lag_seconds: {
-                let g = prometheus::GaugeVec::new(
-                    Opts::new(
-                        "streamcast_consumer_lag_seconds",
-                        "Seconds behind the newest input event, per partition.",
-                    ),
-                    &["partition"],
-                )
-                .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
+            execution_provider: int_gauge_vec(
+                "streamcast_execution_provider",
+                "1 for the execution provider in use.",
+                &["provider"],
+            ),
+            consumer_lag_messages: int_gauge_vec(
+                "streamcast_consumer_lag_messages",
+                "Input messages not yet consumed, per partition.",
+                &["partition"],
+            ),
+            consumer_lag_seconds: gauge_vec(
+                "streamcast_consumer_lag_seconds",
+                "Seconds behind the newest input event, per partition.",
+                &["partition"],
+            ),
             producer_queue_messages: gauge("streamcast_producer_queue_messages", "Messages in the producer's queues."),
             cache_hits: counter("streamcast_cache_hits_total", "Predictions served from the prediction cache."),
             cache_misses: counter("streamcast_cache_misses_total", "Prediction cache lookups that ran the model."),

@@ -147,17 +147,21 @@ impl JoinBuffer {
         Offer::Waiting
     }
 
-    /// Drops entries that waited longer than the TTL, counting them.
-    pub fn expire(&mut self, now: Instant) {
+    /// Drops entries that waited longer than the TTL, counting them; `expired_prediction` is
+    /// called with the key of each expired prediction.
+    pub fn expire(&mut self, now: Instant, mut expired_prediction: impl FnMut(u16)) {
         while let Some((_, entry)) = self.waiting.peek_lru() {
             if now.saturating_duration_since(entry.since) < self.ttl {
                 break;
             }
             let (_, entry) = self.waiting.pop_lru().expect("peeked above");
             self.untrack(side_of(&entry), entry.source);
-            match entry.waiting.side() {
-                Side::Prediction => self.counts.expired += 1,
-                Side::Actual => self.counts.unmatched_actuals += 1,
+            match entry.waiting {
+                Waiting::Prediction(p) => {
+                    self.counts.expired += 1;
+                    expired_prediction(p.key);
+                }
+                Waiting::Actual(_) => self.counts.unmatched_actuals += 1,
             }
         }
     }
@@ -269,9 +273,9 @@ mod tests {
         let mut j = JoinBuffer::new(10, Duration::from_secs(60));
         j.offer_prediction("a", p(1.0), src(0), t);
         j.offer_actual("b", vec![1.0], src(0), t + Duration::from_secs(30));
-        j.expire(t + Duration::from_secs(61));
+        j.expire(t + Duration::from_secs(61), |_| {});
         assert_eq!((j.counts().expired, j.counts().unmatched_actuals, j.len()), (1, 0, 1));
-        j.expire(t + Duration::from_secs(91));
+        j.expire(t + Duration::from_secs(91), |_| {});
         assert_eq!((j.counts().expired, j.counts().unmatched_actuals, j.len()), (1, 1, 0));
     }
 

@@ -378,16 +378,8 @@ impl State {
     }
 
     fn expire(&mut self, now: Instant) {
-        let before = self.join.pending_by_key();
-        let expired_before = self.join.counts().expired;
-        self.join.expire(now);
-        if self.join.counts().expired > expired_before {
-            let after = self.join.pending_by_key();
-            for (k, n) in before {
-                let gone = n - after.get(&k).copied().unwrap_or(0);
-                *self.expired_by_key.entry(k).or_default() += gone;
-            }
-        }
+        let by_key = &mut self.expired_by_key;
+        self.join.expire(now, |key| *by_key.entry(key).or_default() += 1);
     }
 
     fn publish(&mut self, producer: &BaseProducer, topics: &Topics, now: Instant) {
