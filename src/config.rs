@@ -50,6 +50,8 @@ pub struct Config {
     #[serde(default)]
     pub cache: CacheConfig,
     #[serde(default)]
+    pub variants: VariantsConfig,
+    #[serde(default)]
     pub processing: ProcessingConfig,
     #[serde(default)]
     pub monitor: MonitorConfig,
@@ -107,6 +109,8 @@ pub struct TopicsConfig {
     pub dlq: String,
     pub metrics: String,
     pub alerts: String,
+    /// Shadow-variant predictions (only written when a shadow is configured).
+    pub shadow: String,
 }
 
 impl Default for TopicsConfig {
@@ -118,6 +122,7 @@ impl Default for TopicsConfig {
             dlq: "input_data.dlq".into(),
             metrics: "model_metrics".into(),
             alerts: "alerts".into(),
+            shadow: "predictions.shadow".into(),
         }
     }
 }
@@ -128,9 +133,9 @@ impl TopicsConfig {
         [&self.input, &self.predictions, &self.dlq]
     }
 
-    /// Every topic of the contract, for `streamcast topics create`.
-    pub fn all(&self) -> [&str; 6] {
-        [&self.input, &self.predictions, &self.actuals, &self.dlq, &self.metrics, &self.alerts]
+    /// Every topic of the contract plus the shadow topic, for `streamcast topics create`.
+    pub fn all(&self) -> [&str; 7] {
+        [&self.input, &self.predictions, &self.actuals, &self.dlq, &self.metrics, &self.alerts, &self.shadow]
     }
 }
 
@@ -238,6 +243,33 @@ impl Default for WindowsConfig {
     fn default() -> Self {
         WindowsConfig { max_series: 100_000 }
     }
+}
+
+/// A/B and shadow variants next to the primary model (`model.version`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VariantsConfig {
+    /// A candidate version that takes `share` of the series (sticky by `series_id` hash).
+    pub candidate: Option<CandidateConfig>,
+    /// A version that scores every event; its predictions go to `topics.shadow`, never to
+    /// `predictions`, and the monitor scores them.
+    pub shadow: Option<ShadowConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateConfig {
+    #[serde(deserialize_with = "string_or_number")]
+    pub version: String,
+    /// Fraction of series routed to the candidate, 0..=1.
+    pub share: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    #[serde(deserialize_with = "string_or_number")]
+    pub version: String,
 }
 
 /// The optional prediction cache (off by default: in a live stream every window is new).
@@ -473,6 +505,21 @@ impl Config {
         }
         if self.cache.enabled && self.cache.max_entries == 0 {
             return Err(ConfigError::key("cache.max_entries", "must be at least 1 when the cache is enabled"));
+        }
+        if let Some(c) = &self.variants.candidate {
+            if !(0.0..=1.0).contains(&c.share) {
+                return Err(ConfigError::key("variants.candidate.share", "must be between 0 and 1"));
+            }
+        }
+        for (key, v) in [
+            ("variants.candidate.version", self.variants.candidate.as_ref().map(|c| &c.version)),
+            ("variants.shadow.version", self.variants.shadow.as_ref().map(|c| &c.version)),
+        ] {
+            if let Some(v) = v {
+                if v.is_empty() || v == "latest" || v.contains(['/', '\\']) || v.starts_with('.') {
+                    return Err(ConfigError::key(key, "must be a pinned version directory name"));
+                }
+            }
         }
         if self.windows.max_series == 0 {
             return Err(ConfigError::key("windows.max_series", "must be at least 1"));

@@ -85,6 +85,35 @@ fn alert_provider_fallback(config: &Config, model: &crate::event::ModelRef, reas
     }
 }
 
+/// Loads the configured candidate and shadow versions; each must keep the primary's features,
+/// window and horizon, since they score the same windows.
+fn load_variants(config: &Config, primary: &Bundle) -> Result<crate::pipeline::Variants, RunError> {
+    let load = |version: &str| -> Result<Model, RunError> {
+        let dir = bundle::resolve(&config.model.root, &config.model.name, version)?;
+        let b = Bundle::load(&dir)?;
+        let (p, m) = (&primary.manifest, &b.manifest);
+        if m.features != p.features || m.window != p.window || m.horizon != p.horizon {
+            return Err(RunError::Bundle(BundleError::Invalid {
+                dir,
+                message: format!(
+                    "a variant must keep the primary's features {:?}, window {} and horizon {}",
+                    p.features, p.window, p.horizon
+                ),
+            }));
+        }
+        let options =
+            SessionOptions { provider: config.model.execution_provider, intra_threads: config.model.intra_threads };
+        let mut model = Model::load(b, options)?;
+        model.warm_up(config.batching.max_batch_size)?;
+        Ok(model)
+    };
+    let v = &config.variants;
+    Ok(crate::pipeline::Variants {
+        candidate: v.candidate.as_ref().map(|c| load(&c.version).map(|m| (m, c.share))).transpose()?,
+        shadow: v.shadow.as_ref().map(|c| load(&c.version)).transpose()?,
+    })
+}
+
 /// The `/models` document.
 pub fn models_document(model: &Model) -> serde_json::Value {
     let m = &model.bundle().manifest;
@@ -155,7 +184,26 @@ pub async fn start(
         let doc = models_document(&model);
         let (model_ref, provider) = (model.model_ref().clone(), model.provider().clone());
         let bundle = model.bundle().clone();
-        let worker = Worker::start(config, model, metrics.clone(), shutdown.clone())?;
+        let config_for_variants = config.clone();
+        let primary = model.bundle().clone();
+        let variants = tokio::task::spawn_blocking(move || load_variants(&config_for_variants, &primary))
+            .await
+            .expect("model loading does not panic")?;
+        let mut doc = doc;
+        if let Some((m, share)) = &variants.candidate {
+            doc["models"][0]["traffic_share"] = (1.0 - share).into();
+            doc["models"].as_array_mut().expect("models is an array").push(serde_json::json!({
+                "name": m.model_ref().name, "version": m.model_ref().version, "variant": "candidate",
+                "traffic_share": share, "routing": "sticky by series_id hash",
+            }));
+        }
+        if let Some(m) = &variants.shadow {
+            doc["models"].as_array_mut().expect("models is an array").push(serde_json::json!({
+                "name": m.model_ref().name, "version": m.model_ref().version, "variant": "shadow",
+                "traffic_share": 0.0, "topic": config.topics.shadow,
+            }));
+        }
+        let worker = Worker::start(config, model, variants, metrics.clone(), shutdown.clone())?;
         (Some(worker), doc, model_ref, provider, bundle)
     };
     // A monitor-only process has no inference assignment to wait for; it is ready once running.

@@ -16,6 +16,8 @@ use crate::event::ModelRef;
 pub struct Job<O> {
     /// `T·F` raw values, time-major.
     pub input: Vec<f32>,
+    /// Routed to the A/B candidate (ignored when none is configured).
+    pub candidate: bool,
     pub origin: O,
 }
 
@@ -35,6 +37,10 @@ pub struct BatchOutcome<'a, O> {
     /// Cache hits and misses of this batch (both zero without a cache).
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// The candidate's model when one is configured: jobs with `candidate` were scored by it.
+    pub candidate: Option<&'a ModelRef>,
+    /// The shadow model and its predictions for every job (`jobs.len() · H`), when configured.
+    pub shadow: Option<(&'a ModelRef, &'a [f32])>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +58,9 @@ pub struct Batcher {
     /// Validated, warmed-up replacement models from the registry watcher.
     reloads: Option<Receiver<Model>>,
     cache: Option<PredictionCache>,
+    candidate: Option<Model>,
+    shadow: Option<Model>,
+    shadow_outputs: Vec<f32>,
     /// Rows of the current batch that missed the cache, and their inputs.
     misses: Vec<usize>,
     miss_inputs: Vec<f32>,
@@ -67,6 +76,9 @@ impl Batcher {
             outputs: Vec::new(),
             reloads: None,
             cache: None,
+            candidate: None,
+            shadow: None,
+            shadow_outputs: Vec::new(),
             misses: Vec::new(),
             miss_inputs: Vec::new(),
             miss_outputs: Vec::new(),
@@ -76,6 +88,14 @@ impl Batcher {
     /// Serves repeated windows from a bounded LRU of `capacity` predictions.
     pub fn with_cache(mut self, capacity: usize) -> Batcher {
         self.cache = Some(PredictionCache::new(capacity));
+        self
+    }
+
+    /// Scores jobs routed to the candidate with `candidate`, and every job also with `shadow`.
+    /// The cache is not used with variants: it is meant for single-model replays.
+    pub fn with_variants(mut self, candidate: Option<Model>, shadow: Option<Model>) -> Batcher {
+        self.candidate = candidate;
+        self.shadow = shadow;
         self
     }
 
@@ -147,7 +167,9 @@ impl Batcher {
     pub fn score<O, S: JobSink<O>>(&mut self, batch: &mut Vec<Job<O>>, sink: &mut S) {
         let start = Instant::now();
         let (hits0, misses0) = self.cache_counts();
-        let result = match self.cache.is_some() {
+        let variants = self.candidate.is_some() || self.shadow.is_some();
+        let result = match self.cache.is_some() && !variants {
+            false if variants => self.score_variants(batch),
             false => {
                 self.inputs.clear();
                 for job in batch.iter() {
@@ -171,8 +193,52 @@ impl Batcher {
             inference_time,
             cache_hits: hits1 - hits0,
             cache_misses: misses1 - misses0,
+            candidate: self.candidate.as_ref().map(Model::model_ref),
+            shadow: self.shadow.as_ref().map(|m| (m.model_ref(), &self.shadow_outputs[..])),
         };
         sink.batch(outcome);
+    }
+
+    /// Scores primary-routed and candidate-routed rows with their models, and all rows with the
+    /// shadow, each model in one call.
+    fn score_variants<O>(&mut self, batch: &[Job<O>]) -> Result<(), InferenceError> {
+        let h = self.model.horizon();
+        self.outputs.clear();
+        self.outputs.resize(batch.len() * h, 0.0);
+        let has_candidate = self.candidate.is_some();
+        for use_candidate in [false, true] {
+            let model = match (use_candidate, self.candidate.as_mut()) {
+                (false, _) => &mut self.model,
+                (true, Some(c)) => c,
+                (true, None) => break,
+            };
+            // Without a candidate, every job is the primary's.
+            let routed = |j: &Job<O>| if use_candidate { j.candidate } else { !j.candidate || !has_candidate };
+            self.misses.clear();
+            self.miss_inputs.clear();
+            for (i, job) in batch.iter().enumerate() {
+                if routed(job) {
+                    self.misses.push(i);
+                    self.miss_inputs.extend_from_slice(&job.input);
+                }
+            }
+            if self.misses.is_empty() {
+                continue;
+            }
+            model.predict(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs)?;
+            for (k, &i) in self.misses.iter().enumerate() {
+                self.outputs[i * h..(i + 1) * h].copy_from_slice(&self.miss_outputs[k * h..(k + 1) * h]);
+            }
+        }
+        self.shadow_outputs.clear();
+        if let Some(shadow) = self.shadow.as_mut() {
+            self.inputs.clear();
+            for job in batch {
+                self.inputs.extend_from_slice(&job.input);
+            }
+            shadow.predict(&self.inputs, batch.len(), &mut self.shadow_outputs)?;
+        }
+        Ok(())
     }
 
     /// Fills `outputs` from the cache where it can and runs the model on the rest only.
@@ -242,7 +308,8 @@ mod tests {
 
     #[test]
     fn cache_counts_hits_and_misses_and_returns_the_uncached_values() {
-        let jobs = |ws: &[f32]| ws.iter().map(|s| Job { input: window(*s), origin: () }).collect::<Vec<_>>();
+        let jobs =
+            |ws: &[f32]| ws.iter().map(|s| Job { input: window(*s), candidate: false, origin: () }).collect::<Vec<_>>();
         let mut plain = batcher(None);
         let mut cached = batcher(Some(100));
         let (mut a, mut b) = (Collect(Vec::new()), Collect(Vec::new()));

@@ -156,6 +156,7 @@ struct State {
     threshold: Option<f64>,
     schema: FeatureSchema,
     join: JoinBuffer,
+    shadow_join: Option<JoinBuffer>,
     keys: Vec<Scored>,
     expired_by_key: HashMap<u16, u64>,
     drift: DriftTracker,
@@ -170,6 +171,8 @@ struct State {
 /// Topic roles the monitor reads.
 struct Topics {
     predictions: String,
+    /// The shadow variant's predictions, when a shadow is configured.
+    shadow: Option<String>,
     actuals: String,
     input: String,
     metrics: String,
@@ -195,14 +198,20 @@ pub fn spawn(
     let consumer: BaseConsumer<MonitorContext> =
         cc.create_with_context(MonitorContext { revoked: Mutex::new(Vec::new()) }).map_err(MonitorError::Client)?;
     let t = &config.topics;
-    let missing = missing_topics(&consumer, &[&t.predictions, &t.actuals, &t.input, &t.metrics, &t.alerts], &servers)?;
+    let shadow = config.variants.shadow.as_ref().map(|_| t.shadow.clone());
+    let mut read: Vec<&str> = vec![&t.predictions, &t.actuals, &t.input];
+    read.extend(shadow.as_deref());
+    let mut wanted = read.clone();
+    wanted.extend([t.metrics.as_str(), t.alerts.as_str()]);
+    let missing = missing_topics(&consumer, &wanted, &servers)?;
     if !missing.is_empty() {
         return Err(PipelineError::MissingTopics(missing).into());
     }
-    consumer.subscribe(&[&t.predictions, &t.actuals, &t.input]).map_err(MonitorError::Client)?;
+    consumer.subscribe(&read).map_err(MonitorError::Client)?;
     let producer: BaseProducer = client_config(config).create().map_err(MonitorError::Client)?;
     let topics = Topics {
         predictions: t.predictions.clone(),
+        shadow: shadow.clone(),
         actuals: t.actuals.clone(),
         input: t.input.clone(),
         metrics: t.metrics.clone(),
@@ -221,6 +230,9 @@ pub fn spawn(
             reject_unknown_features: false,
         },
         join: JoinBuffer::new(cfg.max_pending, cfg.join_ttl),
+        // Shadow predictions share ids with the primary's, so they wait in a join of their own;
+        // each actual is offered to both.
+        shadow_join: shadow.as_ref().map(|_| JoinBuffer::new(cfg.max_pending, cfg.join_ttl)),
         keys: Vec::new(),
         expired_by_key: HashMap::new(),
         feature_gates: m.features.iter().map(|_| Gate::new(cfg.alert_cooldown)).collect(),
@@ -262,6 +274,8 @@ fn run(
                     let payload = m.payload().unwrap_or_default();
                     if topic == topics.predictions {
                         st.on_prediction(payload, src, now);
+                    } else if topics.shadow.as_deref() == Some(topic) {
+                        st.on_shadow_prediction(payload, src, now);
                     } else if topic == topics.actuals {
                         st.on_actual(payload, src, now);
                     } else if topic == topics.input {
@@ -274,9 +288,18 @@ fn run(
         let revoked: Vec<(String, i32)> =
             std::mem::take(&mut *consumer.context().revoked.lock().unwrap_or_else(|e| e.into_inner()));
         for (topic, partition) in revoked {
-            let side = if topic == topics.predictions { Side::Prediction } else { Side::Actual };
-            if topic != topics.input {
+            if topics.shadow.as_deref() == Some(topic.as_str()) {
+                if let Some(j) = st.shadow_join.as_mut() {
+                    j.drop_partition(Side::Prediction, partition);
+                }
+            } else if topic != topics.input {
+                let side = if topic == topics.predictions { Side::Prediction } else { Side::Actual };
                 st.join.drop_partition(side, partition);
+                if side == Side::Actual {
+                    if let Some(j) = st.shadow_join.as_mut() {
+                        j.drop_partition(Side::Actual, partition);
+                    }
+                }
             }
             st.next.remove(&(topic, partition));
         }
@@ -302,8 +325,11 @@ fn commit(consumer: &BaseConsumer<MonitorContext>, st: &State, topics: &Topics, 
     for ((topic, partition), next) in &st.next {
         let offset = if *topic == topics.predictions {
             st.join.commit_point(Side::Prediction, *partition, *next)
+        } else if topics.shadow.as_ref() == Some(topic) {
+            st.shadow_join.as_ref().map_or(*next, |j| j.commit_point(Side::Prediction, *partition, *next))
         } else if *topic == topics.actuals {
-            st.join.commit_point(Side::Actual, *partition, *next)
+            let main = st.join.commit_point(Side::Actual, *partition, *next);
+            st.shadow_join.as_ref().map_or(main, |j| main.min(j.commit_point(Side::Actual, *partition, *next)))
         } else {
             *next
         };
@@ -350,7 +376,19 @@ impl State {
         if a.actual.iter().any(|v| !v.is_finite()) {
             return;
         }
+        if let Some(j) = self.shadow_join.as_mut() {
+            let offer = j.offer_actual(&a.id, a.actual.clone(), src, now);
+            self.score(offer);
+        }
         let offer = self.join.offer_actual(&a.id, a.actual, src, now);
+        self.score(offer);
+    }
+
+    fn on_shadow_prediction(&mut self, payload: &[u8], src: Source, now: Instant) {
+        let Ok(p) = serde_json::from_slice::<Prediction>(payload) else { return };
+        let Some(key) = self.key_of(&p.model, Variant::Shadow) else { return };
+        let Some(j) = self.shadow_join.as_mut() else { return };
+        let offer = j.offer_prediction(&p.id, WaitingPrediction { key, values: p.prediction }, src, now);
         self.score(offer);
     }
 
@@ -380,12 +418,18 @@ impl State {
     fn expire(&mut self, now: Instant) {
         let by_key = &mut self.expired_by_key;
         self.join.expire(now, |key| *by_key.entry(key).or_default() += 1);
+        if let Some(j) = self.shadow_join.as_mut() {
+            j.expire(now, |key| *by_key.entry(key).or_default() += 1);
+        }
     }
 
     fn publish(&mut self, producer: &BaseProducer, topics: &Topics, now: Instant) {
         let at = now_rfc3339();
         let report: DriftReport = self.drift.evaluate(&self.cfg);
-        let pending = self.join.pending_by_key();
+        let mut pending = self.join.pending_by_key();
+        if let Some(j) = &self.shadow_join {
+            pending.extend(j.pending_by_key());
+        }
         let counts = self.join.counts();
         let mut alerts: Vec<Alert> = Vec::new();
 

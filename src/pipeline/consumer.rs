@@ -66,6 +66,13 @@ impl WorkerContext {
 
     /// Applies one delivery report: counts it and stores the offset if the done prefix advanced.
     fn apply(&self, st: &mut LoopState, c: Completion, consumer: &BaseConsumer<WorkerContext>) {
+        if c.token.partition == super::publish::SHADOW_PARTITION {
+            // Shadow output is best effort: the event's offset rides on its real prediction.
+            if let Err(error) = c.result {
+                tracing::warn!(%error, "Shadow prediction not delivered.");
+            }
+            return;
+        }
         match c.result {
             Ok(()) => {
                 self.metrics.events_acknowledged.inc();
@@ -210,12 +217,15 @@ pub struct ConsumerLoop {
     pub metrics: Arc<Metrics>,
     /// See `processing.passthrough`.
     pub passthrough: bool,
+    /// The A/B candidate's traffic share, when one is configured.
+    pub candidate_share: Option<f64>,
 }
 
 impl ConsumerLoop {
     /// Runs until shutdown or a fatal error, then drains, commits and leaves the group.
     pub fn run(self, consumer: BaseConsumer<WorkerContext>) -> Result<(), PipelineError> {
-        let ConsumerLoop { jobs, publisher, schema, max_in_flight, shutdown, metrics, passthrough } = self;
+        let ConsumerLoop { jobs, publisher, schema, max_in_flight, shutdown, metrics, passthrough, candidate_share } =
+            self;
         let ctx = consumer.context();
         let mut input = Vec::new();
         let mut last_poll_error: Option<Instant> = None;
@@ -253,7 +263,7 @@ impl ConsumerLoop {
                 publisher.forward(token, message.key(), message.payload().unwrap_or_default());
                 continue;
             }
-            handle(&message, &mut st, &jobs, &publisher, &schema, &metrics, &mut input);
+            handle(&message, &mut st, &jobs, &publisher, &schema, &metrics, &mut input, candidate_share);
             metrics.in_flight.set(st.tracker.in_flight() as i64);
         }
 
@@ -288,6 +298,7 @@ fn handle(
     schema: &FeatureSchema,
     metrics: &Metrics,
     input: &mut Vec<f32>,
+    route: Option<f64>,
 ) {
     let received = Instant::now();
     let token = Token { partition: message.partition(), offset: message.offset() };
@@ -337,7 +348,36 @@ fn handle(
     // The channel holds `max_in_flight` jobs and the loop stops fetching at that many events in
     // flight, so this send does not block. It fails only if the inference thread died, which
     // the worker notices when joining it; the event then stays uncommitted.
-    if jobs.send(Job { input: values, origin: Origin::Stream(origin) }).is_err() {
+    let candidate = route.is_some_and(|share| is_candidate(&origin.series_id, share));
+    if jobs.send(Job { input: values, candidate, origin: Origin::Stream(origin) }).is_err() {
         st.fatal.get_or_insert_with(|| "the inference thread stopped".into());
+    }
+}
+
+/// Sticky A/B routing: a series always goes to the same variant, so its per-series window is
+/// scored by one model only and its predictions never flip between models mid-series.
+pub fn is_candidate(series_id: &str, share: f64) -> bool {
+    // FNV-1a: stable across processes, versions and replicas (unlike std's RandomState).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in series_id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    ((h % 10_000) as f64) < share * 10_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn candidate_routing_is_sticky_and_matches_the_share() {
+        let n = 20_000;
+        let picked = (0..n).filter(|i| super::is_candidate(&format!("series-{i}"), 0.25)).count();
+        let share = picked as f64 / n as f64;
+        assert!((share - 0.25).abs() < 0.02, "{share}");
+        assert!(
+            (0..100).all(|i| super::is_candidate(&format!("s{i}"), 0.3) == super::is_candidate(&format!("s{i}"), 0.3))
+        );
+        assert!(!(0..1000).any(|i| super::is_candidate(&format!("s{i}"), 0.0)));
+        assert!((0..1000).all(|i| super::is_candidate(&format!("s{i}"), 1.0)));
     }
 }

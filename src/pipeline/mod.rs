@@ -46,6 +46,13 @@ pub enum PipelineError {
     Panicked(&'static str),
 }
 
+/// Models next to the primary: an A/B candidate with its share of series, and a shadow.
+#[derive(Default)]
+pub struct Variants {
+    pub candidate: Option<(Model, f64)>,
+    pub shadow: Option<Model>,
+}
+
 /// Where a job for the inference thread came from.
 #[derive(Debug)]
 pub enum Origin {
@@ -92,7 +99,8 @@ impl RequestGate {
         let guard = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let tx = guard.as_ref().ok_or(GateError::Closed)?;
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let job = crate::inference::Job { input, origin: Origin::Request(RequestOrigin { reply }) };
+        // HTTP requests are always scored by the primary: they carry no stable series routing.
+        let job = crate::inference::Job { input, candidate: false, origin: Origin::Request(RequestOrigin { reply }) };
         match tx.try_send(job) {
             Ok(()) => Ok(rx),
             Err(std::sync::mpsc::TrySendError::Full(_)) => Err(GateError::Full),
@@ -221,6 +229,7 @@ impl Worker {
     pub fn start(
         config: &Config,
         model: Model,
+        variants: Variants,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> Result<Worker, PipelineError> {
@@ -236,7 +245,9 @@ impl Worker {
         let max_in_flight = config.consumer.max_in_flight;
 
         // Each in-flight event yields one record and so one report: this capacity never fills.
-        let (completions_tx, completions_rx) = sync_channel(max_in_flight + 1);
+        // With a shadow, each event yields a second (shadow) record and report.
+        let reports_per_event = if variants.shadow.is_some() { 2 } else { 1 };
+        let (completions_tx, completions_rx) = sync_channel(max_in_flight * reports_per_event + 1);
         let producer: Arc<Producer> = Arc::new(
             producer_config(config)
                 .create_with_context(DeliveryContext::new(completions_tx.clone(), metrics.clone()))
@@ -252,7 +263,11 @@ impl Worker {
         );
         let consumer: BaseConsumer<WorkerContext> =
             consumer_config(config).create_with_context(context).map_err(PipelineError::Client)?;
-        let missing = missing_topics(&consumer, &config.topics.worker_topics(), &servers)?;
+        let mut wanted = config.topics.worker_topics().to_vec();
+        if variants.shadow.is_some() {
+            wanted.push(&config.topics.shadow);
+        }
+        let missing = missing_topics(&consumer, &wanted, &servers)?;
         if !missing.is_empty() {
             return Err(PipelineError::MissingTopics(missing));
         }
@@ -264,6 +279,7 @@ impl Worker {
             &config.topics.input,
             &config.topics.predictions,
             &config.topics.dlq,
+            &config.topics.shadow,
             metrics.clone(),
         );
         let (jobs_tx, jobs_rx) = sync_channel(max_in_flight);
@@ -274,7 +290,11 @@ impl Worker {
         };
         let mut sink = KafkaSink::new(publisher.clone(), metrics.clone());
         let (reloads, reloads_rx) = sync_channel(1);
-        let mut batcher = Batcher::new(model, batching).with_reloads(reloads_rx);
+        let candidate_share = variants.candidate.as_ref().map(|(_, share)| *share);
+        let has_candidate = variants.candidate.is_some();
+        let mut batcher = Batcher::new(model, batching)
+            .with_reloads(reloads_rx)
+            .with_variants(variants.candidate.map(|(m, _)| m), variants.shadow);
         if config.cache.enabled {
             batcher = batcher.with_cache(config.cache.max_entries);
         }
@@ -290,6 +310,7 @@ impl Worker {
             shutdown,
             metrics,
             passthrough: config.processing.passthrough,
+            candidate_share: candidate_share.filter(|_| has_candidate),
         };
         let consumer_thread = std::thread::Builder::new()
             .name("streamcast-consumer".into())

@@ -18,6 +18,9 @@ use crate::event::{now_rfc3339, PredictionOut, RejectKind, Variant};
 use crate::inference::{BatchOutcome, JobSink};
 use crate::telemetry::Metrics;
 
+/// The partition a shadow record's token carries: its report is informational only.
+pub const SHADOW_PARTITION: i32 = -1;
+
 /// The input offset a produced record stands for.
 #[derive(Debug, Clone, Copy)]
 pub struct Token {
@@ -87,6 +90,7 @@ pub struct Publisher {
     source_topic: Arc<str>,
     predictions_topic: Arc<str>,
     dlq_topic: Arc<str>,
+    shadow_topic: Arc<str>,
     metrics: Arc<Metrics>,
 }
 
@@ -97,6 +101,7 @@ impl Publisher {
         source_topic: &str,
         predictions_topic: &str,
         dlq_topic: &str,
+        shadow_topic: &str,
         metrics: Arc<Metrics>,
     ) -> Publisher {
         Publisher {
@@ -105,6 +110,7 @@ impl Publisher {
             source_topic: source_topic.into(),
             predictions_topic: predictions_topic.into(),
             dlq_topic: dlq_topic.into(),
+            shadow_topic: shadow_topic.into(),
             metrics,
         }
     }
@@ -136,6 +142,15 @@ impl Publisher {
         if let Some(key) = key {
             record = record.key(key);
         }
+        self.send(record);
+    }
+
+    /// A shadow prediction: to the shadow topic only. Its delivery report carries the event's
+    /// token marked as shadow, so it neither stores an offset nor counts as an acknowledgement.
+    fn shadow(&self, token: Token, key: &str, payload: &[u8]) {
+        let token = Token { partition: SHADOW_PARTITION, offset: token.offset };
+        let record: BaseRecord<'_, [u8], [u8], Box<Token>> =
+            BaseRecord::with_opaque_to(&self.shadow_topic, Box::new(token)).key(key.as_bytes()).payload(payload);
         self.send(record);
     }
 
@@ -214,14 +229,19 @@ impl JobSink<Origin> for KafkaSink {
         // One timestamp per batch: every prediction of a batch is produced at the same moment.
         let produced_at = now_rfc3339();
         let h = outcome.horizon;
-        let mut streamed = 0;
-        for (job, prediction) in outcome.jobs.drain(..).zip(predictions.chunks_exact(h)) {
+        let mut streamed = [0u64; 2];
+        let shadow = outcome.shadow;
+        for (row, (job, prediction)) in outcome.jobs.drain(..).zip(predictions.chunks_exact(h)).enumerate() {
+            let (model, variant) = match (job.candidate, outcome.candidate) {
+                (true, Some(candidate)) => (candidate, Variant::Candidate),
+                _ => (outcome.model, Variant::Primary),
+            };
             let o = match job.origin {
                 Origin::Stream(o) => o,
                 Origin::Request(r) => {
                     let _ = r.reply.send(Ok(Scored {
                         prediction: prediction.to_vec(),
-                        model: outcome.model.clone(),
+                        model: model.clone(),
                         produced_at: produced_at.clone(),
                     }));
                     continue;
@@ -233,8 +253,8 @@ impl JobSink<Origin> for KafkaSink {
                 series_id: &o.series_id,
                 timestamp: &o.timestamp,
                 prediction,
-                model: outcome.model,
-                variant: Variant::Primary,
+                model,
+                variant,
                 latency_ms: latency.as_secs_f64() * 1e3,
                 produced_at: &produced_at,
                 warmup: o.warmup,
@@ -242,8 +262,25 @@ impl JobSink<Origin> for KafkaSink {
             .encode(&mut self.buf);
             self.publisher.prediction(o.token, &o.series_id, &self.buf, o.traceparent.as_deref());
             self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
-            streamed += 1;
+            streamed[usize::from(variant == Variant::Candidate)] += 1;
+            if let Some((shadow_model, outputs)) = shadow {
+                PredictionOut {
+                    id: &o.id,
+                    series_id: &o.series_id,
+                    timestamp: &o.timestamp,
+                    prediction: &outputs[row * h..(row + 1) * h],
+                    model: shadow_model,
+                    variant: Variant::Shadow,
+                    latency_ms: latency.as_secs_f64() * 1e3,
+                    produced_at: &produced_at,
+                    warmup: o.warmup,
+                }
+                .encode(&mut self.buf);
+                self.publisher.shadow(o.token, &o.series_id, &self.buf);
+                self.metrics.predictions.with_label_values(&["shadow"]).inc();
+            }
         }
-        self.metrics.predictions.with_label_values(&["primary"]).inc_by(streamed);
+        self.metrics.predictions.with_label_values(&["primary"]).inc_by(streamed[0]);
+        self.metrics.predictions.with_label_values(&["candidate"]).inc_by(streamed[1]);
     }
 }
