@@ -56,7 +56,8 @@ DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 CONFIG_KEYS: dict[str, set[str] | None] = {
     "kafka": None,
     "consumer": {"group_id", "max_in_flight", "auto_offset_reset"},
-    "topics": {"input", "predictions", "actuals", "dlq", "metrics", "alerts"},
+    "topics": {"input", "predictions", "actuals", "dlq", "metrics", "alerts", "shadow"},
+    "variants": {"candidate", "shadow"},
     "model": {"root", "name", "version", "execution_provider", "intra_threads", "watch_interval"},
     "batching": {"max_batch_size", "max_wait_ms"},
     "validation": {"max_message_bytes", "reject_unknown_features"},

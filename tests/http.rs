@@ -44,7 +44,7 @@ fn readyz_metrics_and_predict_agree_with_the_stream() {
     assert!(reader.read_until(Duration::from_secs(60), |r| r.len() >= events.len()), "{}", worker.log_text());
     let metrics = http_get(port, "/metrics");
     assert_eq!(metric_value(&metrics, "streamcast_events_consumed_total") - before, events.len() as f64);
-    assert!(metric_value(&metrics, "streamcast_predictions_total") >= events.len() as f64);
+    assert!(metric_value(&metrics, "streamcast_predictions_total{variant=\"primary\"}") >= events.len() as f64);
     assert!(metrics.contains("streamcast_end_to_end_latency_seconds_bucket"));
     assert!(metrics.contains("streamcast_inference_duration_seconds_count"));
 

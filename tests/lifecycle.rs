@@ -89,20 +89,24 @@ fn a_new_version_takes_over_mid_stream_and_a_broken_one_is_refused() {
     assert!(done, "{} of 3300:\n{}", reader.records.len(), worker.log_text());
     reader.settle(Duration::from_secs(2));
 
-    // Exactly one prediction per id, in offset order the version changes once, from 1 to 3.
+    // Exactly one prediction per id; within each partition, in offset order, the version changes
+    // once, from 1 to 3 (the input has one partition, so every series saw the swap at one point).
     let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut versions = Vec::new();
+    let mut versions: HashMap<i32, Vec<String>> = HashMap::new();
     for r in &reader.records {
         let p = r.json();
         *seen.entry(p["id"].as_str().unwrap().to_string()).or_default() += 1;
         let v = p["model"]["version"].as_str().unwrap().to_string();
-        if versions.last() != Some(&v) {
-            versions.push(v);
+        let seq = versions.entry(r.partition).or_default();
+        if seq.last() != Some(&v) {
+            seq.push(v);
         }
     }
     assert_eq!(seen.len(), 3300);
     assert!(seen.values().all(|n| *n == 1), "an id was predicted twice or more");
-    assert_eq!(versions, vec!["1".to_string(), "3".to_string()], "versions in offset order");
+    for seq in versions.values() {
+        assert_eq!(seq, &vec!["1".to_string(), "3".to_string()], "versions in offset order: {versions:?}");
+    }
     assert!(worker.log_text().contains("Model swapped."));
 
     // Each prediction equals what its claimed version computes for the same event history
