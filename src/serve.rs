@@ -177,9 +177,13 @@ pub async fn start(
             .await
             .expect("model loading does not panic")?;
         metrics.execution_provider.with_label_values(&[model.provider().provider.as_str()]).set(1);
-        if let Some(reason) = &model.provider().fallback_reason {
+        if let Some(reason) = model.provider().fallback_reason.clone() {
             metrics.execution_provider_fallback.set(1);
-            alert_provider_fallback(config, model.model_ref(), reason);
+            // Producing and flushing block; keep them off the async worker threads.
+            let (config, model_ref) = (config.clone(), model.model_ref().clone());
+            tokio::task::spawn_blocking(move || alert_provider_fallback(&config, &model_ref, &reason))
+                .await
+                .expect("publishing an alert does not panic");
         }
         let doc = models_document(&model);
         let (model_ref, provider) = (model.model_ref().clone(), model.provider().clone());
