@@ -74,12 +74,7 @@ pub struct BatchOptions<'a> {
 /// Runs batch prediction with `model`.
 pub fn run(model: &mut Model, opts: &BatchOptions<'_>) -> Result<BatchSummary, BatchError> {
     let m = model.bundle().manifest.clone();
-    let schema = FeatureSchema {
-        names: m.features.clone(),
-        window: m.window,
-        max_message_bytes: usize::MAX,
-        reject_unknown_features: false,
-    };
+    let schema = FeatureSchema::for_bundle(&m, usize::MAX, false);
     let read_err = |source| BatchError::Read { path: opts.input.into(), source };
     let file = std::fs::File::open(opts.input).map_err(read_err)?;
     let size = file.metadata().map(|md| md.len()).unwrap_or(0);

@@ -19,6 +19,7 @@ use crate::bundle::{self, Bundle, BundleError};
 use crate::config::{Config, ConfigError, ExecutionProviderChoice};
 use crate::event::Prediction;
 use crate::pipeline::publish::dlq_headers;
+use crate::produce::send_waiting;
 use crate::serve::{self, RunError};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
@@ -370,16 +371,7 @@ fn drive(
                     row.timestamp
                 );
             }
-            let mut record = BaseRecord::to("input_data").key(series.as_str()).payload(payload.as_str());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        record = back;
-                        producer.poll(Duration::from_millis(5));
-                    }
-                }
-            }
+            send_waiting(&producer, BaseRecord::to("input_data").key(series.as_str()).payload(payload.as_str()))?;
             summary.events_in += 1;
             // The truth for the previous event of this series arrives only now (one step late):
             // the model forecasts the next observation of its target.
@@ -393,11 +385,7 @@ fn drive(
                     row.timestamp,
                     row.values[t]
                 );
-                let mut record = BaseRecord::to("actuals").key(series.as_str()).payload(actual.as_str());
-                while let Err((_, back)) = producer.send(record) {
-                    record = back;
-                    producer.poll(Duration::from_millis(5));
-                }
+                send_waiting(&producer, BaseRecord::to("actuals").key(series.as_str()).payload(actual.as_str()))?;
                 summary.actuals_in += 1;
             }
             producer.poll(Duration::ZERO);

@@ -83,6 +83,11 @@ pub struct FeatureSchema {
 }
 
 impl FeatureSchema {
+    /// The schema a bundle implies; every decoder (stream, monitor, HTTP, batch) builds it here.
+    pub fn for_bundle(m: &crate::bundle::Manifest, max_message_bytes: usize, reject_unknown_features: bool) -> Self {
+        FeatureSchema { names: m.features.clone(), window: m.window, max_message_bytes, reject_unknown_features }
+    }
+
     pub fn width(&self) -> usize {
         self.names.len()
     }

@@ -100,21 +100,21 @@ pub fn run(client: &ClientConfig, opts: &ProduceOptions<'_>) -> Result<ProduceSu
         if opts.rate > 0.0 {
             let at = start + Duration::from_secs_f64(n as f64 / opts.rate);
             while Instant::now() < at {
-                send_due(&producer, opts.actuals_topic, &actuals, &mut due, &mut summary, false);
+                send_due(&producer, opts.actuals_topic, &actuals, &mut due, &mut summary, false, &failed);
                 producer.poll(at.saturating_duration_since(Instant::now()).min(Duration::from_millis(5)));
             }
         }
-        send(&producer, opts.topic, ev);
+        send(&producer, opts.topic, ev, &failed);
         summary.events += 1;
         bar.inc(1);
         if let Some(released) = by_release.remove(&n) {
             let when = Instant::now() + opts.actuals_delay;
             due.extend(released.into_iter().map(|i| (when, i)));
         }
-        send_due(&producer, opts.actuals_topic, &actuals, &mut due, &mut summary, false);
+        send_due(&producer, opts.actuals_topic, &actuals, &mut due, &mut summary, false, &failed);
         producer.poll(Duration::ZERO);
     }
-    send_due(&producer, opts.actuals_topic, &actuals, &mut due, &mut summary, true);
+    send_due(&producer, opts.actuals_topic, &actuals, &mut due, &mut summary, true, &failed);
     producer.flush(Duration::from_secs(60))?;
     bar.finish_and_clear();
     summary.failed = failed.load(Ordering::Relaxed);
@@ -130,6 +130,7 @@ fn send_due(
     due: &mut VecDeque<(Instant, usize)>,
     summary: &mut ProduceSummary,
     drain: bool,
+    failed: &AtomicU64,
 ) {
     while let Some(&(when, i)) = due.front() {
         let now = Instant::now();
@@ -139,22 +140,39 @@ fn send_due(
             }
             std::thread::sleep(when - now);
         }
-        send(producer, topic, &actuals[i].1);
+        send(producer, topic, &actuals[i].1, failed);
         summary.actuals += 1;
         due.pop_front();
     }
 }
 
-fn send(producer: &BaseProducer<Deliveries>, topic: &str, out: &Outgoing) {
-    let mut record = BaseRecord::to(topic).key(out.key.as_str()).payload(out.value.as_str());
+fn send(producer: &BaseProducer<Deliveries>, topic: &str, out: &Outgoing, failed: &AtomicU64) {
+    let record = BaseRecord::to(topic).key(out.key.as_str()).payload(out.value.as_str());
+    if let Err(error) = send_waiting(producer, record) {
+        tracing::warn!(%error, "Record refused by the producer.");
+        failed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Enqueues `record`, serving delivery reports and retrying while librdkafka's queue is full;
+/// any other refusal (an oversized record, say) is returned instead of retried forever.
+pub fn send_waiting<C, K, P>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> Result<(), rdkafka::error::KafkaError>
+where
+    C: ProducerContext,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
     loop {
         match producer.send(record) {
-            Ok(()) => return,
-            Err((_, back)) => {
-                // Queue full: serve delivery reports, then retry.
+            Ok(()) => return Ok(()),
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
-                producer.poll(Duration::from_millis(10));
+                producer.poll(Duration::from_millis(5));
             }
+            Err((error, _)) => return Err(error),
         }
     }
 }

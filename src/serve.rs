@@ -185,7 +185,7 @@ pub async fn start(
                 .await
                 .expect("publishing an alert does not panic");
         }
-        let doc = models_document(&model);
+        let mut doc = models_document(&model);
         let (model_ref, provider) = (model.model_ref().clone(), model.provider().clone());
         let bundle = model.bundle().clone();
         let config_for_variants = config.clone();
@@ -193,7 +193,6 @@ pub async fn start(
         let variants = tokio::task::spawn_blocking(move || load_variants(&config_for_variants, &primary))
             .await
             .expect("model loading does not panic")?;
-        let mut doc = doc;
         if let Some((m, share)) = &variants.candidate {
             doc["models"][0]["traffic_share"] = (1.0 - share).into();
             doc["models"].as_array_mut().expect("models is an array").push(serde_json::json!({
@@ -230,18 +229,16 @@ pub async fn start(
             crate::registry::Served { model: model_ref.clone(), features: m.features.clone(), window: m.window };
         crate::registry::spawn(config, served, w.reloads.clone(), models.clone(), metrics.clone(), shutdown.clone())
     });
-    let bundle_for_http = bundle;
     let http_addr = if config.http.listen.is_empty() {
         None
     } else {
         let addr = config.http.listen.parse().expect("validated in Config::validate");
-        let m = &bundle_for_http.manifest;
-        let schema = crate::event::FeatureSchema {
-            names: m.features.clone(),
-            window: m.window,
-            max_message_bytes: config.validation.max_message_bytes,
-            reject_unknown_features: config.validation.reject_unknown_features,
-        };
+        let m = &bundle.manifest;
+        let schema = crate::event::FeatureSchema::for_bundle(
+            m,
+            config.validation.max_message_bytes,
+            config.validation.reject_unknown_features,
+        );
         let state = AppState {
             metrics,
             readiness: readiness.clone(),

@@ -34,12 +34,6 @@ fn events(from: usize, to: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-fn send(topic: &str, evs: &[(String, String)]) {
-    let r: Vec<(Option<&str>, &[u8], &[(&str, &str)])> =
-        evs.iter().map(|(k, v)| (Some(k.as_str()), v.as_bytes(), &[][..])).collect();
-    produce(topic, &r);
-}
-
 #[test]
 fn a_new_version_takes_over_mid_stream_and_a_broken_one_is_refused() {
     let root = tempfile::tempdir().unwrap();
@@ -57,7 +51,7 @@ fn a_new_version_takes_over_mid_stream_and_a_broken_one_is_refused() {
     let mut reader = Reader::new(&topics.predictions);
 
     let first = events(0, 300);
-    send(&topics.input, &first);
+    send_keyed(&topics.input, &first);
     assert!(reader.read_until(Duration::from_secs(60), |r| r.len() >= 300), "{}", worker.log_text());
 
     // A broken version (golden mismatch) is refused; version 1 keeps serving.
@@ -78,7 +72,7 @@ fn a_new_version_takes_over_mid_stream_and_a_broken_one_is_refused() {
     let input = topics.input.clone();
     let feeder = std::thread::spawn(move || {
         for chunk in second.chunks(300) {
-            send(&input, chunk);
+            send_keyed(&input, chunk);
             std::thread::sleep(Duration::from_millis(150));
         }
     });

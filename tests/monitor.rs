@@ -29,12 +29,6 @@ fn actual(id: &str, series: &str, value: f64) -> String {
     serde_json::json!({"id": id, "series_id": series, "timestamp": "2026-11-26T20:00:00Z", "actual": value}).to_string()
 }
 
-fn send(topic: &str, records: &[(String, String)]) {
-    let r: Vec<(Option<&str>, &[u8], &[(&str, &str)])> =
-        records.iter().map(|(k, v)| (Some(k.as_str()), v.as_bytes(), &[][..])).collect();
-    produce(topic, &r);
-}
-
 /// The latest snapshot that satisfies `done`, or a panic with the last one seen.
 fn wait_snapshot(
     topics: &Topics,
@@ -85,11 +79,11 @@ fn rmse_and_counts_are_exact_with_late_early_missing_and_duplicate_actuals() {
     for j in 0..20 {
         late_actuals.push(("s-x".into(), actual(&format!("orphan-{j}"), "s-x", 1.0)));
     }
-    send(&topics.actuals, &early_actuals);
+    send_keyed(&topics.actuals, &early_actuals);
     let monitor = start_monitor(&monitor_config(&topics, "join_ttl = \"6s\"\nmin_joined = 1"));
-    send(&topics.predictions, &predictions);
+    send_keyed(&topics.predictions, &predictions);
     std::thread::sleep(Duration::from_secs(1));
-    send(&topics.actuals, &late_actuals);
+    send_keyed(&topics.actuals, &late_actuals);
 
     // Independent computation over the 150 joined pairs.
     let errors: Vec<f64> = (0..150).map(|i| value_of(i).0 - value_of(i).1).collect();
@@ -115,7 +109,7 @@ fn a_restarted_monitor_still_completes_pending_joins() {
     let preds: Vec<(String, String)> = (0..100)
         .map(|i| (format!("s-{}", i % 5), prediction(&format!("r-{i}"), &format!("s-{}", i % 5), 10.0 + i as f64)))
         .collect();
-    send(&topics.predictions, &preds);
+    send_keyed(&topics.predictions, &preds);
     wait_snapshot(&topics, &first, Duration::from_secs(60), |s| s["pending"] == 100);
     // Let one more publish (and its commit) pass, then stop.
     std::thread::sleep(Duration::from_secs(2));
@@ -124,7 +118,7 @@ fn a_restarted_monitor_still_completes_pending_joins() {
     let acts: Vec<(String, String)> = (0..100)
         .map(|i| (format!("s-{}", i % 5), actual(&format!("r-{i}"), &format!("s-{}", i % 5), 11.0 + i as f64)))
         .collect();
-    send(&topics.actuals, &acts);
+    send_keyed(&topics.actuals, &acts);
     let second = start_monitor(&config);
     let snap = wait_snapshot(&topics, &second, Duration::from_secs(60), |s| s["joined"] == 100);
     assert!((snap["rmse"].as_f64().unwrap() - 1.0).abs() < 1e-9);
@@ -169,7 +163,7 @@ fn alerts_of_kind(records: &[Record], kind: &str) -> Vec<serde_json::Value> {
 fn one_shifted_feature_gives_exactly_one_feature_drift_alert_for_it() {
     let topics = Topics::create(3);
     let monitor = start_monitor(&monitor_config(&topics, ""));
-    send(&topics.input, &input_stream(5_000, 30.0));
+    send_keyed(&topics.input, &input_stream(5_000, 30.0));
     let mut alerts = Reader::new(&topics.alerts);
     let fired = alerts.read_until(Duration::from_secs(60), |r| !alerts_of_kind(r, "feature_drift").is_empty());
     assert!(fired, "no feature_drift alert:\n{}", monitor.log_text());
@@ -189,7 +183,7 @@ fn one_shifted_feature_gives_exactly_one_feature_drift_alert_for_it() {
 fn an_unshifted_stream_of_50000_events_gives_no_drift_alert() {
     let topics = Topics::create(3);
     let monitor = start_monitor(&monitor_config(&topics, ""));
-    send(&topics.input, &input_stream(50_000, 0.0));
+    send_keyed(&topics.input, &input_stream(50_000, 0.0));
     // Wait until the monitor has evaluated a full sample of recent values, then a while longer.
     wait_snapshot(&topics, &monitor, Duration::from_secs(90), |s| s["drift"]["co2"]["samples"] == 2000);
     let mut alerts = Reader::new(&topics.alerts);
@@ -211,8 +205,8 @@ fn sustained_high_error_requests_retraining_once() {
     let preds: Vec<(String, String)> =
         (0..200).map(|i| ("s".into(), prediction(&format!("h-{i}"), "s", 100.0))).collect();
     let acts: Vec<(String, String)> = (0..200).map(|i| ("s".into(), actual(&format!("h-{i}"), "s", 95.0))).collect();
-    send(&topics.predictions, &preds);
-    send(&topics.actuals, &acts);
+    send_keyed(&topics.predictions, &preds);
+    send_keyed(&topics.actuals, &acts);
     let mut alerts = Reader::new(&topics.alerts);
     let asked = alerts.read_until(Duration::from_secs(60), |r| !alerts_of_kind(r, "retrain_requested").is_empty());
     assert!(asked, "no retrain_requested:\n{}", monitor.log_text());

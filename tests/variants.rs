@@ -7,12 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn send(topic: &str, records: &[(String, String)]) {
-    let r: Vec<(Option<&str>, &[u8], &[(&str, &str)])> =
-        records.iter().map(|(k, v)| (Some(k.as_str()), v.as_bytes(), &[][..])).collect();
-    produce(topic, &r);
-}
-
 #[test]
 fn ab_split_matches_the_share_over_10000_series_and_is_sticky() {
     let topics = Topics::create(3);
@@ -25,7 +19,7 @@ fn ab_split_matches_the_share_over_10000_series_and_is_sticky() {
             (s.clone(), event(&format!("ab-{i:05}"), &s, &[330.0 + (i % 7) as f64, 0.5, 0.5]))
         })
         .collect();
-    send(&topics.input, &events);
+    send_keyed(&topics.input, &events);
     let mut reader = Reader::new(&topics.predictions);
     assert!(reader.read_until(Duration::from_secs(120), |r| r.len() >= events.len()), "{}", worker.log_text());
 
@@ -71,7 +65,7 @@ fn shadow_predictions_never_reach_predictions_but_are_scored() {
             (s.clone(), event(&format!("sh-{i:04}"), &s, &[331.0 + (i % 11) as f64, 0.5, -0.5]))
         })
         .collect();
-    send(&topics.input, &events);
+    send_keyed(&topics.input, &events);
     let mut shadow = Reader::new(&shadow_topic);
     assert!(shadow.read_until(Duration::from_secs(60), |r| r.len() >= n), "{}", worker.log_text());
     assert!(shadow.records.iter().all(|r| r.json()["variant"] == "shadow" && r.json()["model"]["version"] == "2"));
@@ -82,7 +76,7 @@ fn shadow_predictions_never_reach_predictions_but_are_scored() {
             (s, a.to_string())
         })
         .collect();
-    send(&topics.actuals, &actuals);
+    send_keyed(&topics.actuals, &actuals);
     let mut metrics = Reader::new(&topics.metrics);
     let scored = metrics.read_until(Duration::from_secs(60), |r| {
         r.iter().any(|m| m.json()["variant"] == "shadow" && m.json()["joined"] == n)

@@ -223,12 +223,7 @@ pub fn spawn(
     let mut state = State {
         model: ModelRef { name: m.name.clone(), version: m.version.clone() },
         threshold,
-        schema: FeatureSchema {
-            names: m.features.clone(),
-            window: m.window,
-            max_message_bytes: config.validation.max_message_bytes,
-            reject_unknown_features: false,
-        },
+        schema: FeatureSchema::for_bundle(m, config.validation.max_message_bytes, false),
         join: JoinBuffer::new(cfg.max_pending, cfg.join_ttl),
         // Shadow predictions share ids with the primary's, so they wait in a join of their own;
         // each actual is offered to both.

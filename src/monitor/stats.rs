@@ -9,7 +9,7 @@
 //! - [`benjamini_hochberg`] / [`bonferroni`]: multiple-testing corrections, because the
 //!   monitor tests every feature (and every output) at once and would otherwise raise
 //!   false drift alarms at the nominal rate times the number of tests.
-//! - [`Reservoir`] / [`SlidingSample`]: bounded samples of the "current" distribution.
+//! - [`SlidingSample`]: the bounded sample of recent served values that drift is judged on.
 //!
 //! No function panics on data: empty inputs give `None` (or an empty vector), NaN
 //! observations are ignored where documented.
@@ -231,82 +231,12 @@ fn sanitize_p(p: f64) -> f64 {
 // Stream samples
 // ---------------------------------------------------------------------------------------
 
-/// Bounded uniform random sample of everything pushed so far (Vitter's Algorithm R).
-///
-/// Each of the `seen()` values is in the sample with equal probability
-/// `capacity / seen`. That estimates the distribution of the *whole* stream since the
-/// last [`clear`](Reservoir::clear), so after a change point it converges to the new
-/// distribution only slowly. The monitor therefore bases drift verdicts on
-/// [`SlidingSample`] (recent data) and keeps the reservoir for long-horizon summaries.
-///
-/// The RNG is a seeded xorshift64*, so the sample is reproducible for a given seed and
-/// input order. `push` never allocates: the buffer is reserved at construction.
-#[derive(Debug, Clone)]
-pub struct Reservoir {
-    values: Vec<f64>,
-    capacity: usize,
-    seen: u64,
-    rng: XorShift64Star,
-}
-
-impl Reservoir {
-    /// Reserve room for `capacity` values up front. `capacity == 0` keeps nothing (but
-    /// still counts `seen`).
-    pub fn new(capacity: usize, seed: u64) -> Self {
-        Self { values: Vec::with_capacity(capacity), capacity, seen: 0, rng: XorShift64Star::new(seed) }
-    }
-
-    /// Offer one observation. Values are stored as given (NaN included); the statistics
-    /// above ignore NaN, so filter first if NaN should not take a slot.
-    pub fn push(&mut self, x: f64) {
-        if self.values.len() < self.capacity {
-            self.values.push(x);
-        } else if self.capacity > 0 {
-            // Keep the new item with probability capacity / (seen + 1), replacing a
-            // uniformly chosen slot: index uniform in [0, seen].
-            let j = self.rng.below(self.seen.saturating_add(1));
-            if j < self.capacity as u64 {
-                self.values[j as usize] = x;
-            }
-        }
-        self.seen = self.seen.saturating_add(1);
-    }
-
-    /// The current sample, in no particular order.
-    pub fn values(&self) -> &[f64] {
-        &self.values
-    }
-
-    /// Number of values pushed since construction or the last `clear`.
-    pub fn seen(&self) -> u64 {
-        self.seen
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
-    /// Drop the sample and reset `seen`; keeps the allocation and the RNG stream.
-    pub fn clear(&mut self) {
-        self.values.clear();
-        self.seen = 0;
-    }
-}
-
 /// The most recent `capacity` values of a stream, in a ring buffer.
 ///
 /// This is the sample the monitor uses for drift verdicts: drift is a statement about
 /// what the model is seeing *now*, and a window of the latest values reacts to a change
-/// within `capacity` observations, whereas a [`Reservoir`] keeps diluting it with old
-/// data. `push` never allocates: the buffer is reserved at construction.
+/// within `capacity` observations, whereas a uniform sample of the whole stream would keep
+/// diluting it with old data. `push` never allocates: the buffer is reserved at construction.
 #[derive(Debug, Clone)]
 pub struct SlidingSample {
     values: Vec<f64>,
@@ -322,7 +252,7 @@ impl SlidingSample {
     }
 
     /// Append one observation, overwriting the oldest once full. Values are stored as
-    /// given (see [`Reservoir::push`] about NaN).
+    /// given, NaN included (the statistics drop NaN).
     pub fn push(&mut self, x: f64) {
         if self.capacity > 0 {
             if self.values.len() < self.capacity {
@@ -370,39 +300,6 @@ impl SlidingSample {
         self.values.clear();
         self.next = 0;
         self.seen = 0;
-    }
-}
-
-/// xorshift64* (Vigna 2016): tiny, fast, good enough for sampling, reproducible.
-#[derive(Debug, Clone)]
-struct XorShift64Star {
-    state: u64,
-}
-
-impl XorShift64Star {
-    fn new(seed: u64) -> Self {
-        // SplitMix64 scrambles the seed so small/adjacent seeds give unrelated streams,
-        // and the all-zero state (a fixed point of xorshift) is avoided.
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        Self { state: if z == 0 { 0x2545_F491_4F6C_DD1D } else { z } }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.state;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.state = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `[0, bound)` by multiply-shift (Lemire); the bias is ≤ bound/2^64,
-    /// irrelevant here. `bound == 0` returns 0.
-    fn below(&mut self, bound: u64) -> u64 {
-        ((self.next_u64() as u128 * bound as u128) >> 64) as u64
     }
 }
 
@@ -1074,52 +971,6 @@ mod tests {
     }
 
     #[test]
-    fn reservoir_is_bounded_uniform_and_deterministic() {
-        let mut r = Reservoir::new(100, 42);
-        let buffer = r.values.as_ptr();
-        for i in 0..50 {
-            r.push(i as f64);
-        }
-        assert_eq!(r.len(), 50);
-        assert_eq!(r.values(), (0..50).map(|i| i as f64).collect::<Vec<_>>().as_slice());
-        for i in 50..100_000 {
-            r.push(i as f64);
-        }
-        assert_eq!(r.len(), 100);
-        assert_eq!(r.seen(), 100_000);
-        // Reserved up front: pushing never reallocated.
-        assert_eq!(r.values().as_ptr(), buffer);
-        // Same seed → same sample.
-        let mut r2 = Reservoir::new(100, 42);
-        for i in 0..100_000 {
-            r2.push(i as f64);
-        }
-        assert_eq!(r.values(), r2.values());
-        // Uniformity: over many seeds each decile of the stream gets ~10% of slots.
-        let mut deciles = [0u64; 10];
-        for seed in 0..200 {
-            let mut r = Reservoir::new(50, seed);
-            for i in 0..10_000 {
-                r.push(i as f64);
-            }
-            for &v in r.values() {
-                deciles[(v / 1000.0) as usize] += 1;
-            }
-        }
-        for d in deciles {
-            // 10_000 draws total, expected 1000 per decile, sd ≈ 30.
-            assert!((850..=1150).contains(&d), "{deciles:?}");
-        }
-        r.clear();
-        assert!(r.is_empty());
-        assert_eq!(r.seen(), 0);
-        let mut z = Reservoir::new(0, 1);
-        z.push(1.0);
-        assert!(z.values().is_empty());
-        assert_eq!(z.seen(), 1);
-    }
-
-    #[test]
     fn sliding_sample_keeps_latest() {
         let mut s = SlidingSample::new(3);
         assert!(s.is_empty());
@@ -1142,16 +993,5 @@ mod tests {
         z.push(1.0);
         assert!(z.values().is_empty());
         assert_eq!(z.seen(), 1);
-    }
-
-    #[test]
-    fn ks_detects_shift_and_accepts_same() {
-        let mut rng = XorShift64Star::new(3);
-        let mut unif = || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        let a: Vec<f64> = (0..2000).map(|_| unif()).collect();
-        let b: Vec<f64> = (0..2000).map(|_| unif()).collect();
-        let c: Vec<f64> = (0..2000).map(|_| unif() + 0.1).collect();
-        assert!(ks_2samp(&a, &b).unwrap().p_value > 0.001);
-        assert!(ks_2samp(&a, &c).unwrap().p_value < 1e-6);
     }
 }

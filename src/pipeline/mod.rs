@@ -235,12 +235,11 @@ impl Worker {
     ) -> Result<Worker, PipelineError> {
         let servers = config.kafka.get("bootstrap.servers").map(|v| v.to_string()).unwrap_or_default();
         let manifest = &model.bundle().manifest;
-        let schema = FeatureSchema {
-            names: manifest.features.clone(),
-            window: manifest.window,
-            max_message_bytes: config.validation.max_message_bytes,
-            reject_unknown_features: config.validation.reject_unknown_features,
-        };
+        let schema = FeatureSchema::for_bundle(
+            manifest,
+            config.validation.max_message_bytes,
+            config.validation.reject_unknown_features,
+        );
         let windows = WindowStore::new(manifest.window, manifest.features.len(), config.windows.max_series);
         let max_in_flight = config.consumer.max_in_flight;
 

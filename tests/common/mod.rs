@@ -243,18 +243,17 @@ pub fn produce(topic: &str, records: &[(Option<&str>, &[u8], &[(&str, &str)])]) 
         if let Some(k) = key {
             rec = rec.key(*k);
         }
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    p.poll(Duration::from_millis(10));
-                }
-            }
-        }
+        streamcast::produce::send_waiting(&p, rec).expect("the producer takes the record");
         p.poll(Duration::ZERO);
     }
     p.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Produces `(key, value)` string pairs and waits for every acknowledgement.
+pub fn send_keyed(topic: &str, records: &[(String, String)]) {
+    let r: Vec<(Option<&str>, &[u8], &[(&str, &str)])> =
+        records.iter().map(|(k, v)| (Some(k.as_str()), v.as_bytes(), &[][..])).collect();
+    produce(topic, &r);
 }
 
 /// An independent reader that assigns every partition of `topic` from the beginning (no group).
