@@ -52,6 +52,8 @@ pub struct Config {
     #[serde(default)]
     pub variants: VariantsConfig,
     #[serde(default)]
+    pub fallback: FallbackConfig,
+    #[serde(default)]
     pub processing: ProcessingConfig,
     #[serde(default)]
     pub monitor: MonitorConfig,
@@ -246,7 +248,7 @@ impl Default for WindowsConfig {
 }
 
 /// A/B and shadow variants next to the primary model (`model.version`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VariantsConfig {
     /// A candidate version that takes `share` of the series (sticky by `series_id` hash).
@@ -254,6 +256,87 @@ pub struct VariantsConfig {
     /// A version that scores every event; its predictions go to `topics.shadow`, never to
     /// `predictions`, and the monitor scores them.
     pub shadow: Option<ShadowConfig>,
+    /// The monitor rolls a candidate back when its rolling RMSE exceeds the primary's by this
+    /// fraction (0.1 = 10 % worse).
+    pub rollback_margin: f64,
+    /// Roll a worse candidate back automatically (`model_rollback`).
+    pub auto_rollback: bool,
+    /// The monitor promotes a candidate whose rolling RMSE is below the primary's by this fraction.
+    pub promote_margin: f64,
+    /// Promote a better candidate automatically (`model_promoted`); otherwise an operator runs
+    /// `streamcast models promote`.
+    pub auto_promote: bool,
+    /// Joined actuals each of primary and candidate needs in its rolling window before a decision.
+    pub decision_min_joined: usize,
+}
+
+impl Default for VariantsConfig {
+    fn default() -> Self {
+        VariantsConfig {
+            candidate: None,
+            shadow: None,
+            rollback_margin: 0.1,
+            auto_rollback: true,
+            promote_margin: 0.1,
+            auto_promote: false,
+            decision_min_joined: 500,
+        }
+    }
+}
+
+/// What serves when the primary cannot: `[fallback]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackConfig {
+    /// `none`, `last_value`, `seasonal_naive` or `bundle`.
+    pub kind: FallbackKind,
+    /// Season length in steps for `seasonal_naive` (at most the bundle's window).
+    pub season: usize,
+    /// For `kind = "bundle"`: a pinned version of `model.name`, or of `model` when set.
+    #[serde(deserialize_with = "string_or_number")]
+    pub version: String,
+    /// For `kind = "bundle"`: another model name under `model.root` (default: `model.name`).
+    pub model: Option<String>,
+    /// The breaker opens when at least this fraction of the last `window` batches failed.
+    pub error_rate: f64,
+    /// Batches the failure rate is measured over.
+    pub window: usize,
+    /// Batches needed in the window before the rate is judged.
+    pub min_batches: usize,
+    /// A batch whose inference takes longer than this counts as a failure ("0s": no budget).
+    #[serde(with = "humantime_serde")]
+    pub batch_budget: Duration,
+    /// How long the breaker stays open before a half-open probe.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    /// Consecutive good half-open batches that close the breaker.
+    pub close_after: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackKind {
+    None,
+    LastValue,
+    SeasonalNaive,
+    Bundle,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            kind: FallbackKind::None,
+            season: 0,
+            version: String::new(),
+            model: None,
+            error_rate: 0.5,
+            window: 20,
+            min_batches: 5,
+            batch_budget: Duration::ZERO,
+            open_for: Duration::from_secs(30),
+            close_after: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -519,6 +602,45 @@ impl Config {
                 if v.is_empty() || v == "latest" || v.contains(['/', '\\']) || v.starts_with('.') {
                     return Err(ConfigError::key(key, "must be a pinned version directory name"));
                 }
+            }
+        }
+        let v = &self.variants;
+        for (key, ok) in [
+            ("variants.rollback_margin", v.rollback_margin.is_finite() && v.rollback_margin >= 0.0),
+            ("variants.promote_margin", v.promote_margin.is_finite() && (0.0..1.0).contains(&v.promote_margin)),
+            ("variants.decision_min_joined", v.decision_min_joined >= 1),
+        ] {
+            if !ok {
+                return Err(ConfigError::key(key, "is out of range (see the README's variants section)"));
+            }
+        }
+        let f = &self.fallback;
+        match f.kind {
+            FallbackKind::SeasonalNaive if f.season == 0 => {
+                return Err(ConfigError::key("fallback.season", "must be at least 1 for `seasonal_naive`"));
+            }
+            FallbackKind::Bundle
+                if f.version.is_empty()
+                    || f.version == "latest"
+                    || f.version.contains(['/', '\\'])
+                    || f.version.starts_with('.') =>
+            {
+                return Err(ConfigError::key("fallback.version", "must be a pinned version directory name"));
+            }
+            _ => {}
+        }
+        if f.model.as_ref().is_some_and(|m| m.is_empty() || m.contains(['/', '\\']) || m.starts_with('.')) {
+            return Err(ConfigError::key("fallback.model", "must be a plain directory name under model.root"));
+        }
+        for (key, ok) in [
+            ("fallback.error_rate", f.error_rate > 0.0 && f.error_rate <= 1.0),
+            ("fallback.window", f.window >= 1),
+            ("fallback.min_batches", f.min_batches >= 1 && f.min_batches <= f.window),
+            ("fallback.open_for", !f.open_for.is_zero()),
+            ("fallback.close_after", f.close_after >= 1),
+        ] {
+            if !ok {
+                return Err(ConfigError::key(key, "is out of range (see the README's fallback section)"));
             }
         }
         if self.windows.max_series == 0 {

@@ -463,6 +463,10 @@ pub struct PredictionOut<'a> {
     /// True when the series had fewer than `window` observations and the window was left-padded.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub warmup: bool,
+    /// True when the fallback served this prediction (circuit breaker open, or the primary
+    /// failed the batch); `model` then names the fallback.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 impl PredictionOut<'_> {
@@ -486,6 +490,8 @@ pub struct Prediction {
     pub produced_at: String,
     #[serde(default)]
     pub warmup: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 /// An `actuals` message; `actual` may be a bare number when the horizon is 1.
@@ -608,6 +614,7 @@ mod tests {
             latency_ms: 0.5,
             produced_at: "p",
             warmup: false,
+            fallback: false,
         };
         let mut buf = Vec::new();
         p.encode(&mut buf);

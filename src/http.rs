@@ -185,6 +185,7 @@ async fn predict(State(s): State<AppState>, body: Result<Bytes, BytesRejection>)
                 latency_ms: received.elapsed().as_secs_f64() * 1e3,
                 produced_at: scored.produced_at,
                 warmup: false,
+                fallback: scored.fallback,
             }),
             Ok(Err(reason)) => {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, "inference_error", reason, batch.then_some(i))

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bundle::{self, Bundle, BundleError};
-use crate::config::Config;
+use crate::config::{Config, FallbackKind};
 use crate::http::{self, AppState, Readiness};
+use crate::inference::breaker::{FallbackError, FallbackModel, Naive};
 use crate::inference::{InferenceError, Model, SessionOptions};
 use crate::pipeline::{PipelineError, Worker};
 use crate::shutdown::Shutdown;
@@ -26,6 +27,8 @@ pub enum RunError {
     Monitor(#[from] crate::monitor::MonitorError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Fallback(#[from] FallbackError),
 }
 
 impl RunError {
@@ -33,7 +36,7 @@ impl RunError {
     /// to runtime failures (exit code 1).
     pub fn is_setup_error(&self) -> bool {
         match self {
-            RunError::Bundle(_) | RunError::Listen { .. } => true,
+            RunError::Bundle(_) | RunError::Listen { .. } | RunError::Fallback(_) => true,
             RunError::Inference(e) => {
                 matches!(e, InferenceError::Bundle(_) | InferenceError::Cuda(_) | InferenceError::Runtime(_))
             }
@@ -85,11 +88,11 @@ fn alert_provider_fallback(config: &Config, model: &crate::event::ModelRef, reas
     }
 }
 
-/// Loads the configured candidate and shadow versions; each must keep the primary's features,
-/// window and horizon, since they score the same windows.
+/// Loads the configured candidate, shadow and fallback; each bundle must keep the primary's
+/// features, window and horizon, since they score the same windows.
 fn load_variants(config: &Config, primary: &Bundle) -> Result<crate::pipeline::Variants, RunError> {
-    let load = |version: &str| -> Result<Model, RunError> {
-        let dir = bundle::resolve(&config.model.root, &config.model.name, version)?;
+    let load = |name: &str, version: &str| -> Result<Model, RunError> {
+        let dir = bundle::resolve(&config.model.root, name, version)?;
         let b = Bundle::load(&dir)?;
         let (p, m) = (&primary.manifest, &b.manifest);
         if m.features != p.features || m.window != p.window || m.horizon != p.horizon {
@@ -108,9 +111,22 @@ fn load_variants(config: &Config, primary: &Bundle) -> Result<crate::pipeline::V
         Ok(model)
     };
     let v = &config.variants;
+    let name = config.model.name.as_str();
+    let f = &config.fallback;
+    let fallback = match f.kind {
+        FallbackKind::None => None,
+        FallbackKind::LastValue | FallbackKind::SeasonalNaive => {
+            Some(FallbackModel::Naive(Naive::for_manifest(&primary.manifest, f.kind, f.season)?))
+        }
+        FallbackKind::Bundle => Some(FallbackModel::Bundle(load(f.model.as_deref().unwrap_or(name), &f.version)?)),
+    };
+    if let Some(fb) = &fallback {
+        tracing::info!(fallback = %fb.model_ref().version, model = %fb.model_ref().name, "Fallback ready.");
+    }
     Ok(crate::pipeline::Variants {
-        candidate: v.candidate.as_ref().map(|c| load(&c.version).map(|m| (m, c.share))).transpose()?,
-        shadow: v.shadow.as_ref().map(|c| load(&c.version)).transpose()?,
+        candidate: v.candidate.as_ref().map(|c| load(name, &c.version).map(|m| (m, c.share))).transpose()?,
+        shadow: v.shadow.as_ref().map(|c| load(name, &c.version)).transpose()?,
+        fallback,
     })
 }
 
@@ -198,6 +214,12 @@ pub async fn start(
             doc["models"].as_array_mut().expect("models is an array").push(serde_json::json!({
                 "name": m.model_ref().name, "version": m.model_ref().version, "variant": "candidate",
                 "traffic_share": share, "routing": "sticky by series_id hash",
+            }));
+        }
+        if let Some(f) = &variants.fallback {
+            doc["models"].as_array_mut().expect("models is an array").push(serde_json::json!({
+                "name": f.model_ref().name, "version": f.model_ref().version, "variant": "fallback",
+                "traffic_share": 0.0, "serves": "batches the primary fails, and all while the circuit breaker is open",
             }));
         }
         if let Some(m) = &variants.shadow {

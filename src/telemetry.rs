@@ -57,6 +57,17 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     /// 1 when CUDA was asked for (`auto`) and the worker fell back to CPU.
     pub execution_provider_fallback: IntGauge,
+    /// Batches handed to the inference thread and not yet handed to the producer (0 or 1 per
+    /// worker: one inference thread scores one batch at a time).
+    pub in_flight_batches: IntGauge,
+    /// 1 while the circuit breaker is open (the fallback serves every batch).
+    pub fallback_active: IntGauge,
+    /// Predictions served by the fallback (breaker open, or the primary failed that batch).
+    pub fallback_predictions: IntCounter,
+    /// Breaker state changes, by new state (`open`, `closed`).
+    pub breaker_transitions: IntCounterVec,
+    /// Label-driven decisions applied to the A/B candidate, by kind (`rollback`, `promote`).
+    pub variant_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -154,6 +165,25 @@ impl Metrics {
                 "streamcast_model_reloads_total",
                 "New model versions found by the registry watcher, by result.",
                 &["result"],
+            ),
+            in_flight_batches: gauge(
+                "streamcast_in_flight_batches",
+                "Batches being scored or published by the inference thread.",
+            ),
+            fallback_active: gauge("streamcast_fallback_active", "1 while the circuit breaker is open."),
+            fallback_predictions: counter(
+                "streamcast_fallback_predictions_total",
+                "Predictions served by the fallback instead of the primary.",
+            ),
+            breaker_transitions: counter_vec(
+                "streamcast_breaker_transitions_total",
+                "Circuit breaker state changes, by new state.",
+                &["state"],
+            ),
+            variant_decisions: counter_vec(
+                "streamcast_variant_decisions_total",
+                "Rollback and promotion decisions applied to the A/B candidate.",
+                &["decision"],
             ),
             registry,
         };

@@ -7,6 +7,7 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
+use super::breaker::{Breaker, FallbackModel, Transition};
 use super::cache::PredictionCache;
 use super::{InferenceError, Model};
 use crate::event::ModelRef;
@@ -23,6 +24,8 @@ pub struct Job<O> {
 
 /// Receives the results of each batch, in the order the jobs arrived.
 pub trait JobSink<O> {
+    /// A batch is about to be scored (for an in-flight gauge).
+    fn batch_started(&mut self) {}
     fn batch(&mut self, outcome: BatchOutcome<'_, O>);
 }
 
@@ -41,6 +44,19 @@ pub struct BatchOutcome<'a, O> {
     pub candidate: Option<&'a ModelRef>,
     /// The shadow model and its predictions for every job (`jobs.len() · H`), when configured.
     pub shadow: Option<(&'a ModelRef, &'a [f32])>,
+    /// Set when the fallback scored every job of this batch (breaker open, or the primary failed).
+    pub fallback: Option<&'a ModelRef>,
+    /// The breaker changed state with this batch, with the primary's last error if any.
+    pub breaker: Option<(Transition, Option<String>)>,
+}
+
+/// A label-driven decision about the A/B candidate, applied between two batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VariantControl {
+    /// Stop routing to the candidate of this version: its series go back to the primary.
+    Rollback { candidate_version: String },
+    /// The candidate of this version becomes the primary for all series.
+    Promote { candidate_version: String },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +81,9 @@ pub struct Batcher {
     misses: Vec<usize>,
     miss_inputs: Vec<f32>,
     miss_outputs: Vec<f32>,
+    /// The fallback and the breaker that decides when it serves.
+    fallback: Option<(FallbackModel, Breaker)>,
+    controls: Option<Receiver<VariantControl>>,
 }
 
 impl Batcher {
@@ -82,6 +101,59 @@ impl Batcher {
             misses: Vec::new(),
             miss_inputs: Vec::new(),
             miss_outputs: Vec::new(),
+            fallback: None,
+            controls: None,
+        }
+    }
+
+    /// Serves batches with `fallback` while `breaker` is open, and any batch the primary fails.
+    pub fn with_fallback(mut self, fallback: FallbackModel, breaker: Breaker) -> Batcher {
+        self.fallback = Some((fallback, breaker));
+        self
+    }
+
+    /// Accepts rollback and promotion decisions about the candidate.
+    pub fn with_controls(mut self, controls: Receiver<VariantControl>) -> Batcher {
+        self.controls = Some(controls);
+        self
+    }
+
+    /// Applies pending decisions; one naming a candidate version that is not (or no longer) the
+    /// configured candidate is ignored, so a replayed or repeated decision is harmless.
+    fn apply_controls(&mut self) {
+        let Some(rx) = &self.controls else { return };
+        while let Ok(control) = rx.try_recv() {
+            let (Some(candidate), version) = (
+                self.candidate.as_ref(),
+                match &control {
+                    VariantControl::Rollback { candidate_version } | VariantControl::Promote { candidate_version } => {
+                        candidate_version
+                    }
+                },
+            ) else {
+                continue;
+            };
+            if candidate.model_ref().version != *version {
+                continue;
+            }
+            let candidate = self.candidate.take().expect("checked above");
+            match control {
+                VariantControl::Rollback { .. } => {
+                    tracing::warn!(
+                        candidate = %version,
+                        primary = %self.model.model_ref().version,
+                        "Candidate rolled back: its series are served by the primary again."
+                    );
+                }
+                VariantControl::Promote { .. } => {
+                    tracing::warn!(
+                        from = %self.model.model_ref().version,
+                        to = %version,
+                        "Candidate promoted: it now serves every series as the primary."
+                    );
+                    self.model = candidate;
+                }
+            }
         }
     }
 
@@ -155,6 +227,7 @@ impl Batcher {
                 }
             }
             self.swap_if_reloaded();
+            self.apply_controls();
             self.score(&mut batch, sink);
             batch.clear();
             if disconnected {
@@ -165,20 +238,37 @@ impl Batcher {
 
     /// Scores one batch and hands it to `sink`.
     pub fn score<O, S: JobSink<O>>(&mut self, batch: &mut Vec<Job<O>>, sink: &mut S) {
+        sink.batch_started();
         let start = Instant::now();
         let (hits0, misses0) = self.cache_counts();
-        let variants = self.candidate.is_some() || self.shadow.is_some();
-        let result = match self.cache.is_some() && !variants {
-            false if variants => self.score_variants(batch),
-            false => {
+        let use_primary = self.fallback.as_mut().is_none_or(|(_, breaker)| breaker.allow_primary(start));
+        let mut result = if use_primary { self.score_primary(batch) } else { Err(InferenceError::BreakerOpen) };
+        let mut breaker_transition = None;
+        let mut served_by_fallback = false;
+        if let Some((fallback, breaker)) = self.fallback.as_mut() {
+            if use_primary {
+                let good = breaker.judge(result.is_ok(), start.elapsed());
+                if let Some(t) = breaker.record(good, Instant::now()) {
+                    let error = match &result {
+                        Err(e) => Some(e.to_string()),
+                        Ok(()) if !good => Some(format!("batch took {:?}, over the budget", start.elapsed())),
+                        Ok(()) => None,
+                    };
+                    breaker_transition = Some((t, error));
+                }
+                if let Err(error) = &result {
+                    tracing::warn!(%error, batch = batch.len(), "Primary inference failed; the fallback serves this batch.");
+                }
+            }
+            if result.is_err() {
                 self.inputs.clear();
                 for job in batch.iter() {
                     self.inputs.extend_from_slice(&job.input);
                 }
-                self.model.predict(&self.inputs, batch.len(), &mut self.outputs)
+                result = fallback.predict(&self.inputs, batch.len(), &mut self.outputs);
+                served_by_fallback = result.is_ok();
             }
-            true => self.score_cached(batch),
-        };
+        }
         let inference_time = start.elapsed();
         let horizon = self.model.horizon();
         let (hits1, misses1) = self.cache_counts();
@@ -194,9 +284,31 @@ impl Batcher {
             cache_hits: hits1 - hits0,
             cache_misses: misses1 - misses0,
             candidate: self.candidate.as_ref().map(Model::model_ref),
-            shadow: self.shadow.as_ref().map(|m| (m.model_ref(), &self.shadow_outputs[..])),
+            shadow: self
+                .shadow
+                .as_ref()
+                .filter(|_| !served_by_fallback)
+                .map(|m| (m.model_ref(), &self.shadow_outputs[..])),
+            fallback: self.fallback.as_ref().filter(|_| served_by_fallback).map(|(f, _)| f.model_ref()),
+            breaker: breaker_transition,
         };
         sink.batch(outcome);
+    }
+
+    /// The primary's (and the variants') predictions for one batch, through the cache if any.
+    fn score_primary<O>(&mut self, batch: &[Job<O>]) -> Result<(), InferenceError> {
+        let variants = self.candidate.is_some() || self.shadow.is_some();
+        match self.cache.is_some() && !variants {
+            false if variants => self.score_variants(batch),
+            false => {
+                self.inputs.clear();
+                for job in batch {
+                    self.inputs.extend_from_slice(&job.input);
+                }
+                self.model.predict(&self.inputs, batch.len(), &mut self.outputs)
+            }
+            true => self.score_cached(batch),
+        }
     }
 
     /// Scores primary-routed and candidate-routed rows with their models, and all rows with the

@@ -3,15 +3,17 @@
 //!
 //! - [`runtime`]: finds `libonnxruntime.so` and creates the process-wide environment.
 //! - [`model`]: a bundle plus its session; signature and golden checks; CUDA/CPU choice.
+//! - [`breaker`]: the circuit breaker and the fallback (second bundle or naive forecast).
 //! - [`cache`]: the optional LRU of predictions for repeated windows.
 //! - [`batcher`]: the dedicated thread that owns a [`model::Model`] and scores micro-batches.
 
 pub mod batcher;
+pub mod breaker;
 pub mod cache;
 pub mod model;
 pub mod runtime;
 
-pub use batcher::{BatchOutcome, Batcher, BatchingOptions, Job, JobSink};
+pub use batcher::{BatchOutcome, Batcher, BatchingOptions, Job, JobSink, VariantControl};
 pub use model::{Model, Provider, ProviderReport, SessionOptions};
 
 use crate::bundle::BundleError;
@@ -34,4 +36,7 @@ pub enum InferenceError {
     Shape(String),
     #[error("the model produced a non-finite prediction")]
     NonFinite,
+    /// The breaker is open: the primary is not being called.
+    #[error("the circuit breaker is open")]
+    BreakerOpen,
 }

@@ -24,12 +24,13 @@ use rdkafka::producer::Producer as _;
 
 use crate::config::Config;
 use crate::event::FeatureSchema;
-use crate::inference::{Batcher, BatchingOptions, Model};
+use crate::inference::breaker::{Breaker, BreakerOptions};
+use crate::inference::{Batcher, BatchingOptions, Model, VariantControl};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 use crate::window::WindowStore;
 use consumer::{ConsumerLoop, LoopState, WorkerContext};
-use publish::{DeliveryContext, KafkaSink, Producer, Publisher, Token};
+use publish::{AlertSink, DeliveryContext, KafkaSink, Producer, Publisher, Token};
 
 /// Errors of the streaming pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +47,13 @@ pub enum PipelineError {
     Panicked(&'static str),
 }
 
-/// Models next to the primary: an A/B candidate with its share of series, and a shadow.
+/// Models next to the primary: an A/B candidate with its share of series, a shadow, and the
+/// fallback that serves while the circuit breaker is open.
 #[derive(Default)]
 pub struct Variants {
     pub candidate: Option<(Model, f64)>,
     pub shadow: Option<Model>,
+    pub fallback: Option<crate::inference::breaker::FallbackModel>,
 }
 
 /// Where a job for the inference thread came from.
@@ -68,6 +71,8 @@ pub struct Scored {
     pub prediction: Vec<f32>,
     pub model: crate::event::ModelRef,
     pub produced_at: String,
+    /// Served by the fallback rather than the selected model.
+    pub fallback: bool,
 }
 
 /// A `/predict` event waiting for its prediction.
@@ -222,6 +227,9 @@ pub struct Worker {
     pub requests: Arc<RequestGate>,
     /// The registry watcher's way to hand the inference thread a new model.
     pub reloads: std::sync::mpsc::SyncSender<Model>,
+    /// Rollback and promotion decisions for the inference thread.
+    pub controls: std::sync::mpsc::SyncSender<VariantControl>,
+    alerts: Arc<AlertSink>,
 }
 
 impl Worker {
@@ -287,15 +295,26 @@ impl Worker {
             max_batch_size: config.batching.max_batch_size,
             max_wait: Duration::from_millis(config.batching.max_wait_ms),
         };
-        let mut sink = KafkaSink::new(publisher.clone(), metrics.clone());
+        let alerts = Arc::new(AlertSink::new(config).map_err(PipelineError::Client)?);
+        let fallback_ref = variants.fallback.as_ref().map(|f| f.model_ref().clone());
+        let mut sink = KafkaSink::new(publisher.clone(), metrics.clone()).with_alerts(
+            alerts.clone(),
+            &model.model_ref().name,
+            fallback_ref,
+        );
         let (reloads, reloads_rx) = sync_channel(1);
+        let (controls, controls_rx) = sync_channel(8);
         let candidate_share = variants.candidate.as_ref().map(|(_, share)| *share);
         let has_candidate = variants.candidate.is_some();
         let mut batcher = Batcher::new(model, batching)
             .with_reloads(reloads_rx)
-            .with_variants(variants.candidate.map(|(m, _)| m), variants.shadow);
+            .with_variants(variants.candidate.map(|(m, _)| m), variants.shadow)
+            .with_controls(controls_rx);
         if config.cache.enabled {
             batcher = batcher.with_cache(config.cache.max_entries);
+        }
+        if let Some(fallback) = variants.fallback {
+            batcher = batcher.with_fallback(fallback, Breaker::new(BreakerOptions::from_config(&config.fallback)));
         }
         let inference_thread = std::thread::Builder::new()
             .name("streamcast-inference".into())
@@ -323,6 +342,8 @@ impl Worker {
             assigned,
             requests,
             reloads,
+            controls,
+            alerts,
         })
     }
 
@@ -340,6 +361,7 @@ impl Worker {
         if let Err(error) = self.producer.flush(self.flush_timeout) {
             tracing::warn!(%error, "Producer flush at shutdown failed.");
         }
+        self.alerts.flush(self.flush_timeout);
         consumer.and(inference)
     }
 }

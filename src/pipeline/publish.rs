@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use super::{Origin, Scored};
-use crate::event::{now_rfc3339, PredictionOut, RejectKind, Variant};
+use crate::event::{now_rfc3339, ModelRef, PredictionOut, RejectKind, Variant};
+use crate::inference::breaker::Transition;
 use crate::inference::{BatchOutcome, JobSink};
+use crate::monitor::alerts::Alert;
 use crate::telemetry::Metrics;
 
 /// The partition a shadow record's token carries: its report is informational only.
@@ -184,21 +186,122 @@ impl Publisher {
     }
 }
 
+/// Publishes the worker's own alerts (breaker, decisions) on a producer of their own: sending
+/// only enqueues, so the inference thread never waits on the broker, and alert records never
+/// share the delivery-report channel that is sized for input offsets.
+pub struct AlertSink {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+}
+
+impl AlertSink {
+    pub fn new(config: &crate::config::Config) -> Result<AlertSink, KafkaError> {
+        Ok(AlertSink { producer: super::client_config(config).create()?, topic: config.topics.alerts.clone() })
+    }
+
+    /// Logs the alert at WARN and enqueues it; a full queue loses the record, never the log.
+    pub fn send(&self, alert: &Alert) {
+        tracing::warn!(kind = alert.kind, model = %alert.model.name, details = %alert.details, "Alert.");
+        let body = serde_json::to_vec(alert).expect("alert serializes");
+        let record: BaseRecord<'_, str, [u8]> =
+            BaseRecord::to(self.topic.as_str()).key(alert.model.name.as_str()).payload(&body[..]);
+        if let Err((error, _)) = self.producer.send(record) {
+            tracing::warn!(%error, kind = alert.kind, "Could not enqueue the alert.");
+        }
+    }
+
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer as _;
+        if let Err(error) = self.producer.flush(timeout) {
+            tracing::warn!(%error, "Alert producer flush failed.");
+        }
+    }
+}
+
 /// Publishes each scored batch: predictions on success, dead letters when inference failed.
 pub struct KafkaSink {
     publisher: Publisher,
     metrics: Arc<Metrics>,
     buf: Vec<u8>,
+    alerts: Option<Arc<AlertSink>>,
+    /// The primary's name, which keys the breaker's alerts, and the configured fallback.
+    model_name: String,
+    fallback: Option<ModelRef>,
 }
 
 impl KafkaSink {
     pub fn new(publisher: Publisher, metrics: Arc<Metrics>) -> KafkaSink {
-        KafkaSink { publisher, metrics, buf: Vec::with_capacity(512) }
+        KafkaSink {
+            publisher,
+            metrics,
+            buf: Vec::with_capacity(512),
+            alerts: None,
+            model_name: String::new(),
+            fallback: None,
+        }
+    }
+
+    /// Publishes `fallback_active` when the breaker opens and when it closes.
+    pub fn with_alerts(mut self, alerts: Arc<AlertSink>, model_name: &str, fallback: Option<ModelRef>) -> KafkaSink {
+        self.alerts = Some(alerts);
+        self.model_name = model_name.to_string();
+        self.fallback = fallback;
+        self
+    }
+
+    fn on_breaker(&self, transition: Transition, error: Option<&str>, primary: &ModelRef) {
+        let (state, details) = match transition {
+            Transition::Opened { failures, batches } => {
+                tracing::error!(failures, batches, error, "Circuit breaker opened: the fallback serves every batch.");
+                ("firing", serde_json::json!({"failed_batches": failures, "batches": batches}))
+            }
+            Transition::Reopened => {
+                tracing::warn!(error, "Half-open probe failed: the circuit breaker is open again.");
+                self.metrics.breaker_transitions.with_label_values(&["open"]).inc();
+                return;
+            }
+            Transition::Closed => {
+                tracing::info!("Circuit breaker closed: the primary serves again.");
+                ("resolved", serde_json::json!({}))
+            }
+        };
+        let open = state == "firing";
+        self.metrics.fallback_active.set(i64::from(open));
+        self.metrics.breaker_transitions.with_label_values(&[if open { "open" } else { "closed" }]).inc();
+        let Some(alerts) = &self.alerts else { return };
+        let mut details = details;
+        details["state"] = state.into();
+        details["primary"] = serde_json::to_value(primary).expect("serializes");
+        details["fallback"] = serde_json::to_value(&self.fallback).expect("serializes");
+        if let Some(e) = error {
+            details["last_error"] = e.into();
+        }
+        alerts.send(&Alert {
+            kind: "fallback_active",
+            model: ModelRef { name: self.model_name.clone(), version: primary.version.clone() },
+            variant: Some("primary"),
+            at: now_rfc3339(),
+            details,
+        });
     }
 }
 
 impl JobSink<Origin> for KafkaSink {
+    fn batch_started(&mut self) {
+        self.metrics.in_flight_batches.inc();
+    }
+
     fn batch(&mut self, outcome: BatchOutcome<'_, Origin>) {
+        if let Some((transition, error)) = &outcome.breaker {
+            self.on_breaker(*transition, error.as_deref(), outcome.model);
+        }
+        self.publish_batch(outcome);
+        self.metrics.in_flight_batches.dec();
+    }
+}
+
+impl KafkaSink {
+    fn publish_batch(&mut self, outcome: BatchOutcome<'_, Origin>) {
         let n = outcome.jobs.len();
         self.metrics.batch_size.observe(n as f64);
         self.metrics.inference_duration.observe(outcome.inference_time.as_secs_f64());
@@ -231,11 +334,14 @@ impl JobSink<Origin> for KafkaSink {
         let h = outcome.horizon;
         let mut streamed = [0u64; 2];
         let shadow = outcome.shadow;
+        let fallback = outcome.fallback.is_some();
         for (row, (job, prediction)) in outcome.jobs.drain(..).zip(predictions.chunks_exact(h)).enumerate() {
             let (model, variant) = match (job.candidate, outcome.candidate) {
                 (true, Some(candidate)) => (candidate, Variant::Candidate),
                 _ => (outcome.model, Variant::Primary),
             };
+            // The routed variant stays; the model that actually answered is the fallback.
+            let model = outcome.fallback.unwrap_or(model);
             let o = match job.origin {
                 Origin::Stream(o) => o,
                 Origin::Request(r) => {
@@ -243,6 +349,7 @@ impl JobSink<Origin> for KafkaSink {
                         prediction: prediction.to_vec(),
                         model: model.clone(),
                         produced_at: produced_at.clone(),
+                        fallback,
                     }));
                     continue;
                 }
@@ -258,6 +365,7 @@ impl JobSink<Origin> for KafkaSink {
                 latency_ms: latency.as_secs_f64() * 1e3,
                 produced_at: &produced_at,
                 warmup: o.warmup,
+                fallback,
             }
             .encode(&mut self.buf);
             self.publisher.prediction(o.token, &o.series_id, &self.buf, o.traceparent.as_deref());
@@ -274,6 +382,7 @@ impl JobSink<Origin> for KafkaSink {
                     latency_ms: latency.as_secs_f64() * 1e3,
                     produced_at: &produced_at,
                     warmup: o.warmup,
+                    fallback: false,
                 }
                 .encode(&mut self.buf);
                 self.publisher.shadow(o.token, &o.series_id, &self.buf);
@@ -282,5 +391,8 @@ impl JobSink<Origin> for KafkaSink {
         }
         self.metrics.predictions.with_label_values(&["primary"]).inc_by(streamed[0]);
         self.metrics.predictions.with_label_values(&["candidate"]).inc_by(streamed[1]);
+        if fallback {
+            self.metrics.fallback_predictions.inc_by(streamed[0] + streamed[1]);
+        }
     }
 }
