@@ -29,7 +29,7 @@ enum Command {
     Demo(DemoArgs),
     /// Send a CSV or JSONL file of observations (and optionally delayed actuals) to Kafka.
     Produce(ProduceArgs),
-    /// Batch prediction over a CSV or JSONL file with a bundle, no Kafka.
+    /// Batch prediction over a CSV, Parquet or JSONL file with a bundle, no Kafka.
     Predict(PredictArgs),
     /// Work with model bundles.
     #[command(subcommand)]
@@ -122,10 +122,11 @@ struct ProduceArgs {
 
 #[derive(Args)]
 struct PredictArgs {
-    /// Input: JSONL of InputEvents, or CSV with `timestamp`, optional `id` and `series_id`, and
-    /// one column per bundle feature.
+    /// Input: JSONL of InputEvents, or CSV or Parquet (`.parquet`) with `timestamp`, optional `id`
+    /// and `series_id`, and one column per bundle feature. Parquet timestamps are strings or
+    /// timestamp columns; Snappy, gzip, LZ4 or uncompressed.
     input: PathBuf,
-    /// Output file (`.csv` for CSV, else JSONL); standard output (JSONL) when absent.
+    /// Output file (`.csv` for CSV, else JSONL; not Parquet); standard output (JSONL) when absent.
     #[arg(long, short)]
     output: Option<PathBuf>,
     #[arg(long, default_value = "models")]
