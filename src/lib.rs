@@ -14,6 +14,8 @@
 //! - [`inference`]: ONNX Runtime loading, model sessions, execution providers, micro-batching.
 //! - [`pipeline`]: consumer loop, offset tracking, producer and dead-letter queue.
 //! - [`monitor`]: the side task: actuals join, rolling error, drift, alerts, retraining triggers.
+//! - [`decisions`]: label-driven rollback/promotion of the A/B candidate: the rule, and the
+//!   follower that applies published decisions on every replica.
 //! - [`produce`]: `streamcast produce`: send a CSV/JSONL file (and delayed actuals) to Kafka.
 //! - [`registry`]: watches the model root; validates and hands new versions to the inference thread.
 //! - [`serve`]: `streamcast run`: wires the model, pipeline, HTTP server and signals.
@@ -26,6 +28,7 @@
 pub mod batch;
 pub mod bundle;
 pub mod config;
+pub mod decisions;
 pub mod demo;
 pub mod event;
 pub mod http;

@@ -159,6 +159,24 @@ enum ModelsCommand {
     Inspect(ModelRefArgs),
     /// Fully validate a bundle: manifest, ONNX signature and golden cases.
     Validate(ModelRefArgs),
+    /// Promote the configured A/B candidate to primary on every replica (operator decision).
+    ///
+    /// Publishes a `model_promoted` alert; each worker's decision follower applies it between two
+    /// batches. It lasts until the workers are configured with another candidate: pin
+    /// `model.version` to the candidate to make it permanent.
+    Promote(DecisionArgs),
+    /// Roll the configured A/B candidate back on every replica (operator decision).
+    Rollback(DecisionArgs),
+}
+
+#[derive(Args)]
+struct DecisionArgs {
+    /// The workers' config file (topics, model name and `[variants.candidate]`).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Why, recorded in the alert's details.
+    #[arg(long, default_value = "operator decision")]
+    reason: String,
 }
 
 #[derive(Args)]
@@ -220,6 +238,19 @@ fn is_usage_error(error: &anyhow::Error) -> bool {
                 )
             })
     })
+}
+
+fn decide(args: DecisionArgs, verdict: streamcast::decisions::Verdict) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref(), std::env::vars())?;
+    let Some(candidate) = &config.variants.candidate else {
+        return Err(UsageError("the config has no [variants.candidate] to promote or roll back".into()).into());
+    };
+    let alert = streamcast::decisions::publish_operator_decision(&config, verdict, &candidate.version, &args.reason)?;
+    println!(
+        "published {} for {} candidate version {} (primary {}) to {}",
+        alert.kind, alert.model.name, alert.model.version, config.model.version, config.topics.alerts
+    );
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -410,6 +441,8 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
             println!("golden:     {} cases", m.golden.len());
             Ok(())
         }
+        ModelsCommand::Promote(args) => decide(args, streamcast::decisions::Verdict::Promote),
+        ModelsCommand::Rollback(args) => decide(args, streamcast::decisions::Verdict::Rollback),
         ModelsCommand::Validate(args) => {
             let dir = bundle_dir(&args)?;
             let b = Bundle::load(&dir)?;

@@ -164,6 +164,8 @@ pub enum Role {
 pub struct Running {
     pub worker: Option<Worker>,
     pub registry: Option<std::thread::JoinHandle<()>>,
+    /// Follows rollback/promotion decisions when a candidate is configured.
+    pub decisions: Option<std::thread::JoinHandle<()>>,
     pub monitor: Option<std::thread::JoinHandle<()>>,
     pub model: crate::event::ModelRef,
     pub provider: crate::inference::ProviderReport,
@@ -178,7 +180,7 @@ pub async fn start(
     shutdown: Shutdown,
     role: Role,
 ) -> Result<Running, RunError> {
-    let (worker, models, model_ref, provider, bundle) = if role == Role::Monitor {
+    let (worker, models, model_ref, provider, bundle, candidate_ref) = if role == Role::Monitor {
         let dir = bundle::resolve(&config.model.root, &config.model.name, &config.model.version)?;
         let bundle = Arc::new(Bundle::load(&dir)?);
         let m = &bundle.manifest;
@@ -186,7 +188,7 @@ pub async fn start(
         let doc = serde_json::json!({"models": [{"name": m.name, "version": m.version, "role": "monitor"}]});
         let report =
             crate::inference::ProviderReport { provider: crate::inference::Provider::Cpu, fallback_reason: None };
-        (None, doc, model_ref, report, bundle)
+        (None, doc, model_ref, report, bundle, None)
     } else {
         let config_for_load = config.clone();
         let model = tokio::task::spawn_blocking(move || load_model(&config_for_load))
@@ -228,8 +230,9 @@ pub async fn start(
                 "traffic_share": 0.0, "topic": config.topics.shadow,
             }));
         }
+        let candidate_ref = variants.candidate.as_ref().map(|(m, _)| m.model_ref().clone());
         let worker = Worker::start(config, model, variants, metrics.clone(), shutdown.clone())?;
-        (Some(worker), doc, model_ref, provider, bundle)
+        (Some(worker), doc, model_ref, provider, bundle, candidate_ref)
     };
     // A monitor-only process has no inference assignment to wait for; it is ready once running.
     let assigned = worker.as_ref().map_or_else(|| Arc::new(AtomicBool::new(true)), |w| w.assigned.clone());
@@ -251,6 +254,21 @@ pub async fn start(
             crate::registry::Served { model: model_ref.clone(), features: m.features.clone(), window: m.window };
         crate::registry::spawn(config, served, w.reloads.clone(), models.clone(), metrics.clone(), shutdown.clone())
     });
+    let decisions = match (worker.as_ref(), candidate_ref) {
+        (Some(w), Some(candidate)) => Some(
+            crate::decisions::spawn_follower(
+                config,
+                model_ref.clone(),
+                candidate,
+                w.controls.clone(),
+                models.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .map_err(|e| RunError::Pipeline(PipelineError::Client(e)))?,
+        ),
+        _ => None,
+    };
     let http_addr = if config.http.listen.is_empty() {
         None
     } else {
@@ -275,7 +293,7 @@ pub async fn start(
         tracing::info!(addr = %bound, "HTTP server listening.");
         Some(bound)
     };
-    Ok(Running { worker, registry, monitor, model: model_ref, provider, http_addr, readiness })
+    Ok(Running { worker, registry, decisions, monitor, model: model_ref, provider, http_addr, readiness })
 }
 
 /// Runs until SIGTERM/SIGINT (or a fatal error), then shuts down cleanly.
@@ -295,10 +313,13 @@ pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
         }
     }
     shutdown.trigger();
-    let Running { worker, monitor, registry, .. } = running;
+    let Running { worker, monitor, registry, decisions, .. } = running;
     tokio::task::spawn_blocking(move || {
         if let Some(r) = registry {
             let _ = r.join();
+        }
+        if let Some(d) = decisions {
+            let _ = d.join();
         }
         if let Some(m) = monitor {
             if m.join().is_err() {

@@ -166,6 +166,11 @@ struct State {
     /// One past the last record read, per (topic, partition).
     next: HashMap<(String, i32), i64>,
     metrics: MonitorMetrics,
+    /// The rollback/promotion rule and the configured candidate.
+    variants: crate::config::VariantsConfig,
+    /// A decision about the configured candidate was published (once per run: workers apply
+    /// each decision once, and a rolled-back candidate's window stops moving).
+    decided: bool,
 }
 
 /// Topic roles the monitor reads.
@@ -237,6 +242,8 @@ pub fn spawn(
         next: HashMap::new(),
         metrics: MonitorMetrics::register(registry),
         cfg,
+        variants: config.variants.clone(),
+        decided: false,
     };
     // The served model's primary variant always has a snapshot, so drift is published even
     // before any prediction has been read.
@@ -468,9 +475,15 @@ impl State {
         }
 
         let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut scores: Vec<Option<crate::decisions::VariantScore>> = Vec::with_capacity(self.keys.len());
         for (i, k) in self.keys.iter_mut().enumerate() {
             k.rolling.advance(now_ms);
             let stats = k.rolling.snapshot();
+            scores.push(stats.rmse.zip(stats.mae).map(|(rmse, mae)| crate::decisions::VariantScore {
+                rmse,
+                mae,
+                joined: stats.count,
+            }));
             let variant = variant_str(k.variant);
             if let Some(threshold) = self.threshold {
                 let enough = stats.count >= self.cfg.min_joined;
@@ -556,12 +569,59 @@ impl State {
             self.metrics.psi.with_label_values(&labels).set(s.psi.unwrap_or(f64::NAN));
             self.metrics.p_value.with_label_values(&labels).set(s.p_value.unwrap_or(f64::NAN));
         }
+        if let Some(a) = self.decide(&scores) {
+            alerts.push(a);
+        }
         for a in alerts {
             tracing::warn!(kind = a.kind, details = %a.details, "Alert.");
             let body = serde_json::to_vec(&a).expect("alert serializes");
             send(producer, &topics.alerts, &a.model.name, &body);
         }
         producer.poll(Duration::ZERO);
+    }
+
+    /// Applies the rollback/promotion rule to the configured primary and candidate, once.
+    fn decide(&mut self, scores: &[Option<crate::decisions::VariantScore>]) -> Option<Alert> {
+        use crate::decisions::{self, Verdict};
+        let candidate_version = &self.variants.candidate.as_ref()?.version;
+        if self.decided {
+            return None;
+        }
+        let find = |variant: Variant, version: &str| {
+            self.keys
+                .iter()
+                .position(|k| k.variant == variant && k.model.name == self.model.name && k.model.version == version)
+        };
+        let p = find(Variant::Primary, &self.model.version)?;
+        let c = find(Variant::Candidate, candidate_version)?;
+        let (primary, candidate) = (scores[p]?, scores[c]?);
+        let verdict = decisions::decide(&self.variants, primary, candidate)?;
+        self.decided = true;
+        let margin = match verdict {
+            Verdict::Rollback => self.variants.rollback_margin,
+            Verdict::Promote => self.variants.promote_margin,
+        };
+        let numbers = serde_json::json!({
+            "primary": primary, "candidate": candidate, "margin": margin,
+            "rmse_ratio": candidate.rmse / primary.rmse,
+            "rule": match verdict {
+                Verdict::Rollback => "candidate.rmse > primary.rmse * (1 + margin)",
+                Verdict::Promote => "candidate.rmse < primary.rmse * (1 - margin)",
+            },
+        });
+        let a = decisions::alert(verdict, &self.keys[c].model, &self.model, "monitor", numbers);
+        tracing::warn!(
+            decision = a.details["decision"].as_str().unwrap_or_default(),
+            candidate = %candidate_version,
+            candidate_rmse = candidate.rmse,
+            candidate_joined = candidate.joined,
+            primary = %self.model.version,
+            primary_rmse = primary.rmse,
+            primary_joined = primary.joined,
+            margin,
+            "Label-driven decision about the candidate."
+        );
+        Some(a)
     }
 
     fn alert(&self, kind: &'static str, variant: Option<&'static str>, at: &str, details: serde_json::Value) -> Alert {
