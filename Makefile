@@ -12,7 +12,7 @@ NISSHI_ROOT ?= $(HOME)/.local/share/streamcast/nisshi-$(NISSHI_VERSION)
 NISSHI := $(NISSHI_ROOT)/bin/nisshi
 CARGO_FLAGS ?= --release --locked
 
-.PHONY: run test build ort ort-gpu test-deps broker bench bundles clean-venv
+.PHONY: run test build ort ort-gpu gpu-check test-deps broker bench bundles clean-venv
 
 run: ort build
 	./target/release/streamcast demo
@@ -27,12 +27,23 @@ $(ORT_STAMP):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check onnxruntime==$(ORT_VERSION)
 	touch $@
 
-# The CUDA build of ONNX Runtime with its CUDA and cuDNN libraries (for machines with a GPU).
-ort-gpu:
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip uninstall --quiet -y onnxruntime || true
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)"
-	rm -f $(VENV)/.onnxruntime-*
+# The CUDA build of ONNX Runtime for machines with an NVIDIA GPU, in its own virtualenv so the CPU
+# wheel in $(VENV) stays as it is. The `cuda` and `cudnn` extras pull the CUDA runtime, cuBLAS,
+# cuFFT, cuRAND, NVRTC and cuDNN wheels that this onnxruntime-gpu release was built against (CUDA 13
+# and cuDNN 9 for 1.31; the NVIDIA driver must support CUDA 13). Everything comes from PyPI.
+# scripts/gpu-check.sh shows the two variables a CUDA run needs: ORT_DYLIB_PATH and LD_LIBRARY_PATH.
+GPU_VENV := .venv-gpu
+GPU_STAMP := $(GPU_VENV)/.onnxruntime-gpu-$(ORT_VERSION)
+ort-gpu: $(GPU_STAMP)
+$(GPU_STAMP):
+	$(PYTHON) -m venv $(GPU_VENV)
+	echo '*' > $(GPU_VENV)/.gitignore
+	$(GPU_VENV)/bin/pip install --quiet --disable-pip-version-check "onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)"
+	touch $@
+
+# CUDA against CPU on every shipped bundle: equal predictions within 1e-4, and batch timings.
+gpu-check: ort-gpu build
+	GPU_VENV=$(GPU_VENV) scripts/gpu-check.sh --json target/gpu-check.json
 
 # The independent end-to-end client used by some integration tests and the benchmark.
 TEST_STAMP := $(VENV)/.test-deps

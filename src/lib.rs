@@ -23,6 +23,7 @@
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`topics`]: topic creation.
 //! - [`batch`]: `streamcast predict`: batch prediction over a file, no Kafka.
+//! - [`gpu_check`]: `streamcast models gpu-check`: CUDA against CPU, agreement and batch timings.
 //! - [`demo`]: `streamcast demo`, the embedded default on an in-process broker.
 
 pub mod batch;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod decisions;
 pub mod demo;
 pub mod event;
+pub mod gpu_check;
 pub mod http;
 pub mod inference;
 pub mod monitor;

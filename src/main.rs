@@ -167,6 +167,28 @@ enum ModelsCommand {
     Promote(DecisionArgs),
     /// Roll the configured A/B candidate back on every replica (operator decision).
     Rollback(DecisionArgs),
+    /// Compare CUDA with CPU on every bundle (predictions within 1e-4) and time batch sizes on both.
+    ///
+    /// Needs the CUDA build of ONNX Runtime: `make gpu-check` installs it and runs this.
+    GpuCheck(GpuCheckArgs),
+}
+
+#[derive(Args)]
+struct GpuCheckArgs {
+    #[arg(long, default_value = "models")]
+    root: PathBuf,
+    /// Batch sizes timed and compared.
+    #[arg(long, value_delimiter = ',', default_values_t = streamcast::gpu_check::DEFAULT_BATCH_SIZES)]
+    batch_sizes: Vec<usize>,
+    /// Timed runs per batch size and provider (the median is reported).
+    #[arg(long, default_value_t = 15)]
+    repeats: usize,
+    /// ONNX Runtime intra-op threads per session (the worker's `model.intra_threads`).
+    #[arg(long, default_value_t = 1)]
+    intra_threads: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -403,6 +425,25 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn gpu_check(args: GpuCheckArgs) -> anyhow::Result<()> {
+    if args.batch_sizes.is_empty() || args.batch_sizes.contains(&0) || args.repeats == 0 || args.intra_threads == 0 {
+        return Err(UsageError("--batch-sizes, --repeats and --intra-threads must be at least 1".into()).into());
+    }
+    let options = streamcast::gpu_check::GpuCheckOptions {
+        root: args.root,
+        batch_sizes: args.batch_sizes,
+        repeats: args.repeats,
+        intra_threads: args.intra_threads,
+    };
+    let report = streamcast::gpu_check::run(&options, |dir| eprintln!("checking {} ...", dir.display()))?;
+    print!("{report}");
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(report.verdict()?)
+}
+
 fn bundle_dir(args: &ModelRefArgs) -> anyhow::Result<PathBuf> {
     let as_path = PathBuf::from(&args.name);
     if as_path.join("bundle.json").is_file() {
@@ -443,6 +484,7 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
         }
         ModelsCommand::Promote(args) => decide(args, streamcast::decisions::Verdict::Promote),
         ModelsCommand::Rollback(args) => decide(args, streamcast::decisions::Verdict::Rollback),
+        ModelsCommand::GpuCheck(args) => gpu_check(args),
         ModelsCommand::Validate(args) => {
             let dir = bundle_dir(&args)?;
             let b = Bundle::load(&dir)?;
