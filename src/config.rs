@@ -505,11 +505,35 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// A `tracing` filter such as `info` or `streamcast=debug`; `RUST_LOG` wins when set.
     pub log_level: String,
+    /// OTLP/HTTP (protobuf) export of spans and metrics: `off`, `on`, or `auto` (default: on
+    /// when `otlp_endpoint` or one of `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set).
+    pub otlp: OtlpMode,
+    /// Collector base URL such as `http://otel-collector:4318`; `/v1/traces` and `/v1/metrics`
+    /// are appended. Empty: the standard `OTEL_EXPORTER_OTLP_*` variables, else localhost:4318.
+    pub otlp_endpoint: String,
+    /// How often metrics are pushed (`OTEL_METRIC_EXPORT_INTERVAL` wins when set).
+    #[serde(with = "humantime_serde")]
+    pub otlp_metrics_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpMode {
+    Off,
+    On,
+    Auto,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { log_format: LogFormat::Json, log_level: "info".into() }
+        TelemetryConfig {
+            log_format: LogFormat::Json,
+            log_level: "info".into(),
+            otlp: OtlpMode::Auto,
+            otlp_endpoint: String::new(),
+            otlp_metrics_interval: Duration::from_secs(30),
+        }
     }
 }
 

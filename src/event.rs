@@ -449,6 +449,16 @@ pub enum Variant {
     Shadow,
 }
 
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Primary => "primary",
+            Variant::Candidate => "candidate",
+            Variant::Shadow => "shadow",
+        }
+    }
+}
+
 /// A `predictions` message. Borrowed so encoding allocates nothing but the output buffer.
 #[derive(Debug, Serialize)]
 pub struct PredictionOut<'a> {

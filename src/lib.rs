@@ -21,6 +21,7 @@
 //! - [`serve`]: `streamcast run`: wires the model, pipeline, HTTP server and signals.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/models`.
 //! - [`telemetry`]: logging and Prometheus metrics.
+//! - [`otel`]: optional OTLP export: messaging-convention spans per event, bridged metrics.
 //! - [`topics`]: topic creation.
 //! - [`batch`]: `streamcast predict`: batch prediction over a file, no Kafka.
 //! - [`gpu_check`]: `streamcast models gpu-check`: CUDA against CPU, agreement and batch timings.
@@ -37,6 +38,7 @@ pub mod http;
 pub mod inference;
 pub mod monitor;
 pub mod normalize;
+pub mod otel;
 pub mod pipeline;
 pub mod produce;
 pub mod registry;

@@ -28,6 +28,9 @@ pub struct Served {
     pub model: ModelRef,
     pub features: Vec<String>,
     pub window: usize,
+    /// `model` failed to load at start-up (the fallback serves): its files are retried once they
+    /// change, and any newer version is taken.
+    pub failed: bool,
 }
 
 /// Starts the watcher when `model.version = "latest"` and `model.watch_interval` is non-zero.
@@ -43,6 +46,15 @@ pub fn spawn(
         return None;
     }
     let alerts: Option<BaseProducer> = crate::pipeline::client_config(config).create().ok();
+    let mut rejected = HashSet::new();
+    if served.failed {
+        let dir = config.model.root.join(&config.model.name).join(&served.model.version);
+        rejected.insert((
+            served.model.version.clone(),
+            mtime(&dir.join("bundle.json")),
+            mtime(&dir.join("model.onnx")),
+        ));
+    }
     let w = Watcher {
         root: config.model.root.clone(),
         name: config.model.name.clone(),
@@ -54,7 +66,7 @@ pub fn spawn(
         warm_batch: config.batching.max_batch_size,
         alerts_topic: config.topics.alerts.clone(),
         served,
-        rejected: HashSet::new(),
+        rejected,
     };
     Some(
         std::thread::Builder::new()
@@ -89,7 +101,7 @@ impl Watcher {
             sleep_unless(&shutdown, self.interval);
             let Ok(versions) = bundle::list_versions(&self.root, &self.name) else { continue };
             let Some(latest) = versions.last() else { continue };
-            if *latest == self.served.model.version {
+            if *latest == self.served.model.version && !self.served.failed {
                 continue;
             }
             let dir = self.root.join(&self.name).join(latest);
@@ -107,8 +119,13 @@ impl Watcher {
                     metrics.model_reloads.with_label_values(&["loaded"]).inc();
                     if let Ok(mut d) = doc.write() {
                         d["models"][0]["version"] = to.version.clone().into();
+                        if let Some(primary) = d["models"][0].as_object_mut() {
+                            primary.remove("status");
+                            primary.remove("reason");
+                        }
                     }
                     self.served.model = to;
+                    self.served.failed = false;
                 }
                 Err(reason) => {
                     tracing::warn!(version = %latest, %reason, serving = %self.served.model.version, "Model version refused; the old one keeps serving.");

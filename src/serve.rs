@@ -10,7 +10,7 @@ use crate::config::{Config, FallbackKind};
 use crate::http::{self, AppState, Readiness};
 use crate::inference::breaker::{FallbackError, FallbackModel, Naive};
 use crate::inference::{InferenceError, Model, SessionOptions};
-use crate::pipeline::{PipelineError, Worker};
+use crate::pipeline::{PipelineError, Primary, Worker};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 
@@ -29,6 +29,8 @@ pub enum RunError {
     Listen { addr: String, source: std::io::Error },
     #[error(transparent)]
     Fallback(#[from] FallbackError),
+    #[error(transparent)]
+    Otel(#[from] crate::otel::OtelError),
 }
 
 impl RunError {
@@ -36,7 +38,7 @@ impl RunError {
     /// to runtime failures (exit code 1).
     pub fn is_setup_error(&self) -> bool {
         match self {
-            RunError::Bundle(_) | RunError::Listen { .. } | RunError::Fallback(_) => true,
+            RunError::Bundle(_) | RunError::Listen { .. } | RunError::Fallback(_) | RunError::Otel(_) => true,
             RunError::Inference(e) => {
                 matches!(e, InferenceError::Bundle(_) | InferenceError::Cuda(_) | InferenceError::Runtime(_))
             }
@@ -66,6 +68,37 @@ pub fn load_model(config: &Config) -> Result<Model, RunError> {
         "Model loaded."
     );
     Ok(model)
+}
+
+/// Problems of the primary's own files (manifest, signature, golden cases, a failing warm-up),
+/// which a configured fallback covers; not a missing directory, ONNX Runtime or CUDA.
+fn is_model_problem(error: &RunError) -> bool {
+    match error {
+        RunError::Bundle(e) | RunError::Inference(InferenceError::Bundle(e)) => {
+            matches!(e, BundleError::Manifest { .. } | BundleError::Invalid { .. } | BundleError::Golden { .. })
+        }
+        RunError::Inference(e) => {
+            matches!(e, InferenceError::Run(_) | InferenceError::Shape(_) | InferenceError::NonFinite)
+        }
+        _ => false,
+    }
+}
+
+/// What the worker needs to run on its fallback when the primary failed to load: the primary's
+/// manifest when it is readable, else the fallback bundle's; with neither, the original error.
+fn failed_primary(config: &Config, reason: String, error: RunError) -> Result<Primary, RunError> {
+    let dir = bundle::resolve(&config.model.root, &config.model.name, &config.model.version)?;
+    let version = dir.file_name().map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
+    let model = crate::event::ModelRef { name: config.model.name.clone(), version };
+    let bundle = match Bundle::load(&dir) {
+        Ok(b) => b,
+        Err(_) if config.fallback.kind == FallbackKind::Bundle => {
+            let name = config.fallback.model.as_deref().unwrap_or(&config.model.name);
+            Bundle::load(&bundle::resolve(&config.model.root, name, &config.fallback.version)?)?
+        }
+        Err(_) => return Err(error),
+    };
+    Ok(Primary::Failed { bundle: Arc::new(bundle), model, reason })
 }
 
 /// Publishes `execution_provider_fallback` (the WARN was logged when the session was built).
@@ -180,6 +213,7 @@ pub async fn start(
     shutdown: Shutdown,
     role: Role,
 ) -> Result<Running, RunError> {
+    let mut primary_failed = false;
     let (worker, models, model_ref, provider, bundle, candidate_ref) = if role == Role::Monitor {
         let dir = bundle::resolve(&config.model.root, &config.model.name, &config.model.version)?;
         let bundle = Arc::new(Bundle::load(&dir)?);
@@ -191,24 +225,48 @@ pub async fn start(
         (None, doc, model_ref, report, bundle, None)
     } else {
         let config_for_load = config.clone();
-        let model = tokio::task::spawn_blocking(move || load_model(&config_for_load))
+        let loaded = tokio::task::spawn_blocking(move || load_model(&config_for_load))
             .await
-            .expect("model loading does not panic")?;
-        metrics.execution_provider.with_label_values(&[model.provider().provider.as_str()]).set(1);
-        if let Some(reason) = model.provider().fallback_reason.clone() {
-            metrics.execution_provider_fallback.set(1);
-            // Producing and flushing block; keep them off the async worker threads.
-            let (config, model_ref) = (config.clone(), model.model_ref().clone());
-            tokio::task::spawn_blocking(move || alert_provider_fallback(&config, &model_ref, &reason))
-                .await
-                .expect("publishing an alert does not panic");
-        }
-        let mut doc = models_document(&model);
-        let (model_ref, provider) = (model.model_ref().clone(), model.provider().clone());
-        let bundle = model.bundle().clone();
+            .expect("model loading does not panic");
+        let primary = match loaded {
+            Ok(model) => Primary::Loaded(model),
+            Err(error) if config.fallback.kind != FallbackKind::None && is_model_problem(&error) => {
+                let cfg = config.clone();
+                let reason = error.to_string();
+                tokio::task::spawn_blocking(move || failed_primary(&cfg, reason, error))
+                    .await
+                    .expect("model loading does not panic")?
+            }
+            Err(error) => return Err(error),
+        };
+        let (mut doc, model_ref, provider, bundle) = match &primary {
+            Primary::Loaded(model) => {
+                metrics.execution_provider.with_label_values(&[model.provider().provider.as_str()]).set(1);
+                if let Some(reason) = model.provider().fallback_reason.clone() {
+                    metrics.execution_provider_fallback.set(1);
+                    // Producing and flushing block; keep them off the async worker threads.
+                    let (config, model_ref) = (config.clone(), model.model_ref().clone());
+                    tokio::task::spawn_blocking(move || alert_provider_fallback(&config, &model_ref, &reason))
+                        .await
+                        .expect("publishing an alert does not panic");
+                }
+                (models_document(model), model.model_ref().clone(), model.provider().clone(), model.bundle().clone())
+            }
+            Primary::Failed { bundle, model, reason } => {
+                let doc = serde_json::json!({"models": [{
+                    "name": model.name, "version": model.version, "variant": "primary", "traffic_share": 1.0,
+                    "status": "failed_to_load", "reason": reason,
+                }]});
+                let report = crate::inference::ProviderReport {
+                    provider: crate::inference::Provider::Cpu,
+                    fallback_reason: None,
+                };
+                (doc, model.clone(), report, bundle.clone())
+            }
+        };
         let config_for_variants = config.clone();
-        let primary = model.bundle().clone();
-        let variants = tokio::task::spawn_blocking(move || load_variants(&config_for_variants, &primary))
+        let manifest_source = bundle.clone();
+        let variants = tokio::task::spawn_blocking(move || load_variants(&config_for_variants, &manifest_source))
             .await
             .expect("model loading does not panic")?;
         if let Some((m, share)) = &variants.candidate {
@@ -231,7 +289,8 @@ pub async fn start(
             }));
         }
         let candidate_ref = variants.candidate.as_ref().map(|(m, _)| m.model_ref().clone());
-        let worker = Worker::start(config, model, variants, metrics.clone(), shutdown.clone())?;
+        primary_failed = matches!(primary, Primary::Failed { .. });
+        let worker = Worker::start(config, primary, variants, metrics.clone(), shutdown.clone())?;
         (Some(worker), doc, model_ref, provider, bundle, candidate_ref)
     };
     // A monitor-only process has no inference assignment to wait for; it is ready once running.
@@ -250,8 +309,12 @@ pub async fn start(
     let models = Arc::new(std::sync::RwLock::new(models));
     let registry = worker.as_ref().and_then(|w| {
         let m = &bundle.manifest;
-        let served =
-            crate::registry::Served { model: model_ref.clone(), features: m.features.clone(), window: m.window };
+        let served = crate::registry::Served {
+            model: model_ref.clone(),
+            features: m.features.clone(),
+            window: m.window,
+            failed: primary_failed,
+        };
         crate::registry::spawn(config, served, w.reloads.clone(), models.clone(), metrics.clone(), shutdown.clone())
     });
     let decisions = match (worker.as_ref(), candidate_ref) {
@@ -301,15 +364,38 @@ pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let metrics = Metrics::new();
+    let otel = if crate::otel::enabled(&config.telemetry) {
+        // The exporters build blocking HTTP clients: keep them off the async threads.
+        let (t, group, topic, registry) = (
+            config.telemetry.clone(),
+            config.consumer.group_id.clone(),
+            config.topics.predictions.clone(),
+            metrics.registry.clone(),
+        );
+        Some(
+            tokio::task::spawn_blocking(move || crate::otel::start(&t, &group, &topic, &registry))
+                .await
+                .expect("exporter setup does not panic")?,
+        )
+    } else {
+        None
+    };
+    let registry = metrics.registry.clone();
     let running = start(config, metrics, shutdown.clone(), role).await?;
     tracing::info!(group = %config.consumer.group_id, topic = %config.topics.input, ?role, "Worker started.");
     let alive = |r: &Running| {
         r.worker.as_ref().is_none_or(Worker::is_running) && r.monitor.as_ref().is_none_or(|m| !m.is_finished())
     };
+    let mut ticks = 0u32;
     while !shutdown.is_triggered() && alive(&running) {
         tokio::select! {
             _ = shutdown.wait() => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        ticks = ticks.wrapping_add(1);
+        // Label-vector families appear with their first sample: bridge newcomers every 5 s.
+        if let Some(o) = otel.as_ref().filter(|_| ticks % 25 == 0) {
+            o.bridge(&registry);
         }
     }
     shutdown.trigger();
@@ -330,6 +416,9 @@ pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
     })
     .await
     .expect("join does not panic")?;
+    if let Some(o) = otel {
+        tokio::task::spawn_blocking(move || o.shutdown()).await.expect("exporter shutdown does not panic");
+    }
     tracing::info!("Worker stopped.");
     Ok(())
 }

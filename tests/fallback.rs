@@ -142,3 +142,66 @@ fn without_a_fallback_failed_batches_are_dead_lettered_not_dropped() {
     assert!(dlq.read_until(Duration::from_secs(60), |r| !r.is_empty()), "{}", worker.log_text());
     assert_eq!(dlq.records[0].headers.get("streamcast-error-kind").map(String::as_str), Some("inference_error"));
 }
+
+#[test]
+fn a_primary_that_fails_to_load_is_covered_by_the_fallback_until_a_valid_version_arrives() {
+    let topics = Topics::create(1);
+    // co2-mlp 1 with a golden case that its model does not reproduce: refused at load.
+    let root = tempfile::tempdir().unwrap();
+    let v1 = root.path().join("co2-mlp/1");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::copy(repo().join("models/co2-mlp/1/model.onnx"), v1.join("model.onnx")).unwrap();
+    let mut b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("models/co2-mlp/1/bundle.json")).unwrap()).unwrap();
+    let p = b["golden"][0]["prediction"][0].as_f64().unwrap();
+    b["golden"][0]["prediction"][0] = (p + 1.0).into();
+    std::fs::write(v1.join("bundle.json"), serde_json::to_vec(&b).unwrap()).unwrap();
+    let config = topics
+        .config("co2-mlp", "latest", "[fallback]\nkind = \"last_value\"\n")
+        .replace("execution_provider = \"cpu\"", "execution_provider = \"cpu\"\nwatch_interval = \"300ms\"")
+        .replace(
+            &format!("root = \"{}\"", repo().join("models").display()),
+            &format!("root = \"{}\"", root.path().display()),
+        );
+    let mut worker = Worker::start(&config);
+    worker.wait_for_log("The primary failed to load", Duration::from_secs(60));
+    let port = worker.http_port();
+    let models = http_get(port, "/models");
+    assert!(models.contains("failed_to_load") && models.contains("golden"), "{models}");
+
+    let mut preds = Reader::new(&topics.predictions);
+    send_keyed(&topics.input, &good("a", 0..10));
+    assert!(preds.read_until(Duration::from_secs(60), |r| r.len() >= 10), "{}", worker.log_text());
+    for p in preds.records.iter().map(|r| r.json()) {
+        assert_eq!(p["fallback"], true, "{p}");
+        assert_eq!(p["model"]["version"], "fallback-last_value");
+        let i: f64 = p["id"].as_str().unwrap()[2..].parse().unwrap();
+        assert!((p["prediction"][0].as_f64().unwrap() - (340.0 + i)).abs() < 1e-3, "{p}");
+    }
+
+    // A valid version 2 is hot-reloaded: the breaker closes and the primary serves.
+    let v2 = root.path().join("co2-mlp/2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::copy(repo().join("models/co2-mlp/2/model.onnx"), v2.join("model.onnx")).unwrap();
+    std::fs::copy(repo().join("models/co2-mlp/2/bundle.json"), v2.join("bundle.json")).unwrap();
+    worker.wait_for_log("New model version validated", Duration::from_secs(60));
+    send_keyed(&topics.input, &good("b", 10..20));
+    assert!(preds.read_until(Duration::from_secs(60), |r| r.len() >= 20), "{}", worker.log_text());
+    let after: Vec<serde_json::Value> =
+        preds.records.iter().map(|r| r.json()).filter(|p| p["id"].as_str().unwrap().starts_with("b-")).collect();
+    assert_eq!(after.len(), 10);
+    assert!(after.iter().all(|p| p.get("fallback").is_none() && p["model"]["version"] == "2"), "{after:?}");
+    assert_eq!(metric_value(&http_get(port, "/metrics"), "streamcast_fallback_active"), 0.0);
+
+    let mut alerts = Reader::new(&topics.alerts);
+    let both = alerts.read_until(Duration::from_secs(30), |r| {
+        r.iter().filter(|a| a.json()["kind"] == "fallback_active").count() >= 2
+    });
+    assert!(both, "{}", worker.log_text());
+    let fa: Vec<serde_json::Value> =
+        alerts.records.iter().map(|a| a.json()).filter(|a| a["kind"] == "fallback_active").collect();
+    assert_eq!(fa[0]["details"]["state"], "firing");
+    assert_eq!(fa[0]["details"]["reason"], "primary_load_failed");
+    assert!(fa[0]["details"]["last_error"].as_str().unwrap().contains("golden"), "{}", fa[0]);
+    assert_eq!(fa[1]["details"]["state"], "resolved");
+}

@@ -67,7 +67,11 @@ pub struct BatchingOptions {
 
 /// Owns the model and the reusable batch buffers.
 pub struct Batcher {
-    model: Model,
+    /// The primary; `None` while a primary that failed to load is replaced by the fallback.
+    model: Option<Model>,
+    horizon: usize,
+    /// The primary came back (a reload after a failed load): report the breaker closed.
+    recovered: bool,
     options: BatchingOptions,
     inputs: Vec<f32>,
     outputs: Vec<f32>,
@@ -89,7 +93,9 @@ pub struct Batcher {
 impl Batcher {
     pub fn new(model: Model, options: BatchingOptions) -> Batcher {
         Batcher {
-            model,
+            horizon: model.horizon(),
+            model: Some(model),
+            recovered: false,
             options,
             inputs: Vec::new(),
             outputs: Vec::new(),
@@ -110,6 +116,40 @@ impl Batcher {
     pub fn with_fallback(mut self, fallback: FallbackModel, breaker: Breaker) -> Batcher {
         self.fallback = Some((fallback, breaker));
         self
+    }
+
+    /// A batcher whose primary failed to load: `fallback` serves every batch until the registry
+    /// hands over a valid version.
+    pub fn without_primary(fallback: FallbackModel, breaker: Breaker, options: BatchingOptions) -> Batcher {
+        let horizon = fallback.horizon();
+        let mut b = Batcher::new_empty(horizon, options);
+        b.fallback = Some((fallback, breaker));
+        b
+    }
+
+    fn new_empty(horizon: usize, options: BatchingOptions) -> Batcher {
+        Batcher {
+            model: None,
+            horizon,
+            recovered: false,
+            options,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            reloads: None,
+            cache: None,
+            candidate: None,
+            shadow: None,
+            shadow_outputs: Vec::new(),
+            misses: Vec::new(),
+            miss_inputs: Vec::new(),
+            miss_outputs: Vec::new(),
+            fallback: None,
+            controls: None,
+        }
+    }
+
+    fn primary_version(&self) -> &str {
+        self.model.as_ref().map_or("(none)", |m| m.model_ref().version.as_str())
     }
 
     /// Accepts rollback and promotion decisions about the candidate.
@@ -141,17 +181,18 @@ impl Batcher {
                 VariantControl::Rollback { .. } => {
                     tracing::warn!(
                         candidate = %version,
-                        primary = %self.model.model_ref().version,
+                        primary = %self.primary_version(),
                         "Candidate rolled back: its series are served by the primary again."
                     );
                 }
                 VariantControl::Promote { .. } => {
                     tracing::warn!(
-                        from = %self.model.model_ref().version,
+                        from = %self.primary_version(),
                         to = %version,
                         "Candidate promoted: it now serves every series as the primary."
                     );
-                    self.model = candidate;
+                    self.recovered |= self.model.is_none();
+                    self.model = Some(candidate);
                 }
             }
         }
@@ -187,12 +228,13 @@ impl Batcher {
         let Some(rx) = &self.reloads else { return };
         while let Ok(next) = rx.try_recv() {
             tracing::info!(
-                from = %self.model.model_ref().version,
+                from = %self.primary_version(),
                 to = %next.model_ref().version,
                 model = %next.model_ref().name,
                 "Model swapped."
             );
-            self.model = next;
+            self.recovered |= self.model.is_none();
+            self.model = Some(next);
         }
     }
 
@@ -241,9 +283,16 @@ impl Batcher {
         sink.batch_started();
         let start = Instant::now();
         let (hits0, misses0) = self.cache_counts();
-        let use_primary = self.fallback.as_mut().is_none_or(|(_, breaker)| breaker.allow_primary(start));
-        let mut result = if use_primary { self.score_primary(batch) } else { Err(InferenceError::BreakerOpen) };
         let mut breaker_transition = None;
+        if std::mem::take(&mut self.recovered) {
+            if let Some((_, breaker)) = self.fallback.as_mut() {
+                breaker.reset();
+                breaker_transition = Some((Transition::Closed, None));
+            }
+        }
+        let use_primary =
+            self.model.is_some() && self.fallback.as_mut().is_none_or(|(_, breaker)| breaker.allow_primary(start));
+        let mut result = if use_primary { self.score_primary(batch) } else { Err(InferenceError::BreakerOpen) };
         let mut served_by_fallback = false;
         if let Some((fallback, breaker)) = self.fallback.as_mut() {
             if use_primary {
@@ -270,7 +319,7 @@ impl Batcher {
             }
         }
         let inference_time = start.elapsed();
-        let horizon = self.model.horizon();
+        let horizon = self.horizon;
         let (hits1, misses1) = self.cache_counts();
         let outcome = BatchOutcome {
             jobs: batch,
@@ -278,7 +327,11 @@ impl Batcher {
                 Ok(()) => Ok(&self.outputs),
                 Err(e) => Err(e),
             },
-            model: self.model.model_ref(),
+            model: match (&self.model, &self.fallback) {
+                (Some(m), _) => m.model_ref(),
+                (None, Some((f, _))) => f.model_ref(),
+                (None, None) => unreachable!("a batcher without a primary always has a fallback"),
+            },
             horizon,
             inference_time,
             cache_hits: hits1 - hits0,
@@ -305,7 +358,8 @@ impl Batcher {
                 for job in batch {
                     self.inputs.extend_from_slice(&job.input);
                 }
-                self.model.predict(&self.inputs, batch.len(), &mut self.outputs)
+                let model = self.model.as_mut().expect("scored only with a primary");
+                model.predict(&self.inputs, batch.len(), &mut self.outputs)
             }
             true => self.score_cached(batch),
         }
@@ -314,13 +368,13 @@ impl Batcher {
     /// Scores primary-routed and candidate-routed rows with their models, and all rows with the
     /// shadow, each model in one call.
     fn score_variants<O>(&mut self, batch: &[Job<O>]) -> Result<(), InferenceError> {
-        let h = self.model.horizon();
+        let h = self.horizon;
         self.outputs.clear();
         self.outputs.resize(batch.len() * h, 0.0);
         let has_candidate = self.candidate.is_some();
         for use_candidate in [false, true] {
             let model = match (use_candidate, self.candidate.as_mut()) {
-                (false, _) => &mut self.model,
+                (false, _) => self.model.as_mut().expect("scored only with a primary"),
                 (true, Some(c)) => c,
                 (true, None) => break,
             };
@@ -355,10 +409,10 @@ impl Batcher {
 
     /// Fills `outputs` from the cache where it can and runs the model on the rest only.
     fn score_cached<O>(&mut self, batch: &[Job<O>]) -> Result<(), InferenceError> {
-        let h = self.model.horizon();
-        let cache = self.cache.as_mut().expect("called only with a cache");
+        let h = self.horizon;
         // Owned: the model is borrowed mutably to run the misses while the version is in use.
-        let version = self.model.model_ref().version.clone();
+        let version = self.primary_version().to_string();
+        let cache = self.cache.as_mut().expect("called only with a cache");
         let version = version.as_str();
         self.outputs.clear();
         self.outputs.resize(batch.len() * h, 0.0);
@@ -376,7 +430,8 @@ impl Batcher {
         if self.misses.is_empty() {
             return Ok(());
         }
-        self.model.predict(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs)?;
+        let model = self.model.as_mut().expect("scored only with a primary");
+        model.predict(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs)?;
         for (k, &i) in self.misses.iter().enumerate() {
             let out = &self.miss_outputs[k * h..(k + 1) * h];
             self.outputs[i * h..(i + 1) * h].copy_from_slice(out);
@@ -385,8 +440,9 @@ impl Batcher {
         Ok(())
     }
 
-    pub fn model(&self) -> &Model {
-        &self.model
+    /// The primary; `None` while the fallback stands in for a primary that failed to load.
+    pub fn model(&self) -> Option<&Model> {
+        self.model.as_ref()
     }
 }
 

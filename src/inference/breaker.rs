@@ -59,7 +59,7 @@ impl BreakerOptions {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Breaker {
     options: BreakerOptions,
     state: BreakerState,
@@ -78,6 +78,12 @@ impl Breaker {
 
     pub fn is_open(&self) -> bool {
         matches!(self.state, BreakerState::Open { .. })
+    }
+
+    /// Back to closed with an empty window (a new primary was loaded).
+    pub fn reset(&mut self) {
+        self.state = BreakerState::Closed;
+        self.recent.clear();
     }
 
     /// Whether the next batch goes to the primary; an expired open state becomes half-open here.
@@ -154,6 +160,13 @@ impl FallbackModel {
         match self {
             FallbackModel::Bundle(m) => m.model_ref(),
             FallbackModel::Naive(n) => &n.model_ref,
+        }
+    }
+
+    pub fn horizon(&self) -> usize {
+        match self {
+            FallbackModel::Bundle(m) => m.horizon(),
+            FallbackModel::Naive(n) => n.horizon,
         }
     }
 

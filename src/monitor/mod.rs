@@ -646,11 +646,7 @@ fn make_alert(
 }
 
 fn variant_str(v: Variant) -> &'static str {
-    match v {
-        Variant::Primary => "primary",
-        Variant::Candidate => "candidate",
-        Variant::Shadow => "shadow",
-    }
+    v.as_str()
 }
 
 fn send(producer: &BaseProducer, topic: &str, key: &str, body: &[u8]) {

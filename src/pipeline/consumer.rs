@@ -335,8 +335,17 @@ fn handle(
         .and_then(|h| h.value)
         .and_then(|v| std::str::from_utf8(v).ok())
         .map(str::to_string);
+    let span = crate::otel::process_span(
+        message.topic(),
+        token.partition,
+        token.offset,
+        &event.series_id,
+        &event.id,
+        traceparent.as_deref(),
+    );
     let origin = StreamOrigin {
         token,
+        span,
         id: event.id,
         series_id: event.series_id,
         timestamp: event.timestamp,

@@ -56,6 +56,19 @@ pub struct Variants {
     pub fallback: Option<crate::inference::breaker::FallbackModel>,
 }
 
+/// The primary model as start-up found it.
+pub enum Primary {
+    Loaded(Model),
+    /// It failed to load and `[fallback]` serves until a valid version is hot-reloaded. `bundle`
+    /// supplies features and window: the primary's own manifest when it was readable, else the
+    /// fallback bundle's.
+    Failed {
+        bundle: Arc<crate::bundle::Bundle>,
+        model: crate::event::ModelRef,
+        reason: String,
+    },
+}
+
 /// Where a job for the inference thread came from.
 #[derive(Debug)]
 pub enum Origin {
@@ -128,6 +141,8 @@ pub struct StreamOrigin {
     pub warmup: bool,
     pub received: Instant,
     pub traceparent: Option<String>,
+    /// The OpenTelemetry `process` span, when OTLP export is on.
+    pub span: Option<crate::otel::EventSpan>,
     /// The original message value, kept so an inference failure can be dead-lettered unchanged.
     pub payload: Vec<u8>,
 }
@@ -236,13 +251,17 @@ impl Worker {
     /// Connects, checks the topics, and starts the consumer and inference threads.
     pub fn start(
         config: &Config,
-        model: Model,
-        variants: Variants,
+        primary: Primary,
+        mut variants: Variants,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> Result<Worker, PipelineError> {
         let servers = config.kafka.get("bootstrap.servers").map(|v| v.to_string()).unwrap_or_default();
-        let manifest = &model.bundle().manifest;
+        let bundle = match &primary {
+            Primary::Loaded(m) => m.bundle().clone(),
+            Primary::Failed { bundle, .. } => bundle.clone(),
+        };
+        let manifest = &bundle.manifest;
         let schema = FeatureSchema::for_bundle(
             manifest,
             config.validation.max_message_bytes,
@@ -299,14 +318,40 @@ impl Worker {
         let fallback_ref = variants.fallback.as_ref().map(|f| f.model_ref().clone());
         let mut sink = KafkaSink::new(publisher.clone(), metrics.clone()).with_alerts(
             alerts.clone(),
-            &model.model_ref().name,
-            fallback_ref,
+            &config.model.name,
+            fallback_ref.clone(),
         );
         let (reloads, reloads_rx) = sync_channel(1);
         let (controls, controls_rx) = sync_channel(8);
         let candidate_share = variants.candidate.as_ref().map(|(_, share)| *share);
         let has_candidate = variants.candidate.is_some();
-        let mut batcher = Batcher::new(model, batching)
+        let breaker = Breaker::new(BreakerOptions::from_config(&config.fallback));
+        let batcher = match primary {
+            Primary::Loaded(model) => Batcher::new(model, batching),
+            Primary::Failed { model, reason, .. } => {
+                let fallback = variants.fallback.take().expect("a failed primary is served only with a fallback");
+                tracing::error!(
+                    model = %model.name,
+                    version = %model.version,
+                    %reason,
+                    fallback = %fallback.model_ref().version,
+                    "The primary failed to load; the fallback serves until a valid version is loaded."
+                );
+                metrics.fallback_active.set(1);
+                alerts.send(&crate::monitor::alerts::Alert {
+                    kind: "fallback_active",
+                    model: model.clone(),
+                    variant: Some("primary"),
+                    at: crate::event::now_rfc3339(),
+                    details: serde_json::json!({
+                        "state": "firing", "reason": "primary_load_failed", "last_error": reason,
+                        "primary": model, "fallback": fallback_ref,
+                    }),
+                });
+                Batcher::without_primary(fallback, breaker.clone(), batching)
+            }
+        };
+        let mut batcher = batcher
             .with_reloads(reloads_rx)
             .with_variants(variants.candidate.map(|(m, _)| m), variants.shadow)
             .with_controls(controls_rx);
@@ -314,7 +359,7 @@ impl Worker {
             batcher = batcher.with_cache(config.cache.max_entries);
         }
         if let Some(fallback) = variants.fallback {
-            batcher = batcher.with_fallback(fallback, Breaker::new(BreakerOptions::from_config(&config.fallback)));
+            batcher = batcher.with_fallback(fallback, breaker);
         }
         let inference_thread = std::thread::Builder::new()
             .name("streamcast-inference".into())

@@ -314,13 +314,18 @@ impl KafkaSink {
                 tracing::warn!(%error, batch = n, "Inference failed; dead-lettering the batch.");
                 for job in outcome.jobs.drain(..) {
                     match job.origin {
-                        Origin::Stream(o) => self.publisher.dead_letter(
-                            o.token,
-                            Some(o.series_id.as_bytes()),
-                            &o.payload,
-                            RejectKind::InferenceError,
-                            &reason,
-                        ),
+                        Origin::Stream(mut o) => {
+                            if let Some(span) = o.span.as_mut() {
+                                span.failed(&reason);
+                            }
+                            self.publisher.dead_letter(
+                                o.token,
+                                Some(o.series_id.as_bytes()),
+                                &o.payload,
+                                RejectKind::InferenceError,
+                                &reason,
+                            )
+                        }
                         Origin::Request(r) => {
                             let _ = r.reply.send(Err(reason.clone()));
                         }
@@ -342,7 +347,7 @@ impl KafkaSink {
             };
             // The routed variant stays; the model that actually answered is the fallback.
             let model = outcome.fallback.unwrap_or(model);
-            let o = match job.origin {
+            let mut o = match job.origin {
                 Origin::Stream(o) => o,
                 Origin::Request(r) => {
                     let _ = r.reply.send(Ok(Scored {
@@ -368,7 +373,12 @@ impl KafkaSink {
                 fallback,
             }
             .encode(&mut self.buf);
-            self.publisher.prediction(o.token, &o.series_id, &self.buf, o.traceparent.as_deref());
+            // With OTLP export on, the record carries the `send` span's context (same trace).
+            let traceparent = match o.span.as_mut() {
+                Some(span) => Some(span.predicted(model, variant.as_str(), fallback)),
+                None => o.traceparent.take(),
+            };
+            self.publisher.prediction(o.token, &o.series_id, &self.buf, traceparent.as_deref());
             self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
             streamed[usize::from(variant == Variant::Candidate)] += 1;
             if let Some((shadow_model, outputs)) = shadow {
