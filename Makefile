@@ -74,4 +74,4 @@ bundles:
 	$(VENV)/bin/python scripts/build_bundles.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-gpu

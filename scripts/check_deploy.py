@@ -109,6 +109,11 @@ KNOWN_METRICS = {
     "streamcast_series_windows",
     "streamcast_series_evicted_total",
     "streamcast_execution_provider",
+    "streamcast_in_flight_batches",
+    "streamcast_fallback_active",
+    "streamcast_fallback_predictions_total",
+    "streamcast_breaker_transitions_total",
+    "streamcast_variant_decisions_total",
 }
 
 errors: list[str] = []

@@ -77,9 +77,8 @@ pub enum GpuCheckError {
     },
     /// Predictions differ by more than [`TOLERANCE`]; the report was still produced.
     #[error(
-        "CUDA and CPU predictions differ by more than {TOLERANCE:e}: {}. On Ampere and newer GPUs ONNX Runtime's \
-         CUDA provider computes float MatMul in TF32 by default; rerun with NVIDIA_TF32_OVERRIDE=0 to see \
-         whether that is the cause",
+        "CUDA and CPU predictions differ by more than {TOLERANCE:e}: {} (the worker turns TF32 off; a \
+         difference this large points at the CUDA kernels or the bundle)",
         .0.join(", ")
     )]
     Mismatch(Vec<String>),
