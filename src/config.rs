@@ -239,11 +239,17 @@ impl Default for ValidationConfig {
 pub struct WindowsConfig {
     /// Most series whose window state is held; the least recently seen series is evicted first.
     pub max_series: usize,
+    /// Records read back per newly assigned partition to rebuild its series' windows (0: none,
+    /// the series warm up afresh).
+    pub rebuild_max_records: usize,
+    /// Longest time one assignment may spend rebuilding.
+    #[serde(with = "humantime_serde")]
+    pub rebuild_timeout: Duration,
 }
 
 impl Default for WindowsConfig {
     fn default() -> Self {
-        WindowsConfig { max_series: 100_000 }
+        WindowsConfig { max_series: 100_000, rebuild_max_records: 50_000, rebuild_timeout: Duration::from_secs(30) }
     }
 }
 

@@ -146,7 +146,6 @@ pub fn spawn_follower(
     Ok(std::thread::Builder::new()
         .name("streamcast-decisions".into())
         .spawn(move || {
-            let mut applied = false;
             while !shutdown.is_triggered() {
                 let Some(msg) = consumer.poll(Duration::from_millis(200)) else { continue };
                 let msg = match msg {
@@ -159,14 +158,18 @@ pub fn spawn_follower(
                 let Some((verdict, version)) = parse(msg.payload().unwrap_or_default(), &primary.name) else {
                     continue;
                 };
-                if version != candidate.version || applied {
+                if version != candidate.version {
                     continue;
                 }
-                applied = true;
+                // Every decision is handed over, in log order: the latest one wins, so an
+                // operator can undo an automatic decision; repeats change nothing.
                 let (control, label) = match verdict {
                     Verdict::Rollback => (VariantControl::Rollback { candidate_version: version.clone() }, "rollback"),
                     Verdict::Promote => (VariantControl::Promote { candidate_version: version.clone() }, "promote"),
                 };
+                if controls.send(control).is_err() {
+                    return; // The inference thread is gone: shutting down.
+                }
                 tracing::warn!(
                     decision = label,
                     candidate = %version,
@@ -174,38 +177,40 @@ pub fn spawn_follower(
                     offset = msg.offset(),
                     "Applying a label-driven decision about the candidate."
                 );
-                if controls.send(control).is_err() {
-                    return; // The inference thread is gone: shutting down.
-                }
                 metrics.variant_decisions.with_label_values(&[label]).inc();
-                update_models_doc(&models_doc, verdict, &primary.version);
+                update_models_doc(&models_doc, verdict, &candidate.version);
             }
         })
         .expect("spawning a thread only fails when the OS is out of resources"))
 }
 
-/// Mirrors an applied decision in the `/models` document.
-fn update_models_doc(doc: &RwLock<serde_json::Value>, verdict: Verdict, primary_version: &str) {
+/// Mirrors an applied decision in the `/models` document: the served primary has
+/// `"variant": "primary"`; a rolled-back candidate stays listed with no traffic; a promoted
+/// candidate's predecessor is listed as `"previous_primary"` (a rollback restores it).
+fn update_models_doc(doc: &RwLock<serde_json::Value>, verdict: Verdict, candidate_version: &str) {
     let mut doc = doc.write().unwrap_or_else(|e| e.into_inner());
     let Some(models) = doc["models"].as_array_mut() else { return };
-    match verdict {
-        Verdict::Rollback => {
-            models.retain(|m| m["variant"] != "candidate");
-            for m in models.iter_mut().filter(|m| m["variant"] == "primary") {
-                m["traffic_share"] = 1.0.into();
-            }
-        }
-        Verdict::Promote => {
-            models.retain(|m| m["variant"] != "primary");
-            for m in models.iter_mut().filter(|m| m["variant"] == "candidate") {
-                m["variant"] = "primary".into();
-                m["traffic_share"] = 1.0.into();
-                m["promoted_from"] = primary_version.into();
-                if let Some(o) = m.as_object_mut() {
-                    o.remove("routing");
-                }
-            }
-        }
+    let is = |m: &serde_json::Value, variant: &str| m["variant"] == variant;
+    let promoted = models.iter().any(|m| is(m, "primary") && m["version"] == candidate_version);
+    for m in models.iter_mut() {
+        let Some(o) = m.as_object_mut() else { continue };
+        let variant = o.get("variant").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let (new_variant, share, status) = match (verdict, promoted, variant.as_str()) {
+            (Verdict::Rollback, false, "candidate") => ("candidate", 0.0, Some("rolled_back")),
+            (Verdict::Rollback, false, "primary") => ("primary", 1.0, None),
+            (Verdict::Rollback, true, "primary") => ("candidate", 0.0, Some("rolled_back")),
+            (Verdict::Rollback, true, "previous_primary") => ("primary", 1.0, None),
+            (Verdict::Promote, false, "candidate") => ("primary", 1.0, Some("promoted")),
+            (Verdict::Promote, false, "primary") => ("previous_primary", 0.0, None),
+            _ => continue,
+        };
+        o.insert("variant".into(), new_variant.into());
+        o.insert("traffic_share".into(), share.into());
+        o.remove("routing");
+        match status {
+            Some(s) => o.insert("status".into(), s.into()),
+            None => o.remove("status"),
+        };
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, OTEL_EXPORTER_OTLP_ENDPOINT};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
@@ -225,62 +225,92 @@ impl Extractor for OneHeader<'_> {
     }
 }
 
-/// The `process` span of one event (ends when dropped).
+/// The `process` span of one event, held in its context so child spans have a local parent.
+/// It ends when dropped.
 pub struct EventSpan {
-    span: Span,
     cx: Context,
 }
 
 impl std::fmt::Debug for EventSpan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventSpan").field("span", self.span.span_context()).finish()
+        f.debug_struct("EventSpan").field("span", self.cx.span().span_context()).finish()
     }
 }
 
-/// Opens the `process` span of an event, or `None` when export is off (the common case costs
-/// one atomic load).
+impl Drop for EventSpan {
+    fn drop(&mut self) {
+        self.cx.span().end();
+    }
+}
+
+/// Opens the `process` span of a consumed record, or `None` when export is off (the common case
+/// costs one atomic load).
 pub fn process_span(
     topic: &str,
     partition: i32,
     offset: i64,
-    key: &str,
-    id: &str,
+    key: Option<&[u8]>,
     traceparent: Option<&str>,
 ) -> Option<EventSpan> {
     let t = TRACING.get()?;
     let parent = TraceContextPropagator::new().extract(&OneHeader(traceparent));
-    let span = t
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "kafka"),
+        KeyValue::new("messaging.operation.type", "process"),
+        KeyValue::new("messaging.operation.name", "process"),
+        KeyValue::new("messaging.destination.name", topic.to_string()),
+        KeyValue::new("messaging.destination.partition.id", partition.to_string()),
+        KeyValue::new("messaging.consumer.group.name", t.group.clone()),
+        KeyValue::new("messaging.kafka.offset", offset),
+    ];
+    if let Some(k) = key {
+        attributes.push(KeyValue::new("messaging.kafka.message.key", String::from_utf8_lossy(k).into_owned()));
+    }
+    let span: Span = t
         .tracer
         .span_builder(format!("process {topic}"))
         .with_kind(SpanKind::Consumer)
-        .with_attributes([
-            KeyValue::new("messaging.system", "kafka"),
-            KeyValue::new("messaging.operation.type", "process"),
-            KeyValue::new("messaging.operation.name", "process"),
-            KeyValue::new("messaging.destination.name", topic.to_string()),
-            KeyValue::new("messaging.destination.partition.id", partition.to_string()),
-            KeyValue::new("messaging.consumer.group.name", t.group.clone()),
-            KeyValue::new("messaging.kafka.offset", offset),
-            KeyValue::new("messaging.kafka.message.key", key.to_string()),
-            KeyValue::new("messaging.message.id", id.to_string()),
-        ])
+        .with_attributes(attributes)
         .start_with_context(&t.tracer, &parent);
-    let cx = parent.with_remote_span_context(span.span_context().clone());
-    Some(EventSpan { span, cx })
+    Some(EventSpan { cx: parent.with_span(span) })
+}
+
+/// The `send` span of a prediction record; ends when dropped, after the record was enqueued.
+pub struct SendSpan {
+    cx: Context,
+}
+
+impl SendSpan {
+    /// The W3C `traceparent` of this span, for the prediction record's header.
+    pub fn traceparent(&self) -> String {
+        let span = self.cx.span();
+        let sc = span.span_context();
+        format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8())
+    }
+}
+
+impl Drop for SendSpan {
+    fn drop(&mut self) {
+        self.cx.span().end();
+    }
 }
 
 impl EventSpan {
-    /// Records how the event was scored, opens and ends the `send` span of its prediction, and
-    /// returns that span's `traceparent` for the prediction record.
-    pub fn predicted(&mut self, model: &crate::event::ModelRef, variant: &str, fallback: bool) -> String {
-        self.span.set_attributes([
-            KeyValue::new("streamcast.model.name", model.name.clone()),
-            KeyValue::new("streamcast.model.version", model.version.clone()),
-            KeyValue::new("streamcast.variant", variant.to_string()),
-            KeyValue::new("streamcast.fallback", fallback),
-        ]);
+    /// The event's `id`, once decoded (`messaging.message.id`: Kafka has no broker-side message
+    /// id, and the event id is what joins the prediction and the actual).
+    pub fn set_message_id(&self, id: &str) {
+        self.cx.span().set_attribute(KeyValue::new("messaging.message.id", id.to_string()));
+    }
+
+    /// Records how the event was scored and opens the `send` span of its prediction.
+    pub fn send(&self, model: &crate::event::ModelRef, variant: &str, fallback: bool, key: &str) -> SendSpan {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("streamcast.model.name", model.name.clone()));
+        span.set_attribute(KeyValue::new("streamcast.model.version", model.version.clone()));
+        span.set_attribute(KeyValue::new("streamcast.variant", variant.to_string()));
+        span.set_attribute(KeyValue::new("streamcast.fallback", fallback));
         let t = TRACING.get().expect("a span exists only when tracing is set");
-        let mut send = t
+        let send: Span = t
             .tracer
             .span_builder(format!("send {}", t.predictions_topic))
             .with_kind(SpanKind::Producer)
@@ -289,15 +319,16 @@ impl EventSpan {
                 KeyValue::new("messaging.operation.type", "send"),
                 KeyValue::new("messaging.operation.name", "send"),
                 KeyValue::new("messaging.destination.name", t.predictions_topic.clone()),
+                KeyValue::new("messaging.kafka.message.key", key.to_string()),
             ])
             .start_with_context(&t.tracer, &self.cx);
-        let sc = send.span_context().clone();
-        send.end();
-        format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8())
+        SendSpan { cx: self.cx.with_span(send) }
     }
 
-    /// Marks the event as failed (dead-lettered).
-    pub fn failed(&mut self, reason: &str) {
-        self.span.set_status(opentelemetry::trace::Status::error(reason.to_string()));
+    /// Marks the event as failed: dead-lettered with `kind` (`error.type`).
+    pub fn failed(&self, kind: &str, reason: &str) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("error.type", kind.to_string()));
+        span.set_status(opentelemetry::trace::Status::error(reason.to_string()));
     }
 }

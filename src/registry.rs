@@ -28,6 +28,7 @@ pub struct Served {
     pub model: ModelRef,
     pub features: Vec<String>,
     pub window: usize,
+    pub horizon: usize,
     /// `model` failed to load at start-up (the fallback serves): its files are retried once they
     /// change, and any newer version is taken.
     pub failed: bool,
@@ -112,10 +113,10 @@ impl Watcher {
             match self.load(&dir, latest) {
                 Ok(model) => {
                     let to = model.model_ref().clone();
-                    tracing::info!(from = %self.served.model.version, to = %to.version, "New model version validated; swapping.");
                     if reloads.send(model).is_err() {
                         return; // The inference thread is gone: shutting down.
                     }
+                    tracing::info!(from = %self.served.model.version, to = %to.version, "New model version validated; swapping.");
                     metrics.model_reloads.with_label_values(&["loaded"]).inc();
                     if let Ok(mut d) = doc.write() {
                         d["models"][0]["version"] = to.version.clone().into();
@@ -155,10 +156,10 @@ impl Watcher {
         if m.version != version {
             return Err(format!("bundle.json says version {} but it lives in directory {version}", m.version));
         }
-        if m.features != self.served.features || m.window != self.served.window {
+        if m.features != self.served.features || m.window != self.served.window || m.horizon != self.served.horizon {
             return Err(format!(
-                "features {:?} / window {} differ from the served model's {:?} / {}; per-series state cannot carry over, restart to switch",
-                m.features, m.window, self.served.features, self.served.window
+                "features {:?} / window {} / horizon {} differ from the served model's {:?} / {} / {}; per-series state and consumers' expectations cannot carry over, restart to switch",
+                m.features, m.window, m.horizon, self.served.features, self.served.window, self.served.horizon
             ));
         }
         let mut model = Model::load(bundle, self.options).map_err(|e| e.to_string())?;

@@ -313,23 +313,30 @@ pub async fn start(
             model: model_ref.clone(),
             features: m.features.clone(),
             window: m.window,
+            horizon: m.horizon,
             failed: primary_failed,
         };
         crate::registry::spawn(config, served, w.reloads.clone(), models.clone(), metrics.clone(), shutdown.clone())
     });
     let decisions = match (worker.as_ref(), candidate_ref) {
-        (Some(w), Some(candidate)) => Some(
-            crate::decisions::spawn_follower(
-                config,
+        (Some(w), Some(candidate)) => {
+            // Creating the consumer and reading metadata block: off the async threads.
+            let (config, primary, controls, models, metrics, shutdown) = (
+                config.clone(),
                 model_ref.clone(),
-                candidate,
                 w.controls.clone(),
                 models.clone(),
                 metrics.clone(),
                 shutdown.clone(),
-            )
-            .map_err(|e| RunError::Pipeline(PipelineError::Client(e)))?,
-        ),
+            );
+            let follower = tokio::task::spawn_blocking(move || {
+                crate::decisions::spawn_follower(&config, primary, candidate, controls, models, metrics, shutdown)
+            })
+            .await
+            .expect("starting the decision follower does not panic");
+            // On failure the process exits; the threads already started end with it.
+            Some(follower.map_err(|e| RunError::Pipeline(PipelineError::Client(e)))?)
+        }
         _ => None,
     };
     let http_addr = if config.http.listen.is_empty() {

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub series_windows: IntGauge,
     pub series_evicted: IntCounter,
+    /// Series windows rebuilt from a newly assigned partition's history.
+    pub series_rebuilt: IntCounter,
     pub execution_provider: IntGaugeVec,
     /// Per input partition (a small, fixed set): messages between the consumer's position and
     /// the high watermark, from librdkafka's statistics.
@@ -139,6 +141,10 @@ impl Metrics {
             in_flight: gauge("streamcast_in_flight_events", "Events consumed and not yet acknowledged."),
             series_windows: gauge("streamcast_series_windows", "Series whose window state is held."),
             series_evicted: counter("streamcast_series_evicted_total", "Series windows evicted by the LRU cap."),
+            series_rebuilt: counter(
+                "streamcast_series_rebuilt_total",
+                "Series windows rebuilt from a newly assigned partition's history.",
+            ),
             execution_provider: int_gauge_vec(
                 "streamcast_execution_provider",
                 "1 for the execution provider in use.",

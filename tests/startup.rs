@@ -194,3 +194,13 @@ fn bundle_json_schema_and_shipped_examples_agree_with_the_rust_types() {
     let _: streamcast::bundle::Manifest = serde_json::from_str(&read("bundle.json")).expect("bundle example");
     assert!(Path::new(&examples.join("metrics_snapshot.json")).is_file());
 }
+
+#[test]
+fn the_readme_shows_the_example_config_verbatim() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let example = std::fs::read_to_string(repo().join("streamcast.toml")).unwrap();
+    let body = &example[example.find("[kafka]").unwrap()..];
+    let start = readme.find("```toml\n[kafka]").expect("the README's config block") + "```toml\n".len();
+    let block = &readme[start..start + readme[start..].find("\n```").unwrap()];
+    assert_eq!(block.trim_end(), body.trim_end(), "README's config block differs from streamcast.toml");
+}

@@ -194,8 +194,35 @@ fn a_worse_candidate_is_rolled_back_after_enough_actuals() {
     assert_eq!(after.len(), 200);
     assert!(after.iter().all(|p| p["variant"] == "primary" && p["model"]["version"] == "1"), "after rollback");
     assert!(worker.log_text().contains("Candidate rolled back"));
-    let models = http_get(worker.http_port(), "/models");
-    assert!(!models.contains("\"candidate\""), "{models}");
+    let models: serde_json::Value = serde_json::from_str(&http_get(worker.http_port(), "/models")).unwrap();
+    let candidate = models["models"].as_array().unwrap().iter().find(|m| m["version"] == "9").unwrap().clone();
+    assert_eq!((candidate["traffic_share"].as_f64(), candidate["status"].as_str()), (Some(0.0), Some("rolled_back")));
+
+    // The operator overrides the automatic decision: the latest decision wins.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("streamcast.toml");
+    std::fs::write(&path, &config).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["models", "promote", "--config"])
+        .arg(&path)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while worker.log_text().matches("Applying a label-driven decision").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", worker.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (last, _) = co2_events("rb", 600, 100);
+    send_keyed(&topics.input, &last);
+    assert!(preds.read_until(Duration::from_secs(90), |r| r.len() >= 700), "{}", worker.log_text());
+    let promoted = preds
+        .records
+        .iter()
+        .map(|r| r.json())
+        .filter(|p| p["id"].as_str().unwrap()[3..].parse::<usize>().unwrap() >= 600);
+    assert!(promoted.into_iter().all(|p| p["variant"] == "primary" && p["model"]["version"] == "9"));
 }
 
 #[test]

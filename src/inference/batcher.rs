@@ -29,11 +29,25 @@ pub trait JobSink<O> {
     fn batch(&mut self, outcome: BatchOutcome<'_, O>);
 }
 
+/// How one row of a batch was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowStatus {
+    /// By the model it was routed to (primary or candidate).
+    Model,
+    /// By the fallback.
+    Fallback,
+    /// By nothing: a non-finite output and no (working) fallback.
+    Failed,
+}
+
 /// The result of one batch.
 pub struct BatchOutcome<'a, O> {
     pub jobs: &'a mut Vec<Job<O>>,
-    /// `jobs.len() · H` predictions, or the error that failed the whole batch.
+    /// `jobs.len() · H` predictions (rows marked `Failed` in `rows` hold garbage), or the error
+    /// that failed the whole batch.
     pub result: Result<&'a [f32], &'a InferenceError>,
+    /// Per job, when `result` is `Ok`: who served it.
+    pub rows: &'a [RowStatus],
     pub model: &'a ModelRef,
     pub horizon: usize,
     pub inference_time: Duration,
@@ -44,7 +58,7 @@ pub struct BatchOutcome<'a, O> {
     pub candidate: Option<&'a ModelRef>,
     /// The shadow model and its predictions for every job (`jobs.len() · H`), when configured.
     pub shadow: Option<(&'a ModelRef, &'a [f32])>,
-    /// Set when the fallback scored every job of this batch (breaker open, or the primary failed).
+    /// The fallback, which served the rows marked `Fallback`.
     pub fallback: Option<&'a ModelRef>,
     /// The breaker changed state with this batch, with the primary's last error if any.
     pub breaker: Option<(Transition, Option<String>)>,
@@ -88,6 +102,18 @@ pub struct Batcher {
     /// The fallback and the breaker that decides when it serves.
     fallback: Option<(FallbackModel, Breaker)>,
     controls: Option<Receiver<VariantControl>>,
+    /// Who served each row of the current batch.
+    rows: Vec<RowStatus>,
+    /// The primary's own inference time in the current batch (what the budget judges).
+    primary_time: Duration,
+    /// The shadow scored the current batch.
+    shadow_ok: bool,
+    /// False after a rollback: the candidate stays loaded (a later promotion can still apply)
+    /// but gets no rows.
+    candidate_active: bool,
+    /// The primary a promotion replaced, kept so a rollback of that promotion can restore it.
+    demoted: Option<Model>,
+    last_warn: Option<Instant>,
 }
 
 impl Batcher {
@@ -109,6 +135,12 @@ impl Batcher {
             miss_outputs: Vec::new(),
             fallback: None,
             controls: None,
+            rows: Vec::new(),
+            primary_time: Duration::ZERO,
+            shadow_ok: false,
+            candidate_active: true,
+            demoted: None,
+            last_warn: None,
         }
     }
 
@@ -145,6 +177,12 @@ impl Batcher {
             miss_outputs: Vec::new(),
             fallback: None,
             controls: None,
+            rows: Vec::new(),
+            primary_time: Duration::ZERO,
+            shadow_ok: false,
+            candidate_active: true,
+            demoted: None,
+            last_warn: None,
         }
     }
 
@@ -158,42 +196,42 @@ impl Batcher {
         self
     }
 
-    /// Applies pending decisions; one naming a candidate version that is not (or no longer) the
-    /// configured candidate is ignored, so a replayed or repeated decision is harmless.
+    /// Applies pending decisions, in order, so the latest one wins (an operator can undo an
+    /// automatic decision). A decision naming another version than the configured candidate is
+    /// ignored, and repeating one changes nothing: replaying the decision log is harmless.
+    ///
+    /// Split (candidate gets its share) → rollback → candidate loaded but idle; → promote →
+    /// candidate is the primary, the old primary kept; rollback then restores it.
     fn apply_controls(&mut self) {
         let Some(rx) = &self.controls else { return };
-        while let Ok(control) = rx.try_recv() {
-            let (Some(candidate), version) = (
-                self.candidate.as_ref(),
-                match &control {
-                    VariantControl::Rollback { candidate_version } | VariantControl::Promote { candidate_version } => {
-                        candidate_version
-                    }
-                },
-            ) else {
-                continue;
-            };
-            if candidate.model_ref().version != *version {
-                continue;
-            }
-            let candidate = self.candidate.take().expect("checked above");
+        let pending: Vec<VariantControl> = rx.try_iter().collect();
+        for control in pending {
+            let (VariantControl::Rollback { candidate_version: v } | VariantControl::Promote { candidate_version: v }) =
+                &control;
+            let is_candidate = self.candidate.as_ref().is_some_and(|c| c.model_ref().version == *v);
+            let is_promoted =
+                self.demoted.is_some() && self.model.as_ref().is_some_and(|m| m.model_ref().version == *v);
             match control {
-                VariantControl::Rollback { .. } => {
-                    tracing::warn!(
-                        candidate = %version,
-                        primary = %self.primary_version(),
-                        "Candidate rolled back: its series are served by the primary again."
-                    );
+                VariantControl::Rollback { .. } if is_candidate && self.candidate_active => {
+                    self.candidate_active = false;
+                    tracing::warn!(candidate = %v, primary = %self.primary_version(), "Candidate rolled back: its series are served by the primary again.");
                 }
-                VariantControl::Promote { .. } => {
-                    tracing::warn!(
-                        from = %self.primary_version(),
-                        to = %version,
-                        "Candidate promoted: it now serves every series as the primary."
-                    );
+                VariantControl::Rollback { .. } if is_promoted => {
+                    let previous = self.demoted.take().expect("checked above");
+                    tracing::warn!(candidate = %v, primary = %previous.model_ref().version, "Promotion rolled back: the previous primary serves every series again.");
+                    self.candidate = self.model.replace(previous);
+                    self.candidate_active = false;
+                }
+                VariantControl::Promote { .. } if is_candidate => {
+                    tracing::warn!(from = %self.primary_version(), to = %v, "Candidate promoted: it now serves every series as the primary.");
                     self.recovered |= self.model.is_none();
-                    self.model = Some(candidate);
+                    self.demoted = std::mem::replace(&mut self.model, self.candidate.take());
+                    self.candidate_active = false;
                 }
+                _ => continue,
+            }
+            if let Some(m) = &self.model {
+                self.horizon = m.horizon();
             }
         }
     }
@@ -234,6 +272,7 @@ impl Batcher {
                 "Model swapped."
             );
             self.recovered |= self.model.is_none();
+            self.horizon = next.horizon();
             self.model = Some(next);
         }
     }
@@ -283,6 +322,7 @@ impl Batcher {
         sink.batch_started();
         let start = Instant::now();
         let (hits0, misses0) = self.cache_counts();
+        let (n, h) = (batch.len(), self.horizon);
         let mut breaker_transition = None;
         if std::mem::take(&mut self.recovered) {
             if let Some((_, breaker)) = self.fallback.as_mut() {
@@ -292,34 +332,70 @@ impl Batcher {
         }
         let use_primary =
             self.model.is_some() && self.fallback.as_mut().is_none_or(|(_, breaker)| breaker.allow_primary(start));
+        self.primary_time = Duration::ZERO;
+        self.shadow_ok = false;
         let mut result = if use_primary { self.score_primary(batch) } else { Err(InferenceError::BreakerOpen) };
-        let mut served_by_fallback = false;
+        // A non-finite output fails its row only: one broken series must not take its batch
+        // neighbours to the dead-letter topic (or to the fallback) with it.
+        self.rows.clear();
+        match &result {
+            Ok(()) => self.rows.extend(self.outputs.chunks_exact(h).map(|row| {
+                if row.iter().all(|v| v.is_finite()) {
+                    RowStatus::Model
+                } else {
+                    RowStatus::Failed
+                }
+            })),
+            Err(_) => self.rows.resize(n, RowStatus::Failed),
+        }
+        let failed = self.rows.iter().filter(|r| **r == RowStatus::Failed).count();
         if let Some((fallback, breaker)) = self.fallback.as_mut() {
             if use_primary {
-                let good = breaker.judge(result.is_ok(), start.elapsed());
+                // Judged on the primary's own call: an error, no usable row at all, or over budget.
+                let good = result.is_ok() && failed < n && breaker.within_budget(self.primary_time);
                 if let Some(t) = breaker.record(good, Instant::now()) {
                     let error = match &result {
                         Err(e) => Some(e.to_string()),
-                        Ok(()) if !good => Some(format!("batch took {:?}, over the budget", start.elapsed())),
-                        Ok(()) => None,
+                        Ok(()) if failed == n => Some(InferenceError::NonFinite.to_string()),
+                        Ok(()) => Some(format!("the primary took {:?}, over the batch budget", self.primary_time)),
                     };
-                    breaker_transition = Some((t, error));
-                }
-                if let Err(error) = &result {
-                    tracing::warn!(%error, batch = batch.len(), "Primary inference failed; the fallback serves this batch.");
+                    breaker_transition = Some((t, error.filter(|_| !good)));
                 }
             }
-            if result.is_err() {
-                self.inputs.clear();
-                for job in batch.iter() {
-                    self.inputs.extend_from_slice(&job.input);
+            if failed > 0 {
+                if let Err(error) = &result {
+                    if use_primary && self.last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        self.last_warn = Some(Instant::now());
+                        tracing::warn!(%error, batch = n, "Primary inference failed; the fallback serves this batch.");
+                    }
                 }
-                result = fallback.predict(&self.inputs, batch.len(), &mut self.outputs);
-                served_by_fallback = result.is_ok();
+                self.outputs.resize(n * h, f32::NAN);
+                self.misses.clear();
+                self.miss_inputs.clear();
+                for (i, job) in batch.iter().enumerate() {
+                    if self.rows[i] == RowStatus::Failed {
+                        self.misses.push(i);
+                        self.miss_inputs.extend_from_slice(&job.input);
+                    }
+                }
+                match fallback.predict_rows(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs) {
+                    Ok(()) => {
+                        for (k, &i) in self.misses.iter().enumerate() {
+                            let out = &self.miss_outputs[k * h..(k + 1) * h];
+                            if out.iter().all(|v| v.is_finite()) {
+                                self.outputs[i * h..(i + 1) * h].copy_from_slice(out);
+                                self.rows[i] = RowStatus::Fallback;
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "The fallback failed too."),
+                }
+                if self.rows.iter().any(|r| *r != RowStatus::Failed) {
+                    result = Ok(());
+                }
             }
         }
         let inference_time = start.elapsed();
-        let horizon = self.horizon;
         let (hits1, misses1) = self.cache_counts();
         let outcome = BatchOutcome {
             jobs: batch,
@@ -327,71 +403,96 @@ impl Batcher {
                 Ok(()) => Ok(&self.outputs),
                 Err(e) => Err(e),
             },
+            rows: &self.rows,
             model: match (&self.model, &self.fallback) {
                 (Some(m), _) => m.model_ref(),
                 (None, Some((f, _))) => f.model_ref(),
                 (None, None) => unreachable!("a batcher without a primary always has a fallback"),
             },
-            horizon,
+            horizon: h,
             inference_time,
             cache_hits: hits1 - hits0,
             cache_misses: misses1 - misses0,
-            candidate: self.candidate.as_ref().map(Model::model_ref),
-            shadow: self
-                .shadow
-                .as_ref()
-                .filter(|_| !served_by_fallback)
-                .map(|m| (m.model_ref(), &self.shadow_outputs[..])),
-            fallback: self.fallback.as_ref().filter(|_| served_by_fallback).map(|(f, _)| f.model_ref()),
+            candidate: self.candidate.as_ref().filter(|_| self.candidate_active).map(Model::model_ref),
+            shadow: self.shadow.as_ref().filter(|_| self.shadow_ok).map(|m| (m.model_ref(), &self.shadow_outputs[..])),
+            fallback: self.fallback.as_ref().map(|(f, _)| f.model_ref()),
             breaker: breaker_transition,
         };
         sink.batch(outcome);
     }
 
     /// The primary's (and the variants') predictions for one batch, through the cache if any.
-    fn score_primary<O>(&mut self, batch: &[Job<O>]) -> Result<(), InferenceError> {
-        let variants = self.candidate.is_some() || self.shadow.is_some();
+    /// Sets `primary_time` to the primary's own call.
+    fn score_primary<O>(&mut self, batch: &mut [Job<O>]) -> Result<(), InferenceError> {
+        let variants = self.active_candidate().is_some() || self.shadow.is_some();
         match self.cache.is_some() && !variants {
             false if variants => self.score_variants(batch),
             false => {
                 self.inputs.clear();
-                for job in batch {
+                for job in batch.iter() {
                     self.inputs.extend_from_slice(&job.input);
                 }
                 let model = self.model.as_mut().expect("scored only with a primary");
-                model.predict(&self.inputs, batch.len(), &mut self.outputs)
+                let t = Instant::now();
+                let r = model.predict_rows(&self.inputs, batch.len(), &mut self.outputs);
+                self.primary_time = t.elapsed();
+                r
             }
             true => self.score_cached(batch),
         }
     }
 
-    /// Scores primary-routed and candidate-routed rows with their models, and all rows with the
-    /// shadow, each model in one call.
-    fn score_variants<O>(&mut self, batch: &[Job<O>]) -> Result<(), InferenceError> {
+    fn active_candidate(&self) -> Option<&Model> {
+        self.candidate.as_ref().filter(|_| self.candidate_active)
+    }
+
+    /// Scores candidate-routed rows with the candidate, the others with the primary, and all rows
+    /// with the shadow, each model in one call. A candidate that fails hands its rows to the
+    /// primary (they go out as primary predictions); a shadow that fails only loses its output.
+    fn score_variants<O>(&mut self, batch: &mut [Job<O>]) -> Result<(), InferenceError> {
         let h = self.horizon;
         self.outputs.clear();
         self.outputs.resize(batch.len() * h, 0.0);
-        let has_candidate = self.candidate.is_some();
-        for use_candidate in [false, true] {
-            let model = match (use_candidate, self.candidate.as_mut()) {
-                (false, _) => self.model.as_mut().expect("scored only with a primary"),
-                (true, Some(c)) => c,
-                (true, None) => break,
-            };
-            // Without a candidate, every job is the primary's.
-            let routed = |j: &Job<O>| if use_candidate { j.candidate } else { !j.candidate || !has_candidate };
+        let has_candidate = self.active_candidate().is_some();
+        if let Some(candidate) = self.candidate.as_mut().filter(|_| self.candidate_active) {
             self.misses.clear();
             self.miss_inputs.clear();
             for (i, job) in batch.iter().enumerate() {
-                if routed(job) {
+                if job.candidate {
                     self.misses.push(i);
                     self.miss_inputs.extend_from_slice(&job.input);
                 }
             }
-            if self.misses.is_empty() {
-                continue;
+            if !self.misses.is_empty() {
+                match candidate.predict_rows(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs) {
+                    Ok(()) => {
+                        for (k, &i) in self.misses.iter().enumerate() {
+                            self.outputs[i * h..(i + 1) * h].copy_from_slice(&self.miss_outputs[k * h..(k + 1) * h]);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, rows = self.misses.len(), "Candidate inference failed; the primary scores its rows.");
+                        for &i in &self.misses {
+                            batch[i].candidate = false;
+                        }
+                    }
+                }
             }
-            model.predict(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs)?;
+        }
+        self.misses.clear();
+        self.miss_inputs.clear();
+        for (i, job) in batch.iter().enumerate() {
+            if !(has_candidate && job.candidate) {
+                self.misses.push(i);
+                self.miss_inputs.extend_from_slice(&job.input);
+            }
+        }
+        if !self.misses.is_empty() {
+            let model = self.model.as_mut().expect("scored only with a primary");
+            let t = Instant::now();
+            let r = model.predict_rows(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs);
+            self.primary_time = t.elapsed();
+            r?;
             for (k, &i) in self.misses.iter().enumerate() {
                 self.outputs[i * h..(i + 1) * h].copy_from_slice(&self.miss_outputs[k * h..(k + 1) * h]);
             }
@@ -399,10 +500,14 @@ impl Batcher {
         self.shadow_outputs.clear();
         if let Some(shadow) = self.shadow.as_mut() {
             self.inputs.clear();
-            for job in batch {
+            for job in batch.iter() {
                 self.inputs.extend_from_slice(&job.input);
             }
-            shadow.predict(&self.inputs, batch.len(), &mut self.shadow_outputs)?;
+            match shadow.predict_rows(&self.inputs, batch.len(), &mut self.shadow_outputs) {
+                Ok(()) if self.shadow_outputs.iter().all(|v| v.is_finite()) => self.shadow_ok = true,
+                Ok(()) => tracing::debug!("Shadow produced non-finite predictions; its batch output is dropped."),
+                Err(error) => tracing::warn!(%error, "Shadow inference failed; its batch output is dropped."),
+            }
         }
         Ok(())
     }
@@ -413,13 +518,12 @@ impl Batcher {
         // Owned: the model is borrowed mutably to run the misses while the version is in use.
         let version = self.primary_version().to_string();
         let cache = self.cache.as_mut().expect("called only with a cache");
-        let version = version.as_str();
         self.outputs.clear();
         self.outputs.resize(batch.len() * h, 0.0);
         self.misses.clear();
         self.miss_inputs.clear();
         for (i, job) in batch.iter().enumerate() {
-            match cache.get(version, &job.input) {
+            match cache.get(&version, &job.input) {
                 Some(hit) => self.outputs[i * h..(i + 1) * h].copy_from_slice(hit),
                 None => {
                     self.misses.push(i);
@@ -431,11 +535,16 @@ impl Batcher {
             return Ok(());
         }
         let model = self.model.as_mut().expect("scored only with a primary");
-        model.predict(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs)?;
+        let t = Instant::now();
+        let r = model.predict_rows(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs);
+        self.primary_time = t.elapsed();
+        r?;
         for (k, &i) in self.misses.iter().enumerate() {
             let out = &self.miss_outputs[k * h..(k + 1) * h];
             self.outputs[i * h..(i + 1) * h].copy_from_slice(out);
-            cache.put(version, &batch[i].input, out);
+            if out.iter().all(|v| v.is_finite()) {
+                cache.put(&version, &batch[i].input, out);
+            }
         }
         Ok(())
     }
@@ -472,6 +581,58 @@ mod tests {
 
     fn window(shift: f32) -> Vec<f32> {
         (0..16).flat_map(|t| [340.0 + shift + t as f32 * 0.1, 0.5, -0.5]).collect()
+    }
+
+    /// Which model version served each job.
+    struct Served(Vec<String>);
+    impl JobSink<()> for Served {
+        fn batch(&mut self, o: BatchOutcome<'_, ()>) {
+            assert!(o.rows.iter().all(|r| *r == RowStatus::Model));
+            for job in o.jobs.iter() {
+                let m = match (job.candidate, o.candidate) {
+                    (true, Some(c)) => c,
+                    _ => o.model,
+                };
+                self.0.push(m.version.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn decisions_apply_in_order_and_a_rollback_undoes_a_promotion() {
+        let load = |v: &str| {
+            let dir = format!("models/co2-mlp/{v}");
+            Model::load(Bundle::load(std::path::Path::new(&dir)).unwrap(), SessionOptions::default()).unwrap()
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let options = BatchingOptions { max_batch_size: 8, max_wait: Duration::from_millis(1) };
+        let mut b = Batcher::new(load("1"), options).with_variants(Some(load("2")), None).with_controls(rx);
+        let round = |b: &mut Batcher, controls: &[VariantControl]| {
+            for c in controls {
+                tx.send(c.clone()).unwrap();
+            }
+            b.apply_controls();
+            let mut sink = Served(Vec::new());
+            let window: Vec<f32> = (0..24).flat_map(|t| [340.0 + t as f32, 0.5, -0.5]).collect();
+            let mut jobs = vec![
+                Job { input: window.clone(), candidate: true, origin: () },
+                Job { input: window, candidate: false, origin: () },
+            ];
+            b.score(&mut jobs, &mut sink);
+            sink.0
+        };
+        let (rollback, promote) = (
+            VariantControl::Rollback { candidate_version: "2".into() },
+            VariantControl::Promote { candidate_version: "2".into() },
+        );
+        assert_eq!(round(&mut b, &[]), ["2", "1"], "split: each row by its routed model");
+        assert_eq!(round(&mut b, &[rollback.clone()]), ["1", "1"]);
+        assert_eq!(round(&mut b, &[promote.clone()]), ["2", "2"], "an operator's later promotion wins");
+        assert_eq!(round(&mut b, &[promote.clone()]), ["2", "2"], "repeats change nothing");
+        assert_eq!(round(&mut b, &[rollback.clone()]), ["1", "1"], "rolling a promotion back restores the primary");
+        let other = VariantControl::Promote { candidate_version: "3".into() };
+        assert_eq!(round(&mut b, &[other]), ["1", "1"], "decisions about other versions are ignored");
+        assert_eq!(round(&mut b, &[rollback, promote]), ["2", "2"], "several pending: applied in order");
     }
 
     #[test]

@@ -98,9 +98,9 @@ impl Breaker {
         }
     }
 
-    /// Whether a primary batch that returned `ok` after `took` counts as good.
-    pub fn judge(&self, ok: bool, took: Duration) -> bool {
-        ok && self.options.batch_budget.is_none_or(|b| took <= b)
+    /// Whether the primary's call for a batch, taking `took`, stayed within the budget.
+    pub fn within_budget(&self, took: Duration) -> bool {
+        self.options.batch_budget.is_none_or(|b| took <= b)
     }
 
     /// Records a batch the primary scored.
@@ -170,9 +170,10 @@ impl FallbackModel {
         }
     }
 
-    pub fn predict(&mut self, raw: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), InferenceError> {
+    /// Non-finite predictions are left in `out` for the caller to judge per row.
+    pub fn predict_rows(&mut self, raw: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), InferenceError> {
         match self {
-            FallbackModel::Bundle(m) => m.predict(raw, n, out),
+            FallbackModel::Bundle(m) => m.predict_rows(raw, n, out),
             FallbackModel::Naive(naive) => {
                 naive.predict(raw, n, out);
                 Ok(())
@@ -295,11 +296,10 @@ mod tests {
     #[test]
     fn a_batch_over_budget_counts_as_a_failure() {
         let b = Breaker::new(options());
-        assert!(b.judge(true, Duration::from_millis(50)));
-        assert!(!b.judge(true, Duration::from_millis(51)));
-        assert!(!b.judge(false, Duration::ZERO));
+        assert!(b.within_budget(Duration::from_millis(50)));
+        assert!(!b.within_budget(Duration::from_millis(51)));
         let no_budget = Breaker::new(BreakerOptions { batch_budget: None, ..options() });
-        assert!(no_budget.judge(true, Duration::from_secs(100)));
+        assert!(no_budget.within_budget(Duration::from_secs(100)));
     }
 
     #[test]

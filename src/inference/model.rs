@@ -98,8 +98,18 @@ impl Model {
     }
 
     /// Scores `n` raw windows (`n · T · F` values, each window time-major) and writes `n · H`
-    /// de-normalized predictions to `out` (cleared first).
+    /// de-normalized predictions to `out` (cleared first). A non-finite prediction fails the call.
     pub fn predict(&mut self, raw: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), InferenceError> {
+        self.predict_rows(raw, n, out)?;
+        if out.iter().any(|v| !v.is_finite()) {
+            return Err(InferenceError::NonFinite);
+        }
+        Ok(())
+    }
+
+    /// Like [`Model::predict`], but leaves non-finite predictions in `out` for the caller to
+    /// judge row by row (the streaming path fails only the rows they belong to).
+    pub fn predict_rows(&mut self, raw: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), InferenceError> {
         let m = &self.bundle.manifest;
         let (t, f, h) = (m.window, m.features.len(), m.horizon);
         if raw.len() != n * t * f {
@@ -129,9 +139,6 @@ impl Model {
             return Err(InferenceError::Shape(format!("output shape {shape:?}; expected [{n}, {h}]")));
         }
         out.extend_from_slice(data);
-        if out.iter().any(|v| !v.is_finite()) {
-            return Err(InferenceError::NonFinite);
-        }
         self.bundle.target_scaler.denormalize(out);
         Ok(())
     }

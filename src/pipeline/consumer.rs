@@ -29,11 +29,24 @@ pub struct LoopState {
     fatal: Option<String>,
     /// Kafka timestamp (ms) of the last event consumed per partition, for lag in seconds.
     last_timestamp: std::collections::HashMap<i32, i64>,
+    /// Rebuilds the windows of newly assigned partitions (models with `window > 1`).
+    rebuilder: Option<super::rebuild::WindowRebuilder>,
 }
 
 impl LoopState {
-    pub fn new(windows: WindowStore, completions: Receiver<Completion>) -> LoopState {
-        LoopState { tracker: Default::default(), windows, completions, fatal: None, last_timestamp: Default::default() }
+    pub fn new(
+        windows: WindowStore,
+        completions: Receiver<Completion>,
+        rebuilder: Option<super::rebuild::WindowRebuilder>,
+    ) -> LoopState {
+        LoopState {
+            tracker: Default::default(),
+            windows,
+            completions,
+            fatal: None,
+            last_timestamp: Default::default(),
+            rebuilder,
+        }
     }
 }
 
@@ -194,12 +207,40 @@ impl ConsumerContext for WorkerContext {
         tracing::info!(?partitions, series_dropped = dropped, "Partitions revoked.");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                self.assigned.store(true, Ordering::SeqCst);
+                let partitions: Vec<i32> =
+                    tpl.elements().iter().filter(|e| e.topic() == self.input_topic).map(|e| e.partition()).collect();
                 tracing::info!(?partitions, "Partitions assigned.");
+                let mut st = self.lock();
+                if let Some(mut rebuilder) = st.rebuilder.take().filter(|_| !partitions.is_empty()) {
+                    // Before the first fetch of these partitions: their events must not be scored
+                    // with windows that are still being rebuilt.
+                    let started = Instant::now();
+                    let ends = rebuilder.resume_offsets(consumer, &partitions);
+                    let report = rebuilder.rebuild(&ends, &mut st.windows);
+                    st.rebuilder = Some(rebuilder);
+                    self.metrics.series_windows.set(st.windows.len() as i64);
+                    self.metrics.series_rebuilt.inc_by(report.series as u64);
+                    if !report.incomplete.is_empty() {
+                        tracing::warn!(
+                            partitions = ?report.incomplete,
+                            "History not read to the resume offset in time; those series warm up afresh."
+                        );
+                    }
+                    if report.records > 0 {
+                        tracing::info!(
+                            ?partitions,
+                            series = report.series,
+                            records = report.records,
+                            ms = started.elapsed().as_secs_f64() * 1e3,
+                            "Series windows rebuilt from the partitions' history."
+                        );
+                    }
+                }
+                drop(st);
+                self.assigned.store(true, Ordering::SeqCst);
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "Rebalance error."),
@@ -307,13 +348,32 @@ fn handle(
     }
     st.tracker.begin(token.partition, token.offset);
     let payload = message.payload().unwrap_or_default();
+    let traceparent = message
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT))
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_string);
+    let span = crate::otel::process_span(
+        message.topic(),
+        token.partition,
+        token.offset,
+        message.key(),
+        traceparent.as_deref(),
+    );
     let event = match InputEvent::decode(payload, schema) {
         Ok(e) => e,
         Err(e) => {
+            if let Some(span) = &span {
+                span.failed(e.kind.as_str(), &e.reason);
+            }
             publisher.dead_letter(token, message.key(), payload, e.kind, &e.reason);
             return;
         }
     };
+    if let Some(span) = &span {
+        span.set_message_id(&event.id);
+    }
     if event.extra_features > 0 {
         metrics.extra_features.inc_by(u64::from(event.extra_features));
     }
@@ -329,20 +389,6 @@ fn handle(
             (input.clone(), filled.padded)
         }
     };
-    let traceparent = message
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT))
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map(str::to_string);
-    let span = crate::otel::process_span(
-        message.topic(),
-        token.partition,
-        token.offset,
-        &event.series_id,
-        &event.id,
-        traceparent.as_deref(),
-    );
     let origin = StreamOrigin {
         token,
         span,

@@ -4,12 +4,14 @@
 //! - [`consumer`]: the poll loop, validation, windows, rebalance draining.
 //! - [`offsets`]: in-order offset tracking per partition.
 //! - [`publish`]: predictions, dead letters, delivery reports.
+//! - [`rebuild`]: per-series windows rebuilt from a newly assigned partition's history.
 //!
 //! Every queue on the data path is bounded by `consumer.max_in_flight`.
 
 pub mod consumer;
 pub mod offsets;
 pub mod publish;
+pub mod rebuild;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::sync_channel;
@@ -280,8 +282,9 @@ impl Worker {
                 .map_err(PipelineError::Client)?,
         );
         let assigned = Arc::new(AtomicBool::new(false));
+        let rebuilder = rebuild::WindowRebuilder::new(config, schema.clone()).map_err(PipelineError::Client)?;
         let context = WorkerContext::new(
-            LoopState::new(windows, completions_rx),
+            LoopState::new(windows, completions_rx, rebuilder),
             &config.topics.input,
             config.processing.shutdown_timeout,
             metrics.clone(),
@@ -320,6 +323,8 @@ impl Worker {
             alerts.clone(),
             &config.model.name,
             fallback_ref.clone(),
+            config.monitor.alert_cooldown,
+            matches!(primary, Primary::Failed { .. }),
         );
         let (reloads, reloads_rx) = sync_channel(1);
         let (controls, controls_rx) = sync_channel(8);

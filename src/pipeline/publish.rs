@@ -15,8 +15,9 @@ use rdkafka::ClientContext;
 
 use super::{Origin, Scored};
 use crate::event::{now_rfc3339, ModelRef, PredictionOut, RejectKind, Variant};
+use crate::inference::batcher::RowStatus;
 use crate::inference::breaker::Transition;
-use crate::inference::{BatchOutcome, JobSink};
+use crate::inference::{BatchOutcome, InferenceError, JobSink};
 use crate::monitor::alerts::Alert;
 use crate::telemetry::Metrics;
 
@@ -227,6 +228,11 @@ pub struct KafkaSink {
     /// The primary's name, which keys the breaker's alerts, and the configured fallback.
     model_name: String,
     fallback: Option<ModelRef>,
+    /// `fallback_active` is firing (a resolve is owed).
+    alert_active: bool,
+    last_fired: Option<std::time::Instant>,
+    /// A breaker that flaps re-fires at most once per cooldown (`monitor.alert_cooldown`).
+    cooldown: Duration,
 }
 
 impl KafkaSink {
@@ -238,18 +244,32 @@ impl KafkaSink {
             alerts: None,
             model_name: String::new(),
             fallback: None,
+            alert_active: false,
+            last_fired: None,
+            cooldown: Duration::ZERO,
         }
     }
 
     /// Publishes `fallback_active` when the breaker opens and when it closes.
-    pub fn with_alerts(mut self, alerts: Arc<AlertSink>, model_name: &str, fallback: Option<ModelRef>) -> KafkaSink {
+    /// `firing`: a `fallback_active` alert was already published (a primary that failed to load).
+    pub fn with_alerts(
+        mut self,
+        alerts: Arc<AlertSink>,
+        model_name: &str,
+        fallback: Option<ModelRef>,
+        cooldown: Duration,
+        firing: bool,
+    ) -> KafkaSink {
         self.alerts = Some(alerts);
         self.model_name = model_name.to_string();
         self.fallback = fallback;
+        self.cooldown = cooldown;
+        self.alert_active = firing;
+        self.last_fired = firing.then(std::time::Instant::now);
         self
     }
 
-    fn on_breaker(&self, transition: Transition, error: Option<&str>, primary: &ModelRef) {
+    fn on_breaker(&mut self, transition: Transition, error: Option<&str>, primary: &ModelRef) {
         let (state, details) = match transition {
             Transition::Opened { failures, batches } => {
                 tracing::error!(failures, batches, error, "Circuit breaker opened: the fallback serves every batch.");
@@ -268,6 +288,20 @@ impl KafkaSink {
         let open = state == "firing";
         self.metrics.fallback_active.set(i64::from(open));
         self.metrics.breaker_transitions.with_label_values(&[if open { "open" } else { "closed" }]).inc();
+        // Hysteresis for the alert: one firing and one resolve per episode, and a breaker that
+        // keeps flapping re-fires at most once per cooldown (the gauge shows every flap).
+        let publish = if open {
+            !self.alert_active && self.last_fired.is_none_or(|t| t.elapsed() >= self.cooldown)
+        } else {
+            self.alert_active
+        };
+        if !publish {
+            return;
+        }
+        self.alert_active = open;
+        if open {
+            self.last_fired = Some(std::time::Instant::now());
+        }
         let Some(alerts) = &self.alerts else { return };
         let mut details = details;
         details["state"] = state.into();
@@ -303,50 +337,50 @@ impl JobSink<Origin> for KafkaSink {
 impl KafkaSink {
     fn publish_batch(&mut self, outcome: BatchOutcome<'_, Origin>) {
         let n = outcome.jobs.len();
+        let h = outcome.horizon;
         self.metrics.batch_size.observe(n as f64);
         self.metrics.inference_duration.observe(outcome.inference_time.as_secs_f64());
         self.metrics.cache_hits.inc_by(outcome.cache_hits);
         self.metrics.cache_misses.inc_by(outcome.cache_misses);
         let predictions = match outcome.result {
-            Ok(p) => p,
+            // Every job must get its own row; anything else is a bug, and zipping would silently
+            // leave jobs without a record (and their offsets stuck).
+            Ok(p) if p.len() == n * h && outcome.rows.len() == n => p,
+            Ok(p) => {
+                let reason = format!(
+                    "{} predictions and {} row states for {n} events of horizon {h}",
+                    p.len(),
+                    outcome.rows.len()
+                );
+                tracing::error!(%reason, "Inference output does not match its batch; dead-lettering the batch.");
+                self.fail_all(outcome.jobs, &reason);
+                return;
+            }
             Err(error) => {
-                let reason = error.to_string();
                 tracing::warn!(%error, batch = n, "Inference failed; dead-lettering the batch.");
-                for job in outcome.jobs.drain(..) {
-                    match job.origin {
-                        Origin::Stream(mut o) => {
-                            if let Some(span) = o.span.as_mut() {
-                                span.failed(&reason);
-                            }
-                            self.publisher.dead_letter(
-                                o.token,
-                                Some(o.series_id.as_bytes()),
-                                &o.payload,
-                                RejectKind::InferenceError,
-                                &reason,
-                            )
-                        }
-                        Origin::Request(r) => {
-                            let _ = r.reply.send(Err(reason.clone()));
-                        }
-                    }
-                }
+                self.fail_all(outcome.jobs, &error.to_string());
                 return;
             }
         };
         // One timestamp per batch: every prediction of a batch is produced at the same moment.
         let produced_at = now_rfc3339();
-        let h = outcome.horizon;
         let mut streamed = [0u64; 2];
+        let mut by_fallback = 0u64;
         let shadow = outcome.shadow;
-        let fallback = outcome.fallback.is_some();
         for (row, (job, prediction)) in outcome.jobs.drain(..).zip(predictions.chunks_exact(h)).enumerate() {
             let (model, variant) = match (job.candidate, outcome.candidate) {
                 (true, Some(candidate)) => (candidate, Variant::Candidate),
                 _ => (outcome.model, Variant::Primary),
             };
-            // The routed variant stays; the model that actually answered is the fallback.
-            let model = outcome.fallback.unwrap_or(model);
+            // The routed variant stays; the model that actually answered may be the fallback.
+            let (model, fallback) = match (outcome.rows[row], outcome.fallback) {
+                (RowStatus::Fallback, Some(f)) => (f, true),
+                (RowStatus::Failed, _) | (RowStatus::Fallback, None) => {
+                    self.fail_one(job.origin, &InferenceError::NonFinite.to_string());
+                    continue;
+                }
+                (RowStatus::Model, _) => (model, false),
+            };
             let mut o = match job.origin {
                 Origin::Stream(o) => o,
                 Origin::Request(r) => {
@@ -374,13 +408,16 @@ impl KafkaSink {
             }
             .encode(&mut self.buf);
             // With OTLP export on, the record carries the `send` span's context (same trace).
-            let traceparent = match o.span.as_mut() {
-                Some(span) => Some(span.predicted(model, variant.as_str(), fallback)),
+            let send = o.span.as_ref().map(|span| span.send(model, variant.as_str(), fallback, &o.series_id));
+            let traceparent = match &send {
+                Some(send) => Some(send.traceparent()),
                 None => o.traceparent.take(),
             };
             self.publisher.prediction(o.token, &o.series_id, &self.buf, traceparent.as_deref());
+            drop(send);
             self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
             streamed[usize::from(variant == Variant::Candidate)] += 1;
+            by_fallback += u64::from(fallback);
             if let Some((shadow_model, outputs)) = shadow {
                 PredictionOut {
                     id: &o.id,
@@ -401,8 +438,33 @@ impl KafkaSink {
         }
         self.metrics.predictions.with_label_values(&["primary"]).inc_by(streamed[0]);
         self.metrics.predictions.with_label_values(&["candidate"]).inc_by(streamed[1]);
-        if fallback {
-            self.metrics.fallback_predictions.inc_by(streamed[0] + streamed[1]);
+        self.metrics.fallback_predictions.inc_by(by_fallback);
+    }
+
+    /// Dead-letters (or answers with an error) every job of a batch that produced nothing.
+    fn fail_all(&mut self, jobs: &mut Vec<crate::inference::Job<Origin>>, reason: &str) {
+        for job in jobs.drain(..) {
+            self.fail_one(job.origin, reason);
+        }
+    }
+
+    fn fail_one(&mut self, origin: Origin, reason: &str) {
+        match origin {
+            Origin::Stream(o) => {
+                if let Some(span) = &o.span {
+                    span.failed(RejectKind::InferenceError.as_str(), reason);
+                }
+                self.publisher.dead_letter(
+                    o.token,
+                    Some(o.series_id.as_bytes()),
+                    &o.payload,
+                    RejectKind::InferenceError,
+                    reason,
+                );
+            }
+            Origin::Request(r) => {
+                let _ = r.reply.send(Err(reason.to_string()));
+            }
         }
     }
 }

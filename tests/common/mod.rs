@@ -349,6 +349,10 @@ impl Worker {
             .args(["run", "--config"])
             .arg(&path)
             .args(args)
+            // A developer's own OpenTelemetry settings must not switch export on in tests.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
             .envs(env.iter().copied())
             .current_dir(repo())
             .stdout(Stdio::null())
