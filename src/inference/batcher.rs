@@ -626,10 +626,14 @@ mod tests {
             VariantControl::Promote { candidate_version: "2".into() },
         );
         assert_eq!(round(&mut b, &[]), ["2", "1"], "split: each row by its routed model");
-        assert_eq!(round(&mut b, &[rollback.clone()]), ["1", "1"]);
-        assert_eq!(round(&mut b, &[promote.clone()]), ["2", "2"], "an operator's later promotion wins");
-        assert_eq!(round(&mut b, &[promote.clone()]), ["2", "2"], "repeats change nothing");
-        assert_eq!(round(&mut b, &[rollback.clone()]), ["1", "1"], "rolling a promotion back restores the primary");
+        assert_eq!(round(&mut b, std::slice::from_ref(&rollback)), ["1", "1"]);
+        assert_eq!(round(&mut b, std::slice::from_ref(&promote)), ["2", "2"], "an operator's later promotion wins");
+        assert_eq!(round(&mut b, std::slice::from_ref(&promote)), ["2", "2"], "repeats change nothing");
+        assert_eq!(
+            round(&mut b, std::slice::from_ref(&rollback)),
+            ["1", "1"],
+            "rolling a promotion back restores the primary"
+        );
         let other = VariantControl::Promote { candidate_version: "3".into() };
         assert_eq!(round(&mut b, &[other]), ["1", "1"], "decisions about other versions are ignored");
         assert_eq!(round(&mut b, &[rollback, promote]), ["2", "2"], "several pending: applied in order");
