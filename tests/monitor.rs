@@ -216,3 +216,21 @@ fn sustained_high_error_requests_retraining_once() {
     assert_eq!(retrain[0]["details"]["reason"], "performance");
     assert_eq!(alerts_of_kind(&alerts.records, "rmse_above_threshold").len(), 1);
 }
+
+#[test]
+fn a_retrain_schedule_requests_retraining_on_time_and_only_then() {
+    let topics = Topics::create(1);
+    let mut worker = start_monitor(&monitor_config(&topics, "retrain_schedule = \"3s\""));
+    worker.wait_for_log("Monitor started.", Duration::from_secs(60));
+    let started = std::time::Instant::now();
+    let mut alerts = Reader::new(&topics.alerts);
+    let two = alerts.read_until(Duration::from_secs(30), |r| alerts_of_kind(r, "retrain_requested").len() >= 2);
+    let elapsed = started.elapsed();
+    assert!(two, "{}", worker.log_text());
+    let requests = alerts_of_kind(&alerts.records, "retrain_requested");
+    assert!(requests.iter().all(|a| a["details"]["reason"] == "schedule"), "{requests:?}");
+    // Two periods of 3 s: not before 6 s (publish ticks every 0.5 s, so at most ~1 s late each).
+    assert!(elapsed >= Duration::from_millis(5500), "two scheduled requests after {elapsed:?}");
+    // No error-driven request without actuals, and nothing else fired.
+    assert!(alerts.records.iter().all(|a| a.json()["kind"] == "retrain_requested"));
+}
