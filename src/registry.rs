@@ -13,13 +13,12 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-
 use crate::bundle::{self, Bundle};
 use crate::config::Config;
 use crate::event::{now_rfc3339, ModelRef};
 use crate::inference::{Model, SessionOptions};
 use crate::monitor::alerts::Alert;
+use crate::pipeline::publish::AlertSink;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 
@@ -41,12 +40,12 @@ pub fn spawn(
     reloads: SyncSender<Model>,
     models_doc: Arc<RwLock<serde_json::Value>>,
     metrics: Arc<Metrics>,
+    alerts: Arc<AlertSink>,
     shutdown: Shutdown,
 ) -> Option<JoinHandle<()>> {
     if config.model.version != "latest" || config.model.watch_interval.is_zero() {
         return None;
     }
-    let alerts: Option<BaseProducer> = crate::pipeline::client_config(config).create().ok();
     let mut rejected = HashSet::new();
     if served.failed {
         let dir = config.model.root.join(&config.model.name).join(&served.model.version);
@@ -65,7 +64,6 @@ pub fn spawn(
             intra_threads: config.model.intra_threads,
         },
         warm_batch: config.batching.max_batch_size,
-        alerts_topic: config.topics.alerts.clone(),
         served,
         rejected,
     };
@@ -83,7 +81,6 @@ struct Watcher {
     interval: Duration,
     options: SessionOptions,
     warm_batch: usize,
-    alerts_topic: String,
     served: Served,
     /// (version, modification times) of refused bundles, so they are not reloaded every tick.
     rejected: HashSet<(String, Option<SystemTime>, Option<SystemTime>)>,
@@ -95,7 +92,7 @@ impl Watcher {
         reloads: SyncSender<Model>,
         doc: Arc<RwLock<serde_json::Value>>,
         metrics: Arc<Metrics>,
-        alerts: Option<BaseProducer>,
+        alerts: Arc<AlertSink>,
         shutdown: Shutdown,
     ) {
         while !shutdown.is_triggered() {
@@ -119,8 +116,12 @@ impl Watcher {
                     tracing::info!(from = %self.served.model.version, to = %to.version, "New model version validated; swapping.");
                     metrics.model_reloads.with_label_values(&["loaded"]).inc();
                     if let Ok(mut d) = doc.write() {
-                        d["models"][0]["version"] = to.version.clone().into();
-                        if let Some(primary) = d["models"][0].as_object_mut() {
+                        // By variant, not position: a promotion reorders the entries.
+                        let models = d["models"].as_array_mut().into_iter().flatten();
+                        if let Some(primary) =
+                            models.filter(|m| m["variant"] == "primary").find_map(|m| m.as_object_mut())
+                        {
+                            primary.insert("version".into(), to.version.clone().into());
                             primary.remove("status");
                             primary.remove("reason");
                         }
@@ -132,18 +133,13 @@ impl Watcher {
                     tracing::warn!(version = %latest, %reason, serving = %self.served.model.version, "Model version refused; the old one keeps serving.");
                     metrics.model_reloads.with_label_values(&["rejected"]).inc();
                     self.rejected.insert(key);
-                    if let Some(p) = &alerts {
-                        let alert = Alert {
-                            kind: "model_rejected",
-                            model: ModelRef { name: self.name.clone(), version: latest.clone() },
-                            variant: Some("primary"),
-                            at: now_rfc3339(),
-                            details: serde_json::json!({"reason": reason, "serving": self.served.model.version}),
-                        };
-                        let body = serde_json::to_vec(&alert).expect("alert serializes");
-                        let _ = p.send(BaseRecord::to(&self.alerts_topic).key(&self.name).payload(&body));
-                        let _ = p.flush(Duration::from_secs(5));
-                    }
+                    alerts.send(&Alert {
+                        kind: "model_rejected",
+                        model: ModelRef { name: self.name.clone(), version: latest.clone() },
+                        variant: Some("primary"),
+                        at: now_rfc3339(),
+                        details: serde_json::json!({"reason": reason, "serving": self.served.model.version}),
+                    });
                 }
             }
         }

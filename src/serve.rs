@@ -101,26 +101,6 @@ fn failed_primary(config: &Config, reason: String, error: RunError) -> Result<Pr
     Ok(Primary::Failed { bundle: Arc::new(bundle), model, reason })
 }
 
-/// Publishes `execution_provider_fallback` (the WARN was logged when the session was built).
-fn alert_provider_fallback(config: &Config, model: &crate::event::ModelRef, reason: &str) {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let alert = crate::monitor::alerts::Alert {
-        kind: "execution_provider_fallback",
-        model: model.clone(),
-        variant: Some("primary"),
-        at: crate::event::now_rfc3339(),
-        details: serde_json::json!({"requested": "auto", "using": "cpu", "reason": reason}),
-    };
-    let body = serde_json::to_vec(&alert).expect("alert serializes");
-    let sent = crate::pipeline::client_config(config).create::<BaseProducer>().and_then(|p| {
-        p.send(BaseRecord::to(&config.topics.alerts).key(&model.name).payload(&body)).map_err(|(e, _)| e)?;
-        p.flush(Duration::from_secs(10))
-    });
-    if let Err(error) = sent {
-        tracing::warn!(%error, "Could not publish the execution_provider_fallback alert.");
-    }
-}
-
 /// Loads the configured candidate, shadow and fallback; each bundle must keep the primary's
 /// features, window and horizon, since they score the same windows.
 fn load_variants(config: &Config, primary: &Bundle) -> Result<crate::pipeline::Variants, RunError> {
@@ -242,13 +222,8 @@ pub async fn start(
         let (mut doc, model_ref, provider, bundle) = match &primary {
             Primary::Loaded(model) => {
                 metrics.execution_provider.with_label_values(&[model.provider().provider.as_str()]).set(1);
-                if let Some(reason) = model.provider().fallback_reason.clone() {
+                if model.provider().fallback_reason.is_some() {
                     metrics.execution_provider_fallback.set(1);
-                    // Producing and flushing block; keep them off the async worker threads.
-                    let (config, model_ref) = (config.clone(), model.model_ref().clone());
-                    tokio::task::spawn_blocking(move || alert_provider_fallback(&config, &model_ref, &reason))
-                        .await
-                        .expect("publishing an alert does not panic");
                 }
                 (models_document(model), model.model_ref().clone(), model.provider().clone(), model.bundle().clone())
             }
@@ -290,7 +265,21 @@ pub async fn start(
         }
         let candidate_ref = variants.candidate.as_ref().map(|(m, _)| m.model_ref().clone());
         primary_failed = matches!(primary, Primary::Failed { .. });
+        let provider_fallback = match &primary {
+            Primary::Loaded(m) => m.provider().fallback_reason.clone().map(|r| (m.model_ref().clone(), r)),
+            Primary::Failed { .. } => None,
+        };
         let worker = Worker::start(config, primary, variants, metrics.clone(), shutdown.clone())?;
+        if let Some((model, reason)) = provider_fallback {
+            // The WARN was logged when the session was built; this only enqueues.
+            worker.alerts.send(&crate::monitor::alerts::Alert {
+                kind: "execution_provider_fallback",
+                model,
+                variant: Some("primary"),
+                at: crate::event::now_rfc3339(),
+                details: serde_json::json!({"requested": "auto", "using": "cpu", "reason": reason}),
+            });
+        }
         (Some(worker), doc, model_ref, provider, bundle, candidate_ref)
     };
     // A monitor-only process has no inference assignment to wait for; it is ready once running.
@@ -316,7 +305,15 @@ pub async fn start(
             horizon: m.horizon,
             failed: primary_failed,
         };
-        crate::registry::spawn(config, served, w.reloads.clone(), models.clone(), metrics.clone(), shutdown.clone())
+        crate::registry::spawn(
+            config,
+            served,
+            w.reloads.clone(),
+            models.clone(),
+            metrics.clone(),
+            w.alerts.clone(),
+            shutdown.clone(),
+        )
     });
     let decisions = match (worker.as_ref(), candidate_ref) {
         (Some(w), Some(candidate)) => {

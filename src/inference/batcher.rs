@@ -118,30 +118,9 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(model: Model, options: BatchingOptions) -> Batcher {
-        Batcher {
-            horizon: model.horizon(),
-            model: Some(model),
-            recovered: false,
-            options,
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            reloads: None,
-            cache: None,
-            candidate: None,
-            shadow: None,
-            shadow_outputs: Vec::new(),
-            misses: Vec::new(),
-            miss_inputs: Vec::new(),
-            miss_outputs: Vec::new(),
-            fallback: None,
-            controls: None,
-            rows: Vec::new(),
-            primary_time: Duration::ZERO,
-            shadow_ok: false,
-            candidate_active: true,
-            demoted: None,
-            last_warn: None,
-        }
+        let mut b = Batcher::new_empty(model.horizon(), options);
+        b.model = Some(model);
+        b
     }
 
     /// Serves batches with `fallback` while `breaker` is open, and any batch the primary fails.

@@ -59,7 +59,7 @@ impl BreakerOptions {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Breaker {
     options: BreakerOptions,
     state: BreakerState,
@@ -224,7 +224,9 @@ impl Naive {
                 }
                 (season, format!("fallback-seasonal_naive-{season}"))
             }
-            other => unreachable!("not a naive fallback: {other:?}"),
+            other => {
+                return Err(FallbackError { key: "kind", message: format!("{other:?} is not a naive forecast") });
+            }
         };
         Ok(Naive {
             target,

@@ -484,7 +484,7 @@ impl State {
                 mae,
                 joined: stats.count,
             }));
-            let variant = variant_str(k.variant);
+            let variant = k.variant.as_str();
             if let Some(threshold) = self.threshold {
                 let enough = stats.count >= self.cfg.min_joined;
                 let rmse = stats.rmse.unwrap_or(0.0);
@@ -643,10 +643,6 @@ fn make_alert(
     details: serde_json::Value,
 ) -> Alert {
     Alert { kind, model: model.clone(), variant, at: at.to_string(), details }
-}
-
-fn variant_str(v: Variant) -> &'static str {
-    v.as_str()
 }
 
 fn send(producer: &BaseProducer, topic: &str, key: &str, body: &[u8]) {

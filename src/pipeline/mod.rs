@@ -246,7 +246,8 @@ pub struct Worker {
     pub reloads: std::sync::mpsc::SyncSender<Model>,
     /// Rollback and promotion decisions for the inference thread.
     pub controls: std::sync::mpsc::SyncSender<VariantControl>,
-    alerts: Arc<AlertSink>,
+    /// The worker's alert producer, shared with the registry watcher and start-up.
+    pub alerts: Arc<AlertSink>,
 }
 
 impl Worker {
@@ -330,7 +331,7 @@ impl Worker {
         let (controls, controls_rx) = sync_channel(8);
         let candidate_share = variants.candidate.as_ref().map(|(_, share)| *share);
         let has_candidate = variants.candidate.is_some();
-        let breaker = Breaker::new(BreakerOptions::from_config(&config.fallback));
+        let breaker = || Breaker::new(BreakerOptions::from_config(&config.fallback));
         let batcher = match primary {
             Primary::Loaded(model) => Batcher::new(model, batching),
             Primary::Failed { model, reason, .. } => {
@@ -353,7 +354,7 @@ impl Worker {
                         "primary": model, "fallback": fallback_ref,
                     }),
                 });
-                Batcher::without_primary(fallback, breaker.clone(), batching)
+                Batcher::without_primary(fallback, breaker(), batching)
             }
         };
         let mut batcher = batcher
@@ -364,7 +365,7 @@ impl Worker {
             batcher = batcher.with_cache(config.cache.max_entries);
         }
         if let Some(fallback) = variants.fallback {
-            batcher = batcher.with_fallback(fallback, breaker);
+            batcher = batcher.with_fallback(fallback, breaker());
         }
         let inference_thread = std::thread::Builder::new()
             .name("streamcast-inference".into())
