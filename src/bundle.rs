@@ -113,6 +113,20 @@ pub struct Manifest {
     pub metadata: Option<serde_json::Value>,
 }
 
+impl Manifest {
+    /// Whether `other` scores the same windows as this bundle: the same features, window and
+    /// horizon. The error names this bundle's shape and `other`'s.
+    pub fn check_same_shape(&self, other: &Manifest) -> Result<(), String> {
+        if other.features == self.features && other.window == self.window && other.horizon == self.horizon {
+            return Ok(());
+        }
+        Err(format!(
+            "the served model's features {:?}, window {} and horizon {} (this bundle has {:?}, {} and {})",
+            self.features, self.window, self.horizon, other.features, other.window, other.horizon
+        ))
+    }
+}
+
 /// A bundle whose manifest passed every static check.
 #[derive(Debug, Clone)]
 pub struct Bundle {

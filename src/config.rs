@@ -491,6 +491,14 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
 }
 
+impl HttpConfig {
+    /// The parsed `listen` address; `None` when the server is off (or, before validation, when
+    /// `listen` is not an address).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { listen: "127.0.0.1:9464".into(), max_body_bytes: 4 << 20 }
@@ -709,7 +717,7 @@ impl Config {
                 return Err(ConfigError::key(key, "is out of range (see the README's monitor section)"));
             }
         }
-        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+        if !self.http.listen.is_empty() && self.http.listen_addr().is_none() {
             return Err(ConfigError::key("http.listen", "must be an address such as 127.0.0.1:9464, or empty"));
         }
         Ok(())

@@ -13,90 +13,88 @@
 //! has caught up after a start, the configured routing applies (seconds on a small topic).
 
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use serde::Serialize;
+use rdkafka::Offset;
 
+use crate::alert::{Alert, AlertSink, DecisionDetails, DecisionEvidence, DecisionSource, Details};
+pub use crate::alert::{Decision, VariantScore};
 use crate::config::{Config, VariantsConfig};
-use crate::event::ModelRef;
+use crate::event::{ModelRef, Variant};
 use crate::inference::VariantControl;
-use crate::monitor::alerts::Alert;
+use crate::served::SharedServedModels;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
-
-pub const ROLLBACK: &str = "model_rollback";
-pub const PROMOTED: &str = "model_promoted";
-
-/// Rolling error of one variant, as the decision sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct VariantScore {
-    pub rmse: f64,
-    pub mae: f64,
-    pub joined: usize,
-}
-
-/// The monitor's verdict about a candidate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Rollback,
-    Promote,
-}
 
 /// The rule: with at least `decision_min_joined` joined actuals on both sides, a candidate whose
 /// RMSE exceeds the primary's by more than `rollback_margin` is rolled back, and one below it by
 /// more than `promote_margin` is promoted (when `auto_promote`). Anything between keeps both.
-pub fn decide(cfg: &VariantsConfig, primary: VariantScore, candidate: VariantScore) -> Option<Verdict> {
+pub fn decide(cfg: &VariantsConfig, primary: VariantScore, candidate: VariantScore) -> Option<Decision> {
     if primary.joined < cfg.decision_min_joined || candidate.joined < cfg.decision_min_joined {
         return None;
     }
     if cfg.auto_rollback && candidate.rmse > primary.rmse * (1.0 + cfg.rollback_margin) {
-        Some(Verdict::Rollback)
+        Some(Decision::Rollback)
     } else if cfg.auto_promote && candidate.rmse < primary.rmse * (1.0 - cfg.promote_margin) {
-        Some(Verdict::Promote)
+        Some(Decision::Promote)
     } else {
         None
     }
 }
 
-/// The alert for a decision about `candidate` (the alert's model), on behalf of `source`.
-pub fn alert(
-    verdict: Verdict,
-    candidate: &ModelRef,
-    primary: &ModelRef,
-    source: &str,
-    numbers: serde_json::Value,
-) -> Alert {
-    let (kind, decision) = match verdict {
-        Verdict::Rollback => (ROLLBACK, "rollback"),
-        Verdict::Promote => (PROMOTED, "promote"),
+/// The monitor's evidence for `decision`, with the rule it applied.
+pub fn evidence(
+    cfg: &VariantsConfig,
+    decision: Decision,
+    primary: VariantScore,
+    candidate: VariantScore,
+) -> DecisionEvidence {
+    let (margin, rule) = match decision {
+        Decision::Rollback => (cfg.rollback_margin, "candidate.rmse > primary.rmse * (1 + margin)"),
+        Decision::Promote => (cfg.promote_margin, "candidate.rmse < primary.rmse * (1 - margin)"),
     };
-    let mut details = numbers;
-    details["decision"] = decision.into();
-    details["source"] = source.into();
-    details["candidate_version"] = candidate.version.clone().into();
-    details["primary_version"] = primary.version.clone().into();
-    Alert { kind, model: candidate.clone(), variant: Some("candidate"), at: crate::event::now_rfc3339(), details }
+    DecisionEvidence { primary, candidate, margin, rmse_ratio: candidate.rmse / primary.rmse, rule: rule.into() }
 }
 
-/// Reads a decision out of an `alerts` record: `(verdict, candidate version)` when the record is
-/// a rollback or promotion of model `name`.
-pub fn parse(payload: &[u8], name: &str) -> Option<(Verdict, String)> {
-    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    let verdict = match v["kind"].as_str()? {
-        ROLLBACK => Verdict::Rollback,
-        PROMOTED => Verdict::Promote,
-        _ => return None,
+/// The alert for a decision about `candidate` (the alert's model).
+pub fn alert(
+    decision: Decision,
+    candidate: &ModelRef,
+    primary: &ModelRef,
+    source: DecisionSource,
+    reason: Option<String>,
+    evidence: Option<DecisionEvidence>,
+) -> Alert {
+    let d = DecisionDetails {
+        decision,
+        source,
+        candidate_version: candidate.version.clone(),
+        primary_version: primary.version.clone(),
+        reason,
+        evidence,
     };
-    if v["model"]["name"].as_str()? != name {
+    let details = match decision {
+        Decision::Rollback => Details::ModelRollback(d),
+        Decision::Promote => Details::ModelPromoted(d),
+    };
+    Alert::new(candidate.clone(), Some(Variant::Candidate), details)
+}
+
+/// Reads a decision out of an `alerts` record: `(decision, candidate version)` when the record is
+/// a rollback or promotion of model `name`.
+pub fn parse(payload: &[u8], name: &str) -> Option<(Decision, String)> {
+    let a = Alert::decode(payload)?;
+    if a.model.name != name {
         return None;
     }
-    Some((verdict, v["model"]["version"].as_str()?.to_string()))
+    match a.details {
+        Details::ModelRollback(d) | Details::ModelPromoted(d) => Some((d.decision, a.model.version)),
+        _ => None,
+    }
 }
 
 /// Publishes an operator's decision about the configured candidate and waits for the broker.
@@ -104,19 +102,17 @@ pub fn parse(payload: &[u8], name: &str) -> Option<(Verdict, String)> {
 /// `primary_version` in the details is the configured `model.version` (it may read `latest`).
 pub fn publish_operator_decision(
     config: &Config,
-    verdict: Verdict,
+    decision: Decision,
     candidate_version: &str,
     reason: &str,
 ) -> Result<Alert, KafkaError> {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let name = &config.model.name;
     let candidate = ModelRef { name: name.clone(), version: candidate_version.to_string() };
     let primary = ModelRef { name: name.clone(), version: config.model.version.clone() };
-    let a = alert(verdict, &candidate, &primary, "operator", serde_json::json!({"reason": reason}));
-    let body = serde_json::to_vec(&a).expect("alert serializes");
-    let producer: BaseProducer = crate::pipeline::client_config(config).create()?;
-    producer.send(BaseRecord::to(&config.topics.alerts).key(name).payload(&body)).map_err(|(e, _)| e)?;
-    producer.flush(Duration::from_secs(30))?;
+    let a = alert(decision, &candidate, &primary, DecisionSource::Operator, Some(reason.to_string()), None);
+    let sink = AlertSink::new(&crate::kafka::client_config(config), &config.topics.alerts)?;
+    sink.enqueue(&a)?;
+    sink.flush(Duration::from_secs(30))?;
     Ok(a)
 }
 
@@ -126,23 +122,15 @@ pub fn spawn_follower(
     primary: ModelRef,
     candidate: ModelRef,
     controls: SyncSender<VariantControl>,
-    models_doc: Arc<RwLock<serde_json::Value>>,
-    metrics: Arc<Metrics>,
+    served: SharedServedModels,
+    metrics: std::sync::Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, KafkaError> {
-    let mut cc = crate::pipeline::client_config(config);
     // Assigned, never subscribed: every replica reads every partition, and nothing is committed.
-    cc.set("group.id", format!("{}-decisions", config.consumer.group_id))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest");
+    let mut cc = crate::kafka::reader_config(config, "decisions");
+    cc.set("auto.offset.reset", "earliest");
     let consumer: BaseConsumer = cc.create()?;
-    let topic = config.topics.alerts.clone();
-    let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics().iter().flat_map(|t| t.partitions()) {
-        tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    crate::kafka::assign_all(&consumer, &config.topics.alerts, Offset::Beginning)?;
     Ok(std::thread::Builder::new()
         .name("streamcast-decisions".into())
         .spawn(move || {
@@ -155,7 +143,7 @@ pub fn spawn_follower(
                         continue;
                     }
                 };
-                let Some((verdict, version)) = parse(msg.payload().unwrap_or_default(), &primary.name) else {
+                let Some((decision, version)) = parse(msg.payload().unwrap_or_default(), &primary.name) else {
                     continue;
                 };
                 if version != candidate.version {
@@ -163,9 +151,9 @@ pub fn spawn_follower(
                 }
                 // Every decision is handed over, in log order: the latest one wins, so an
                 // operator can undo an automatic decision; repeats change nothing.
-                let (control, label) = match verdict {
-                    Verdict::Rollback => (VariantControl::Rollback { candidate_version: version.clone() }, "rollback"),
-                    Verdict::Promote => (VariantControl::Promote { candidate_version: version.clone() }, "promote"),
+                let (control, label) = match decision {
+                    Decision::Rollback => (VariantControl::Rollback { candidate_version: version.clone() }, "rollback"),
+                    Decision::Promote => (VariantControl::Promote { candidate_version: version.clone() }, "promote"),
                 };
                 if controls.send(control).is_err() {
                     return; // The inference thread is gone: shutting down.
@@ -178,40 +166,10 @@ pub fn spawn_follower(
                     "Applying a label-driven decision about the candidate."
                 );
                 metrics.variant_decisions.with_label_values(&[label]).inc();
-                update_models_doc(&models_doc, verdict, &candidate.version);
+                served.write().unwrap_or_else(|e| e.into_inner()).on_decision(decision, &candidate.version);
             }
         })
         .expect("spawning a thread only fails when the OS is out of resources"))
-}
-
-/// Mirrors an applied decision in the `/models` document: the served primary has
-/// `"variant": "primary"`; a rolled-back candidate stays listed with no traffic; a promoted
-/// candidate's predecessor is listed as `"previous_primary"` (a rollback restores it).
-fn update_models_doc(doc: &RwLock<serde_json::Value>, verdict: Verdict, candidate_version: &str) {
-    let mut doc = doc.write().unwrap_or_else(|e| e.into_inner());
-    let Some(models) = doc["models"].as_array_mut() else { return };
-    let is = |m: &serde_json::Value, variant: &str| m["variant"] == variant;
-    let promoted = models.iter().any(|m| is(m, "primary") && m["version"] == candidate_version);
-    for m in models.iter_mut() {
-        let Some(o) = m.as_object_mut() else { continue };
-        let variant = o.get("variant").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let (new_variant, share, status) = match (verdict, promoted, variant.as_str()) {
-            (Verdict::Rollback, false, "candidate") => ("candidate", 0.0, Some("rolled_back")),
-            (Verdict::Rollback, false, "primary") => ("primary", 1.0, None),
-            (Verdict::Rollback, true, "primary") => ("candidate", 0.0, Some("rolled_back")),
-            (Verdict::Rollback, true, "previous_primary") => ("primary", 1.0, None),
-            (Verdict::Promote, false, "candidate") => ("primary", 1.0, Some("promoted")),
-            (Verdict::Promote, false, "primary") => ("previous_primary", 0.0, None),
-            _ => continue,
-        };
-        o.insert("variant".into(), new_variant.into());
-        o.insert("traffic_share".into(), share.into());
-        o.remove("routing");
-        match status {
-            Some(s) => o.insert("status".into(), s.into()),
-            None => o.remove("status"),
-        };
-    }
 }
 
 #[cfg(test)]
@@ -226,10 +184,10 @@ mod tests {
     fn the_rule_needs_enough_actuals_and_a_clear_margin() {
         let cfg = VariantsConfig { decision_min_joined: 100, auto_promote: true, ..VariantsConfig::default() };
         assert_eq!(decide(&cfg, score(1.0, 100), score(5.0, 99)), None, "too few candidate actuals");
-        assert_eq!(decide(&cfg, score(1.0, 100), score(1.11, 100)), Some(Verdict::Rollback));
+        assert_eq!(decide(&cfg, score(1.0, 100), score(1.11, 100)), Some(Decision::Rollback));
         assert_eq!(decide(&cfg, score(1.0, 100), score(1.09, 100)), None, "within the margin");
         assert_eq!(decide(&cfg, score(1.0, 100), score(0.91, 100)), None, "within the margin");
-        assert_eq!(decide(&cfg, score(1.0, 100), score(0.89, 100)), Some(Verdict::Promote));
+        assert_eq!(decide(&cfg, score(1.0, 100), score(0.89, 100)), Some(Decision::Promote));
         let manual = VariantsConfig { auto_promote: false, auto_rollback: false, ..cfg };
         assert_eq!(decide(&manual, score(1.0, 100), score(0.5, 100)), None);
         assert_eq!(decide(&manual, score(1.0, 100), score(5.0, 100)), None);
@@ -239,11 +197,14 @@ mod tests {
     fn alerts_round_trip_through_parse() {
         let cand = ModelRef { name: "co2-mlp".into(), version: "9".into() };
         let prim = ModelRef { name: "co2-mlp".into(), version: "1".into() };
-        let a = alert(Verdict::Rollback, &cand, &prim, "monitor", serde_json::json!({"margin": 0.1}));
-        let body = serde_json::to_vec(&a).unwrap();
-        assert_eq!(parse(&body, "co2-mlp"), Some((Verdict::Rollback, "9".to_string())));
+        let ev = evidence(&VariantsConfig::default(), Decision::Rollback, score(1.0, 100), score(2.0, 100));
+        let a = alert(Decision::Rollback, &cand, &prim, DecisionSource::Monitor, None, Some(ev));
+        let body = a.encode();
+        assert_eq!(parse(&body, "co2-mlp"), Some((Decision::Rollback, "9".to_string())));
         assert_eq!(parse(&body, "other-model"), None);
-        assert_eq!(a.details["primary_version"], "1");
+        let Details::ModelRollback(d) = &a.details else { panic!("a rollback") };
+        assert_eq!(d.primary_version, "1");
+        assert_eq!(d.evidence.as_ref().unwrap().rmse_ratio, 2.0);
         assert_eq!(parse(br#"{"kind":"feature_drift","model":{"name":"co2-mlp","version":"1"}}"#, "co2-mlp"), None);
     }
 }

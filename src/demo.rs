@@ -279,20 +279,8 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     .expect("the demo driver does not panic")?;
 
     shutdown.trigger();
-    let (running_model, running_provider) = (running.model, running.provider);
-    let (worker, monitor, registry) = (running.worker, running.monitor, running.registry);
-    tokio::task::spawn_blocking(move || {
-        if let Some(r) = registry {
-            let _ = r.join();
-        }
-        if let Some(m) = monitor {
-            let _ = m.join();
-        }
-        worker.map_or(Ok(()), |w| w.join())
-    })
-    .await
-    .expect("join does not panic")
-    .map_err(RunError::from)?;
+    let (running_model, running_provider) = (running.model.clone(), running.provider.clone());
+    tokio::task::spawn_blocking(move || running.join()).await.expect("join does not panic").map_err(RunError::from)?;
     drop(cluster);
     let mut summary = summary;
     summary.validation_rmse = validation_rmse;

@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 
 use crate::event::{EventValues, FeatureSchema, InputEvent, Prediction, Variant};
 use crate::pipeline::{GateError, RequestGate};
+use crate::served::SharedServedModels;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 
@@ -54,8 +55,8 @@ impl Readiness {
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
-    /// The `/models` document; the registry watcher updates the version on a swap.
-    pub models: Arc<std::sync::RwLock<serde_json::Value>>,
+    /// What `/models` shows; the registry watcher and the decision follower keep it current.
+    pub models: SharedServedModels,
     /// The way into the inference thread; `None` in a monitor-only process.
     pub requests: Option<Arc<RequestGate>>,
     pub schema: Arc<FeatureSchema>,
@@ -87,7 +88,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 async fn models(State(s): State<AppState>) -> Response {
-    let doc = s.models.read().map(|d| d.clone()).unwrap_or_default();
+    let doc = s.models.read().unwrap_or_else(|e| e.into_inner()).clone();
     Json(doc).into_response()
 }
 

@@ -27,6 +27,7 @@
 //! - [`gpu_check`]: `streamcast models gpu-check`: CUDA against CPU, agreement and batch timings.
 //! - [`demo`]: `streamcast demo`, the embedded default on an in-process broker.
 
+pub mod alert;
 pub mod batch;
 pub mod bundle;
 pub mod config;
@@ -36,6 +37,8 @@ pub mod event;
 pub mod gpu_check;
 pub mod http;
 pub mod inference;
+pub mod kafka;
+pub mod loader;
 pub mod monitor;
 pub mod normalize;
 pub mod otel;
@@ -43,6 +46,7 @@ pub mod pipeline;
 pub mod produce;
 pub mod registry;
 pub mod serve;
+pub mod served;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topics;

@@ -262,7 +262,7 @@ fn is_usage_error(error: &anyhow::Error) -> bool {
     })
 }
 
-fn decide(args: DecisionArgs, verdict: streamcast::decisions::Verdict) -> anyhow::Result<()> {
+fn decide(args: DecisionArgs, verdict: streamcast::decisions::Decision) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), std::env::vars())?;
     let Some(candidate) = &config.variants.candidate else {
         return Err(UsageError("the config has no [variants.candidate] to promote or roll back".into()).into());
@@ -270,7 +270,11 @@ fn decide(args: DecisionArgs, verdict: streamcast::decisions::Verdict) -> anyhow
     let alert = streamcast::decisions::publish_operator_decision(&config, verdict, &candidate.version, &args.reason)?;
     println!(
         "published {} for {} candidate version {} (primary {}) to {}",
-        alert.kind, alert.model.name, alert.model.version, config.model.version, config.topics.alerts
+        alert.kind().as_str(),
+        alert.model.name,
+        alert.model.version,
+        config.model.version,
+        config.topics.alerts
     );
     Ok(())
 }
@@ -291,7 +295,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let rt = runtime()?;
             rt.block_on(async {
                 if let Some(partitions) = args.create_topics {
-                    let client = streamcast::pipeline::client_config(&config);
+                    let client = streamcast::kafka::client_config(&config);
                     let created =
                         streamcast::topics::create_topics(&client, &config.topics.all(), partitions, 1).await?;
                     tracing::info!(?created, "Topics created.");
@@ -322,7 +326,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Models(cmd) => models(cmd),
         Command::Topics(TopicsCommand::Create { config, partitions, replication_factor }) => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
-            let client = streamcast::pipeline::client_config(&config);
+            let client = streamcast::kafka::client_config(&config);
             let rt = runtime()?;
             let created = rt.block_on(streamcast::topics::create_topics(
                 &client,
@@ -356,7 +360,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let (client, topics) = match &args.config {
         Some(path) => {
             let config = Config::load(Some(path), std::env::vars())?;
-            (streamcast::pipeline::client_config(&config), config.topics)
+            (streamcast::kafka::client_config(&config), config.topics)
         }
         None => {
             let mut c = rdkafka::config::ClientConfig::new();
@@ -482,8 +486,8 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
             println!("golden:     {} cases", m.golden.len());
             Ok(())
         }
-        ModelsCommand::Promote(args) => decide(args, streamcast::decisions::Verdict::Promote),
-        ModelsCommand::Rollback(args) => decide(args, streamcast::decisions::Verdict::Rollback),
+        ModelsCommand::Promote(args) => decide(args, streamcast::decisions::Decision::Promote),
+        ModelsCommand::Rollback(args) => decide(args, streamcast::decisions::Decision::Rollback),
         ModelsCommand::GpuCheck(args) => gpu_check(args),
         ModelsCommand::Validate(args) => {
             let dir = bundle_dir(&args)?;

@@ -37,6 +37,9 @@ use prometheus::Registry;
 
 use crate::config::{OtlpMode, TelemetryConfig};
 
+/// W3C trace-context header carried from input to prediction.
+pub const TRACEPARENT: &str = "traceparent";
+
 #[derive(Debug, thiserror::Error)]
 #[error("OTLP exporter setup failed (telemetry.otlp_endpoint / OTEL_EXPORTER_OTLP_*): {0}")]
 pub struct OtelError(String);
@@ -214,14 +217,14 @@ struct OneHeader<'a>(Option<&'a str>);
 
 impl Extractor for OneHeader<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        if key == crate::pipeline::publish::TRACEPARENT {
+        if key == TRACEPARENT {
             self.0
         } else {
             None
         }
     }
     fn keys(&self) -> Vec<&str> {
-        vec![crate::pipeline::publish::TRACEPARENT]
+        vec![TRACEPARENT]
     }
 }
 

@@ -9,25 +9,24 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+use crate::alert::{Alert, AlertSink, Details, RejectedDetails};
 use crate::bundle::{self, Bundle};
 use crate::config::Config;
-use crate::event::{now_rfc3339, ModelRef};
+use crate::event::{ModelRef, Variant};
 use crate::inference::{Model, SessionOptions};
-use crate::monitor::alerts::Alert;
-use crate::pipeline::publish::AlertSink;
+use crate::served::SharedServedModels;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 
 /// What the watcher needs to know about the served model.
 pub struct Served {
     pub model: ModelRef,
-    pub features: Vec<String>,
-    pub window: usize,
-    pub horizon: usize,
+    /// The served bundle: a new version must keep its features, window and horizon.
+    pub bundle: Arc<Bundle>,
     /// `model` failed to load at start-up (the fallback serves): its files are retried once they
     /// change, and any newer version is taken.
     pub failed: bool,
@@ -38,7 +37,7 @@ pub fn spawn(
     config: &Config,
     served: Served,
     reloads: SyncSender<Model>,
-    models_doc: Arc<RwLock<serde_json::Value>>,
+    served_models: SharedServedModels,
     metrics: Arc<Metrics>,
     alerts: Arc<AlertSink>,
     shutdown: Shutdown,
@@ -59,10 +58,7 @@ pub fn spawn(
         root: config.model.root.clone(),
         name: config.model.name.clone(),
         interval: config.model.watch_interval,
-        options: SessionOptions {
-            provider: config.model.execution_provider,
-            intra_threads: config.model.intra_threads,
-        },
+        options: SessionOptions::from(&config.model),
         warm_batch: config.batching.max_batch_size,
         served,
         rejected,
@@ -70,7 +66,7 @@ pub fn spawn(
     Some(
         std::thread::Builder::new()
             .name("streamcast-registry".into())
-            .spawn(move || w.run(reloads, models_doc, metrics, alerts, shutdown))
+            .spawn(move || w.run(reloads, served_models, metrics, alerts, shutdown))
             .expect("spawning a thread only fails when the OS is out of resources"),
     )
 }
@@ -90,7 +86,7 @@ impl Watcher {
     fn run(
         mut self,
         reloads: SyncSender<Model>,
-        doc: Arc<RwLock<serde_json::Value>>,
+        served_models: SharedServedModels,
         metrics: Arc<Metrics>,
         alerts: Arc<AlertSink>,
         shutdown: Shutdown,
@@ -115,17 +111,7 @@ impl Watcher {
                     }
                     tracing::info!(from = %self.served.model.version, to = %to.version, "New model version validated; swapping.");
                     metrics.model_reloads.with_label_values(&["loaded"]).inc();
-                    if let Ok(mut d) = doc.write() {
-                        // By variant, not position: a promotion reorders the entries.
-                        let models = d["models"].as_array_mut().into_iter().flatten();
-                        if let Some(primary) =
-                            models.filter(|m| m["variant"] == "primary").find_map(|m| m.as_object_mut())
-                        {
-                            primary.insert("version".into(), to.version.clone().into());
-                            primary.remove("status");
-                            primary.remove("reason");
-                        }
-                    }
+                    served_models.write().unwrap_or_else(|e| e.into_inner()).on_reload(&to.version);
                     self.served.model = to;
                     self.served.failed = false;
                 }
@@ -133,13 +119,11 @@ impl Watcher {
                     tracing::warn!(version = %latest, %reason, serving = %self.served.model.version, "Model version refused; the old one keeps serving.");
                     metrics.model_reloads.with_label_values(&["rejected"]).inc();
                     self.rejected.insert(key);
-                    alerts.send(&Alert {
-                        kind: "model_rejected",
-                        model: ModelRef { name: self.name.clone(), version: latest.clone() },
-                        variant: Some("primary"),
-                        at: now_rfc3339(),
-                        details: serde_json::json!({"reason": reason, "serving": self.served.model.version}),
-                    });
+                    alerts.send(&Alert::new(
+                        ModelRef { name: self.name.clone(), version: latest.clone() },
+                        Some(Variant::Primary),
+                        Details::ModelRejected(RejectedDetails { reason, serving: self.served.model.version.clone() }),
+                    ));
                 }
             }
         }
@@ -152,10 +136,9 @@ impl Watcher {
         if m.version != version {
             return Err(format!("bundle.json says version {} but it lives in directory {version}", m.version));
         }
-        if m.features != self.served.features || m.window != self.served.window || m.horizon != self.served.horizon {
+        if let Err(message) = self.served.bundle.manifest.check_same_shape(m) {
             return Err(format!(
-                "features {:?} / window {} / horizon {} differ from the served model's {:?} / {} / {}; per-series state and consumers' expectations cannot carry over, restart to switch",
-                m.features, m.window, m.horizon, self.served.features, self.served.window, self.served.horizon
+                "a new version must keep {message}; per-series state and consumers' expectations cannot carry over, restart to switch"
             ));
         }
         let mut model = Model::load(bundle, self.options).map_err(|e| e.to_string())?;

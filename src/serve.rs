@@ -1,16 +1,23 @@
-//! `streamcast run`: loads the model, starts the pipeline and the HTTP server, and waits for a
-//! signal or a fatal error.
+//! `streamcast run`: loads the models, starts the pipeline, the monitor, the registry watcher,
+//! the decision follower and the HTTP server, and waits for a signal or a fatal error. Each
+//! piece is started from its own config section; model loading lives in [`crate::loader`].
 
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::alert::{Alert, AlertSink, Details, ProviderFallbackDetails};
 use crate::bundle::{self, Bundle, BundleError};
-use crate::config::{Config, FallbackKind};
+use crate::config::Config;
+use crate::event::{FeatureSchema, ModelRef, Variant};
 use crate::http::{self, AppState, Readiness};
-use crate::inference::breaker::{FallbackError, FallbackModel, Naive};
-use crate::inference::{InferenceError, Model, SessionOptions};
-use crate::pipeline::{PipelineError, Primary, Worker};
+use crate::inference::{InferenceError, Provider, ProviderReport};
+use crate::kafka::ClusterError;
+use crate::loader::{self, LoadError, Primary, Variants};
+use crate::pipeline::{PipelineError, RequestGate, Worker};
+use crate::served::{ServedModel, ServedModels, SharedServedModels, Signature, Slot, Status};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 
@@ -20,15 +27,13 @@ pub enum RunError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]
-    Inference(#[from] InferenceError),
+    Load(#[from] LoadError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Monitor(#[from] crate::monitor::MonitorError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
-    #[error(transparent)]
-    Fallback(#[from] FallbackError),
     #[error(transparent)]
     Otel(#[from] crate::otel::OtelError),
 }
@@ -37,129 +42,155 @@ impl RunError {
     /// True for problems the operator fixes in config, files or topics (exit code 2), as opposed
     /// to runtime failures (exit code 1).
     pub fn is_setup_error(&self) -> bool {
+        let cluster = |e: &ClusterError| matches!(e, ClusterError::MissingTopics(_) | ClusterError::Client(_));
         match self {
-            RunError::Bundle(_) | RunError::Listen { .. } | RunError::Fallback(_) | RunError::Otel(_) => true,
-            RunError::Inference(e) => {
+            RunError::Bundle(_) | RunError::Listen { .. } | RunError::Otel(_) => true,
+            RunError::Load(LoadError::Bundle(_) | LoadError::Fallback(_)) => true,
+            RunError::Load(LoadError::Inference(e)) => {
                 matches!(e, InferenceError::Bundle(_) | InferenceError::Cuda(_) | InferenceError::Runtime(_))
             }
-            RunError::Pipeline(e) | RunError::Monitor(crate::monitor::MonitorError::Pipeline(e)) => {
-                matches!(e, PipelineError::MissingTopics(_) | PipelineError::Client(_))
-            }
-            RunError::Monitor(_) => true,
+            RunError::Pipeline(PipelineError::Cluster(e)) => cluster(e),
+            RunError::Monitor(crate::monitor::MonitorError::Cluster(e)) => cluster(e),
+            RunError::Pipeline(_) => false,
         }
     }
 }
 
-/// Resolves, loads and validates the configured bundle, then warms its session up.
-pub fn load_model(config: &Config) -> Result<Model, RunError> {
-    let dir = bundle::resolve(&config.model.root, &config.model.name, &config.model.version)?;
-    let bundle = Bundle::load(&dir)?;
-    let options =
-        SessionOptions { provider: config.model.execution_provider, intra_threads: config.model.intra_threads };
-    let mut model = Model::load(bundle, options)?;
-    let warm = model.warm_up(config.batching.max_batch_size)?;
-    let report = model.provider();
-    tracing::info!(
-        model = %model.model_ref().name,
-        version = %model.model_ref().version,
-        provider = report.provider.as_str(),
-        fallback_reason = report.fallback_reason.as_deref().unwrap_or(""),
-        warm_up_ms = warm.as_secs_f64() * 1e3,
-        "Model loaded."
-    );
-    Ok(model)
+/// Runs blocking start-up work (model loading, client creation) off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("start-up work does not panic")
 }
 
-/// Problems of the primary's own files (manifest, signature, golden cases, a failing warm-up),
-/// which a configured fallback covers; not a missing directory, ONNX Runtime or CUDA.
-fn is_model_problem(error: &RunError) -> bool {
-    match error {
-        RunError::Bundle(e) | RunError::Inference(InferenceError::Bundle(e)) => {
-            matches!(e, BundleError::Manifest { .. } | BundleError::Invalid { .. } | BundleError::Golden { .. })
+/// The `/models` entries of a worker: the primary (or its failure), then the candidate, the
+/// fallback and the shadow.
+fn served_models(primary: &Primary, variants: &Variants, shadow_topic: &str) -> ServedModels {
+    let mut doc = match primary {
+        Primary::Loaded(model) => {
+            let m = &model.bundle().manifest;
+            let mut e = ServedModel::new(model.model_ref(), Slot::Primary, 1.0);
+            e.signature = Some(Signature {
+                features: m.features.clone(),
+                window: m.window,
+                horizon: m.horizon,
+                layout: m.input.layout,
+                execution_provider: model.provider().provider.as_str(),
+                execution_provider_fallback_reason: model.provider().fallback_reason.clone(),
+            });
+            ServedModels::worker(e)
         }
-        RunError::Inference(e) => {
-            matches!(e, InferenceError::Run(_) | InferenceError::Shape(_) | InferenceError::NonFinite)
+        Primary::Failed { model, reason, .. } => {
+            let mut e = ServedModel::new(model, Slot::Primary, 1.0);
+            e.status = Some(Status::FailedToLoad);
+            e.reason = Some(reason.clone());
+            ServedModels::worker(e)
         }
-        _ => false,
+    };
+    if let Some((m, share)) = &variants.candidate {
+        let mut e = ServedModel::new(m.model_ref(), Slot::Candidate, *share);
+        e.routing = Some("sticky by series_id hash");
+        doc.add(e);
     }
-}
-
-/// What the worker needs to run on its fallback when the primary failed to load: the primary's
-/// manifest when it is readable, else the fallback bundle's; with neither, the original error.
-fn failed_primary(config: &Config, reason: String, error: RunError) -> Result<Primary, RunError> {
-    let dir = bundle::resolve(&config.model.root, &config.model.name, &config.model.version)?;
-    let version = dir.file_name().map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
-    let model = crate::event::ModelRef { name: config.model.name.clone(), version };
-    let bundle = match Bundle::load(&dir) {
-        Ok(b) => b,
-        Err(_) if config.fallback.kind == FallbackKind::Bundle => {
-            let name = config.fallback.model.as_deref().unwrap_or(&config.model.name);
-            Bundle::load(&bundle::resolve(&config.model.root, name, &config.fallback.version)?)?
-        }
-        Err(_) => return Err(error),
-    };
-    Ok(Primary::Failed { bundle: Arc::new(bundle), model, reason })
-}
-
-/// Loads the configured candidate, shadow and fallback; each bundle must keep the primary's
-/// features, window and horizon, since they score the same windows.
-fn load_variants(config: &Config, primary: &Bundle) -> Result<crate::pipeline::Variants, RunError> {
-    let load = |name: &str, version: &str| -> Result<Model, RunError> {
-        let dir = bundle::resolve(&config.model.root, name, version)?;
-        let b = Bundle::load(&dir)?;
-        let (p, m) = (&primary.manifest, &b.manifest);
-        if m.features != p.features || m.window != p.window || m.horizon != p.horizon {
-            return Err(RunError::Bundle(BundleError::Invalid {
-                dir,
-                message: format!(
-                    "a variant must keep the primary's features {:?}, window {} and horizon {}",
-                    p.features, p.window, p.horizon
-                ),
-            }));
-        }
-        let options =
-            SessionOptions { provider: config.model.execution_provider, intra_threads: config.model.intra_threads };
-        let mut model = Model::load(b, options)?;
-        model.warm_up(config.batching.max_batch_size)?;
-        Ok(model)
-    };
-    let v = &config.variants;
-    let name = config.model.name.as_str();
-    let f = &config.fallback;
-    let fallback = match f.kind {
-        FallbackKind::None => None,
-        FallbackKind::LastValue | FallbackKind::SeasonalNaive => {
-            Some(FallbackModel::Naive(Naive::for_manifest(&primary.manifest, f.kind, f.season)?))
-        }
-        FallbackKind::Bundle => Some(FallbackModel::Bundle(load(f.model.as_deref().unwrap_or(name), &f.version)?)),
-    };
-    if let Some(fb) = &fallback {
-        tracing::info!(fallback = %fb.model_ref().version, model = %fb.model_ref().name, "Fallback ready.");
+    if let Some(f) = &variants.fallback {
+        let mut e = ServedModel::new(f.model_ref(), Slot::Fallback, 0.0);
+        e.serves = Some("batches the primary fails, and all while the circuit breaker is open");
+        doc.add(e);
     }
-    Ok(crate::pipeline::Variants {
-        candidate: v.candidate.as_ref().map(|c| load(name, &c.version).map(|m| (m, c.share))).transpose()?,
-        shadow: v.shadow.as_ref().map(|c| load(name, &c.version)).transpose()?,
-        fallback,
-    })
+    if let Some(m) = &variants.shadow {
+        let mut e = ServedModel::new(m.model_ref(), Slot::Shadow, 0.0);
+        e.topic = Some(shadow_topic.to_string());
+        doc.add(e);
+    }
+    doc
 }
 
-/// The `/models` document.
-pub fn models_document(model: &Model) -> serde_json::Value {
-    let m = &model.bundle().manifest;
-    serde_json::json!({
-        "models": [{
-            "name": m.name,
-            "version": m.version,
-            "variant": "primary",
-            "traffic_share": 1.0,
-            "features": m.features,
-            "window": m.window,
-            "horizon": m.horizon,
-            "layout": m.input.layout,
-            "execution_provider": model.provider().provider.as_str(),
-            "execution_provider_fallback_reason": model.provider().fallback_reason,
-        }]
-    })
+/// The inference side of a process, once started.
+struct StartedWorker {
+    worker: Worker,
+    served: ServedModels,
+    model: ModelRef,
+    provider: ProviderReport,
+    bundle: Arc<Bundle>,
+    candidate: Option<ModelRef>,
+    primary_failed: bool,
+}
+
+/// Loads every model and starts the consumer and inference threads.
+async fn start_worker(
+    config: &Config,
+    alerts: &Arc<AlertSink>,
+    metrics: &Arc<Metrics>,
+    shutdown: &Shutdown,
+) -> Result<StartedWorker, RunError> {
+    let cfg = config.clone();
+    let primary = blocking(move || loader::load_primary(&cfg)).await?;
+    let bundle = primary.bundle();
+    let (cfg, b) = (config.clone(), bundle.clone());
+    let variants = blocking(move || loader::load_variants(&cfg, &b)).await?;
+    let served = served_models(&primary, &variants, &config.topics.shadow);
+    let provider = match &primary {
+        Primary::Loaded(m) => m.provider().clone(),
+        Primary::Failed { .. } => ProviderReport { provider: Provider::Cpu, fallback_reason: None },
+    };
+    if let Primary::Loaded(_) = primary {
+        metrics.execution_provider.with_label_values(&[provider.provider.as_str()]).set(1);
+        if provider.fallback_reason.is_some() {
+            metrics.execution_provider_fallback.set(1);
+        }
+    }
+    let model = primary.model_ref();
+    let candidate = variants.candidate.as_ref().map(|(m, _)| m.model_ref().clone());
+    let primary_failed = matches!(primary, Primary::Failed { .. });
+    let worker = Worker::start(config, primary, variants, alerts.clone(), metrics.clone(), shutdown.clone())?;
+    if let (false, Some(reason)) = (primary_failed, &provider.fallback_reason) {
+        // The WARN was logged when the session was built; this only enqueues.
+        let details = ProviderFallbackDetails { requested: "auto".into(), using: "cpu".into(), reason: reason.clone() };
+        alerts.send(&Alert::new(model.clone(), Some(Variant::Primary), Details::ExecutionProviderFallback(details)));
+    }
+    Ok(StartedWorker { worker, served, model, provider, bundle, candidate, primary_failed })
+}
+
+/// Starts the thread that follows rollback/promotion decisions about `candidate`.
+async fn start_decisions(
+    config: &Config,
+    worker: &Worker,
+    primary: ModelRef,
+    candidate: ModelRef,
+    served: SharedServedModels,
+    metrics: &Arc<Metrics>,
+    shutdown: &Shutdown,
+) -> Result<JoinHandle<()>, RunError> {
+    let (config, controls, metrics, shutdown) =
+        (config.clone(), worker.controls.clone(), metrics.clone(), shutdown.clone());
+    // On failure the process exits; the threads already started end with it.
+    blocking(move || crate::decisions::spawn_follower(&config, primary, candidate, controls, served, metrics, shutdown))
+        .await
+        .map_err(|e| RunError::Pipeline(PipelineError::Cluster(ClusterError::Client(e))))
+}
+
+/// Serves `/healthz`, `/readyz`, `/metrics`, `/models` and `/predict` on `addr`.
+async fn start_http(
+    config: &Config,
+    addr: SocketAddr,
+    bundle: &Bundle,
+    state: (Arc<Metrics>, Arc<Readiness>, SharedServedModels, Option<Arc<RequestGate>>),
+    shutdown: Shutdown,
+) -> Result<SocketAddr, RunError> {
+    let (metrics, readiness, models, requests) = state;
+    let v = &config.validation;
+    let schema = FeatureSchema::for_bundle(&bundle.manifest, v.max_message_bytes, v.reject_unknown_features);
+    let state = AppState {
+        metrics,
+        readiness,
+        models,
+        requests,
+        schema: Arc::new(schema),
+        max_body_bytes: config.http.max_body_bytes,
+    };
+    let bound = http::serve(addr, state, shutdown)
+        .await
+        .map_err(|source| RunError::Listen { addr: config.http.listen.clone(), source })?;
+    tracing::info!(addr = %bound, "HTTP server listening.");
+    Ok(bound)
 }
 
 /// Which parts of `streamcast run` this process runs.
@@ -176,14 +207,37 @@ pub enum Role {
 /// A started worker and/or monitor with its HTTP server.
 pub struct Running {
     pub worker: Option<Worker>,
-    pub registry: Option<std::thread::JoinHandle<()>>,
+    pub registry: Option<JoinHandle<()>>,
     /// Follows rollback/promotion decisions when a candidate is configured.
-    pub decisions: Option<std::thread::JoinHandle<()>>,
-    pub monitor: Option<std::thread::JoinHandle<()>>,
-    pub model: crate::event::ModelRef,
-    pub provider: crate::inference::ProviderReport,
-    pub http_addr: Option<std::net::SocketAddr>,
+    pub decisions: Option<JoinHandle<()>>,
+    pub monitor: Option<JoinHandle<()>>,
+    pub model: ModelRef,
+    pub provider: ProviderReport,
+    pub http_addr: Option<SocketAddr>,
     pub readiness: Arc<Readiness>,
+}
+
+impl Running {
+    /// True while every started thread runs.
+    fn alive(&self) -> bool {
+        self.worker.as_ref().is_none_or(Worker::is_running) && self.monitor.as_ref().is_none_or(|m| !m.is_finished())
+    }
+
+    /// Waits for every thread (after shutdown was triggered) and flushes the producers. Blocking.
+    pub fn join(self) -> Result<(), PipelineError> {
+        if let Some(r) = self.registry {
+            let _ = r.join();
+        }
+        if let Some(d) = self.decisions {
+            let _ = d.join();
+        }
+        if let Some(m) = self.monitor {
+            if m.join().is_err() {
+                tracing::error!("The monitor thread panicked.");
+            }
+        }
+        self.worker.map_or(Ok(()), Worker::join)
+    }
 }
 
 /// Loads the model and starts everything. Must be called inside a Tokio runtime.
@@ -193,97 +247,24 @@ pub async fn start(
     shutdown: Shutdown,
     role: Role,
 ) -> Result<Running, RunError> {
-    let mut primary_failed = false;
-    let (worker, models, model_ref, provider, bundle, candidate_ref) = if role == Role::Monitor {
+    let client = crate::kafka::client_config(config);
+    let alerts = AlertSink::new(&client, &config.topics.alerts).map_err(|e| PipelineError::Cluster(e.into()))?;
+    let alerts = Arc::new(alerts);
+    let (worker, served, model, provider, bundle) = if role == Role::Monitor {
         let dir = bundle::resolve(&config.model.root, &config.model.name, &config.model.version)?;
         let bundle = Arc::new(Bundle::load(&dir)?);
         let m = &bundle.manifest;
-        let model_ref = crate::event::ModelRef { name: m.name.clone(), version: m.version.clone() };
-        let doc = serde_json::json!({"models": [{"name": m.name, "version": m.version, "role": "monitor"}]});
-        let report =
-            crate::inference::ProviderReport { provider: crate::inference::Provider::Cpu, fallback_reason: None };
-        (None, doc, model_ref, report, bundle, None)
+        let model = ModelRef { name: m.name.clone(), version: m.version.clone() };
+        let cpu = ProviderReport { provider: Provider::Cpu, fallback_reason: None };
+        (None, ServedModels::monitor(&model), model, cpu, bundle)
     } else {
-        let config_for_load = config.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_model(&config_for_load))
-            .await
-            .expect("model loading does not panic");
-        let primary = match loaded {
-            Ok(model) => Primary::Loaded(model),
-            Err(error) if config.fallback.kind != FallbackKind::None && is_model_problem(&error) => {
-                let cfg = config.clone();
-                let reason = error.to_string();
-                tokio::task::spawn_blocking(move || failed_primary(&cfg, reason, error))
-                    .await
-                    .expect("model loading does not panic")?
-            }
-            Err(error) => return Err(error),
-        };
-        let (mut doc, model_ref, provider, bundle) = match &primary {
-            Primary::Loaded(model) => {
-                metrics.execution_provider.with_label_values(&[model.provider().provider.as_str()]).set(1);
-                if model.provider().fallback_reason.is_some() {
-                    metrics.execution_provider_fallback.set(1);
-                }
-                (models_document(model), model.model_ref().clone(), model.provider().clone(), model.bundle().clone())
-            }
-            Primary::Failed { bundle, model, reason } => {
-                let doc = serde_json::json!({"models": [{
-                    "name": model.name, "version": model.version, "variant": "primary", "traffic_share": 1.0,
-                    "status": "failed_to_load", "reason": reason,
-                }]});
-                let report = crate::inference::ProviderReport {
-                    provider: crate::inference::Provider::Cpu,
-                    fallback_reason: None,
-                };
-                (doc, model.clone(), report, bundle.clone())
-            }
-        };
-        let config_for_variants = config.clone();
-        let manifest_source = bundle.clone();
-        let variants = tokio::task::spawn_blocking(move || load_variants(&config_for_variants, &manifest_source))
-            .await
-            .expect("model loading does not panic")?;
-        if let Some((m, share)) = &variants.candidate {
-            doc["models"][0]["traffic_share"] = (1.0 - share).into();
-            doc["models"].as_array_mut().expect("models is an array").push(serde_json::json!({
-                "name": m.model_ref().name, "version": m.model_ref().version, "variant": "candidate",
-                "traffic_share": share, "routing": "sticky by series_id hash",
-            }));
-        }
-        if let Some(f) = &variants.fallback {
-            doc["models"].as_array_mut().expect("models is an array").push(serde_json::json!({
-                "name": f.model_ref().name, "version": f.model_ref().version, "variant": "fallback",
-                "traffic_share": 0.0, "serves": "batches the primary fails, and all while the circuit breaker is open",
-            }));
-        }
-        if let Some(m) = &variants.shadow {
-            doc["models"].as_array_mut().expect("models is an array").push(serde_json::json!({
-                "name": m.model_ref().name, "version": m.model_ref().version, "variant": "shadow",
-                "traffic_share": 0.0, "topic": config.topics.shadow,
-            }));
-        }
-        let candidate_ref = variants.candidate.as_ref().map(|(m, _)| m.model_ref().clone());
-        primary_failed = matches!(primary, Primary::Failed { .. });
-        let provider_fallback = match &primary {
-            Primary::Loaded(m) => m.provider().fallback_reason.clone().map(|r| (m.model_ref().clone(), r)),
-            Primary::Failed { .. } => None,
-        };
-        let worker = Worker::start(config, primary, variants, metrics.clone(), shutdown.clone())?;
-        if let Some((model, reason)) = provider_fallback {
-            // The WARN was logged when the session was built; this only enqueues.
-            worker.alerts.send(&crate::monitor::alerts::Alert {
-                kind: "execution_provider_fallback",
-                model,
-                variant: Some("primary"),
-                at: crate::event::now_rfc3339(),
-                details: serde_json::json!({"requested": "auto", "using": "cpu", "reason": reason}),
-            });
-        }
-        (Some(worker), doc, model_ref, provider, bundle, candidate_ref)
+        let w = start_worker(config, &alerts, &metrics, &shutdown).await?;
+        let extra = (w.candidate, w.primary_failed);
+        (Some((w.worker, extra)), w.served, w.model, w.provider, w.bundle)
     };
+    let served = served.shared();
     // A monitor-only process has no inference assignment to wait for; it is ready once running.
-    let assigned = worker.as_ref().map_or_else(|| Arc::new(AtomicBool::new(true)), |w| w.assigned.clone());
+    let assigned = worker.as_ref().map_or_else(|| Arc::new(AtomicBool::new(true)), |(w, _)| w.assigned.clone());
     let readiness = Arc::new(Readiness {
         assigned,
         model_loaded: true.into(),
@@ -291,76 +272,40 @@ pub async fn start(
         producer_connected: true.into(),
     });
     let monitor = if role == Role::Monitor || (role == Role::All && config.monitor.enabled) {
-        Some(crate::monitor::spawn(config, bundle.clone(), &metrics.registry, shutdown.clone())?)
+        let (cfg, b, registry, a, s) =
+            (config.clone(), bundle.clone(), metrics.registry.clone(), alerts.clone(), shutdown.clone());
+        Some(blocking(move || crate::monitor::spawn(&cfg, b, &registry, a, s)).await?)
     } else {
         None
     };
-    let models = Arc::new(std::sync::RwLock::new(models));
-    let registry = worker.as_ref().and_then(|w| {
-        let m = &bundle.manifest;
-        let served = crate::registry::Served {
-            model: model_ref.clone(),
-            features: m.features.clone(),
-            window: m.window,
-            horizon: m.horizon,
-            failed: primary_failed,
-        };
-        crate::registry::spawn(
+    let (mut registry, mut decisions) = (None, None);
+    if let Some((w, (candidate, primary_failed))) = &worker {
+        let watched = crate::registry::Served { model: model.clone(), bundle: bundle.clone(), failed: *primary_failed };
+        registry = crate::registry::spawn(
             config,
-            served,
+            watched,
             w.reloads.clone(),
-            models.clone(),
+            served.clone(),
             metrics.clone(),
-            w.alerts.clone(),
+            alerts.clone(),
             shutdown.clone(),
-        )
-    });
-    let decisions = match (worker.as_ref(), candidate_ref) {
-        (Some(w), Some(candidate)) => {
-            // Creating the consumer and reading metadata block: off the async threads.
-            let (config, primary, controls, models, metrics, shutdown) = (
-                config.clone(),
-                model_ref.clone(),
-                w.controls.clone(),
-                models.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            );
-            let follower = tokio::task::spawn_blocking(move || {
-                crate::decisions::spawn_follower(&config, primary, candidate, controls, models, metrics, shutdown)
-            })
-            .await
-            .expect("starting the decision follower does not panic");
-            // On failure the process exits; the threads already started end with it.
-            Some(follower.map_err(|e| RunError::Pipeline(PipelineError::Client(e)))?)
-        }
-        _ => None,
-    };
-    let http_addr = if config.http.listen.is_empty() {
-        None
-    } else {
-        let addr = config.http.listen.parse().expect("validated in Config::validate");
-        let m = &bundle.manifest;
-        let schema = crate::event::FeatureSchema::for_bundle(
-            m,
-            config.validation.max_message_bytes,
-            config.validation.reject_unknown_features,
         );
-        let state = AppState {
-            metrics,
-            readiness: readiness.clone(),
-            models,
-            requests: worker.as_ref().map(|w| w.requests.clone()),
-            schema: Arc::new(schema),
-            max_body_bytes: config.http.max_body_bytes,
-        };
-        let bound = http::serve(addr, state, shutdown)
-            .await
-            .map_err(|source| RunError::Listen { addr: config.http.listen.clone(), source })?;
-        tracing::info!(addr = %bound, "HTTP server listening.");
-        Some(bound)
+        if let Some(candidate) = candidate.clone() {
+            let primary = model.clone();
+            decisions =
+                Some(start_decisions(config, w, primary, candidate, served.clone(), &metrics, &shutdown).await?);
+        }
+    }
+    let worker = worker.map(|(w, _)| w);
+    let http_addr = match config.http.listen_addr() {
+        None => None,
+        Some(addr) => {
+            let requests = worker.as_ref().map(|w| w.requests.clone());
+            let state = (metrics, readiness.clone(), served, requests);
+            Some(start_http(config, addr, &bundle, state, shutdown).await?)
+        }
     };
-    Ok(Running { worker, registry, decisions, monitor, model: model_ref, provider, http_addr, readiness })
+    Ok(Running { worker, registry, decisions, monitor, model, provider, http_addr, readiness })
 }
 
 /// Runs until SIGTERM/SIGINT (or a fatal error), then shuts down cleanly.
@@ -387,11 +332,8 @@ pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
     let registry = metrics.registry.clone();
     let running = start(config, metrics, shutdown.clone(), role).await?;
     tracing::info!(group = %config.consumer.group_id, topic = %config.topics.input, ?role, "Worker started.");
-    let alive = |r: &Running| {
-        r.worker.as_ref().is_none_or(Worker::is_running) && r.monitor.as_ref().is_none_or(|m| !m.is_finished())
-    };
     let mut ticks = 0u32;
-    while !shutdown.is_triggered() && alive(&running) {
+    while !shutdown.is_triggered() && running.alive() {
         tokio::select! {
             _ = shutdown.wait() => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -403,23 +345,7 @@ pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
         }
     }
     shutdown.trigger();
-    let Running { worker, monitor, registry, decisions, .. } = running;
-    tokio::task::spawn_blocking(move || {
-        if let Some(r) = registry {
-            let _ = r.join();
-        }
-        if let Some(d) = decisions {
-            let _ = d.join();
-        }
-        if let Some(m) = monitor {
-            if m.join().is_err() {
-                tracing::error!("The monitor thread panicked.");
-            }
-        }
-        worker.map_or(Ok(()), Worker::join)
-    })
-    .await
-    .expect("join does not panic")?;
+    blocking(move || running.join()).await?;
     if let Some(o) = otel {
         tokio::task::spawn_blocking(move || o.shutdown()).await.expect("exporter shutdown does not panic");
     }

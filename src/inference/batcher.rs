@@ -2,14 +2,14 @@
 //! most `max_wait` after the first job) and scores each batch with one ONNX Runtime call.
 //!
 //! It runs on a dedicated OS thread, never on an async worker, and reads from a bounded channel,
-//! so a slow model backs up into the consumer instead of into memory.
+//! so a slow model backs up into the consumer instead of into memory. What a batch is scored
+//! with is the [`Scorer`]'s business; the batcher only batches.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use super::breaker::{Breaker, FallbackModel, Transition};
-use super::cache::PredictionCache;
-use super::{InferenceError, Model};
+use super::scorer::Scorer;
+use super::InferenceError;
 use crate::event::ModelRef;
 
 /// One window to score, with whatever its origin needs to route the result.
@@ -54,23 +54,12 @@ pub struct BatchOutcome<'a, O> {
     /// Cache hits and misses of this batch (both zero without a cache).
     pub cache_hits: u64,
     pub cache_misses: u64,
-    /// The candidate's model when one is configured: jobs with `candidate` were scored by it.
+    /// The candidate's model when one is active: jobs with `candidate` were scored by it.
     pub candidate: Option<&'a ModelRef>,
     /// The shadow model and its predictions for every job (`jobs.len() · H`), when configured.
     pub shadow: Option<(&'a ModelRef, &'a [f32])>,
     /// The fallback, which served the rows marked `Fallback`.
     pub fallback: Option<&'a ModelRef>,
-    /// The breaker changed state with this batch, with the primary's last error if any.
-    pub breaker: Option<(Transition, Option<String>)>,
-}
-
-/// A label-driven decision about the A/B candidate, applied between two batches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VariantControl {
-    /// Stop routing to the candidate of this version: its series go back to the primary.
-    Rollback { candidate_version: String },
-    /// The candidate of this version becomes the primary for all series.
-    Promote { candidate_version: String },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -79,181 +68,21 @@ pub struct BatchingOptions {
     pub max_wait: Duration,
 }
 
-/// Owns the model and the reusable batch buffers.
+impl From<&crate::config::BatchingConfig> for BatchingOptions {
+    fn from(b: &crate::config::BatchingConfig) -> Self {
+        BatchingOptions { max_batch_size: b.max_batch_size, max_wait: Duration::from_millis(b.max_wait_ms) }
+    }
+}
+
+/// Collects jobs into micro-batches and hands each to its scorer.
 pub struct Batcher {
-    /// The primary; `None` while a primary that failed to load is replaced by the fallback.
-    model: Option<Model>,
-    horizon: usize,
-    /// The primary came back (a reload after a failed load): report the breaker closed.
-    recovered: bool,
     options: BatchingOptions,
-    inputs: Vec<f32>,
-    outputs: Vec<f32>,
-    /// Validated, warmed-up replacement models from the registry watcher.
-    reloads: Option<Receiver<Model>>,
-    cache: Option<PredictionCache>,
-    candidate: Option<Model>,
-    shadow: Option<Model>,
-    shadow_outputs: Vec<f32>,
-    /// Rows of the current batch that missed the cache, and their inputs.
-    misses: Vec<usize>,
-    miss_inputs: Vec<f32>,
-    miss_outputs: Vec<f32>,
-    /// The fallback and the breaker that decides when it serves.
-    fallback: Option<(FallbackModel, Breaker)>,
-    controls: Option<Receiver<VariantControl>>,
-    /// Who served each row of the current batch.
-    rows: Vec<RowStatus>,
-    /// The primary's own inference time in the current batch (what the budget judges).
-    primary_time: Duration,
-    /// The shadow scored the current batch.
-    shadow_ok: bool,
-    /// False after a rollback: the candidate stays loaded (a later promotion can still apply)
-    /// but gets no rows.
-    candidate_active: bool,
-    /// The primary a promotion replaced, kept so a rollback of that promotion can restore it.
-    demoted: Option<Model>,
-    last_warn: Option<Instant>,
+    scorer: Scorer,
 }
 
 impl Batcher {
-    pub fn new(model: Model, options: BatchingOptions) -> Batcher {
-        let mut b = Batcher::new_empty(model.horizon(), options);
-        b.model = Some(model);
-        b
-    }
-
-    /// Serves batches with `fallback` while `breaker` is open, and any batch the primary fails.
-    pub fn with_fallback(mut self, fallback: FallbackModel, breaker: Breaker) -> Batcher {
-        self.fallback = Some((fallback, breaker));
-        self
-    }
-
-    /// A batcher whose primary failed to load: `fallback` serves every batch until the registry
-    /// hands over a valid version.
-    pub fn without_primary(fallback: FallbackModel, breaker: Breaker, options: BatchingOptions) -> Batcher {
-        let horizon = fallback.horizon();
-        let mut b = Batcher::new_empty(horizon, options);
-        b.fallback = Some((fallback, breaker));
-        b
-    }
-
-    fn new_empty(horizon: usize, options: BatchingOptions) -> Batcher {
-        Batcher {
-            model: None,
-            horizon,
-            recovered: false,
-            options,
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            reloads: None,
-            cache: None,
-            candidate: None,
-            shadow: None,
-            shadow_outputs: Vec::new(),
-            misses: Vec::new(),
-            miss_inputs: Vec::new(),
-            miss_outputs: Vec::new(),
-            fallback: None,
-            controls: None,
-            rows: Vec::new(),
-            primary_time: Duration::ZERO,
-            shadow_ok: false,
-            candidate_active: true,
-            demoted: None,
-            last_warn: None,
-        }
-    }
-
-    fn primary_version(&self) -> &str {
-        self.model.as_ref().map_or("(none)", |m| m.model_ref().version.as_str())
-    }
-
-    /// Accepts rollback and promotion decisions about the candidate.
-    pub fn with_controls(mut self, controls: Receiver<VariantControl>) -> Batcher {
-        self.controls = Some(controls);
-        self
-    }
-
-    /// Applies pending decisions, in order, so the latest one wins (an operator can undo an
-    /// automatic decision). A decision naming another version than the configured candidate is
-    /// ignored, and repeating one changes nothing: replaying the decision log is harmless.
-    ///
-    /// Split (candidate gets its share) → rollback → candidate loaded but idle; → promote →
-    /// candidate is the primary, the old primary kept; rollback then restores it.
-    fn apply_controls(&mut self) {
-        let Some(rx) = &self.controls else { return };
-        let pending: Vec<VariantControl> = rx.try_iter().collect();
-        for control in pending {
-            let (VariantControl::Rollback { candidate_version: v } | VariantControl::Promote { candidate_version: v }) =
-                &control;
-            let is_candidate = self.candidate.as_ref().is_some_and(|c| c.model_ref().version == *v);
-            let is_promoted =
-                self.demoted.is_some() && self.model.as_ref().is_some_and(|m| m.model_ref().version == *v);
-            match control {
-                VariantControl::Rollback { .. } if is_candidate && self.candidate_active => {
-                    self.candidate_active = false;
-                    tracing::warn!(candidate = %v, primary = %self.primary_version(), "Candidate rolled back: its series are served by the primary again.");
-                }
-                VariantControl::Rollback { .. } if is_promoted => {
-                    let previous = self.demoted.take().expect("checked above");
-                    tracing::warn!(candidate = %v, primary = %previous.model_ref().version, "Promotion rolled back: the previous primary serves every series again.");
-                    self.candidate = self.model.replace(previous);
-                    self.candidate_active = false;
-                }
-                VariantControl::Promote { .. } if is_candidate => {
-                    tracing::warn!(from = %self.primary_version(), to = %v, "Candidate promoted: it now serves every series as the primary.");
-                    self.recovered |= self.model.is_none();
-                    self.demoted = std::mem::replace(&mut self.model, self.candidate.take());
-                    self.candidate_active = false;
-                }
-                _ => continue,
-            }
-            if let Some(m) = &self.model {
-                self.horizon = m.horizon();
-            }
-        }
-    }
-
-    /// Serves repeated windows from a bounded LRU of `capacity` predictions.
-    pub fn with_cache(mut self, capacity: usize) -> Batcher {
-        self.cache = Some(PredictionCache::new(capacity));
-        self
-    }
-
-    /// Scores jobs routed to the candidate with `candidate`, and every job also with `shadow`.
-    /// The cache is not used with variants: it is meant for single-model replays.
-    pub fn with_variants(mut self, candidate: Option<Model>, shadow: Option<Model>) -> Batcher {
-        self.candidate = candidate;
-        self.shadow = shadow;
-        self
-    }
-
-    /// Cache hits and misses so far (zero without a cache).
-    pub fn cache_counts(&self) -> (u64, u64) {
-        self.cache.as_ref().map_or((0, 0), |c| (c.hits, c.misses))
-    }
-
-    /// Accepts replacement models on `reloads`; each is swapped in between two batches, so no
-    /// batch is scored by two models and no event waits for a load.
-    pub fn with_reloads(mut self, reloads: Receiver<Model>) -> Batcher {
-        self.reloads = Some(reloads);
-        self
-    }
-
-    fn swap_if_reloaded(&mut self) {
-        let Some(rx) = &self.reloads else { return };
-        while let Ok(next) = rx.try_recv() {
-            tracing::info!(
-                from = %self.primary_version(),
-                to = %next.model_ref().version,
-                model = %next.model_ref().name,
-                "Model swapped."
-            );
-            self.recovered |= self.model.is_none();
-            self.horizon = next.horizon();
-            self.model = Some(next);
-        }
+    pub fn new(scorer: Scorer, options: BatchingOptions) -> Batcher {
+        Batcher { options, scorer }
     }
 
     /// Runs until every sender of `jobs` is dropped and the queue is drained.
@@ -286,251 +115,13 @@ impl Batcher {
                     }
                 }
             }
-            self.swap_if_reloaded();
-            self.apply_controls();
-            self.score(&mut batch, sink);
+            self.scorer.apply_pending();
+            self.scorer.score(&mut batch, sink);
             batch.clear();
             if disconnected {
                 return;
             }
         }
-    }
-
-    /// Scores one batch and hands it to `sink`.
-    pub fn score<O, S: JobSink<O>>(&mut self, batch: &mut Vec<Job<O>>, sink: &mut S) {
-        sink.batch_started();
-        let start = Instant::now();
-        let (hits0, misses0) = self.cache_counts();
-        let (n, h) = (batch.len(), self.horizon);
-        let mut breaker_transition = None;
-        if std::mem::take(&mut self.recovered) {
-            if let Some((_, breaker)) = self.fallback.as_mut() {
-                breaker.reset();
-                breaker_transition = Some((Transition::Closed, None));
-            }
-        }
-        let use_primary =
-            self.model.is_some() && self.fallback.as_mut().is_none_or(|(_, breaker)| breaker.allow_primary(start));
-        self.primary_time = Duration::ZERO;
-        self.shadow_ok = false;
-        let mut result = if use_primary { self.score_primary(batch) } else { Err(InferenceError::BreakerOpen) };
-        // A non-finite output fails its row only: one broken series must not take its batch
-        // neighbours to the dead-letter topic (or to the fallback) with it.
-        self.rows.clear();
-        match &result {
-            Ok(()) => self.rows.extend(self.outputs.chunks_exact(h).map(|row| {
-                if row.iter().all(|v| v.is_finite()) {
-                    RowStatus::Model
-                } else {
-                    RowStatus::Failed
-                }
-            })),
-            Err(_) => self.rows.resize(n, RowStatus::Failed),
-        }
-        let failed = self.rows.iter().filter(|r| **r == RowStatus::Failed).count();
-        if let Some((fallback, breaker)) = self.fallback.as_mut() {
-            if use_primary {
-                // Judged on the primary's own call: an error, no usable row at all, or over budget.
-                let good = result.is_ok() && failed < n && breaker.within_budget(self.primary_time);
-                if let Some(t) = breaker.record(good, Instant::now()) {
-                    let error = match &result {
-                        Err(e) => Some(e.to_string()),
-                        Ok(()) if failed == n => Some(InferenceError::NonFinite.to_string()),
-                        Ok(()) => Some(format!("the primary took {:?}, over the batch budget", self.primary_time)),
-                    };
-                    breaker_transition = Some((t, error.filter(|_| !good)));
-                }
-            }
-            if failed > 0 {
-                if let Err(error) = &result {
-                    if use_primary && self.last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        self.last_warn = Some(Instant::now());
-                        tracing::warn!(%error, batch = n, "Primary inference failed; the fallback serves this batch.");
-                    }
-                }
-                self.outputs.resize(n * h, f32::NAN);
-                self.misses.clear();
-                self.miss_inputs.clear();
-                for (i, job) in batch.iter().enumerate() {
-                    if self.rows[i] == RowStatus::Failed {
-                        self.misses.push(i);
-                        self.miss_inputs.extend_from_slice(&job.input);
-                    }
-                }
-                match fallback.predict_rows(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs) {
-                    Ok(()) => {
-                        for (k, &i) in self.misses.iter().enumerate() {
-                            let out = &self.miss_outputs[k * h..(k + 1) * h];
-                            if out.iter().all(|v| v.is_finite()) {
-                                self.outputs[i * h..(i + 1) * h].copy_from_slice(out);
-                                self.rows[i] = RowStatus::Fallback;
-                            }
-                        }
-                    }
-                    Err(error) => tracing::warn!(%error, "The fallback failed too."),
-                }
-                if self.rows.iter().any(|r| *r != RowStatus::Failed) {
-                    result = Ok(());
-                }
-            }
-        }
-        let inference_time = start.elapsed();
-        let (hits1, misses1) = self.cache_counts();
-        let outcome = BatchOutcome {
-            jobs: batch,
-            result: match &result {
-                Ok(()) => Ok(&self.outputs),
-                Err(e) => Err(e),
-            },
-            rows: &self.rows,
-            model: match (&self.model, &self.fallback) {
-                (Some(m), _) => m.model_ref(),
-                (None, Some((f, _))) => f.model_ref(),
-                (None, None) => unreachable!("a batcher without a primary always has a fallback"),
-            },
-            horizon: h,
-            inference_time,
-            cache_hits: hits1 - hits0,
-            cache_misses: misses1 - misses0,
-            candidate: self.candidate.as_ref().filter(|_| self.candidate_active).map(Model::model_ref),
-            shadow: self.shadow.as_ref().filter(|_| self.shadow_ok).map(|m| (m.model_ref(), &self.shadow_outputs[..])),
-            fallback: self.fallback.as_ref().map(|(f, _)| f.model_ref()),
-            breaker: breaker_transition,
-        };
-        sink.batch(outcome);
-    }
-
-    /// The primary's (and the variants') predictions for one batch, through the cache if any.
-    /// Sets `primary_time` to the primary's own call.
-    fn score_primary<O>(&mut self, batch: &mut [Job<O>]) -> Result<(), InferenceError> {
-        let variants = self.active_candidate().is_some() || self.shadow.is_some();
-        match self.cache.is_some() && !variants {
-            false if variants => self.score_variants(batch),
-            false => {
-                self.inputs.clear();
-                for job in batch.iter() {
-                    self.inputs.extend_from_slice(&job.input);
-                }
-                let model = self.model.as_mut().expect("scored only with a primary");
-                let t = Instant::now();
-                let r = model.predict_rows(&self.inputs, batch.len(), &mut self.outputs);
-                self.primary_time = t.elapsed();
-                r
-            }
-            true => self.score_cached(batch),
-        }
-    }
-
-    fn active_candidate(&self) -> Option<&Model> {
-        self.candidate.as_ref().filter(|_| self.candidate_active)
-    }
-
-    /// Scores candidate-routed rows with the candidate, the others with the primary, and all rows
-    /// with the shadow, each model in one call. A candidate that fails hands its rows to the
-    /// primary (they go out as primary predictions); a shadow that fails only loses its output.
-    fn score_variants<O>(&mut self, batch: &mut [Job<O>]) -> Result<(), InferenceError> {
-        let h = self.horizon;
-        self.outputs.clear();
-        self.outputs.resize(batch.len() * h, 0.0);
-        let has_candidate = self.active_candidate().is_some();
-        if let Some(candidate) = self.candidate.as_mut().filter(|_| self.candidate_active) {
-            self.misses.clear();
-            self.miss_inputs.clear();
-            for (i, job) in batch.iter().enumerate() {
-                if job.candidate {
-                    self.misses.push(i);
-                    self.miss_inputs.extend_from_slice(&job.input);
-                }
-            }
-            if !self.misses.is_empty() {
-                match candidate.predict_rows(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs) {
-                    Ok(()) => {
-                        for (k, &i) in self.misses.iter().enumerate() {
-                            self.outputs[i * h..(i + 1) * h].copy_from_slice(&self.miss_outputs[k * h..(k + 1) * h]);
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, rows = self.misses.len(), "Candidate inference failed; the primary scores its rows.");
-                        for &i in &self.misses {
-                            batch[i].candidate = false;
-                        }
-                    }
-                }
-            }
-        }
-        self.misses.clear();
-        self.miss_inputs.clear();
-        for (i, job) in batch.iter().enumerate() {
-            if !(has_candidate && job.candidate) {
-                self.misses.push(i);
-                self.miss_inputs.extend_from_slice(&job.input);
-            }
-        }
-        if !self.misses.is_empty() {
-            let model = self.model.as_mut().expect("scored only with a primary");
-            let t = Instant::now();
-            let r = model.predict_rows(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs);
-            self.primary_time = t.elapsed();
-            r?;
-            for (k, &i) in self.misses.iter().enumerate() {
-                self.outputs[i * h..(i + 1) * h].copy_from_slice(&self.miss_outputs[k * h..(k + 1) * h]);
-            }
-        }
-        self.shadow_outputs.clear();
-        if let Some(shadow) = self.shadow.as_mut() {
-            self.inputs.clear();
-            for job in batch.iter() {
-                self.inputs.extend_from_slice(&job.input);
-            }
-            match shadow.predict_rows(&self.inputs, batch.len(), &mut self.shadow_outputs) {
-                Ok(()) if self.shadow_outputs.iter().all(|v| v.is_finite()) => self.shadow_ok = true,
-                Ok(()) => tracing::debug!("Shadow produced non-finite predictions; its batch output is dropped."),
-                Err(error) => tracing::warn!(%error, "Shadow inference failed; its batch output is dropped."),
-            }
-        }
-        Ok(())
-    }
-
-    /// Fills `outputs` from the cache where it can and runs the model on the rest only.
-    fn score_cached<O>(&mut self, batch: &[Job<O>]) -> Result<(), InferenceError> {
-        let h = self.horizon;
-        // Owned: the model is borrowed mutably to run the misses while the version is in use.
-        let version = self.primary_version().to_string();
-        let cache = self.cache.as_mut().expect("called only with a cache");
-        self.outputs.clear();
-        self.outputs.resize(batch.len() * h, 0.0);
-        self.misses.clear();
-        self.miss_inputs.clear();
-        for (i, job) in batch.iter().enumerate() {
-            match cache.get(&version, &job.input) {
-                Some(hit) => self.outputs[i * h..(i + 1) * h].copy_from_slice(hit),
-                None => {
-                    self.misses.push(i);
-                    self.miss_inputs.extend_from_slice(&job.input);
-                }
-            }
-        }
-        if self.misses.is_empty() {
-            return Ok(());
-        }
-        let model = self.model.as_mut().expect("scored only with a primary");
-        let t = Instant::now();
-        let r = model.predict_rows(&self.miss_inputs, self.misses.len(), &mut self.miss_outputs);
-        self.primary_time = t.elapsed();
-        r?;
-        for (k, &i) in self.misses.iter().enumerate() {
-            let out = &self.miss_outputs[k * h..(k + 1) * h];
-            self.outputs[i * h..(i + 1) * h].copy_from_slice(out);
-            if out.iter().all(|v| v.is_finite()) {
-                cache.put(&version, &batch[i].input, out);
-            }
-        }
-        Ok(())
-    }
-
-    /// The primary; `None` while the fallback stands in for a primary that failed to load.
-    pub fn model(&self) -> Option<&Model> {
-        self.model.as_ref()
     }
 }
 
@@ -538,7 +129,8 @@ impl Batcher {
 mod tests {
     use super::*;
     use crate::bundle::Bundle;
-    use crate::inference::SessionOptions;
+    use crate::inference::model_set::{ModelSet, VariantControl};
+    use crate::inference::{Model, SessionOptions};
 
     struct Collect(Vec<Vec<f32>>);
     impl JobSink<()> for Collect {
@@ -548,13 +140,13 @@ mod tests {
         }
     }
 
-    fn batcher(cache: Option<usize>) -> Batcher {
+    fn scorer(cache: Option<usize>) -> Scorer {
         let bundle = Bundle::load(std::path::Path::new("models/co2-gru/1")).unwrap();
         let model = Model::load(bundle, SessionOptions::default()).unwrap();
-        let b = Batcher::new(model, BatchingOptions { max_batch_size: 8, max_wait: Duration::from_millis(1) });
+        let s = Scorer::new(ModelSet::new(Some(model)));
         match cache {
-            Some(n) => b.with_cache(n),
-            None => b,
+            Some(n) => s.with_cache(n),
+            None => s,
         }
     }
 
@@ -584,13 +176,13 @@ mod tests {
             Model::load(Bundle::load(std::path::Path::new(&dir)).unwrap(), SessionOptions::default()).unwrap()
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
-        let options = BatchingOptions { max_batch_size: 8, max_wait: Duration::from_millis(1) };
-        let mut b = Batcher::new(load("1"), options).with_variants(Some(load("2")), None).with_controls(rx);
-        let round = |b: &mut Batcher, controls: &[VariantControl]| {
+        let models = ModelSet::new(Some(load("1"))).with_variants(Some(load("2")), None).with_controls(rx);
+        let mut b = Scorer::new(models);
+        let round = |b: &mut Scorer, controls: &[VariantControl]| {
             for c in controls {
                 tx.send(c.clone()).unwrap();
             }
-            b.apply_controls();
+            b.apply_pending();
             let mut sink = Served(Vec::new());
             let window: Vec<f32> = (0..24).flat_map(|t| [340.0 + t as f32, 0.5, -0.5]).collect();
             let mut jobs = vec![
@@ -622,8 +214,8 @@ mod tests {
     fn cache_counts_hits_and_misses_and_returns_the_uncached_values() {
         let jobs =
             |ws: &[f32]| ws.iter().map(|s| Job { input: window(*s), candidate: false, origin: () }).collect::<Vec<_>>();
-        let mut plain = batcher(None);
-        let mut cached = batcher(Some(100));
+        let mut plain = scorer(None);
+        let mut cached = scorer(Some(100));
         let (mut a, mut b) = (Collect(Vec::new()), Collect(Vec::new()));
         for batch in [[0.0, 1.0, 0.0], [1.0, 2.0, 0.0], [3.0, 3.0, 2.0]] {
             plain.score(&mut jobs(&batch), &mut a);

@@ -1,5 +1,5 @@
-//! The circuit breaker in front of the primary model, and the fallback that serves while it is
-//! open.
+//! The circuit breaker in front of the primary model: it decides when the fallback
+//! ([`super::fallback`]) serves instead.
 //!
 //! The breaker judges whole batches (one ONNX Runtime call each): a batch fails when inference
 //! returns an error or takes longer than the budget. It opens when the failure rate over the last
@@ -12,10 +12,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{InferenceError, Model};
-use crate::bundle::Manifest;
-use crate::config::{FallbackConfig, FallbackKind};
-use crate::event::ModelRef;
+use std::sync::Arc;
+
+use crate::alert::{Alert, AlertSink, AlertState, Details, FallbackDetails, Gate};
+use crate::config::FallbackConfig;
+use crate::event::{ModelRef, Variant};
+use crate::telemetry::Metrics;
 
 /// The breaker's position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +48,8 @@ pub struct BreakerOptions {
     pub close_after: usize,
 }
 
-impl BreakerOptions {
-    pub fn from_config(c: &FallbackConfig) -> BreakerOptions {
+impl From<&FallbackConfig> for BreakerOptions {
+    fn from(c: &FallbackConfig) -> BreakerOptions {
         BreakerOptions {
             error_rate: c.error_rate,
             window: c.window,
@@ -139,115 +141,65 @@ impl Breaker {
     }
 }
 
-/// Errors setting up a fallback (reported as configuration errors).
-#[derive(Debug, thiserror::Error)]
-#[error("fallback.{key}: {message}")]
-pub struct FallbackError {
-    pub key: &'static str,
-    pub message: String,
+/// Tells operators about breaker transitions: a log line, the `fallback_active` gauge, the
+/// transition counter, and a damped `fallback_active` alert.
+pub struct BreakerReporter {
+    alerts: Arc<AlertSink>,
+    metrics: Arc<Metrics>,
+    /// The primary's name, which keys the alerts, and the configured fallback.
+    model_name: String,
+    fallback: Option<ModelRef>,
+    /// One firing and one resolve per episode; a breaker that keeps flapping re-fires at most
+    /// once per cooldown (`monitor.alert_cooldown`).
+    gate: Gate,
 }
 
-/// What serves a batch the primary cannot.
-pub enum FallbackModel {
-    /// A second bundle with the primary's features, window and horizon.
-    Bundle(Model),
-    /// A model-free forecast from the raw window.
-    Naive(Naive),
-}
-
-impl FallbackModel {
-    pub fn model_ref(&self) -> &ModelRef {
-        match self {
-            FallbackModel::Bundle(m) => m.model_ref(),
-            FallbackModel::Naive(n) => &n.model_ref,
-        }
+impl BreakerReporter {
+    /// `firing`: a `fallback_active` alert was already published (a primary that failed to load).
+    pub fn new(
+        alerts: Arc<AlertSink>,
+        metrics: Arc<Metrics>,
+        model_name: &str,
+        fallback: Option<ModelRef>,
+        cooldown: Duration,
+        firing: bool,
+    ) -> BreakerReporter {
+        let gate = if firing { Gate::fired(cooldown, Instant::now()) } else { Gate::new(cooldown) };
+        BreakerReporter { alerts, metrics, model_name: model_name.to_string(), fallback, gate }
     }
 
-    pub fn horizon(&self) -> usize {
-        match self {
-            FallbackModel::Bundle(m) => m.horizon(),
-            FallbackModel::Naive(n) => n.horizon,
-        }
-    }
-
-    /// Non-finite predictions are left in `out` for the caller to judge per row.
-    pub fn predict_rows(&mut self, raw: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), InferenceError> {
-        match self {
-            FallbackModel::Bundle(m) => m.predict_rows(raw, n, out),
-            FallbackModel::Naive(naive) => {
-                naive.predict(raw, n, out);
-                Ok(())
+    /// Reports `transition` of the breaker in front of `primary`; `error` is its last failure.
+    pub fn report(&mut self, transition: Transition, error: Option<&str>, primary: &ModelRef) {
+        let (open, counts) = match transition {
+            Transition::Opened { failures, batches } => {
+                tracing::error!(failures, batches, error, "Circuit breaker opened: the fallback serves every batch.");
+                (true, Some((failures, batches)))
             }
-        }
-    }
-}
-
-/// Last value, or seasonal naive, of the target feature in the raw (un-normalized) window.
-///
-/// Last value: every horizon step is the newest observed target. Seasonal naive with season `m`:
-/// step `h` (1-based) is the target observed `m` steps before it, `y[T − m + ((h − 1) mod m)]`.
-#[derive(Debug, Clone)]
-pub struct Naive {
-    /// Position of the target among the bundle's features.
-    target: usize,
-    features: usize,
-    window: usize,
-    horizon: usize,
-    /// 1 for last value.
-    season: usize,
-    /// `{name: <model>, version: "fallback-last_value" | "fallback-seasonal_naive-<m>"}`.
-    pub model_ref: ModelRef,
-}
-
-impl Naive {
-    /// A naive forecast for `manifest`'s target, which must be one of its features.
-    pub fn for_manifest(manifest: &Manifest, kind: FallbackKind, season: usize) -> Result<Naive, FallbackError> {
-        let target =
-            manifest.features.iter().position(|f| *f == manifest.target.name).ok_or_else(|| FallbackError {
-                key: "kind",
-                message: format!(
-                    "a naive fallback repeats the target `{}`, which is not among the model's features {:?}",
-                    manifest.target.name, manifest.features
-                ),
-            })?;
-        let (season, version) = match kind {
-            FallbackKind::LastValue => (1, "fallback-last_value".to_string()),
-            FallbackKind::SeasonalNaive => {
-                if season > manifest.window {
-                    return Err(FallbackError {
-                        key: "season",
-                        message: format!(
-                            "season {season} is longer than the model's window of {} steps",
-                            manifest.window
-                        ),
-                    });
-                }
-                (season, format!("fallback-seasonal_naive-{season}"))
+            Transition::Reopened => {
+                tracing::warn!(error, "Half-open probe failed: the circuit breaker is open again.");
+                self.metrics.breaker_transitions.with_label_values(&["open"]).inc();
+                return;
             }
-            other => {
-                return Err(FallbackError { key: "kind", message: format!("{other:?} is not a naive forecast") });
+            Transition::Closed => {
+                tracing::info!("Circuit breaker closed: the primary serves again.");
+                (false, None)
             }
         };
-        Ok(Naive {
-            target,
-            features: manifest.features.len(),
-            window: manifest.window,
-            horizon: manifest.horizon,
-            season,
-            model_ref: ModelRef { name: manifest.name.clone(), version },
-        })
-    }
-
-    /// `n` windows of `window · features` raw values, time-major → `n · horizon` forecasts.
-    pub fn predict(&self, raw: &[f32], n: usize, out: &mut Vec<f32>) {
-        let width = self.window * self.features;
-        out.clear();
-        for w in raw.chunks_exact(width).take(n) {
-            for h in 0..self.horizon {
-                let step = self.window - self.season + h % self.season;
-                out.push(w[step * self.features + self.target]);
-            }
-        }
+        self.metrics.fallback_active.set(i64::from(open));
+        self.metrics.breaker_transitions.with_label_values(&[if open { "open" } else { "closed" }]).inc();
+        // The gauge shows every flap; the alert is damped by the gate.
+        let Some(state) = AlertState::of(self.gate.update(open, !open, Instant::now())) else { return };
+        let details = FallbackDetails {
+            state,
+            primary: primary.clone(),
+            fallback: self.fallback.clone(),
+            reason: None,
+            failed_batches: counts.map(|c| c.0),
+            batches: counts.map(|c| c.1),
+            last_error: error.map(str::to_string),
+        };
+        let model = ModelRef { name: self.model_name.clone(), version: primary.version.clone() };
+        self.alerts.send(&Alert::new(model, Some(Variant::Primary), Details::FallbackActive(details)));
     }
 }
 
@@ -302,24 +254,5 @@ mod tests {
         assert!(!b.within_budget(Duration::from_millis(51)));
         let no_budget = Breaker::new(BreakerOptions { batch_budget: None, ..options() });
         assert!(no_budget.within_budget(Duration::from_secs(100)));
-    }
-
-    #[test]
-    fn naive_forecasts_read_the_target_from_the_raw_window() {
-        let manifest = crate::bundle::Bundle::load(std::path::Path::new("models/co2-gru/1")).unwrap().manifest;
-        assert_eq!((manifest.window, manifest.horizon, manifest.features.len()), (16, 4, 3));
-        // co2 at step t is 300 + t; the other features are noise that must not be read.
-        let window: Vec<f32> = (0..16).flat_map(|t| [300.0 + t as f32, -7.0, 9.0]).collect();
-        let two = [window.clone(), window.iter().map(|v| v + 1000.0).collect()].concat();
-        let mut out = Vec::new();
-        Naive::for_manifest(&manifest, FallbackKind::LastValue, 0).unwrap().predict(&two, 2, &mut out);
-        assert_eq!(out, [315.0, 315.0, 315.0, 315.0, 1315.0, 1315.0, 1315.0, 1315.0]);
-        // Season 3: steps 1..4 repeat y[13], y[14], y[15], y[13].
-        let seasonal = Naive::for_manifest(&manifest, FallbackKind::SeasonalNaive, 3).unwrap();
-        assert_eq!(seasonal.model_ref.version, "fallback-seasonal_naive-3");
-        seasonal.predict(&window, 1, &mut out);
-        assert_eq!(out, [313.0, 314.0, 315.0, 313.0]);
-        let err = Naive::for_manifest(&manifest, FallbackKind::SeasonalNaive, 17).unwrap_err();
-        assert_eq!(err.key, "season");
     }
 }

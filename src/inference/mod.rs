@@ -3,18 +3,26 @@
 //!
 //! - [`runtime`]: finds `libonnxruntime.so` and creates the process-wide environment.
 //! - [`model`]: a bundle plus its session; signature and golden checks; CUDA/CPU choice.
-//! - [`breaker`]: the circuit breaker and the fallback (second bundle or naive forecast).
+//! - [`model_set`]: the primary, candidate and shadow; reloads and variant decisions.
+//! - [`fallback`]: what serves when the primary cannot (second bundle or naive forecast).
+//! - [`breaker`]: the circuit breaker that decides when the fallback serves, and its alerts.
 //! - [`cache`]: the optional LRU of predictions for repeated windows.
-//! - [`batcher`]: the dedicated thread that owns a [`model::Model`] and scores micro-batches.
+//! - [`scorer`]: scores one batch: routing, cache, fallback (the one gather → predict → scatter).
+//! - [`batcher`]: the dedicated thread that collects micro-batches for the scorer.
 
 pub mod batcher;
 pub mod breaker;
 pub mod cache;
+pub mod fallback;
 pub mod model;
+pub mod model_set;
 pub mod runtime;
+pub mod scorer;
 
-pub use batcher::{BatchOutcome, Batcher, BatchingOptions, Job, JobSink, VariantControl};
+pub use batcher::{BatchOutcome, Batcher, BatchingOptions, Job, JobSink};
 pub use model::{Model, Provider, ProviderReport, SessionOptions};
+pub use model_set::{ModelSet, VariantControl};
+pub use scorer::Scorer;
 
 use crate::bundle::BundleError;
 

@@ -48,6 +48,12 @@ pub struct SessionOptions {
     pub intra_threads: usize,
 }
 
+impl From<&crate::config::ModelConfig> for SessionOptions {
+    fn from(m: &crate::config::ModelConfig) -> Self {
+        SessionOptions { provider: m.execution_provider, intra_threads: m.intra_threads }
+    }
+}
+
 impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions { provider: ExecutionProviderChoice::Cpu, intra_threads: 1 }

@@ -6,14 +6,12 @@
 //! - [`rolling`]: incremental RMSE/MAE/bias over a count and a time window.
 //! - [`stats`]: KS test, PSI, multiple-testing correction, bounded samples.
 //! - [`drift`]: per-feature drift verdicts.
-//! - [`alerts`]: hysteresis and cooldown.
 //!
 //! It reads `predictions`, `actuals` and `input_data` in its own consumer group
 //! (`<consumer.group_id>-monitor`), so it runs the same inside `streamcast run` or alone with
 //! `--role monitor`, and a restart or rebalance rebuilds pending joins by re-reading from the
 //! committed watermark: per partition, the lowest offset whose record still waits.
 
-pub mod alerts;
 pub mod drift;
 pub mod join;
 pub mod rolling;
@@ -31,12 +29,15 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Serialize;
 
+use crate::alert::{
+    Alert, AlertSink, AlertState, DecisionSource, Details, DriftDetails, Gate, RetrainDetails, RetrainEvidence,
+    RetrainReason, RmseDetails, Transition, VariantScore,
+};
 use crate::bundle::Bundle;
 use crate::config::{Config, MonitorConfig};
 use crate::event::{now_rfc3339, Actual, EventValues, FeatureSchema, InputEvent, ModelRef, Prediction, Variant};
-use crate::pipeline::{client_config, missing_topics, PipelineError};
+use crate::kafka::{client_config, require_topics, ClusterError};
 use crate::shutdown::Shutdown;
-use alerts::{Alert, Gate, Transition};
 use drift::{DriftReport, DriftTracker};
 use join::{JoinBuffer, Offer, Side, Source, WaitingPrediction};
 use rolling::RollingError;
@@ -93,9 +94,7 @@ impl MonitorMetrics {
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
-    #[error("Kafka client setup failed: {0}")]
-    Client(#[source] rdkafka::error::KafkaError),
+    Cluster(#[from] ClusterError),
 }
 
 /// A `model_metrics` message.
@@ -171,6 +170,7 @@ struct State {
     /// A decision about the configured candidate was published (once per run: workers apply
     /// each decision once, and a rolled-back candidate's window stops moving).
     decided: bool,
+    alerts: Arc<AlertSink>,
 }
 
 /// Topic roles the monitor reads.
@@ -181,7 +181,6 @@ struct Topics {
     actuals: String,
     input: String,
     metrics: String,
-    alerts: String,
 }
 
 /// Starts the monitor thread.
@@ -189,10 +188,10 @@ pub fn spawn(
     config: &Config,
     bundle: Arc<Bundle>,
     registry: &Registry,
+    alerts: Arc<AlertSink>,
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, MonitorError> {
     let cfg = config.monitor.clone();
-    let servers = config.kafka.get("bootstrap.servers").map(|v| v.to_string()).unwrap_or_default();
     let mut cc = client_config(config);
     cc.set("group.id", format!("{}-monitor", config.consumer.group_id))
         .set("enable.auto.commit", "false")
@@ -201,26 +200,22 @@ pub fn spawn(
         // assignor gives both topics' partition p to the same member, so joins stay local.
         .set("partition.assignment.strategy", "range");
     let consumer: BaseConsumer<MonitorContext> =
-        cc.create_with_context(MonitorContext { revoked: Mutex::new(Vec::new()) }).map_err(MonitorError::Client)?;
+        cc.create_with_context(MonitorContext { revoked: Mutex::new(Vec::new()) }).map_err(ClusterError::Client)?;
     let t = &config.topics;
     let shadow = config.variants.shadow.as_ref().map(|_| t.shadow.clone());
     let mut read: Vec<&str> = vec![&t.predictions, &t.actuals, &t.input];
     read.extend(shadow.as_deref());
     let mut wanted = read.clone();
     wanted.extend([t.metrics.as_str(), t.alerts.as_str()]);
-    let missing = missing_topics(&consumer, &wanted, &servers)?;
-    if !missing.is_empty() {
-        return Err(PipelineError::MissingTopics(missing).into());
-    }
-    consumer.subscribe(&read).map_err(MonitorError::Client)?;
-    let producer: BaseProducer = client_config(config).create().map_err(MonitorError::Client)?;
+    require_topics(&consumer, &wanted, config)?;
+    consumer.subscribe(&read).map_err(ClusterError::Client)?;
+    let producer: BaseProducer = client_config(config).create().map_err(ClusterError::Client)?;
     let topics = Topics {
         predictions: t.predictions.clone(),
         shadow: shadow.clone(),
         actuals: t.actuals.clone(),
         input: t.input.clone(),
         metrics: t.metrics.clone(),
-        alerts: t.alerts.clone(),
     };
     let m = &bundle.manifest;
     let threshold = cfg.rmse_threshold.or_else(|| m.validation.as_ref().map(|v| v.rmse * cfg.rmse_threshold_ratio));
@@ -244,6 +239,7 @@ pub fn spawn(
         cfg,
         variants: config.variants.clone(),
         decided: false,
+        alerts,
     };
     // The served model's primary variant always has a snapshot, so drift is published even
     // before any prediction has been read.
@@ -437,53 +433,42 @@ impl State {
 
         // Drift alerts, one gate per feature.
         for (i, f) in self.schema.names.iter().enumerate() {
-            let stat = report.features.get(f);
+            let Some(stat) = report.features.get(f) else {
+                self.feature_gates[i].update(false, true, now);
+                continue;
+            };
             let firing = report.drifted.contains(f);
-            let clear = stat.is_none_or(|s| report.is_clear(s, &self.cfg));
-            match self.feature_gates[i].update(firing, clear, now) {
-                Transition::Fire | Transition::Resolve if stat.is_some() => {
-                    let s = stat.expect("checked");
-                    let state = if self.feature_gates[i].is_active() { "firing" } else { "resolved" };
-                    alerts.push(self.alert(
-                        "feature_drift",
-                        None,
-                        &at,
-                        serde_json::json!({
-                            "state": state, "feature": f, "features": [f], "ks_statistic": s.ks_statistic,
-                            "p_value": s.p_value, "psi": s.psi, "samples": s.samples,
-                        }),
-                    ));
-                }
-                _ => {}
+            let clear = report.is_clear(stat, &self.cfg);
+            if let Some(state) = AlertState::of(self.feature_gates[i].update(firing, clear, now)) {
+                let d = drift_details(state, Some(f), stat);
+                alerts.push(Alert::new(self.model.clone(), None, Details::FeatureDrift(d)));
             }
         }
         if let Some(s) = &report.prediction {
             let firing = report.prediction_drifted;
             let clear = report.is_clear(s, &self.cfg);
-            if self.prediction_gate.update(firing, clear, now) != Transition::None {
-                let state = if self.prediction_gate.is_active() { "firing" } else { "resolved" };
-                alerts.push(self.alert("prediction_drift", None, &at, serde_json::json!({
-                    "state": state, "ks_statistic": s.ks_statistic, "p_value": s.p_value, "psi": s.psi, "samples": s.samples,
-                })));
+            if let Some(state) = AlertState::of(self.prediction_gate.update(firing, clear, now)) {
+                alerts.push(Alert::new(
+                    self.model.clone(),
+                    None,
+                    Details::PredictionDrift(drift_details(state, None, s)),
+                ));
             }
         }
 
         let schedule_due = self.cfg.retrain_schedule.is_some_and(|d| now.duration_since(self.last_schedule) >= d);
         if schedule_due {
             self.last_schedule = now;
-            alerts.push(self.alert("retrain_requested", None, &at, serde_json::json!({"reason": "schedule"})));
+            let d = RetrainDetails { reason: RetrainReason::Schedule, evidence: None };
+            alerts.push(Alert::new(self.model.clone(), None, Details::RetrainRequested(d)));
         }
 
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut scores: Vec<Option<crate::decisions::VariantScore>> = Vec::with_capacity(self.keys.len());
+        let mut scores: Vec<Option<VariantScore>> = Vec::with_capacity(self.keys.len());
         for (i, k) in self.keys.iter_mut().enumerate() {
             k.rolling.advance(now_ms);
             let stats = k.rolling.snapshot();
-            scores.push(stats.rmse.zip(stats.mae).map(|(rmse, mae)| crate::decisions::VariantScore {
-                rmse,
-                mae,
-                joined: stats.count,
-            }));
+            scores.push(stats.rmse.zip(stats.mae).map(|(rmse, mae)| VariantScore { rmse, mae, joined: stats.count }));
             let variant = k.variant.as_str();
             if let Some(threshold) = self.threshold {
                 let enough = stats.count >= self.cfg.min_joined;
@@ -491,40 +476,31 @@ impl State {
                 let firing = enough && rmse > threshold;
                 // Hysteresis: clear only well below the threshold.
                 let clear = enough && rmse < 0.9 * threshold;
-                let details = serde_json::json!({
-                    "rmse": stats.rmse, "mae": stats.mae, "count": stats.count, "threshold": threshold,
-                });
+                let numbers =
+                    |state| RmseDetails { state, rmse: stats.rmse, mae: stats.mae, count: stats.count, threshold };
                 match k.rmse_gate.update(firing, clear, now) {
                     Transition::Fire => {
                         k.above_since = Some(now);
-                        alerts.push(make_alert(
-                            "rmse_above_threshold",
-                            &k.model,
-                            Some(variant),
-                            &at,
-                            with_state(&details, "firing"),
-                        ));
+                        let d = Details::RmseAboveThreshold(numbers(AlertState::Firing));
+                        alerts.push(Alert::new(k.model.clone(), Some(k.variant), d));
                     }
                     Transition::Resolve => {
                         k.above_since = None;
                         k.retrain_requested = false;
-                        alerts.push(make_alert(
-                            "rmse_above_threshold",
-                            &k.model,
-                            Some(variant),
-                            &at,
-                            with_state(&details, "resolved"),
-                        ));
+                        let d = Details::RmseAboveThreshold(numbers(AlertState::Resolved));
+                        alerts.push(Alert::new(k.model.clone(), Some(k.variant), d));
                     }
                     Transition::None => {}
                 }
                 if let Some(since) = k.above_since {
                     if !k.retrain_requested && now.duration_since(since) >= self.cfg.retrain_after {
                         k.retrain_requested = true;
-                        let mut d = with_state(&details, "firing");
-                        d["reason"] = "performance".into();
-                        d["above_for_s"] = now.duration_since(since).as_secs_f64().into();
-                        alerts.push(make_alert("retrain_requested", &k.model, Some(variant), &at, d));
+                        let evidence = RetrainEvidence {
+                            rmse: numbers(AlertState::Firing),
+                            above_for_s: now.duration_since(since).as_secs_f64(),
+                        };
+                        let d = RetrainDetails { reason: RetrainReason::Performance, evidence: Some(evidence) };
+                        alerts.push(Alert::new(k.model.clone(), Some(k.variant), Details::RetrainRequested(d)));
                     }
                 }
             }
@@ -573,16 +549,13 @@ impl State {
             alerts.push(a);
         }
         for a in alerts {
-            tracing::warn!(kind = a.kind, details = %a.details, "Alert.");
-            let body = serde_json::to_vec(&a).expect("alert serializes");
-            send(producer, &topics.alerts, &a.model.name, &body);
+            self.alerts.send(&a);
         }
         producer.poll(Duration::ZERO);
     }
 
     /// Applies the rollback/promotion rule to the configured primary and candidate, once.
-    fn decide(&mut self, scores: &[Option<crate::decisions::VariantScore>]) -> Option<Alert> {
-        use crate::decisions::{self, Verdict};
+    fn decide(&mut self, scores: &[Option<VariantScore>]) -> Option<Alert> {
         let candidate_version = &self.variants.candidate.as_ref()?.version;
         if self.decided {
             return None;
@@ -595,66 +568,50 @@ impl State {
         let p = find(Variant::Primary, &self.model.version)?;
         let c = find(Variant::Candidate, candidate_version)?;
         let (primary, candidate) = (scores[p]?, scores[c]?);
-        let verdict = decisions::decide(&self.variants, primary, candidate)?;
+        let decision = crate::decisions::decide(&self.variants, primary, candidate)?;
         self.decided = true;
-        let margin = match verdict {
-            Verdict::Rollback => self.variants.rollback_margin,
-            Verdict::Promote => self.variants.promote_margin,
-        };
-        let numbers = serde_json::json!({
-            "primary": primary, "candidate": candidate, "margin": margin,
-            "rmse_ratio": candidate.rmse / primary.rmse,
-            "rule": match verdict {
-                Verdict::Rollback => "candidate.rmse > primary.rmse * (1 + margin)",
-                Verdict::Promote => "candidate.rmse < primary.rmse * (1 - margin)",
-            },
-        });
-        let a = decisions::alert(verdict, &self.keys[c].model, &self.model, "monitor", numbers);
+        let evidence = crate::decisions::evidence(&self.variants, decision, primary, candidate);
         tracing::warn!(
-            decision = a.details["decision"].as_str().unwrap_or_default(),
+            ?decision,
             candidate = %candidate_version,
             candidate_rmse = candidate.rmse,
             candidate_joined = candidate.joined,
             primary = %self.model.version,
             primary_rmse = primary.rmse,
             primary_joined = primary.joined,
-            margin,
+            margin = evidence.margin,
             "Label-driven decision about the candidate."
         );
-        Some(a)
-    }
-
-    fn alert(&self, kind: &'static str, variant: Option<&'static str>, at: &str, details: serde_json::Value) -> Alert {
-        make_alert(kind, &self.model, variant, at, details)
+        let candidate_model = &self.keys[c].model;
+        Some(crate::decisions::alert(
+            decision,
+            candidate_model,
+            &self.model,
+            DecisionSource::Monitor,
+            None,
+            Some(evidence),
+        ))
     }
 }
 
-fn with_state(details: &serde_json::Value, state: &str) -> serde_json::Value {
-    let mut d = details.clone();
-    d["state"] = state.into();
-    d
-}
-
-fn make_alert(
-    kind: &'static str,
-    model: &ModelRef,
-    variant: Option<&'static str>,
-    at: &str,
-    details: serde_json::Value,
-) -> Alert {
-    Alert { kind, model: model.clone(), variant, at: at.to_string(), details }
+fn drift_details(state: AlertState, feature: Option<&String>, s: &drift::DriftStat) -> DriftDetails {
+    DriftDetails {
+        state,
+        feature: feature.cloned(),
+        features: feature.into_iter().cloned().collect(),
+        ks_statistic: s.ks_statistic,
+        p_value: s.p_value,
+        psi: s.psi,
+        samples: s.samples,
+    }
 }
 
 fn send(producer: &BaseProducer, topic: &str, key: &str, body: &[u8]) {
-    let mut record = BaseRecord::to(topic).key(key).payload(body);
-    for _ in 0..100 {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((_, back)) => {
-                record = back;
-                producer.poll(Duration::from_millis(10));
-            }
-        }
+    let record = BaseRecord::to(topic).key(key).payload(body);
+    let wait = || {
+        producer.poll(Duration::from_millis(10));
+    };
+    if crate::kafka::send_with_retry(|r| producer.send(r), record, wait, Some(100)).is_err() {
+        tracing::error!(topic, "Monitor could not enqueue a record.");
     }
-    tracing::error!(topic, "Monitor could not enqueue a record.");
 }

@@ -14,10 +14,11 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::ClientContext;
 
-use super::publish::{Completion, Publisher, Token, TRACEPARENT};
+use super::publish::{Completion, InputOffset, Publisher, Token};
 use super::{Origin, PipelineError, StreamOrigin};
 use crate::event::{EventValues, FeatureSchema, InputEvent};
 use crate::inference::Job;
+use crate::otel::TRACEPARENT;
 use crate::telemetry::Metrics;
 use crate::window::WindowStore;
 
@@ -79,20 +80,23 @@ impl WorkerContext {
 
     /// Applies one delivery report: counts it and stores the offset if the done prefix advanced.
     fn apply(&self, st: &mut LoopState, c: Completion, consumer: &BaseConsumer<WorkerContext>) {
-        if c.token.partition == super::publish::SHADOW_PARTITION {
-            // Shadow output is best effort: the event's offset rides on its real prediction.
-            if let Err(error) = c.result {
-                tracing::warn!(%error, "Shadow prediction not delivered.");
+        let at = match c.token {
+            Token::Input(at) => at,
+            Token::Shadow => {
+                // Shadow output is best effort: the event's offset rides on its real prediction.
+                if let Err(error) = c.result {
+                    tracing::warn!(%error, "Shadow prediction not delivered.");
+                }
+                return;
             }
-            return;
-        }
+        };
         match c.result {
             Ok(()) => {
                 self.metrics.events_acknowledged.inc();
-                if let Some(offset) = st.tracker.complete(c.token.partition, c.token.offset) {
+                if let Some(offset) = st.tracker.complete(at.partition, at.offset) {
                     // `store_offset` stores `offset + 1`, the next offset to read.
-                    if let Err(error) = consumer.store_offset(&self.input_topic, c.token.partition, offset) {
-                        tracing::warn!(%error, partition = c.token.partition, offset, "Failed to store offset.");
+                    if let Err(error) = consumer.store_offset(&self.input_topic, at.partition, offset) {
+                        tracing::warn!(%error, partition = at.partition, offset, "Failed to store offset.");
                     }
                 }
             }
@@ -101,11 +105,11 @@ impl WorkerContext {
                 // record would lose it, so the worker stops; the offset stays uncommitted and the
                 // event is re-delivered after restart.
                 self.metrics.delivery_failures.inc();
-                tracing::error!(%error, partition = c.token.partition, offset = c.token.offset, "Delivery failed; stopping.");
+                tracing::error!(%error, partition = at.partition, offset = at.offset, "Delivery failed; stopping.");
                 st.fatal.get_or_insert_with(|| {
                     format!(
                         "delivery of the record for partition {} offset {} failed: {error}",
-                        c.token.partition, c.token.offset
+                        at.partition, at.offset
                     )
                 });
             }
@@ -299,7 +303,7 @@ impl ConsumerLoop {
             metrics.events_consumed.inc();
             let mut st = ctx.lock();
             if passthrough {
-                let token = Token { partition: message.partition(), offset: message.offset() };
+                let token = InputOffset { partition: message.partition(), offset: message.offset() };
                 st.tracker.begin(token.partition, token.offset);
                 publisher.forward(token, message.key(), message.payload().unwrap_or_default());
                 continue;
@@ -342,7 +346,7 @@ fn handle(
     route: Option<f64>,
 ) {
     let received = Instant::now();
-    let token = Token { partition: message.partition(), offset: message.offset() };
+    let token = InputOffset { partition: message.partition(), offset: message.offset() };
     if let Some(ts) = message.timestamp().to_millis() {
         st.last_timestamp.insert(token.partition, ts);
     }

@@ -3,12 +3,14 @@
 //!
 //! - [`consumer`]: the poll loop, validation, windows, rebalance draining.
 //! - [`offsets`]: in-order offset tracking per partition.
-//! - [`publish`]: predictions, dead letters, delivery reports.
+//! - [`dispatch`]: routes each scored row by origin: Kafka for the stream, a reply for HTTP.
+//! - [`publish`]: predictions, shadow predictions, dead letters, delivery reports.
 //! - [`rebuild`]: per-series windows rebuilt from a newly assigned partition's history.
 //!
 //! Every queue on the data path is bounded by `consumer.max_in_flight`.
 
 pub mod consumer;
+pub mod dispatch;
 pub mod offsets;
 pub mod publish;
 pub mod rebuild;
@@ -19,56 +21,33 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer as _;
 
+use crate::alert::{Alert, AlertSink, AlertState, Details, FallbackDetails};
 use crate::config::Config;
 use crate::event::FeatureSchema;
-use crate::inference::breaker::{Breaker, BreakerOptions};
-use crate::inference::{Batcher, BatchingOptions, Model, VariantControl};
+use crate::event::Variant;
+use crate::inference::breaker::{Breaker, BreakerOptions, BreakerReporter};
+use crate::inference::{Batcher, BatchingOptions, Model, ModelSet, Scorer, VariantControl};
+use crate::kafka::{group_consumer_config, producer_config, require_topics, ClusterError};
+use crate::loader::{Primary, Variants};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 use crate::window::WindowStore;
 use consumer::{ConsumerLoop, LoopState, WorkerContext};
-use publish::{AlertSink, DeliveryContext, KafkaSink, Producer, Publisher, Token};
+use dispatch::{Dispatcher, StreamPublisher};
+use publish::{DeliveryContext, InputOffset, Producer, Publisher};
 
 /// Errors of the streaming pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("Kafka client setup failed: {0}")]
-    Client(#[source] KafkaError),
-    #[error("cannot reach the Kafka cluster at {servers}: {error}")]
-    Unreachable { servers: String, error: KafkaError },
-    #[error("topics missing on the cluster: {}; create them with `streamcast topics create --config FILE` or start with `--create-topics`", .0.join(", "))]
-    MissingTopics(Vec<String>),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("{0}")]
     Delivery(String),
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
-}
-
-/// Models next to the primary: an A/B candidate with its share of series, a shadow, and the
-/// fallback that serves while the circuit breaker is open.
-#[derive(Default)]
-pub struct Variants {
-    pub candidate: Option<(Model, f64)>,
-    pub shadow: Option<Model>,
-    pub fallback: Option<crate::inference::breaker::FallbackModel>,
-}
-
-/// The primary model as start-up found it.
-pub enum Primary {
-    Loaded(Model),
-    /// It failed to load and `[fallback]` serves until a valid version is hot-reloaded. `bundle`
-    /// supplies features and window: the primary's own manifest when it was readable, else the
-    /// fallback bundle's.
-    Failed {
-        bundle: Arc<crate::bundle::Bundle>,
-        model: crate::event::ModelRef,
-        reason: String,
-    },
 }
 
 /// Where a job for the inference thread came from.
@@ -136,7 +115,7 @@ impl RequestGate {
 /// Where a streamed event came from, and what its prediction must echo.
 #[derive(Debug)]
 pub struct StreamOrigin {
-    pub token: Token,
+    pub token: InputOffset,
     pub id: String,
     pub series_id: String,
     pub timestamp: String,
@@ -149,87 +128,59 @@ pub struct StreamOrigin {
     pub payload: Vec<u8>,
 }
 
-/// Builds a librdkafka client config: streamcast's defaults, then the user's `[kafka]` table.
-pub fn client_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in config.kafka_properties() {
-        c.set(k, v);
+/// The inference thread's scorer: the primary (or the fallback standing in for it), the
+/// variants, the cache, and the breaker with its alerts.
+fn build_scorer(
+    config: &Config,
+    primary: Primary,
+    variants: Variants,
+    alerts: &Arc<AlertSink>,
+    metrics: &Arc<Metrics>,
+) -> Scorer {
+    let fallback_ref = variants.fallback.as_ref().map(|f| f.model_ref().clone());
+    let failed = matches!(primary, Primary::Failed { .. });
+    let primary = match primary {
+        Primary::Loaded(model) => Some(model),
+        Primary::Failed { model, reason, .. } => {
+            let fallback = fallback_ref.clone().expect("a failed primary is served only with a fallback");
+            tracing::error!(
+                model = %model.name,
+                version = %model.version,
+                %reason,
+                fallback = %fallback.version,
+                "The primary failed to load; the fallback serves until a valid version is loaded."
+            );
+            metrics.fallback_active.set(1);
+            let details = FallbackDetails {
+                state: AlertState::Firing,
+                primary: model.clone(),
+                fallback: Some(fallback),
+                reason: Some("primary_load_failed".into()),
+                failed_batches: None,
+                batches: None,
+                last_error: Some(reason),
+            };
+            alerts.send(&Alert::new(model, Some(Variant::Primary), Details::FallbackActive(details)));
+            None
+        }
+    };
+    let models = ModelSet::new(primary).with_variants(variants.candidate.map(|(m, _)| m), variants.shadow);
+    let mut scorer = Scorer::new(models);
+    if config.cache.enabled {
+        scorer = scorer.with_cache(config.cache.max_entries);
     }
-    c
-}
-
-/// Prefixes of librdkafka properties that only producers (or only consumers) understand. The
-/// `[kafka]` table is shared, and librdkafka warns about every property of the other side.
-const PRODUCER_ONLY: [&str; 10] = [
-    "linger.ms",
-    "acks",
-    "request.required.acks",
-    "batch.",
-    "compression.",
-    "compression.codec",
-    "message.timeout.ms",
-    "queue.buffering.",
-    "enable.idempotence",
-    "transactional.id",
-];
-const CONSUMER_ONLY: [&str; 12] = [
-    "session.timeout.ms",
-    "heartbeat.interval.ms",
-    "auto.commit.interval.ms",
-    "max.poll.interval.ms",
-    "fetch.",
-    "group.",
-    "partition.assignment.strategy",
-    "isolation.level",
-    "auto.offset.reset",
-    "check.crcs",
-    "queued.",
-    "enable.partition.eof",
-];
-
-fn is_for(key: &str, other_side: &[&str]) -> bool {
-    !other_side.iter().any(|p| key.starts_with(p))
-}
-
-fn consumer_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("auto.offset.reset", &config.consumer.auto_offset_reset).set("statistics.interval.ms", "5000");
-    for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &PRODUCER_ONLY)) {
-        c.set(k, v);
+    if let Some(fallback) = variants.fallback {
+        let reporter = BreakerReporter::new(
+            alerts.clone(),
+            metrics.clone(),
+            &config.model.name,
+            fallback_ref,
+            config.monitor.alert_cooldown,
+            failed,
+        );
+        scorer = scorer.with_fallback(fallback, Breaker::new(BreakerOptions::from(&config.fallback)), Some(reporter));
     }
-    // Not overridable (config validation refuses them): at-least-once depends on them.
-    c.set("group.id", &config.consumer.group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
-    c
-}
-
-fn producer_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("linger.ms", "5").set("acks", "all").set("statistics.interval.ms", "5000");
-    for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &CONSUMER_ONLY)) {
-        c.set(k, v);
-    }
-    c
-}
-
-/// Which required topics do not exist on the cluster.
-pub fn missing_topics<C: rdkafka::consumer::ConsumerContext, T: Consumer<C>>(
-    consumer: &T,
-    wanted: &[&str],
-    servers: &str,
-) -> Result<Vec<String>, PipelineError> {
-    let metadata = consumer
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|error| PipelineError::Unreachable { servers: servers.to_string(), error })?;
-    Ok(wanted
-        .iter()
-        .filter(|t| {
-            !metadata.topics().iter().any(|m| m.name() == **t && m.error().is_none() && !m.partitions().is_empty())
-        })
-        .map(|t| t.to_string())
-        .collect())
+    scorer
 }
 
 /// A running worker: its two threads and the producer they share.
@@ -255,15 +206,12 @@ impl Worker {
     pub fn start(
         config: &Config,
         primary: Primary,
-        mut variants: Variants,
+        variants: Variants,
+        alerts: Arc<AlertSink>,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> Result<Worker, PipelineError> {
-        let servers = config.kafka.get("bootstrap.servers").map(|v| v.to_string()).unwrap_or_default();
-        let bundle = match &primary {
-            Primary::Loaded(m) => m.bundle().clone(),
-            Primary::Failed { bundle, .. } => bundle.clone(),
-        };
+        let bundle = primary.bundle();
         let manifest = &bundle.manifest;
         let schema = FeatureSchema::for_bundle(
             manifest,
@@ -280,10 +228,10 @@ impl Worker {
         let producer: Arc<Producer> = Arc::new(
             producer_config(config)
                 .create_with_context(DeliveryContext::new(completions_tx.clone(), metrics.clone()))
-                .map_err(PipelineError::Client)?,
+                .map_err(ClusterError::Client)?,
         );
         let assigned = Arc::new(AtomicBool::new(false));
-        let rebuilder = rebuild::WindowRebuilder::new(config, schema.clone()).map_err(PipelineError::Client)?;
+        let rebuilder = rebuild::WindowRebuilder::new(config, schema.clone()).map_err(ClusterError::Client)?;
         let context = WorkerContext::new(
             LoopState::new(windows, completions_rx, rebuilder),
             &config.topics.input,
@@ -292,16 +240,13 @@ impl Worker {
             assigned.clone(),
         );
         let consumer: BaseConsumer<WorkerContext> =
-            consumer_config(config).create_with_context(context).map_err(PipelineError::Client)?;
+            group_consumer_config(config).create_with_context(context).map_err(ClusterError::Client)?;
         let mut wanted = config.topics.worker_topics().to_vec();
         if variants.shadow.is_some() {
             wanted.push(&config.topics.shadow);
         }
-        let missing = missing_topics(&consumer, &wanted, &servers)?;
-        if !missing.is_empty() {
-            return Err(PipelineError::MissingTopics(missing));
-        }
-        consumer.subscribe(&[&config.topics.input]).map_err(PipelineError::Client)?;
+        require_topics(&consumer, &wanted, config)?;
+        consumer.subscribe(&[&config.topics.input]).map_err(ClusterError::Client)?;
 
         let publisher = Publisher::new(
             producer.clone(),
@@ -314,59 +259,13 @@ impl Worker {
         );
         let (jobs_tx, jobs_rx) = sync_channel(max_in_flight);
         let requests = Arc::new(RequestGate { jobs: std::sync::Mutex::new(Some(jobs_tx.clone())) });
-        let batching = BatchingOptions {
-            max_batch_size: config.batching.max_batch_size,
-            max_wait: Duration::from_millis(config.batching.max_wait_ms),
-        };
-        let alerts = Arc::new(AlertSink::new(config).map_err(PipelineError::Client)?);
-        let fallback_ref = variants.fallback.as_ref().map(|f| f.model_ref().clone());
-        let mut sink = KafkaSink::new(publisher.clone(), metrics.clone()).with_alerts(
-            alerts.clone(),
-            &config.model.name,
-            fallback_ref.clone(),
-            config.monitor.alert_cooldown,
-            matches!(primary, Primary::Failed { .. }),
-        );
+        let candidate_share = variants.candidate.as_ref().map(|(_, share)| *share);
         let (reloads, reloads_rx) = sync_channel(1);
         let (controls, controls_rx) = sync_channel(8);
-        let candidate_share = variants.candidate.as_ref().map(|(_, share)| *share);
-        let has_candidate = variants.candidate.is_some();
-        let breaker = || Breaker::new(BreakerOptions::from_config(&config.fallback));
-        let batcher = match primary {
-            Primary::Loaded(model) => Batcher::new(model, batching),
-            Primary::Failed { model, reason, .. } => {
-                let fallback = variants.fallback.take().expect("a failed primary is served only with a fallback");
-                tracing::error!(
-                    model = %model.name,
-                    version = %model.version,
-                    %reason,
-                    fallback = %fallback.model_ref().version,
-                    "The primary failed to load; the fallback serves until a valid version is loaded."
-                );
-                metrics.fallback_active.set(1);
-                alerts.send(&crate::monitor::alerts::Alert {
-                    kind: "fallback_active",
-                    model: model.clone(),
-                    variant: Some("primary"),
-                    at: crate::event::now_rfc3339(),
-                    details: serde_json::json!({
-                        "state": "firing", "reason": "primary_load_failed", "last_error": reason,
-                        "primary": model, "fallback": fallback_ref,
-                    }),
-                });
-                Batcher::without_primary(fallback, breaker(), batching)
-            }
-        };
-        let mut batcher = batcher
-            .with_reloads(reloads_rx)
-            .with_variants(variants.candidate.map(|(m, _)| m), variants.shadow)
-            .with_controls(controls_rx);
-        if config.cache.enabled {
-            batcher = batcher.with_cache(config.cache.max_entries);
-        }
-        if let Some(fallback) = variants.fallback {
-            batcher = batcher.with_fallback(fallback, breaker());
-        }
+        let scorer = build_scorer(config, primary, variants, &alerts, &metrics)
+            .map_models(|m| m.with_reloads(reloads_rx).with_controls(controls_rx));
+        let batcher = Batcher::new(scorer, BatchingOptions::from(&config.batching));
+        let mut sink = Dispatcher::new(StreamPublisher::new(publisher.clone(), metrics.clone()), metrics.clone());
         let inference_thread = std::thread::Builder::new()
             .name("streamcast-inference".into())
             .spawn(move || batcher.run(jobs_rx, &mut sink))
@@ -379,7 +278,7 @@ impl Worker {
             shutdown,
             metrics,
             passthrough: config.processing.passthrough,
-            candidate_share: candidate_share.filter(|_| has_candidate),
+            candidate_share,
         };
         let consumer_thread = std::thread::Builder::new()
             .name("streamcast-consumer".into())
@@ -412,7 +311,9 @@ impl Worker {
         if let Err(error) = self.producer.flush(self.flush_timeout) {
             tracing::warn!(%error, "Producer flush at shutdown failed.");
         }
-        self.alerts.flush(self.flush_timeout);
+        if let Err(error) = self.alerts.flush(self.flush_timeout) {
+            tracing::warn!(%error, "Alert producer flush failed.");
+        }
         consumer.and(inference)
     }
 }

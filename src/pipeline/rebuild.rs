@@ -47,12 +47,8 @@ impl WindowRebuilder {
         if schema.window <= 1 || config.windows.rebuild_max_records == 0 {
             return Ok(None);
         }
-        let mut cc = super::client_config(config);
-        // Assigned, never subscribed and never committing: the group id only names the client.
-        cc.set("group.id", format!("{}-rebuild", config.consumer.group_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "20");
+        let mut cc = crate::kafka::reader_config(config, "rebuild");
+        cc.set("fetch.wait.max.ms", "20");
         Ok(Some(WindowRebuilder {
             consumer: cc.create()?,
             topic: config.topics.input.clone(),

@@ -6,20 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-use crate::event::ModelRef;
-
-/// An `alerts` message.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Alert {
-    pub kind: &'static str,
-    pub model: ModelRef,
-    pub variant: Option<&'static str>,
-    pub at: String,
-    pub details: serde_json::Value,
-}
-
 /// What a gate decided on one evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -39,6 +25,11 @@ pub struct Gate {
 impl Gate {
     pub fn new(cooldown: Duration) -> Gate {
         Gate { active: false, last_fired: None, cooldown }
+    }
+
+    /// A gate whose condition already fired at `at` (for example an alert published at start-up).
+    pub fn fired(cooldown: Duration, at: Instant) -> Gate {
+        Gate { active: true, last_fired: Some(at), cooldown }
     }
 
     /// `firing`: the condition holds; `clear`: it is clearly gone (stricter than `!firing`).

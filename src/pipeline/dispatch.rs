@@ -1,0 +1,193 @@
+//! Where each scored row goes, by its origin: a streamed event's prediction (and shadow
+//! prediction) to Kafka, or its dead letter when nothing could score it; an HTTP request's
+//! answer back to the waiting handler.
+
+use std::sync::Arc;
+
+use super::publish::Publisher;
+use super::{Origin, RequestOrigin, Scored, StreamOrigin};
+use crate::event::{now_rfc3339, ModelRef, PredictionOut, RejectKind, Variant};
+use crate::inference::batcher::RowStatus;
+use crate::inference::{BatchOutcome, InferenceError, Job, JobSink};
+use crate::telemetry::Metrics;
+
+/// One scored row, as its origin needs it.
+struct Row<'a> {
+    prediction: &'a [f32],
+    model: &'a ModelRef,
+    variant: Variant,
+    fallback: bool,
+    /// The shadow's model and its prediction for this row.
+    shadow: Option<(&'a ModelRef, &'a [f32])>,
+    produced_at: &'a str,
+}
+
+/// Publishes streamed events' predictions and dead letters.
+pub struct StreamPublisher {
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+    /// Reused for every encoded prediction.
+    buf: Vec<u8>,
+}
+
+impl StreamPublisher {
+    pub fn new(publisher: Publisher, metrics: Arc<Metrics>) -> StreamPublisher {
+        StreamPublisher { publisher, metrics, buf: Vec::with_capacity(512) }
+    }
+
+    fn publish(&mut self, mut o: StreamOrigin, row: Row<'_>) {
+        let latency = o.received.elapsed();
+        let latency_ms = latency.as_secs_f64() * 1e3;
+        let prediction = |prediction, model, variant, fallback| PredictionOut {
+            id: &o.id,
+            series_id: &o.series_id,
+            timestamp: &o.timestamp,
+            prediction,
+            model,
+            variant,
+            latency_ms,
+            produced_at: row.produced_at,
+            warmup: o.warmup,
+            fallback,
+        };
+        prediction(row.prediction, row.model, row.variant, row.fallback).encode(&mut self.buf);
+        // With OTLP export on, the record carries the `send` span's context (same trace).
+        let send = o.span.as_ref().map(|span| span.send(row.model, row.variant.as_str(), row.fallback, &o.series_id));
+        let traceparent = match &send {
+            Some(send) => Some(send.traceparent()),
+            None => o.traceparent.take(),
+        };
+        self.publisher.prediction(o.token, &o.series_id, &self.buf, traceparent.as_deref());
+        drop(send);
+        self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
+        if let Some((model, values)) = row.shadow {
+            prediction(values, model, Variant::Shadow, false).encode(&mut self.buf);
+            self.publisher.shadow(&o.series_id, &self.buf);
+            self.metrics.predictions.with_label_values(&[Variant::Shadow.as_str()]).inc();
+        }
+    }
+
+    /// Dead-letters an event nothing could score: its original bytes, unchanged.
+    fn fail(&self, o: StreamOrigin, reason: &str) {
+        if let Some(span) = &o.span {
+            span.failed(RejectKind::InferenceError.as_str(), reason);
+        }
+        self.publisher.dead_letter(
+            o.token,
+            Some(o.series_id.as_bytes()),
+            &o.payload,
+            RejectKind::InferenceError,
+            reason,
+        );
+    }
+}
+
+impl RequestOrigin {
+    fn answer(self, answer: Result<Scored, String>) {
+        // The handler may have given up (client gone): nobody is left to tell.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The inference thread's sink: routes every row of a scored batch by its origin.
+pub struct Dispatcher {
+    stream: StreamPublisher,
+    metrics: Arc<Metrics>,
+}
+
+impl Dispatcher {
+    pub fn new(stream: StreamPublisher, metrics: Arc<Metrics>) -> Dispatcher {
+        Dispatcher { stream, metrics }
+    }
+
+    fn fail(&self, origin: Origin, reason: &str) {
+        match origin {
+            Origin::Stream(o) => self.stream.fail(o, reason),
+            Origin::Request(r) => r.answer(Err(reason.to_string())),
+        }
+    }
+
+    /// Dead-letters (or answers with an error) every job of a batch that produced nothing.
+    fn fail_all(&self, jobs: &mut Vec<Job<Origin>>, reason: &str) {
+        for job in jobs.drain(..) {
+            self.fail(job.origin, reason);
+        }
+    }
+
+    fn publish_batch(&mut self, outcome: BatchOutcome<'_, Origin>) {
+        let n = outcome.jobs.len();
+        let h = outcome.horizon;
+        self.metrics.batch_size.observe(n as f64);
+        self.metrics.inference_duration.observe(outcome.inference_time.as_secs_f64());
+        self.metrics.cache_hits.inc_by(outcome.cache_hits);
+        self.metrics.cache_misses.inc_by(outcome.cache_misses);
+        let predictions = match outcome.result {
+            // Every job must get its own row; anything else is a bug, and zipping would silently
+            // leave jobs without a record (and their offsets stuck).
+            Ok(p) if p.len() == n * h && outcome.rows.len() == n => p,
+            Ok(p) => {
+                let reason = format!(
+                    "{} predictions and {} row states for {n} events of horizon {h}",
+                    p.len(),
+                    outcome.rows.len()
+                );
+                tracing::error!(%reason, "Inference output does not match its batch; dead-lettering the batch.");
+                self.fail_all(outcome.jobs, &reason);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, batch = n, "Inference failed; dead-lettering the batch.");
+                self.fail_all(outcome.jobs, &error.to_string());
+                return;
+            }
+        };
+        // One timestamp per batch: every prediction of a batch is produced at the same moment.
+        let produced_at = now_rfc3339();
+        let mut streamed = [0u64; 2];
+        let mut by_fallback = 0u64;
+        for (i, (job, prediction)) in outcome.jobs.drain(..).zip(predictions.chunks_exact(h)).enumerate() {
+            let (model, variant) = match (job.candidate, outcome.candidate) {
+                (true, Some(candidate)) => (candidate, Variant::Candidate),
+                _ => (outcome.model, Variant::Primary),
+            };
+            // The routed variant stays; the model that actually answered may be the fallback.
+            let (model, fallback) = match (outcome.rows[i], outcome.fallback) {
+                (RowStatus::Fallback, Some(f)) => (f, true),
+                (RowStatus::Failed, _) | (RowStatus::Fallback, None) => {
+                    self.fail(job.origin, &InferenceError::NonFinite.to_string());
+                    continue;
+                }
+                (RowStatus::Model, _) => (model, false),
+            };
+            match job.origin {
+                Origin::Stream(o) => {
+                    let shadow = outcome.shadow.map(|(m, values)| (m, &values[i * h..(i + 1) * h]));
+                    let row = Row { prediction, model, variant, fallback, shadow, produced_at: &produced_at };
+                    self.stream.publish(o, row);
+                    streamed[usize::from(variant == Variant::Candidate)] += 1;
+                    by_fallback += u64::from(fallback);
+                }
+                Origin::Request(r) => r.answer(Ok(Scored {
+                    prediction: prediction.to_vec(),
+                    model: model.clone(),
+                    produced_at: produced_at.clone(),
+                    fallback,
+                })),
+            }
+        }
+        self.metrics.predictions.with_label_values(&[Variant::Primary.as_str()]).inc_by(streamed[0]);
+        self.metrics.predictions.with_label_values(&[Variant::Candidate.as_str()]).inc_by(streamed[1]);
+        self.metrics.fallback_predictions.inc_by(by_fallback);
+    }
+}
+
+impl JobSink<Origin> for Dispatcher {
+    fn batch_started(&mut self) {
+        self.metrics.in_flight_batches.inc();
+    }
+
+    fn batch(&mut self, outcome: BatchOutcome<'_, Origin>) {
+        self.publish_batch(outcome);
+        self.metrics.in_flight_batches.dec();
+    }
+}
