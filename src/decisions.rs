@@ -28,6 +28,7 @@ use crate::event::{ModelRef, Variant};
 use crate::inference::VariantControl;
 use crate::served::SharedServedModels;
 use crate::shutdown::Shutdown;
+use crate::telemetry::events::{DecisionApplied, InternalEvent};
 use crate::telemetry::Metrics;
 
 /// The rule: with at least `decision_min_joined` joined actuals on both sides, a candidate whose
@@ -151,21 +152,15 @@ pub fn spawn_follower(
                 }
                 // Every decision is handed over, in log order: the latest one wins, so an
                 // operator can undo an automatic decision; repeats change nothing.
-                let (control, label) = match decision {
-                    Decision::Rollback => (VariantControl::Rollback { candidate_version: version.clone() }, "rollback"),
-                    Decision::Promote => (VariantControl::Promote { candidate_version: version.clone() }, "promote"),
+                let control = match decision {
+                    Decision::Rollback => VariantControl::Rollback { candidate_version: version.clone() },
+                    Decision::Promote => VariantControl::Promote { candidate_version: version.clone() },
                 };
                 if controls.send(control).is_err() {
                     return; // The inference thread is gone: shutting down.
                 }
-                tracing::warn!(
-                    decision = label,
-                    candidate = %version,
-                    primary = %primary.version,
-                    offset = msg.offset(),
-                    "Applying a label-driven decision about the candidate."
-                );
-                metrics.variant_decisions.with_label_values(&[label]).inc();
+                DecisionApplied { decision, candidate: &version, primary: &primary.version, offset: msg.offset() }
+                    .emit(&metrics);
                 served.write().unwrap_or_else(|e| e.into_inner()).on_decision(decision, &candidate.version);
             }
         })

@@ -20,6 +20,7 @@ use crate::event::{ModelRef, Variant};
 use crate::inference::{Model, SessionOptions};
 use crate::served::SharedServedModels;
 use crate::shutdown::Shutdown;
+use crate::telemetry::events::{InternalEvent, ModelRefused, ModelReloaded};
 use crate::telemetry::Metrics;
 
 /// What the watcher needs to know about the served model.
@@ -109,15 +110,14 @@ impl Watcher {
                     if reloads.send(model).is_err() {
                         return; // The inference thread is gone: shutting down.
                     }
-                    tracing::info!(from = %self.served.model.version, to = %to.version, "New model version validated; swapping.");
-                    metrics.model_reloads.with_label_values(&["loaded"]).inc();
+                    ModelReloaded { from: &self.served.model.version, to: &to.version }.emit(&metrics);
                     served_models.write().unwrap_or_else(|e| e.into_inner()).on_reload(&to.version);
                     self.served.model = to;
                     self.served.failed = false;
                 }
                 Err(reason) => {
-                    tracing::warn!(version = %latest, %reason, serving = %self.served.model.version, "Model version refused; the old one keeps serving.");
-                    metrics.model_reloads.with_label_values(&["rejected"]).inc();
+                    ModelRefused { version: latest, reason: &reason, serving: &self.served.model.version }
+                        .emit(&metrics);
                     self.rejected.insert(key);
                     alerts.send(&Alert::new(
                         ModelRef { name: self.name.clone(), version: latest.clone() },

@@ -19,6 +19,7 @@ use crate::loader::{self, LoadError, Primary, Variants};
 use crate::pipeline::{PipelineError, RequestGate, Worker};
 use crate::served::{ServedModel, ServedModels, SharedServedModels, Signature, Slot, Status};
 use crate::shutdown::Shutdown;
+use crate::telemetry::events::{InternalEvent, ProviderSelected};
 use crate::telemetry::Metrics;
 
 /// Why the worker could not start or stopped abnormally.
@@ -132,10 +133,8 @@ async fn start_worker(
         Primary::Failed { .. } => ProviderReport { provider: Provider::Cpu, fallback_reason: None },
     };
     if let Primary::Loaded(_) = primary {
-        metrics.execution_provider.with_label_values(&[provider.provider.as_str()]).set(1);
-        if provider.fallback_reason.is_some() {
-            metrics.execution_provider_fallback.set(1);
-        }
+        let fell_back = provider.fallback_reason.is_some();
+        ProviderSelected { provider: provider.provider.as_str(), fell_back }.emit(metrics);
     }
     let model = primary.model_ref();
     let candidate = variants.candidate.as_ref().map(|(m, _)| m.model_ref().clone());

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::alert::{Alert, AlertSink, AlertState, Details, FallbackDetails, Gate};
 use crate::config::FallbackConfig;
 use crate::event::{ModelRef, Variant};
+use crate::telemetry::events::{BreakerTransitioned, InternalEvent};
 use crate::telemetry::Metrics;
 
 /// The breaker's position.
@@ -27,16 +28,8 @@ pub enum BreakerState {
     HalfOpen { successes: usize },
 }
 
-/// A change worth telling operators about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
-    /// Closed → open: `fallback_active` starts firing.
-    Opened { failures: usize, batches: usize },
-    /// A half-open probe failed: open again (still firing).
-    Reopened,
-    /// Half-open → closed: `fallback_active` resolves.
-    Closed,
-}
+/// A change worth telling operators about (it is the telemetry event's payload as it is).
+pub use crate::telemetry::events::BreakerChange as Transition;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerOptions {
@@ -170,23 +163,12 @@ impl BreakerReporter {
 
     /// Reports `transition` of the breaker in front of `primary`; `error` is its last failure.
     pub fn report(&mut self, transition: Transition, error: Option<&str>, primary: &ModelRef) {
+        BreakerTransitioned { change: transition, error }.emit(&self.metrics);
         let (open, counts) = match transition {
-            Transition::Opened { failures, batches } => {
-                tracing::error!(failures, batches, error, "Circuit breaker opened: the fallback serves every batch.");
-                (true, Some((failures, batches)))
-            }
-            Transition::Reopened => {
-                tracing::warn!(error, "Half-open probe failed: the circuit breaker is open again.");
-                self.metrics.breaker_transitions.with_label_values(&["open"]).inc();
-                return;
-            }
-            Transition::Closed => {
-                tracing::info!("Circuit breaker closed: the primary serves again.");
-                (false, None)
-            }
+            Transition::Opened { failures, batches } => (true, Some((failures, batches))),
+            Transition::Reopened => return,
+            Transition::Closed => (false, None),
         };
-        self.metrics.fallback_active.set(i64::from(open));
-        self.metrics.breaker_transitions.with_label_values(&[if open { "open" } else { "closed" }]).inc();
         // The gauge shows every flap; the alert is damped by the gate.
         let Some(state) = AlertState::of(self.gate.update(open, !open, Instant::now())) else { return };
         let details = FallbackDetails {

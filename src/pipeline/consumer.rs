@@ -19,6 +19,7 @@ use super::{Origin, PipelineError, StreamOrigin};
 use crate::event::{EventValues, FeatureSchema, InputEvent};
 use crate::inference::Job;
 use crate::otel::TRACEPARENT;
+use crate::telemetry::events::{DeliveryFailed, InternalEvent, WindowsRebuilt};
 use crate::telemetry::Metrics;
 use crate::window::WindowStore;
 
@@ -104,8 +105,7 @@ impl WorkerContext {
                 // librdkafka already retried within `message.timeout.ms`. Committing past this
                 // record would lose it, so the worker stops; the offset stays uncommitted and the
                 // event is re-delivered after restart.
-                self.metrics.delivery_failures.inc();
-                tracing::error!(%error, partition = at.partition, offset = at.offset, "Delivery failed; stopping.");
+                DeliveryFailed { partition: at.partition, offset: at.offset, error: &error }.emit(&self.metrics);
                 st.fatal.get_or_insert_with(|| {
                     format!(
                         "delivery of the record for partition {} offset {} failed: {error}",
@@ -226,22 +226,14 @@ impl ConsumerContext for WorkerContext {
                     let report = rebuilder.rebuild(&ends, &mut st.windows);
                     st.rebuilder = Some(rebuilder);
                     self.metrics.series_windows.set(st.windows.len() as i64);
-                    self.metrics.series_rebuilt.inc_by(report.series as u64);
-                    if !report.incomplete.is_empty() {
-                        tracing::warn!(
-                            partitions = ?report.incomplete,
-                            "History not read to the resume offset in time; those series warm up afresh."
-                        );
+                    WindowsRebuilt {
+                        partitions: &partitions,
+                        series: report.series,
+                        records: report.records,
+                        incomplete: &report.incomplete,
+                        took: started.elapsed(),
                     }
-                    if report.records > 0 {
-                        tracing::info!(
-                            ?partitions,
-                            series = report.series,
-                            records = report.records,
-                            ms = started.elapsed().as_secs_f64() * 1e3,
-                            "Series windows rebuilt from the partitions' history."
-                        );
-                    }
+                    .emit(&self.metrics);
                 }
                 drop(st);
                 self.assigned.store(true, Ordering::SeqCst);

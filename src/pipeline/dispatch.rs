@@ -9,6 +9,7 @@ use super::{Origin, RequestOrigin, Scored, StreamOrigin};
 use crate::event::{now_rfc3339, ModelRef, PredictionOut, RejectKind, Variant};
 use crate::inference::batcher::RowStatus;
 use crate::inference::{BatchOutcome, InferenceError, Job, JobSink};
+use crate::telemetry::events::{BatchPublished, InternalEvent};
 use crate::telemetry::Metrics;
 
 /// One scored row, as its origin needs it.
@@ -117,10 +118,15 @@ impl Dispatcher {
     fn publish_batch(&mut self, outcome: BatchOutcome<'_, Origin>) {
         let n = outcome.jobs.len();
         let h = outcome.horizon;
-        self.metrics.batch_size.observe(n as f64);
-        self.metrics.inference_duration.observe(outcome.inference_time.as_secs_f64());
-        self.metrics.cache_hits.inc_by(outcome.cache_hits);
-        self.metrics.cache_misses.inc_by(outcome.cache_misses);
+        let mut published = BatchPublished {
+            size: n,
+            inference_time: outcome.inference_time,
+            cache_hits: outcome.cache_hits,
+            cache_misses: outcome.cache_misses,
+            primary: 0,
+            candidate: 0,
+            by_fallback: 0,
+        };
         let predictions = match outcome.result {
             // Every job must get its own row; anything else is a bug, and zipping would silently
             // leave jobs without a record (and their offsets stuck).
@@ -133,18 +139,18 @@ impl Dispatcher {
                 );
                 tracing::error!(%reason, "Inference output does not match its batch; dead-lettering the batch.");
                 self.fail_all(outcome.jobs, &reason);
+                published.emit(&self.metrics);
                 return;
             }
             Err(error) => {
                 tracing::warn!(%error, batch = n, "Inference failed; dead-lettering the batch.");
                 self.fail_all(outcome.jobs, &error.to_string());
+                published.emit(&self.metrics);
                 return;
             }
         };
         // One timestamp per batch: every prediction of a batch is produced at the same moment.
         let produced_at = now_rfc3339();
-        let mut streamed = [0u64; 2];
-        let mut by_fallback = 0u64;
         for (i, (job, prediction)) in outcome.jobs.drain(..).zip(predictions.chunks_exact(h)).enumerate() {
             let (model, variant) = match (job.candidate, outcome.candidate) {
                 (true, Some(candidate)) => (candidate, Variant::Candidate),
@@ -164,8 +170,11 @@ impl Dispatcher {
                     let shadow = outcome.shadow.map(|(m, values)| (m, &values[i * h..(i + 1) * h]));
                     let row = Row { prediction, model, variant, fallback, shadow, produced_at: &produced_at };
                     self.stream.publish(o, row);
-                    streamed[usize::from(variant == Variant::Candidate)] += 1;
-                    by_fallback += u64::from(fallback);
+                    match variant {
+                        Variant::Candidate => published.candidate += 1,
+                        _ => published.primary += 1,
+                    }
+                    published.by_fallback += u64::from(fallback);
                 }
                 Origin::Request(r) => r.answer(Ok(Scored {
                     prediction: prediction.to_vec(),
@@ -175,9 +184,7 @@ impl Dispatcher {
                 })),
             }
         }
-        self.metrics.predictions.with_label_values(&[Variant::Primary.as_str()]).inc_by(streamed[0]);
-        self.metrics.predictions.with_label_values(&[Variant::Candidate.as_str()]).inc_by(streamed[1]);
-        self.metrics.fallback_predictions.inc_by(by_fallback);
+        published.emit(&self.metrics);
     }
 }
 

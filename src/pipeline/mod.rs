@@ -33,6 +33,7 @@ use crate::inference::{Batcher, BatchingOptions, Model, ModelSet, Scorer, Varian
 use crate::kafka::{group_consumer_config, producer_config, require_topics, ClusterError};
 use crate::loader::{Primary, Variants};
 use crate::shutdown::Shutdown;
+use crate::telemetry::events::{InternalEvent, PrimaryLoadFailed};
 use crate::telemetry::Metrics;
 use crate::window::WindowStore;
 use consumer::{ConsumerLoop, LoopState, WorkerContext};
@@ -143,14 +144,7 @@ fn build_scorer(
         Primary::Loaded(model) => Some(model),
         Primary::Failed { model, reason, .. } => {
             let fallback = fallback_ref.clone().expect("a failed primary is served only with a fallback");
-            tracing::error!(
-                model = %model.name,
-                version = %model.version,
-                %reason,
-                fallback = %fallback.version,
-                "The primary failed to load; the fallback serves until a valid version is loaded."
-            );
-            metrics.fallback_active.set(1);
+            PrimaryLoadFailed { model: &model, reason: &reason, fallback: &fallback }.emit(metrics);
             let details = FallbackDetails {
                 state: AlertState::Firing,
                 primary: model.clone(),

@@ -16,6 +16,7 @@ use rdkafka::ClientContext;
 
 use crate::event::RejectKind;
 use crate::otel::TRACEPARENT;
+use crate::telemetry::events::{EventRejected, InternalEvent};
 use crate::telemetry::Metrics;
 
 /// A position in the input topic.
@@ -122,7 +123,7 @@ impl Publisher {
     /// Sends the dead-letter record for an input event: the original key and bytes, unchanged,
     /// with the reason and the source position in headers.
     pub fn dead_letter(&self, at: InputOffset, key: Option<&[u8]>, payload: &[u8], kind: RejectKind, reason: &str) {
-        self.metrics.rejected.with_label_values(&[kind.as_str()]).inc();
+        EventRejected { kind, reason, partition: at.partition, offset: at.offset }.emit(&self.metrics);
         let partition = at.partition.to_string();
         let offset = at.offset.to_string();
         let headers = OwnedHeaders::new_with_capacity(5)

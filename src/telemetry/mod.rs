@@ -1,7 +1,9 @@
-//! Logging and Prometheus metrics.
+//! Logging and Prometheus metrics, and the typed events that feed them ([`events`]).
 //!
 //! Metric labels come from small fixed sets (reject kind, variant, provider), never from ids,
 //! keys or error text.
+
+pub mod events;
 
 use std::sync::Arc;
 
