@@ -60,6 +60,7 @@ $(NISSHI):
 test: ort test-deps broker
 	cargo build $(CARGO_FLAGS) --tests --bins
 	$(VENV)/bin/python scripts/check_deploy.py
+	$(PYTHON) scripts/module_cycles.py
 	set -o pipefail; NISSHI=$(NISSHI) scripts/with-broker.sh cargo test $(CARGO_FLAGS) --no-fail-fast --lib --bins --tests \
 		-- --test-threads=2 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "all test binaries: %d passed, %d failed\n", p, f}' target/test-output.log

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Lists import cycles between the crate's top-level modules (src/<m>.rs or src/<m>/).
+"""Checks the crate's module map: no import cycles between top-level modules (src/<m>.rs or
+src/<m>/), and every module listed in `src/lib.rs`'s `# Layout`.
 
-A module "imports" another when its source names `crate::<other>` (in a `use` or inline path).
-Exits 1 and prints each cycle (a strongly connected component of two or more modules) when
-there is one; the README's architecture section promises there is none.
+A module "imports" another when its code names `crate::<other>` (in a `use` or inline path).
+Exits 1 and prints each cycle (a strongly connected component of two or more modules) and each
+unlisted module; the README's architecture section promises there are none. `-v` prints the
+graph.
 """
 import pathlib
 import re
@@ -61,4 +63,10 @@ if "-v" in sys.argv:
 for comp in sccs:
     pairs = [f"{a} -> {b}" for a in comp for b in sorted(edges[a]) if b in comp]
     print("cycle:", ", ".join(comp), "|", "; ".join(pairs))
-sys.exit(1 if sccs else 0)
+layout = (src / "lib.rs").read_text()
+unlisted = [m for m in sorted(modules) if f"//! - [`{m}`]" not in layout]
+for m in unlisted:
+    print(f"not in lib.rs's # Layout: {m}")
+if not sccs and not unlisted:
+    print(f"module map: {len(modules)} modules, no import cycles, all in lib.rs's # Layout")
+sys.exit(1 if sccs or unlisted else 0)

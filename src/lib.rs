@@ -1,8 +1,10 @@
 //! streamcast: serve time-series ONNX models on Kafka.
 //!
-//! Follow one event: [`pipeline`] consumes and [`event`] decodes it, [`window`] completes it,
-//! [`inference`] batches, normalizes ([`normalize`]) and scores it, and [`pipeline`] publishes the
-//! prediction and stores the offset once the broker acknowledged it.
+//! Follow one event: `pipeline::consumer` consumes it, [`event`] decodes it, [`window`]
+//! completes it, `inference::batcher` batches it and `inference::scorer` normalizes
+//! ([`normalize`]) and scores it, `pipeline::dispatch` publishes the prediction through
+//! `pipeline::publish`, and the delivery report lets `pipeline::consumer` store the offset. No
+//! module imports a module that imports it back (`scripts/module_cycles.py`, run by `make test`).
 //!
 //! # Layout
 //! - [`config`]: typed TOML config with environment overrides; errors name the key.
@@ -11,16 +13,21 @@
 //! - [`bundle`]: model bundles: load, validate, resolve `latest`, stay inside the root.
 //! - [`normalize`]: scalers; pure, in-place transforms.
 //! - [`window`]: bounded per-series window state.
-//! - [`inference`]: ONNX Runtime loading, model sessions, execution providers, micro-batching.
-//! - [`pipeline`]: consumer loop, offset tracking, producer and dead-letter queue.
+//! - [`inference`]: ONNX Runtime loading, model sessions, the model set (primary, candidate,
+//!   shadow), fallback and breaker, cache, the scorer and the micro-batching thread.
+//! - [`loader`]: loading the primary, variants and fallback at start-up.
+//! - [`kafka`]: Kafka client configs, topic checks, group-less readers, the one send-with-retry.
+//! - [`pipeline`]: consumer loop, offset tracking, dispatch by origin, producer and dead letters.
+//! - [`alert`]: typed `alerts` messages, damping (gate), and the one alert sink.
 //! - [`monitor`]: the side task: actuals join, rolling error, drift, alerts, retraining triggers.
 //! - [`decisions`]: label-driven rollback/promotion of the A/B candidate: the rule, and the
 //!   follower that applies published decisions on every replica.
 //! - [`produce`]: `streamcast produce`: send a CSV/JSONL file (and delayed actuals) to Kafka.
 //! - [`registry`]: watches the model root; validates and hands new versions to the inference thread.
 //! - [`serve`]: `streamcast run`: wires the model, pipeline, HTTP server and signals.
-//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/models`.
-//! - [`telemetry`]: logging and Prometheus metrics.
+//! - [`served`]: what `/models` shows, kept current on reloads and decisions.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/models`, `/predict`.
+//! - [`telemetry`]: logging, Prometheus metrics, and typed telemetry events.
 //! - [`otel`]: optional OTLP export: messaging-convention spans per event, bridged metrics.
 //! - [`topics`]: topic creation.
 //! - [`batch`]: `streamcast predict`: batch prediction over a file, no Kafka.

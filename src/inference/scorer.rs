@@ -376,3 +376,87 @@ impl Scorer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::Bundle;
+    use crate::config::FallbackKind;
+    use crate::inference::breaker::BreakerOptions;
+    use crate::inference::fallback::Naive;
+    use crate::inference::{BatchOutcome, Model, SessionOptions};
+
+    /// `co2-flaky` predicts NaN once co2 exceeds 900 ppm (`scripts/make_fault_fixture.py`).
+    fn flaky() -> Model {
+        let dir = std::path::Path::new("tests/fixtures/models/co2-flaky/1");
+        Model::load(Bundle::load(dir).unwrap(), SessionOptions::default()).unwrap()
+    }
+
+    fn window(co2: f32) -> Vec<f32> {
+        (0..24).flat_map(|t| [co2 + t as f32 * 0.1, 0.5, -0.5]).collect()
+    }
+
+    #[derive(Default)]
+    struct Rows(Vec<(RowStatus, Option<f32>, String)>);
+    impl JobSink<()> for Rows {
+        fn batch(&mut self, o: BatchOutcome<'_, ()>) {
+            for (i, status) in o.rows.iter().enumerate() {
+                let value = o.result.ok().map(|p| p[i * o.horizon]);
+                let served = match status {
+                    RowStatus::Fallback => o.fallback.unwrap().version.clone(),
+                    _ => o.model.version.clone(),
+                };
+                self.0.push((*status, value.filter(|_| *status != RowStatus::Failed), served));
+            }
+        }
+    }
+
+    fn poisoned_batch() -> Vec<Job<()>> {
+        [350.0, 950.0, 360.0].iter().map(|c| Job { input: window(*c), candidate: false, origin: () }).collect()
+    }
+
+    #[test]
+    fn a_non_finite_row_fails_alone_or_goes_to_the_fallback() {
+        let mut alone = Scorer::new(ModelSet::new(Some(flaky())));
+        let mut rows = Rows::default();
+        alone.score(&mut poisoned_batch(), &mut rows);
+        let status: Vec<RowStatus> = rows.0.iter().map(|r| r.0).collect();
+        assert_eq!(status, [RowStatus::Model, RowStatus::Failed, RowStatus::Model], "neighbours keep their rows");
+
+        let manifest = flaky().bundle().manifest.clone();
+        let naive = Naive::for_manifest(&manifest, FallbackKind::LastValue, 0).unwrap();
+        let options = BreakerOptions::from(&crate::config::FallbackConfig::default());
+        let mut guarded =
+            Scorer::new(ModelSet::new(Some(flaky()))).with_fallback(FallbackModel::Naive(naive), Breaker::new(options), None);
+        let mut rows = Rows::default();
+        guarded.score(&mut poisoned_batch(), &mut rows);
+        assert_eq!(rows.0[1].0, RowStatus::Fallback);
+        // Last value of the poisoned window: its newest co2, 950 + 23 · 0.1.
+        assert!((rows.0[1].1.unwrap() - 952.3).abs() < 1e-3, "{:?}", rows.0[1]);
+        assert_eq!(rows.0[1].2, "fallback-last_value");
+        assert_eq!((rows.0[0].0, rows.0[2].0), (RowStatus::Model, RowStatus::Model));
+        assert!(rows.0[0].1.unwrap().is_finite());
+    }
+
+    #[test]
+    fn without_a_primary_the_fallback_serves_every_row_until_a_reload() {
+        let manifest = flaky().bundle().manifest.clone();
+        let naive = Naive::for_manifest(&manifest, FallbackKind::LastValue, 0).unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let options = BreakerOptions::from(&crate::config::FallbackConfig::default());
+        let mut s = Scorer::new(ModelSet::new(None).with_reloads(rx)).with_fallback(
+            FallbackModel::Naive(naive),
+            Breaker::new(options),
+            None,
+        );
+        let mut rows = Rows::default();
+        s.score(&mut poisoned_batch(), &mut rows);
+        assert!(rows.0.iter().all(|r| r.0 == RowStatus::Fallback), "{:?}", rows.0);
+        tx.send(flaky()).unwrap();
+        s.apply_pending();
+        let mut rows = Rows::default();
+        s.score(&mut poisoned_batch(), &mut rows);
+        let status: Vec<RowStatus> = rows.0.iter().map(|r| r.0).collect();
+        assert_eq!(status, [RowStatus::Model, RowStatus::Fallback, RowStatus::Model]);
+    }
+}
