@@ -226,11 +226,14 @@ pub struct ValidationConfig {
     /// Dead-letter events whose `features` object has names the bundle does not know
     /// (`unknown_feature`). Off by default: extra names are ignored and counted.
     pub reject_unknown_features: bool,
+    /// Longest `id` and `series_id`, in bytes (`invalid_field` beyond). They are echoed in every
+    /// prediction, key it, and are held in the window and join stores, so they are bounded.
+    pub max_id_bytes: usize,
 }
 
 impl Default for ValidationConfig {
     fn default() -> Self {
-        ValidationConfig { max_message_bytes: 1 << 20, reject_unknown_features: false }
+        ValidationConfig { max_message_bytes: 1 << 20, reject_unknown_features: false, max_id_bytes: 512 }
     }
 }
 
@@ -396,6 +399,21 @@ pub struct ProcessingConfig {
     /// Benchmark ceiling only: forward each input record unchanged to the predictions topic, with
     /// no decoding or inference, through the same consume/produce/offset machinery.
     pub passthrough: bool,
+    /// What to do with a record the broker refuses for good (too large, invalid) even in its
+    /// bounded dead-letter form: `skip` logs it at ERROR, counts it
+    /// (`streamcast_unproducible_records_total`) and commits past it; `stop` exits 1 without
+    /// committing, as for any other delivery failure.
+    pub unproducible: Unproducible,
+}
+
+/// See [`ProcessingConfig::unproducible`].
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Unproducible {
+    /// Commit past it: one record is lost, loudly, and the group keeps running.
+    Skip,
+    /// Stop the worker: the record is re-read after a restart (and refused again).
+    Stop,
 }
 
 impl Default for ProcessingConfig {
@@ -404,6 +422,7 @@ impl Default for ProcessingConfig {
             guarantee: Guarantee::AtLeastOnce,
             shutdown_timeout: Duration::from_secs(30),
             passthrough: false,
+            unproducible: Unproducible::Skip,
         }
     }
 }
@@ -623,6 +642,9 @@ impl Config {
         }
         if self.validation.max_message_bytes == 0 {
             return Err(ConfigError::key("validation.max_message_bytes", "must be at least 1"));
+        }
+        if self.validation.max_id_bytes == 0 {
+            return Err(ConfigError::key("validation.max_id_bytes", "must be at least 1"));
         }
         if self.cache.enabled && self.cache.max_entries == 0 {
             return Err(ConfigError::key("cache.max_entries", "must be at least 1 when the cache is enabled"));

@@ -80,12 +80,31 @@ pub struct FeatureSchema {
     pub window: usize,
     pub max_message_bytes: usize,
     pub reject_unknown_features: bool,
+    /// Longest `id` and `series_id` in bytes.
+    pub max_id_bytes: usize,
 }
+
+/// `validation.max_id_bytes` by default.
+pub const DEFAULT_MAX_ID_BYTES: usize = 512;
 
 impl FeatureSchema {
     /// The schema a bundle implies; every decoder (stream, monitor, HTTP, batch) builds it here.
     pub fn for_bundle(m: &crate::bundle::Manifest, max_message_bytes: usize, reject_unknown_features: bool) -> Self {
-        FeatureSchema { names: m.features.clone(), window: m.window, max_message_bytes, reject_unknown_features }
+        FeatureSchema {
+            names: m.features.clone(),
+            window: m.window,
+            max_message_bytes,
+            reject_unknown_features,
+            max_id_bytes: DEFAULT_MAX_ID_BYTES,
+        }
+    }
+
+    /// The schema `[validation]` asks for.
+    pub fn for_config(m: &crate::bundle::Manifest, v: &crate::config::ValidationConfig) -> Self {
+        FeatureSchema {
+            max_id_bytes: v.max_id_bytes,
+            ..FeatureSchema::for_bundle(m, v.max_message_bytes, v.reject_unknown_features)
+        }
     }
 
     pub fn width(&self) -> usize {
@@ -147,6 +166,18 @@ impl InputEvent {
         })?;
         let id = required_string(raw.id, "id")?;
         let series_id = required_string(raw.series_id, "series_id")?;
+        for (field, value) in [("id", &id), ("series_id", &series_id)] {
+            if value.len() > schema.max_id_bytes {
+                return Err(DecodeError::new(
+                    RejectKind::InvalidField,
+                    format!(
+                        "`{field}` is {} bytes; the limit is {} (validation.max_id_bytes)",
+                        value.len(),
+                        schema.max_id_bytes
+                    ),
+                ));
+            }
+        }
         let timestamp = required_string(raw.timestamp, "timestamp")?;
         if chrono::DateTime::parse_from_rfc3339(&timestamp).is_err() {
             return Err(DecodeError::new(
@@ -542,6 +573,7 @@ mod tests {
             window: 2,
             max_message_bytes: 1024,
             reject_unknown_features: false,
+            max_id_bytes: 16,
         }
     }
 
@@ -554,6 +586,24 @@ mod tests {
     }
 
     const HEAD: &str = r#""id":"e1","series_id":"s","timestamp":"2026-11-26T19:00:00Z""#;
+
+    #[test]
+    fn ids_longer_than_the_limit_are_invalid_fields() {
+        let long = "x".repeat(17);
+        let ok = r#"{"id":"0123456789abcdef","series_id":"s","timestamp":"2026-01-01T00:00:00Z","features":[1,2]}"#;
+        assert!(decode(ok).is_ok(), "16 bytes is the limit, inclusive");
+        for (field, event) in [
+            ("id", format!(r#"{{"id":"{long}","series_id":"s","timestamp":"2026-01-01T00:00:00Z","features":[1,2]}}"#)),
+            (
+                "series_id",
+                format!(r#"{{"id":"e","series_id":"{long}","timestamp":"2026-01-01T00:00:00Z","features":[1,2]}}"#),
+            ),
+        ] {
+            let e = decode(&event).unwrap_err();
+            assert_eq!(e.kind, RejectKind::InvalidField);
+            assert!(e.reason.contains(field) && e.reason.contains("17 bytes"), "{e}");
+        }
+    }
 
     #[test]
     fn both_feature_forms_decode_in_bundle_order() {

@@ -98,6 +98,12 @@ pub fn producer_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// The largest record the producer accepts (`message.max.bytes`, librdkafka's default 1 000 000
+/// unless `[kafka]` sets it): key, value and headers together.
+pub fn max_record_bytes(config: &Config) -> usize {
+    config.kafka.get("message.max.bytes").and_then(|v| v.to_string().trim().parse().ok()).unwrap_or(1_000_000)
+}
+
 /// A consumer that is assigned partitions by hand, never subscribed and never committing:
 /// `<consumer.group_id>-<purpose>` only names the client to the broker.
 pub fn reader_config(config: &Config, purpose: &str) -> ClientConfig {

@@ -175,8 +175,7 @@ async fn start_http(
     shutdown: Shutdown,
 ) -> Result<SocketAddr, RunError> {
     let (metrics, readiness, models, requests) = state;
-    let v = &config.validation;
-    let schema = FeatureSchema::for_bundle(&bundle.manifest, v.max_message_bytes, v.reject_unknown_features);
+    let schema = FeatureSchema::for_config(&bundle.manifest, &config.validation);
     let state = AppState {
         metrics,
         readiness,

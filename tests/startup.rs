@@ -189,6 +189,7 @@ fn bundle_json_schema_and_shipped_examples_agree_with_the_rust_types() {
         window: 1,
         max_message_bytes: 1 << 20,
         reject_unknown_features: false,
+        max_id_bytes: streamcast::event::DEFAULT_MAX_ID_BYTES,
     };
     streamcast::event::InputEvent::decode(read("input_event.json").as_bytes(), &schema).expect("input example");
     let _: streamcast::bundle::Manifest = serde_json::from_str(&read("bundle.json")).expect("bundle example");

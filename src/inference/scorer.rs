@@ -426,8 +426,11 @@ mod tests {
         let manifest = flaky().bundle().manifest.clone();
         let naive = Naive::for_manifest(&manifest, FallbackKind::LastValue, 0).unwrap();
         let options = BreakerOptions::from(&crate::config::FallbackConfig::default());
-        let mut guarded =
-            Scorer::new(ModelSet::new(Some(flaky()))).with_fallback(FallbackModel::Naive(naive), Breaker::new(options), None);
+        let mut guarded = Scorer::new(ModelSet::new(Some(flaky()))).with_fallback(
+            FallbackModel::Naive(naive),
+            Breaker::new(options),
+            None,
+        );
         let mut rows = Rows::default();
         guarded.score(&mut poisoned_batch(), &mut rows);
         assert_eq!(rows.0[1].0, RowStatus::Fallback);

@@ -16,10 +16,11 @@ use rdkafka::ClientContext;
 
 use super::publish::{Completion, InputOffset, Publisher, Token};
 use super::{Origin, PipelineError, StreamOrigin};
+use crate::config::Unproducible;
 use crate::event::{EventValues, FeatureSchema, InputEvent};
 use crate::inference::Job;
 use crate::otel::TRACEPARENT;
-use crate::telemetry::events::{DeliveryFailed, InternalEvent, WindowsRebuilt};
+use crate::telemetry::events::{DeliveryFailed, InternalEvent, RecordUnproducible, WindowsRebuilt};
 use crate::telemetry::Metrics;
 use crate::window::WindowStore;
 
@@ -60,6 +61,8 @@ pub struct WorkerContext {
     metrics: Arc<Metrics>,
     /// Set once the group has handed this member an assignment (possibly empty).
     pub assigned: Arc<AtomicBool>,
+    /// What a record the broker refuses for good does (`processing.unproducible`).
+    unproducible: Unproducible,
 }
 
 impl WorkerContext {
@@ -69,8 +72,16 @@ impl WorkerContext {
         drain_timeout: Duration,
         metrics: Arc<Metrics>,
         assigned: Arc<AtomicBool>,
+        unproducible: Unproducible,
     ) -> Self {
-        WorkerContext { state: Mutex::new(state), input_topic: input_topic.into(), drain_timeout, metrics, assigned }
+        WorkerContext {
+            state: Mutex::new(state),
+            input_topic: input_topic.into(),
+            drain_timeout,
+            metrics,
+            assigned,
+            unproducible,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, LoopState> {
@@ -91,10 +102,19 @@ impl WorkerContext {
                 return;
             }
         };
-        match c.result {
+        let result = match c.result {
+            // A record the broker will never take: retrying it after a restart would stop the
+            // whole group on it forever (`processing.unproducible`).
+            Err(error) if is_permanent(&error) && self.unproducible == Unproducible::Skip => {
+                RecordUnproducible { partition: at.partition, offset: at.offset, error: &error }.emit(&self.metrics);
+                Ok(())
+            }
+            other => other,
+        };
+        match result {
             Ok(()) => {
                 self.metrics.events_acknowledged.inc();
-                if let Some(offset) = st.tracker.complete(at.partition, at.offset) {
+                if let Some(offset) = st.tracker.complete(at.partition, at.offset, at.generation) {
                     // `store_offset` stores `offset + 1`, the next offset to read.
                     if let Err(error) = consumer.store_offset(&self.input_topic, at.partition, offset) {
                         tracing::warn!(%error, partition = at.partition, offset, "Failed to store offset.");
@@ -295,8 +315,7 @@ impl ConsumerLoop {
             metrics.events_consumed.inc();
             let mut st = ctx.lock();
             if passthrough {
-                let token = InputOffset { partition: message.partition(), offset: message.offset() };
-                st.tracker.begin(token.partition, token.offset);
+                let token = begin(&mut st, message.partition(), message.offset());
                 publisher.forward(token, message.key(), message.payload().unwrap_or_default());
                 continue;
             }
@@ -326,6 +345,35 @@ impl ConsumerLoop {
     }
 }
 
+/// Starts tracking a consumed record.
+fn begin(st: &mut LoopState, partition: i32, offset: i64) -> InputOffset {
+    let begun = st.tracker.begin(partition, offset);
+    if begun.reset {
+        tracing::warn!(
+            partition,
+            offset,
+            "Offsets went back without a rebalance (auto.offset.reset after log truncation?); in-flight events of this partition are re-read from here."
+        );
+    }
+    InputOffset { partition, offset, generation: begun.generation }
+}
+
+/// Errors that no retry of the same record can fix: the broker (or librdkafka's own check)
+/// refuses the record itself, not the moment.
+fn is_permanent(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::MessageBatchTooLarge
+                | C::InvalidRecord
+        )
+    )
+}
+
 /// Validates one message and routes it: to the inference thread, or to the dead-letter topic.
 fn handle(
     message: &BorrowedMessage<'_>,
@@ -338,17 +386,19 @@ fn handle(
     route: Option<f64>,
 ) {
     let received = Instant::now();
-    let token = InputOffset { partition: message.partition(), offset: message.offset() };
+    let token = begin(st, message.partition(), message.offset());
     if let Some(ts) = message.timestamp().to_millis() {
         st.last_timestamp.insert(token.partition, ts);
     }
-    st.tracker.begin(token.partition, token.offset);
     let payload = message.payload().unwrap_or_default();
     let traceparent = message
         .headers()
         .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT))
         .and_then(|h| h.value)
         .and_then(|v| std::str::from_utf8(v).ok())
+        // A W3C traceparent is 55 characters; anything much longer is not one, and it would be
+        // copied onto the prediction.
+        .filter(|v| v.len() <= 128)
         .map(str::to_string);
     let span = crate::otel::process_span(
         message.topic(),

@@ -52,6 +52,14 @@ impl StreamPublisher {
             fallback,
         };
         prediction(row.prediction, row.model, row.variant, row.fallback).encode(&mut self.buf);
+        if !self.publisher.fits(o.series_id.len(), self.buf.len()) {
+            // Only a huge horizon gets here (ids are bounded at decoding): dead-letter the event
+            // rather than have the producer refuse the prediction.
+            let reason =
+                format!("the prediction record ({} bytes) exceeds the producer's message.max.bytes", self.buf.len());
+            self.fail(o, RejectKind::Oversized, &reason);
+            return;
+        }
         // With OTLP export on, the record carries the `send` span's context (same trace).
         let send = o.span.as_ref().map(|span| span.send(row.model, row.variant.as_str(), row.fallback, &o.series_id));
         let traceparent = match &send {
@@ -63,23 +71,18 @@ impl StreamPublisher {
         self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
         if let Some((model, values)) = row.shadow {
             prediction(values, model, Variant::Shadow, false).encode(&mut self.buf);
+            // Its primary prediction fitted, and it is the same size but for the variant name.
             self.publisher.shadow(&o.series_id, &self.buf);
             self.metrics.predictions.with_label_values(&[Variant::Shadow.as_str()]).inc();
         }
     }
 
-    /// Dead-letters an event nothing could score: its original bytes, unchanged.
-    fn fail(&self, o: StreamOrigin, reason: &str) {
+    /// Dead-letters an event that got no prediction: its original bytes.
+    fn fail(&self, o: StreamOrigin, kind: RejectKind, reason: &str) {
         if let Some(span) = &o.span {
-            span.failed(RejectKind::InferenceError.as_str(), reason);
+            span.failed(kind.as_str(), reason);
         }
-        self.publisher.dead_letter(
-            o.token,
-            Some(o.series_id.as_bytes()),
-            &o.payload,
-            RejectKind::InferenceError,
-            reason,
-        );
+        self.publisher.dead_letter(o.token, Some(o.series_id.as_bytes()), &o.payload, kind, reason);
     }
 }
 
@@ -103,7 +106,7 @@ impl Dispatcher {
 
     fn fail(&self, origin: Origin, reason: &str) {
         match origin {
-            Origin::Stream(o) => self.stream.fail(o, reason),
+            Origin::Stream(o) => self.stream.fail(o, RejectKind::InferenceError, reason),
             Origin::Request(r) => r.answer(Err(reason.to_string())),
         }
     }

@@ -207,11 +207,7 @@ impl Worker {
     ) -> Result<Worker, PipelineError> {
         let bundle = primary.bundle();
         let manifest = &bundle.manifest;
-        let schema = FeatureSchema::for_bundle(
-            manifest,
-            config.validation.max_message_bytes,
-            config.validation.reject_unknown_features,
-        );
+        let schema = FeatureSchema::for_config(manifest, &config.validation);
         let windows = WindowStore::new(manifest.window, manifest.features.len(), config.windows.max_series);
         let max_in_flight = config.consumer.max_in_flight;
 
@@ -232,6 +228,7 @@ impl Worker {
             config.processing.shutdown_timeout,
             metrics.clone(),
             assigned.clone(),
+            config.processing.unproducible,
         );
         let consumer: BaseConsumer<WorkerContext> =
             group_consumer_config(config).create_with_context(context).map_err(ClusterError::Client)?;
@@ -250,6 +247,7 @@ impl Worker {
             &config.topics.dlq,
             &config.topics.shadow,
             metrics.clone(),
+            crate::kafka::max_record_bytes(config),
         );
         let (jobs_tx, jobs_rx) = sync_channel(max_in_flight);
         let requests = Arc::new(RequestGate { jobs: std::sync::Mutex::new(Some(jobs_tx.clone())) });

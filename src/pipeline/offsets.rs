@@ -14,10 +14,26 @@ struct PartitionTrack {
 }
 
 /// Tracks in-flight offsets of every assigned partition.
+///
+/// Each partition has a generation, bumped whenever its in-flight offsets are given up (a
+/// revoke, or offsets that went backwards without one, as `auto.offset.reset` does after log
+/// truncation). A report carries the generation its record was sent in, so a late report from
+/// before cannot mark a re-read record of the same offset done.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     partitions: HashMap<i32, PartitionTrack>,
+    generations: HashMap<i32, u32>,
     in_flight: usize,
+}
+
+/// What [`OffsetTracker::begin`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Begun {
+    /// The generation the offset's report must carry.
+    pub generation: u32,
+    /// The offset was not past the partition's last one: the earlier in-flight offsets were
+    /// given up and a new generation started.
+    pub reset: bool,
 }
 
 impl OffsetTracker {
@@ -25,18 +41,29 @@ impl OffsetTracker {
         Self::default()
     }
 
+    fn generation(&self, partition: i32) -> u32 {
+        self.generations.get(&partition).copied().unwrap_or(0)
+    }
+
     /// Records that `offset` of `partition` was consumed and is now in flight.
-    pub fn begin(&mut self, partition: i32, offset: i64) {
-        let track = self.partitions.entry(partition).or_default();
-        debug_assert!(track.pending.back().is_none_or(|(o, _)| *o < offset), "offsets arrive in order");
-        track.pending.push_back((offset, false));
+    pub fn begin(&mut self, partition: i32, offset: i64) -> Begun {
+        let went_back =
+            self.partitions.get(&partition).and_then(|t| t.pending.back()).is_some_and(|(last, _)| offset <= *last);
+        if went_back {
+            self.forget(partition);
+        }
+        self.partitions.entry(partition).or_default().pending.push_back((offset, false));
         self.in_flight += 1;
+        Begun { generation: self.generation(partition), reset: went_back }
     }
 
     /// Marks `offset` acknowledged. Returns the highest offset that is now safe to store, if the
-    /// contiguous done prefix advanced. Unknown offsets (from a partition already given up) are
-    /// ignored.
-    pub fn complete(&mut self, partition: i32, offset: i64) -> Option<i64> {
+    /// contiguous done prefix advanced. Offsets of an earlier generation, or from a partition
+    /// already given up, are ignored.
+    pub fn complete(&mut self, partition: i32, offset: i64, generation: u32) -> Option<i64> {
+        if generation != self.generation(partition) {
+            return None;
+        }
         let track = self.partitions.get_mut(&partition)?;
         let i = track.pending.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
         if track.pending[i].1 {
@@ -66,11 +93,14 @@ impl OffsetTracker {
             .sum()
     }
 
-    /// Stops tracking `partition` (revoked); returns how many of its events were still in flight.
+    /// Stops tracking `partition`'s in-flight offsets (revoked, or reset) and starts a new
+    /// generation; returns how many were still in flight.
     pub fn forget(&mut self, partition: i32) -> usize {
         let abandoned =
             self.partitions.remove(&partition).map(|t| t.pending.iter().filter(|(_, done)| !done).count()).unwrap_or(0);
         self.in_flight -= abandoned;
+        let g = self.generations.entry(partition).or_default();
+        *g = g.wrapping_add(1);
         abandoned
     }
 }
@@ -85,12 +115,12 @@ mod tests {
         for o in 10..15 {
             t.begin(0, o);
         }
-        assert_eq!(t.complete(0, 12), None);
-        assert_eq!(t.complete(0, 11), None);
-        assert_eq!(t.complete(0, 10), Some(12));
+        assert_eq!(t.complete(0, 12, 0), None);
+        assert_eq!(t.complete(0, 11, 0), None);
+        assert_eq!(t.complete(0, 10, 0), Some(12));
         assert_eq!(t.in_flight(), 2);
-        assert_eq!(t.complete(0, 14), None);
-        assert_eq!(t.complete(0, 13), Some(14));
+        assert_eq!(t.complete(0, 14, 0), None);
+        assert_eq!(t.complete(0, 13, 0), Some(14));
         assert_eq!(t.in_flight(), 0);
     }
 
@@ -100,12 +130,12 @@ mod tests {
         t.begin(0, 1);
         t.begin(1, 1);
         t.begin(0, 2);
-        assert_eq!(t.complete(1, 1), Some(1));
-        assert_eq!(t.complete(1, 1), None);
-        assert_eq!(t.complete(0, 2), None);
+        assert_eq!(t.complete(1, 1, 0), Some(1));
+        assert_eq!(t.complete(1, 1, 0), None);
+        assert_eq!(t.complete(0, 2, 0), None);
         assert_eq!(t.in_flight_for(&[0]), 1);
-        assert_eq!(t.complete(7, 1), None);
-        assert_eq!(t.complete(0, 1), Some(2));
+        assert_eq!(t.complete(7, 1, 0), None);
+        assert_eq!(t.complete(0, 1, 0), Some(2));
     }
 
     #[test]
@@ -113,9 +143,32 @@ mod tests {
         let mut t = OffsetTracker::new();
         t.begin(3, 5);
         t.begin(3, 6);
-        t.complete(3, 6);
+        t.complete(3, 6, 0);
         assert_eq!(t.forget(3), 1);
         assert_eq!(t.in_flight(), 0);
-        assert_eq!(t.complete(3, 5), None);
+        assert_eq!(t.complete(3, 5, 0), None);
+    }
+
+    #[test]
+    fn offsets_that_go_back_start_a_new_generation_and_old_reports_are_ignored() {
+        let mut t = OffsetTracker::new();
+        for o in 100..103 {
+            assert_eq!(t.begin(0, o), Begun { generation: 0, reset: false });
+        }
+        assert_eq!(t.complete(0, 100, 0), Some(100));
+        // auto.offset.reset after log truncation: the partition is re-read from 101 (or earlier).
+        assert_eq!(t.begin(0, 101), Begun { generation: 1, reset: true });
+        t.begin(0, 102);
+        assert_eq!(t.in_flight(), 2, "the abandoned 101 and 102 no longer count");
+        // Late reports of the first reading must not mark the re-read records done.
+        assert_eq!(t.complete(0, 101, 0), None);
+        assert_eq!(t.complete(0, 102, 0), None);
+        assert_eq!(t.in_flight(), 2);
+        assert_eq!(t.complete(0, 101, 1), Some(101));
+        assert_eq!(t.complete(0, 102, 1), Some(102));
+        assert_eq!(t.in_flight(), 0);
+        // A re-assignment after a revoke is a new generation too.
+        t.forget(0);
+        assert_eq!(t.begin(0, 50).generation, 2);
     }
 }

@@ -53,6 +53,26 @@ impl InternalEvent for DeliveryFailed<'_> {
     }
 }
 
+/// A record the broker refuses for good was skipped: its offset is committed without a
+/// prediction or dead letter (`processing.unproducible = "skip"`).
+pub struct RecordUnproducible<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub error: &'a rdkafka::error::KafkaError,
+}
+
+impl InternalEvent for RecordUnproducible<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::error!(
+            error = %self.error,
+            partition = self.partition,
+            offset = self.offset,
+            "Record refused by the broker for good; skipped and committed. The original is still in the input topic at this offset."
+        );
+        metrics.unproducible_records.inc();
+    }
+}
+
 /// One scored batch handed to the producer.
 pub struct BatchPublished {
     pub size: usize,

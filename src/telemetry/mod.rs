@@ -38,6 +38,8 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub extra_features: IntCounter,
     pub delivery_failures: IntCounter,
+    /// Records the broker refused for good and that were skipped (`processing.unproducible`).
+    pub unproducible_records: IntCounter,
     pub end_to_end_latency: Histogram,
     pub inference_duration: Histogram,
     pub batch_size: Histogram,
@@ -125,6 +127,10 @@ impl Metrics {
                 "Feature names in input objects that the bundle does not use (ignored).",
             ),
             delivery_failures: counter("streamcast_delivery_failures_total", "Records the broker did not acknowledge."),
+            unproducible_records: counter(
+                "streamcast_unproducible_records_total",
+                "Records the broker refused for good (too large, invalid), skipped and committed.",
+            ),
             end_to_end_latency: histogram(
                 "streamcast_end_to_end_latency_seconds",
                 "From consuming an event to handing its prediction to the producer.",
