@@ -156,7 +156,7 @@ pub fn spawn_follower(
                     Decision::Rollback => VariantControl::Rollback { candidate_version: version.clone() },
                     Decision::Promote => VariantControl::Promote { candidate_version: version.clone() },
                 };
-                if controls.send(control).is_err() {
+                if shutdown.send(&controls, control).is_err() {
                     return; // The inference thread is gone: shutting down.
                 }
                 DecisionApplied { decision, candidate: &version, primary: &primary.version, offset: msg.offset() }

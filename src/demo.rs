@@ -280,7 +280,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
 
     shutdown.trigger();
     let (running_model, running_provider) = (running.model.clone(), running.provider.clone());
-    tokio::task::spawn_blocking(move || running.join()).await.expect("join does not panic").map_err(RunError::from)?;
+    tokio::task::spawn_blocking(move || running.join()).await.expect("join does not panic")?;
     drop(cluster);
     let mut summary = summary;
     summary.validation_rmse = validation_rmse;

@@ -293,7 +293,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             telemetry::init_logging(&config.telemetry);
             let rt = runtime()?;
-            rt.block_on(async {
+            let result = rt.block_on(async {
                 if let Some(partitions) = args.create_topics {
                     let client = streamcast::kafka::client_config(&config);
                     let created =
@@ -302,7 +302,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 }
                 serve::run(&config, args.role).await?;
                 anyhow::Ok(())
-            })
+            });
+            // Dropping a runtime waits for its blocking tasks without limit; a shutdown that
+            // timed out left one behind on purpose.
+            rt.shutdown_timeout(std::time::Duration::from_millis(500));
+            result
         }
         Command::Demo(args) => {
             let provider = parse_provider(&args.execution_provider)?;

@@ -107,7 +107,7 @@ impl Watcher {
             match self.load(&dir, latest) {
                 Ok(model) => {
                     let to = model.model_ref().clone();
-                    if reloads.send(model).is_err() {
+                    if shutdown.send(&reloads, model).is_err() {
                         return; // The inference thread is gone: shutting down.
                     }
                     ModelReloaded { from: &self.served.model.version, to: &to.version }.emit(&metrics);

@@ -37,7 +37,17 @@ pub enum RunError {
     Listen { addr: String, source: std::io::Error },
     #[error(transparent)]
     Otel(#[from] crate::otel::OtelError),
+    #[error("the {0} thread stopped unexpectedly")]
+    ThreadStopped(&'static str),
+    #[error(
+        "shutdown did not complete within {0:?} (processing.shutdown_timeout + {SHUTDOWN_MARGIN:?}); exiting anyway"
+    )]
+    ShutdownTimedOut(Duration),
 }
+
+/// How long a shutdown may take beyond `processing.shutdown_timeout` (thread joins, the last
+/// commit, leaving the group) before the process exits anyway, with an error.
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
 impl RunError {
     /// True for problems the operator fixes in config, files or topics (exit code 2), as opposed
@@ -52,7 +62,7 @@ impl RunError {
             }
             RunError::Pipeline(PipelineError::Cluster(e)) => cluster(e),
             RunError::Monitor(crate::monitor::MonitorError::Cluster(e)) => cluster(e),
-            RunError::Pipeline(_) => false,
+            RunError::Pipeline(_) | RunError::ThreadStopped(_) | RunError::ShutdownTimedOut(_) => false,
         }
     }
 }
@@ -216,25 +226,33 @@ pub struct Running {
 }
 
 impl Running {
+    /// The first side thread (monitor, registry watcher, decision follower) that has ended.
+    /// Before a shutdown, none of them ends on its own: one that did died.
+    fn stopped_thread(&self) -> Option<&'static str> {
+        [("monitor", &self.monitor), ("registry", &self.registry), ("decisions", &self.decisions)]
+            .into_iter()
+            .find(|(_, h)| h.as_ref().is_some_and(JoinHandle::is_finished))
+            .map(|(name, _)| name)
+    }
+
     /// True while every started thread runs.
     fn alive(&self) -> bool {
-        self.worker.as_ref().is_none_or(Worker::is_running) && self.monitor.as_ref().is_none_or(|m| !m.is_finished())
+        self.worker.as_ref().is_none_or(Worker::is_running) && self.stopped_thread().is_none()
     }
 
     /// Waits for every thread (after shutdown was triggered) and flushes the producers. Blocking.
-    pub fn join(self) -> Result<(), PipelineError> {
-        if let Some(r) = self.registry {
-            let _ = r.join();
-        }
-        if let Some(d) = self.decisions {
-            let _ = d.join();
-        }
-        if let Some(m) = self.monitor {
-            if m.join().is_err() {
-                tracing::error!("The monitor thread panicked.");
+    /// The worker goes first: the side threads' sends give up once it is gone.
+    pub fn join(self) -> Result<(), RunError> {
+        let mut result = self.worker.map_or(Ok(()), Worker::join).map_err(RunError::from);
+        for (name, handle) in [("registry", self.registry), ("decisions", self.decisions), ("monitor", self.monitor)] {
+            if handle.is_some_and(|h| h.join().is_err()) {
+                tracing::error!(thread = name, "A thread panicked.");
+                if result.is_ok() {
+                    result = Err(RunError::Pipeline(PipelineError::Panicked(name)));
+                }
             }
         }
-        self.worker.map_or(Ok(()), Worker::join)
+        result
     }
 }
 
@@ -342,8 +360,18 @@ pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
             o.bridge(&registry);
         }
     }
+    // A side thread that ended before any shutdown died: say so and exit non-zero, after the
+    // same orderly shutdown as for a signal.
+    let stopped = (!shutdown.is_triggered()).then(|| running.stopped_thread()).flatten();
     shutdown.trigger();
-    blocking(move || running.join()).await?;
+    let limit = config.processing.shutdown_timeout + SHUTDOWN_MARGIN;
+    match tokio::time::timeout(limit, blocking(move || running.join())).await {
+        Ok(result) => result?,
+        Err(_) => return Err(RunError::ShutdownTimedOut(limit)),
+    }
+    if let Some(name) = stopped {
+        return Err(RunError::ThreadStopped(name));
+    }
     if let Some(o) = otel {
         tokio::task::spawn_blocking(move || o.shutdown()).await.expect("exporter shutdown does not panic");
     }

@@ -35,6 +35,25 @@ impl Shutdown {
         self.flag.load(Ordering::SeqCst)
     }
 
+    /// Sends `value` on a bounded channel, waiting while it is full, but never past a trigger:
+    /// `Err` when shutting down or when the receiver is gone.
+    pub fn send<T>(&self, tx: &std::sync::mpsc::SyncSender<T>, mut value: T) -> Result<(), T> {
+        use std::sync::mpsc::TrySendError;
+        loop {
+            if self.is_triggered() {
+                return Err(value);
+            }
+            match tx.try_send(value) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(v)) => return Err(v),
+                Err(TrySendError::Full(v)) => {
+                    value = v;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
     /// Resolves once the signal has been triggered.
     pub async fn wait(&self) {
         let mut rx = self.tx.subscribe();

@@ -74,6 +74,9 @@ impl From<&crate::config::BatchingConfig> for BatchingOptions {
     }
 }
 
+/// How often an idle inference thread applies pending reloads and decisions.
+const IDLE_TICK: Duration = Duration::from_millis(100);
+
 /// Collects jobs into micro-batches and hands each to its scorer.
 pub struct Batcher {
     options: BatchingOptions,
@@ -89,9 +92,15 @@ impl Batcher {
     pub fn run<O, S: JobSink<O>>(mut self, jobs: Receiver<Job<O>>, sink: &mut S) {
         let mut batch: Vec<Job<O>> = Vec::with_capacity(self.options.max_batch_size);
         loop {
-            match jobs.recv() {
+            // Idle, reloads and decisions are still applied: their senders must never wait on
+            // traffic (a SIGTERM on an idle topic would otherwise wait on them forever).
+            match jobs.recv_timeout(IDLE_TICK) {
                 Ok(first) => batch.push(first),
-                Err(_) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.scorer.apply_pending();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
             }
             let deadline = Instant::now() + self.options.max_wait;
             let mut disconnected = false;

@@ -297,13 +297,17 @@ impl Worker {
     /// Waits for the threads to finish (after shutdown was triggered, or a fatal error) and
     /// flushes the producer.
     pub fn join(self) -> Result<(), PipelineError> {
+        // The consumer drains for at most `shutdown_timeout`; the flushes share what is left of
+        // it, so the whole join stays within about one `shutdown_timeout`.
+        let deadline = std::time::Instant::now() + self.flush_timeout;
+        let left = || deadline.saturating_duration_since(std::time::Instant::now()).max(Duration::from_millis(100));
         self.requests.close();
         let consumer = self.consumer_thread.join().map_err(|_| PipelineError::Panicked("consumer"))?;
         let inference = self.inference_thread.join().map_err(|_| PipelineError::Panicked("inference"));
-        if let Err(error) = self.producer.flush(self.flush_timeout) {
+        if let Err(error) = self.producer.flush(left()) {
             tracing::warn!(%error, "Producer flush at shutdown failed.");
         }
-        if let Err(error) = self.alerts.flush(self.flush_timeout) {
+        if let Err(error) = self.alerts.flush(left()) {
             tracing::warn!(%error, "Alert producer flush failed.");
         }
         consumer.and(inference)
