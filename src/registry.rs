@@ -95,43 +95,58 @@ impl Watcher {
         while !shutdown.is_triggered() {
             sleep_unless(&shutdown, self.interval);
             let Ok(versions) = bundle::list_versions(&self.root, &self.name) else { continue };
-            let Some(latest) = versions.last() else { continue };
-            if *latest == self.served.model.version && !self.served.failed {
-                continue;
-            }
-            let dir = self.root.join(&self.name).join(latest);
-            let key = (latest.clone(), mtime(&dir.join("bundle.json")), mtime(&dir.join("model.onnx")));
-            if self.rejected.contains(&key) {
-                continue;
-            }
-            match self.load(&dir, latest) {
-                Ok(model) => {
-                    let to = model.model_ref().clone();
-                    if shutdown.send(&reloads, model).is_err() {
-                        return; // The inference thread is gone: shutting down.
-                    }
-                    ModelReloaded { from: &self.served.model.version, to: &to.version }.emit(&metrics);
-                    served_models.write().unwrap_or_else(|e| e.into_inner()).on_reload(&to.version);
-                    self.served.model = to;
-                    self.served.failed = false;
+            // `latest` is the highest version that validates: newest first, and a refused one
+            // does not hide an older valid one that arrived with it.
+            let candidates: Vec<String> = versions.into_iter().rev().filter(|v| self.is_candidate(v)).collect();
+            for version in &candidates {
+                let dir = self.root.join(&self.name).join(version);
+                let key = (version.clone(), mtime(&dir.join("bundle.json")), mtime(&dir.join("model.onnx")));
+                if self.rejected.contains(&key) {
+                    continue;
                 }
-                Err(reason) => {
-                    ModelRefused { version: latest, reason: &reason, serving: &self.served.model.version }
-                        .emit(&metrics);
-                    self.rejected.insert(key);
-                    alerts.send(&Alert::new(
-                        ModelRef { name: self.name.clone(), version: latest.clone() },
-                        Some(Variant::Primary),
-                        Details::ModelRejected(RejectedDetails { reason, serving: self.served.model.version.clone() }),
-                    ));
+                match self.load(version) {
+                    Ok(model) => {
+                        let to = model.model_ref().clone();
+                        if shutdown.send(&reloads, model).is_err() {
+                            return; // Shutting down, or the inference thread is gone.
+                        }
+                        ModelReloaded { from: &self.served.model.version, to: &to.version }.emit(&metrics);
+                        served_models.write().unwrap_or_else(|e| e.into_inner()).on_reload(&to.version);
+                        self.served.model = to;
+                        self.served.failed = false;
+                        break;
+                    }
+                    Err(reason) => {
+                        ModelRefused { version, reason: &reason, serving: &self.served.model.version }.emit(&metrics);
+                        self.rejected.insert(key);
+                        let serving = self.served.model.version.clone();
+                        alerts.send(&Alert::new(
+                            ModelRef { name: self.name.clone(), version: version.clone() },
+                            Some(Variant::Primary),
+                            Details::ModelRejected(RejectedDetails { reason, serving }),
+                        ));
+                    }
                 }
             }
         }
     }
 
-    /// Loads, validates and warms up `dir`, refusing what cannot replace the served model in place.
-    fn load(&self, dir: &Path, version: &str) -> Result<Model, String> {
-        let bundle = Bundle::load(dir).map_err(|e| e.to_string())?;
+    /// Newer than the served version; or the served version itself while it is the one that
+    /// failed to load (its files may have been fixed).
+    fn is_candidate(&self, version: &str) -> bool {
+        match bundle::compare_versions(version, &self.served.model.version) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal => self.served.failed,
+            std::cmp::Ordering::Less => false,
+        }
+    }
+
+    /// Resolves `version` as start-up does (canonical, inside the root: a symlink may not lead
+    /// out of it), then loads, validates and warms it up, refusing what cannot replace the
+    /// served model in place.
+    fn load(&self, version: &str) -> Result<Model, String> {
+        let dir = bundle::resolve(&self.root, &self.name, version).map_err(|e| e.to_string())?;
+        let bundle = Bundle::load(&dir).map_err(|e| e.to_string())?;
         let m = &bundle.manifest;
         if m.version != version {
             return Err(format!("bundle.json says version {} but it lives in directory {version}", m.version));
