@@ -1,0 +1,76 @@
+//! The monitor's Prometheus gauges: registered once, set on every publish.
+
+use std::collections::BTreeMap;
+
+use prometheus::{GaugeVec, IntGaugeVec, Opts, Registry};
+
+use super::drift::DriftStat;
+use super::scoring::KeyReport;
+
+/// Monitor gauges, labelled by model, version, variant and feature only.
+#[derive(Clone)]
+pub struct MonitorMetrics {
+    rmse: GaugeVec,
+    mae: GaugeVec,
+    joined: IntGaugeVec,
+    pending: IntGaugeVec,
+    expired: IntGaugeVec,
+    unmatched: IntGaugeVec,
+    ks: GaugeVec,
+    psi: GaugeVec,
+    p_value: GaugeVec,
+}
+
+impl MonitorMetrics {
+    /// Registers the gauges; a registry takes them once.
+    pub fn register(registry: &Registry) -> MonitorMetrics {
+        let g = |name: &str, help: &str, labels: &[&str]| {
+            let v = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(v.clone())).expect("registered once");
+            v
+        };
+        let i = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(v.clone())).expect("registered once");
+            v
+        };
+        let key = &["model", "version", "variant"];
+        let feat = &["model", "feature"];
+        MonitorMetrics {
+            rmse: g("streamcast_monitor_rmse", "Rolling RMSE on joined actuals (target units).", key),
+            mae: g("streamcast_monitor_mae", "Rolling MAE on joined actuals (target units).", key),
+            joined: i("streamcast_monitor_joined", "Joined values in the rolling window.", key),
+            pending: i("streamcast_monitor_pending", "Predictions waiting for their actual.", key),
+            expired: i("streamcast_monitor_expired", "Predictions whose actual never came (cumulative).", key),
+            unmatched: i(
+                "streamcast_monitor_unmatched_actuals",
+                "Actuals whose prediction never came (cumulative).",
+                &["model"],
+            ),
+            ks: g("streamcast_monitor_drift_ks_statistic", "KS statistic of served inputs vs reference.", feat),
+            psi: g("streamcast_monitor_drift_psi", "PSI of served inputs vs reference.", feat),
+            p_value: g("streamcast_monitor_drift_p_value", "BH-corrected KS p-value.", feat),
+        }
+    }
+
+    /// Sets one model version × variant's error and join gauges; a missing error reads NaN.
+    pub fn set_key(&self, key: &KeyReport<'_>) {
+        let labels = [key.model.name.as_str(), key.model.version.as_str(), key.variant.as_str()];
+        self.rmse.with_label_values(&labels).set(key.stats.rmse.unwrap_or(f64::NAN));
+        self.mae.with_label_values(&labels).set(key.stats.mae.unwrap_or(f64::NAN));
+        self.joined.with_label_values(&labels).set(key.stats.count as i64);
+        self.pending.with_label_values(&labels).set(key.pending as i64);
+        self.expired.with_label_values(&labels).set(key.expired as i64);
+    }
+
+    /// Sets the served model's unmatched actuals and its per-feature drift gauges.
+    pub fn set_model(&self, model: &str, unmatched_actuals: u64, drift: &BTreeMap<String, DriftStat>) {
+        self.unmatched.with_label_values(&[model]).set(unmatched_actuals as i64);
+        for (f, s) in drift {
+            let labels = [model, f.as_str()];
+            self.ks.with_label_values(&labels).set(s.ks_statistic.unwrap_or(f64::NAN));
+            self.psi.with_label_values(&labels).set(s.psi.unwrap_or(f64::NAN));
+            self.p_value.with_label_values(&labels).set(s.p_value.unwrap_or(f64::NAN));
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! One publish: drift and scheduled-retraining alerts, RMSE alerts, a snapshot and gauges per
+//! model version × variant, and the A/B decision. Alerts go out after the snapshots, in that
+//! order.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::drift::{DriftReport, DriftStat, DriftTracker};
+use super::metrics::MonitorMetrics;
+use super::rolling::ErrorStats;
+use super::scoring::{KeyReport, Scoring};
+use super::snapshot::{Snapshot, SnapshotSink, WindowDef};
+use crate::alert::{Alert, AlertSink, AlertState, Details, DriftDetails, Gate, RetrainDetails, RetrainReason};
+use crate::config::MonitorConfig;
+use crate::event::{now_rfc3339, ModelRef};
+
+/// Publishes the monitor's findings; holds the gates of the served model's alerts.
+pub struct Publisher {
+    cfg: MonitorConfig,
+    /// The served model.
+    model: ModelRef,
+    snapshots: SnapshotSink,
+    metrics: MonitorMetrics,
+    alerts: Arc<AlertSink>,
+    /// One drift gate per feature, in bundle order.
+    feature_gates: Vec<(String, Gate)>,
+    prediction_gate: Gate,
+    last_schedule: Instant,
+}
+
+impl Publisher {
+    pub fn new(
+        cfg: &MonitorConfig,
+        model: ModelRef,
+        features: &[String],
+        snapshots: SnapshotSink,
+        metrics: MonitorMetrics,
+        alerts: Arc<AlertSink>,
+    ) -> Publisher {
+        Publisher {
+            cfg: cfg.clone(),
+            model,
+            snapshots,
+            metrics,
+            alerts,
+            feature_gates: features.iter().map(|f| (f.clone(), Gate::new(cfg.alert_cooldown))).collect(),
+            prediction_gate: Gate::new(cfg.alert_cooldown),
+            last_schedule: Instant::now(),
+        }
+    }
+
+    /// Evaluates drift and the rolling errors as of `now`, and publishes what they show.
+    pub fn publish(&mut self, drift: &DriftTracker, scoring: &mut Scoring, now: Instant) {
+        let at = now_rfc3339();
+        let report = drift.evaluate(&self.cfg);
+        let mut alerts = self.feature_drift_alerts(&report, now);
+        alerts.extend(self.prediction_drift_alert(&report, now));
+        alerts.extend(self.scheduled_retrain(now));
+        let stats = scoring.advance(chrono::Utc::now().timestamp_millis());
+        alerts.extend(scoring.rmse_alerts(&stats, now));
+        self.snapshots_and_gauges(scoring, &stats, &report, &at);
+        alerts.extend(scoring.decide(&stats));
+        for a in alerts {
+            self.alerts.send(&a);
+        }
+        self.snapshots.poll();
+    }
+
+    /// Waits (bounded) for enqueued snapshots on shutdown.
+    pub fn flush(&self) {
+        self.snapshots.flush();
+    }
+
+    fn feature_drift_alerts(&mut self, report: &DriftReport, now: Instant) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        for (f, gate) in &mut self.feature_gates {
+            let Some(stat) = report.features.get(f.as_str()) else {
+                gate.update(false, true, now);
+                continue;
+            };
+            let firing = report.drifted.contains(f);
+            let clear = report.is_clear(stat, &self.cfg);
+            if let Some(state) = AlertState::of(gate.update(firing, clear, now)) {
+                let d = drift_details(state, Some(f), stat);
+                alerts.push(Alert::new(self.model.clone(), None, Details::FeatureDrift(d)));
+            }
+        }
+        alerts
+    }
+
+    fn prediction_drift_alert(&mut self, report: &DriftReport, now: Instant) -> Option<Alert> {
+        let s = report.prediction.as_ref()?;
+        let clear = report.is_clear(s, &self.cfg);
+        let state = AlertState::of(self.prediction_gate.update(report.prediction_drifted, clear, now))?;
+        Some(Alert::new(self.model.clone(), None, Details::PredictionDrift(drift_details(state, None, s))))
+    }
+
+    fn scheduled_retrain(&mut self, now: Instant) -> Option<Alert> {
+        let due = self.cfg.retrain_schedule.is_some_and(|d| now.duration_since(self.last_schedule) >= d);
+        if !due {
+            return None;
+        }
+        self.last_schedule = now;
+        let d = RetrainDetails { reason: RetrainReason::Schedule, evidence: None };
+        Some(Alert::new(self.model.clone(), None, Details::RetrainRequested(d)))
+    }
+
+    fn snapshots_and_gauges(&self, scoring: &Scoring, stats: &[ErrorStats], report: &DriftReport, at: &str) {
+        let unmatched_actuals = scoring.unmatched_actuals();
+        for key in scoring.reports(stats) {
+            self.metrics.set_key(&key);
+            self.snapshots.send(&snapshot(&key, &self.cfg, at, unmatched_actuals, report));
+        }
+        self.metrics.set_model(&self.model.name, unmatched_actuals, &report.features);
+    }
+}
+
+fn snapshot<'a>(
+    key: &KeyReport<'a>,
+    cfg: &MonitorConfig,
+    at: &'a str,
+    unmatched_actuals: u64,
+    report: &'a DriftReport,
+) -> Snapshot<'a> {
+    Snapshot {
+        model: key.model,
+        variant: key.variant,
+        at,
+        window: WindowDef::of(cfg),
+        joined: key.stats.count as u64,
+        pending: key.pending,
+        expired: key.expired,
+        unmatched_actuals,
+        rmse: key.stats.rmse,
+        mae: key.stats.mae,
+        bias: key.stats.bias,
+        drift: &report.features,
+        prediction_drift: report.prediction.as_ref(),
+        drifted_features: &report.drifted,
+    }
+}
+
+fn drift_details(state: AlertState, feature: Option<&String>, s: &DriftStat) -> DriftDetails {
+    DriftDetails {
+        state,
+        feature: feature.cloned(),
+        features: feature.into_iter().cloned().collect(),
+        ks_statistic: s.ks_statistic,
+        p_value: s.p_value,
+        psi: s.psi,
+        samples: s.samples,
+    }
+}

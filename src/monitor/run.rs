@@ -1,0 +1,291 @@
+//! The monitor thread: its consumer and rebalance context, the poll loop, routing each record by
+//! its topic's role, and the commit watermarks.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::drift::DriftTracker;
+use super::join::Source;
+use super::publish::Publisher;
+use super::scoring::Scoring;
+use crate::config::{Config, MonitorConfig};
+use crate::event::{Actual, EventValues, FeatureSchema, InputEvent, Prediction, Variant};
+use crate::kafka::{client_config, require_topics, ClusterError};
+use crate::shutdown::Shutdown;
+
+/// What the records of a topic the monitor reads are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicRole {
+    /// Primary and candidate predictions.
+    Predictions,
+    /// The shadow variant's predictions.
+    Shadow,
+    /// Late actuals, joined to either kind of prediction.
+    Actuals,
+    /// Served inputs, sampled for drift only.
+    Input,
+}
+
+/// The topics the monitor reads. Config validation keeps topic names distinct, so a name has
+/// one role.
+pub struct Topics {
+    predictions: String,
+    /// Only when a shadow is configured.
+    shadow: Option<String>,
+    actuals: String,
+    input: String,
+}
+
+impl Topics {
+    pub fn new(config: &Config) -> Topics {
+        let t = &config.topics;
+        Topics {
+            predictions: t.predictions.clone(),
+            shadow: config.variants.shadow.as_ref().map(|_| t.shadow.clone()),
+            actuals: t.actuals.clone(),
+            input: t.input.clone(),
+        }
+    }
+
+    /// Whether shadow predictions are read.
+    pub fn has_shadow(&self) -> bool {
+        self.shadow.is_some()
+    }
+
+    /// The role of `topic`; `None` for a topic the monitor does not subscribe to.
+    pub fn role(&self, topic: &str) -> Option<TopicRole> {
+        if topic == self.predictions {
+            Some(TopicRole::Predictions)
+        } else if self.shadow.as_deref() == Some(topic) {
+            Some(TopicRole::Shadow)
+        } else if topic == self.actuals {
+            Some(TopicRole::Actuals)
+        } else if topic == self.input {
+            Some(TopicRole::Input)
+        } else {
+            None
+        }
+    }
+
+    fn subscribed(&self) -> Vec<&str> {
+        let mut read: Vec<&str> = vec![&self.predictions, &self.actuals, &self.input];
+        read.extend(self.shadow.as_deref());
+        read
+    }
+}
+
+/// The monitor's consumer group: its own, so it commits its own watermarks.
+pub fn group_id(config: &Config) -> String {
+    format!("{}-monitor", config.consumer.group_id)
+}
+
+/// Rebalance context: revoked partitions are handed to the loop, which drops their waiting
+/// entries (the next owner re-reads them from the committed watermark).
+#[derive(Default)]
+pub struct MonitorContext {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for MonitorContext {}
+impl ConsumerContext for MonitorContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut r = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            r.extend(tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())));
+        }
+    }
+}
+
+impl MonitorContext {
+    fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Creates the monitor's consumer and subscribes it to `topics`, once every topic the monitor
+/// reads or writes exists.
+pub fn subscribe(config: &Config, topics: &Topics) -> Result<BaseConsumer<MonitorContext>, ClusterError> {
+    let mut cc = client_config(config);
+    cc.set("group.id", group_id(config))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // Predictions and actuals are keyed by series id: with equal partition counts, the range
+        // assignor gives both topics' partition p to the same member, so joins stay local.
+        .set("partition.assignment.strategy", "range");
+    let consumer: BaseConsumer<MonitorContext> =
+        cc.create_with_context(MonitorContext::default()).map_err(ClusterError::Client)?;
+    let read = topics.subscribed();
+    let mut wanted = read.clone();
+    wanted.extend([config.topics.metrics.as_str(), config.topics.alerts.as_str()]);
+    require_topics(&consumer, &wanted, config)?;
+    consumer.subscribe(&read).map_err(ClusterError::Client)?;
+    Ok(consumer)
+}
+
+/// The monitor thread's state.
+pub struct Monitor {
+    topics: Topics,
+    /// Decodes served inputs for the drift sample.
+    schema: FeatureSchema,
+    drift: DriftTracker,
+    scoring: Scoring,
+    publisher: Publisher,
+    publish_interval: Duration,
+    /// One past the last record read, per (topic, partition).
+    next: HashMap<(String, i32), i64>,
+}
+
+impl Monitor {
+    pub fn new(
+        cfg: &MonitorConfig,
+        topics: Topics,
+        schema: FeatureSchema,
+        drift: DriftTracker,
+        scoring: Scoring,
+        publisher: Publisher,
+    ) -> Monitor {
+        let publish_interval = cfg.publish_interval;
+        Monitor { topics, schema, drift, scoring, publisher, publish_interval, next: HashMap::new() }
+    }
+
+    /// Polls until shutdown, expiring the joins every second and publishing every
+    /// `publish_interval`; then commits synchronously and flushes.
+    pub fn run(mut self, consumer: BaseConsumer<MonitorContext>, shutdown: Shutdown) {
+        let mut last_publish = Instant::now();
+        let mut last_expire = Instant::now();
+        while !shutdown.is_triggered() {
+            if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
+                match msg {
+                    Ok(m) => self.read(&m),
+                    Err(error) => tracing::warn!(%error, "Monitor consumer error."),
+                }
+            }
+            self.revoke(consumer.context().take_revoked());
+            let now = Instant::now();
+            if now.duration_since(last_expire) >= Duration::from_secs(1) {
+                self.scoring.expire(now);
+                last_expire = now;
+            }
+            if now.duration_since(last_publish) >= self.publish_interval {
+                self.publisher.publish(&self.drift, &mut self.scoring, now);
+                self.commit(&consumer, CommitMode::Async);
+                last_publish = now;
+            }
+        }
+        self.commit(&consumer, CommitMode::Sync);
+        self.publisher.flush();
+        tracing::info!("Monitor stopped.");
+    }
+
+    /// Routes one record by its topic's role; a payload that does not decode is skipped.
+    fn read(&mut self, m: &impl Message) {
+        let now = Instant::now();
+        let topic = m.topic();
+        let src = Source { partition: m.partition(), offset: m.offset() };
+        self.next.insert((topic.to_string(), src.partition), src.offset + 1);
+        let payload = m.payload().unwrap_or_default();
+        match self.topics.role(topic) {
+            Some(TopicRole::Predictions) => {
+                let Ok(p) = serde_json::from_slice::<Prediction>(payload) else { return };
+                if let (Some(first), Variant::Primary) = (p.prediction.first(), p.variant) {
+                    self.drift.push_prediction(*first);
+                }
+                self.scoring.offer_prediction(p, src, now);
+            }
+            Some(TopicRole::Shadow) => {
+                let Ok(p) = serde_json::from_slice::<Prediction>(payload) else { return };
+                self.scoring.offer_shadow_prediction(p, src, now);
+            }
+            Some(TopicRole::Actuals) => {
+                let Ok(a) = serde_json::from_slice::<Actual>(payload) else { return };
+                self.scoring.offer_actual(a, src, now);
+            }
+            Some(TopicRole::Input) => self.on_input(payload),
+            None => {}
+        }
+    }
+
+    fn on_input(&mut self, payload: &[u8]) {
+        // Malformed events are the worker's to dead-letter; the monitor just skips them.
+        let Ok(e) = InputEvent::decode(payload, &self.schema) else { return };
+        let width = self.schema.width();
+        let row = match &e.values {
+            EventValues::Observation(v) => &v[..],
+            EventValues::Window(w) => &w[w.len() - width..],
+        };
+        self.drift.push_features(row);
+    }
+
+    /// Drops what revoked partitions left waiting and their watermarks.
+    fn revoke(&mut self, revoked: Vec<(String, i32)>) {
+        for (topic, partition) in revoked {
+            match self.topics.role(&topic) {
+                Some(TopicRole::Predictions) => self.scoring.drop_predictions(partition),
+                Some(TopicRole::Shadow) => self.scoring.drop_shadow_predictions(partition),
+                Some(TopicRole::Actuals) => self.scoring.drop_actuals(partition),
+                Some(TopicRole::Input) | None => {}
+            }
+            self.next.remove(&(topic, partition));
+        }
+    }
+
+    /// Commits, per partition, the lowest offset whose record still waits in a join.
+    fn commit(&self, consumer: &BaseConsumer<MonitorContext>, mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), &next) in &self.next {
+            let offset = match self.topics.role(topic) {
+                Some(TopicRole::Predictions) => self.scoring.predictions_commit_point(*partition, next),
+                Some(TopicRole::Shadow) => self.scoring.shadow_commit_point(*partition, next),
+                Some(TopicRole::Actuals) => self.scoring.actuals_commit_point(*partition, next),
+                Some(TopicRole::Input) | None => next,
+            };
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset));
+        }
+        if tpl.count() > 0 {
+            if let Err(error) = consumer.commit(&tpl, mode) {
+                tracing::warn!(%error, "Monitor commit failed.");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TopicsConfig;
+
+    fn topics(t: &TopicsConfig, shadow: bool) -> Topics {
+        Topics {
+            predictions: t.predictions.clone(),
+            shadow: shadow.then(|| t.shadow.clone()),
+            actuals: t.actuals.clone(),
+            input: t.input.clone(),
+        }
+    }
+
+    #[test]
+    fn each_topic_resolves_to_its_role() {
+        let t = TopicsConfig::default();
+        let with = topics(&t, true);
+        assert_eq!(with.role(&t.predictions), Some(TopicRole::Predictions));
+        assert_eq!(with.role(&t.shadow), Some(TopicRole::Shadow));
+        assert_eq!(with.role(&t.actuals), Some(TopicRole::Actuals));
+        assert_eq!(with.role(&t.input), Some(TopicRole::Input));
+        assert_eq!(with.role(&t.metrics), None);
+        assert_eq!(with.subscribed(), [&t.predictions, &t.actuals, &t.input, &t.shadow]);
+    }
+
+    #[test]
+    fn without_a_shadow_its_topic_is_not_read() {
+        let t = TopicsConfig::default();
+        let without = topics(&t, false);
+        assert!(!without.has_shadow());
+        assert_eq!(without.role(&t.shadow), None);
+        assert_eq!(without.subscribed(), [&t.predictions, &t.actuals, &t.input]);
+    }
+}

@@ -1,0 +1,436 @@
+//! Scoring: joins predictions (primary, candidate and shadow) to their actuals, keeps a rolling
+//! error per model version × variant (a "key"), gates each key's RMSE alert and performance
+//! retraining request, and applies the rollback/promotion rule to the configured candidate.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::join::{JoinBuffer, Offer, Side, Source, WaitingPrediction};
+use super::rolling::{ErrorStats, RollingError};
+use crate::alert::{
+    Alert, AlertState, DecisionSource, Details, Gate, RetrainDetails, RetrainEvidence, RetrainReason, RmseDetails,
+    Transition, VariantScore,
+};
+use crate::config::{MonitorConfig, VariantsConfig};
+use crate::event::{Actual, ModelRef, Prediction, Variant};
+
+/// At most this many model version × variant keys are tracked; more means a misrouted topic.
+const MAX_KEYS: usize = 64;
+
+/// One model version × variant being scored.
+struct Scored {
+    model: ModelRef,
+    variant: Variant,
+    rolling: RollingError,
+    rmse_gate: Gate,
+    above_since: Option<Instant>,
+    retrain_requested: bool,
+}
+
+/// One key's numbers at a publish.
+pub struct KeyReport<'a> {
+    pub model: &'a ModelRef,
+    pub variant: Variant,
+    pub stats: ErrorStats,
+    /// Predictions waiting for their actual.
+    pub pending: u64,
+    /// Predictions whose actual never came (cumulative).
+    pub expired: u64,
+}
+
+/// The joins and the per-key rolling error, owned by the monitor thread.
+pub struct Scoring {
+    cfg: MonitorConfig,
+    /// The served model: the primary that a candidate is compared with.
+    model: ModelRef,
+    /// The RMSE alert threshold; without one no RMSE alert or performance retraining is raised.
+    threshold: Option<f64>,
+    join: JoinBuffer,
+    shadow_join: Option<JoinBuffer>,
+    /// Indexed by the key a waiting prediction carries.
+    keys: Vec<Scored>,
+    expired_by_key: HashMap<u16, u64>,
+    /// The rollback/promotion rule and the configured candidate.
+    variants: VariantsConfig,
+    /// A decision about the configured candidate was published (once per run: workers apply
+    /// each decision once, and a rolled-back candidate's window stops moving).
+    decided: bool,
+}
+
+impl Scoring {
+    /// `shadow`: a shadow variant is configured, so its predictions get a join of their own.
+    pub fn new(
+        cfg: &MonitorConfig,
+        model: ModelRef,
+        threshold: Option<f64>,
+        shadow: bool,
+        variants: VariantsConfig,
+    ) -> Scoring {
+        let mut scoring = Scoring {
+            cfg: cfg.clone(),
+            model: model.clone(),
+            threshold,
+            join: JoinBuffer::new(cfg.max_pending, cfg.join_ttl),
+            // Shadow predictions share ids with the primary's, so they wait in a join of their own;
+            // each actual is offered to both.
+            shadow_join: shadow.then(|| JoinBuffer::new(cfg.max_pending, cfg.join_ttl)),
+            keys: Vec::new(),
+            expired_by_key: HashMap::new(),
+            variants,
+            decided: false,
+        };
+        // The served model's primary variant always has a snapshot, so drift is published even
+        // before any prediction has been read.
+        scoring.key_of(&model, Variant::Primary);
+        scoring
+    }
+
+    fn key_of(&mut self, model: &ModelRef, variant: Variant) -> Option<u16> {
+        if let Some(i) = self.keys.iter().position(|k| k.model == *model && k.variant == variant) {
+            return Some(i as u16);
+        }
+        if self.keys.len() >= MAX_KEYS {
+            return None;
+        }
+        self.keys.push(Scored {
+            model: model.clone(),
+            variant,
+            rolling: RollingError::new(self.cfg.window_count, self.cfg.window_duration),
+            rmse_gate: Gate::new(self.cfg.alert_cooldown),
+            above_since: None,
+            retrain_requested: false,
+        });
+        Some((self.keys.len() - 1) as u16)
+    }
+
+    /// Offers a prediction from the predictions topic (primary or candidate).
+    pub fn offer_prediction(&mut self, p: Prediction, src: Source, now: Instant) {
+        let Some(key) = self.key_of(&p.model, p.variant) else { return };
+        let offer = self.join.offer_prediction(&p.id, WaitingPrediction { key, values: p.prediction }, src, now);
+        self.score(offer);
+    }
+
+    /// Offers a prediction from the shadow topic.
+    pub fn offer_shadow_prediction(&mut self, p: Prediction, src: Source, now: Instant) {
+        let Some(key) = self.key_of(&p.model, Variant::Shadow) else { return };
+        let Some(j) = self.shadow_join.as_mut() else { return };
+        let offer = j.offer_prediction(&p.id, WaitingPrediction { key, values: p.prediction }, src, now);
+        self.score(offer);
+    }
+
+    /// Offers an actual to both joins; one with a non-finite value is skipped.
+    pub fn offer_actual(&mut self, a: Actual, src: Source, now: Instant) {
+        if a.actual.iter().any(|v| !v.is_finite()) {
+            return;
+        }
+        if let Some(j) = self.shadow_join.as_mut() {
+            let offer = j.offer_actual(&a.id, a.actual.clone(), src, now);
+            self.score(offer);
+        }
+        let offer = self.join.offer_actual(&a.id, a.actual, src, now);
+        self.score(offer);
+    }
+
+    fn score(&mut self, offer: Offer) {
+        if let Offer::Joined { prediction, actual } = offer {
+            let scored = &mut self.keys[prediction.key as usize];
+            // The time window runs on the monitor's clock (join time), not event time: actuals
+            // arrive arbitrarily late, and the window is about recent model behaviour.
+            let at = chrono::Utc::now().timestamp_millis();
+            for (p, a) in prediction.values.iter().zip(&actual) {
+                scored.rolling.push(at, p - a);
+            }
+        }
+    }
+
+    /// Expires entries past the join TTL, counting expired predictions per key.
+    pub fn expire(&mut self, now: Instant) {
+        let by_key = &mut self.expired_by_key;
+        self.join.expire(now, |key| *by_key.entry(key).or_default() += 1);
+        if let Some(j) = self.shadow_join.as_mut() {
+            j.expire(now, |key| *by_key.entry(key).or_default() += 1);
+        }
+    }
+
+    /// Forgets the predictions waiting from a revoked partition.
+    pub fn drop_predictions(&mut self, partition: i32) {
+        self.join.drop_partition(Side::Prediction, partition);
+    }
+
+    /// Forgets the shadow predictions waiting from a revoked partition.
+    pub fn drop_shadow_predictions(&mut self, partition: i32) {
+        if let Some(j) = self.shadow_join.as_mut() {
+            j.drop_partition(Side::Prediction, partition);
+        }
+    }
+
+    /// Forgets the actuals waiting, in either join, from a revoked partition.
+    pub fn drop_actuals(&mut self, partition: i32) {
+        self.join.drop_partition(Side::Actual, partition);
+        if let Some(j) = self.shadow_join.as_mut() {
+            j.drop_partition(Side::Actual, partition);
+        }
+    }
+
+    /// The offset to commit for a predictions partition read up to `next`.
+    pub fn predictions_commit_point(&self, partition: i32, next: i64) -> i64 {
+        self.join.commit_point(Side::Prediction, partition, next)
+    }
+
+    /// The offset to commit for a shadow partition read up to `next`.
+    pub fn shadow_commit_point(&self, partition: i32, next: i64) -> i64 {
+        self.shadow_join.as_ref().map_or(next, |j| j.commit_point(Side::Prediction, partition, next))
+    }
+
+    /// The offset to commit for an actuals partition read up to `next`: the lower of both joins'.
+    pub fn actuals_commit_point(&self, partition: i32, next: i64) -> i64 {
+        let main = self.join.commit_point(Side::Actual, partition, next);
+        self.shadow_join.as_ref().map_or(main, |j| main.min(j.commit_point(Side::Actual, partition, next)))
+    }
+
+    /// Actuals whose prediction never came or that the cap evicted, counted in the primary join
+    /// only: every actual is offered to the shadow join too.
+    pub fn unmatched_actuals(&self) -> u64 {
+        let counts = self.join.counts();
+        counts.unmatched_actuals + counts.evicted_actuals
+    }
+
+    /// Moves every key's time window up to `now_ms`; returns each key's error, in key order.
+    pub fn advance(&mut self, now_ms: i64) -> Vec<ErrorStats> {
+        let advance = |k: &mut Scored| {
+            k.rolling.advance(now_ms);
+            k.rolling.snapshot()
+        };
+        self.keys.iter_mut().map(advance).collect()
+    }
+
+    /// Every key's report, given `stats` from [`advance`](Self::advance).
+    pub fn reports<'a>(&'a self, stats: &'a [ErrorStats]) -> impl Iterator<Item = KeyReport<'a>> + 'a {
+        let mut pending = self.join.pending_by_key();
+        if let Some(j) = &self.shadow_join {
+            pending.extend(j.pending_by_key());
+        }
+        self.keys.iter().zip(stats).enumerate().map(move |(i, (k, stats))| KeyReport {
+            model: &k.model,
+            variant: k.variant,
+            stats: *stats,
+            pending: pending.get(&(i as u16)).copied().unwrap_or(0),
+            expired: self.expired_by_key.get(&(i as u16)).copied().unwrap_or(0),
+        })
+    }
+
+    /// Updates every key's RMSE gate; returns the alerts and retraining requests it raised.
+    pub fn rmse_alerts(&mut self, stats: &[ErrorStats], now: Instant) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        let Some(threshold) = self.threshold else { return alerts };
+        for (k, stats) in self.keys.iter_mut().zip(stats) {
+            let rmse = k.rmse_alert(stats, threshold, self.cfg.min_joined, now);
+            alerts.extend(rmse);
+            alerts.extend(k.retrain_request(stats, threshold, self.cfg.retrain_after, now));
+        }
+        alerts
+    }
+
+    /// Applies the rollback/promotion rule to the configured primary and candidate, once.
+    pub fn decide(&mut self, stats: &[ErrorStats]) -> Option<Alert> {
+        let candidate_version = &self.variants.candidate.as_ref()?.version;
+        if self.decided {
+            return None;
+        }
+        let find = |variant: Variant, version: &str| {
+            self.keys
+                .iter()
+                .position(|k| k.variant == variant && k.model.name == self.model.name && k.model.version == version)
+        };
+        let score = |i: usize| {
+            let s = stats[i];
+            s.rmse.zip(s.mae).map(|(rmse, mae)| VariantScore { rmse, mae, joined: s.count })
+        };
+        let p = find(Variant::Primary, &self.model.version)?;
+        let c = find(Variant::Candidate, candidate_version)?;
+        let (primary, candidate) = (score(p)?, score(c)?);
+        let decision = crate::decisions::decide(&self.variants, primary, candidate)?;
+        self.decided = true;
+        let evidence = crate::decisions::evidence(&self.variants, decision, primary, candidate);
+        tracing::warn!(
+            ?decision,
+            candidate = %candidate_version,
+            candidate_rmse = candidate.rmse,
+            candidate_joined = candidate.joined,
+            primary = %self.model.version,
+            primary_rmse = primary.rmse,
+            primary_joined = primary.joined,
+            margin = evidence.margin,
+            "Label-driven decision about the candidate."
+        );
+        let candidate_model = &self.keys[c].model;
+        Some(crate::decisions::alert(
+            decision,
+            candidate_model,
+            &self.model,
+            DecisionSource::Monitor,
+            None,
+            Some(evidence),
+        ))
+    }
+}
+
+impl Scored {
+    /// Feeds the RMSE gate; returns the alert when it fired or resolved.
+    fn rmse_alert(&mut self, stats: &ErrorStats, threshold: f64, min_joined: usize, now: Instant) -> Option<Alert> {
+        let enough = stats.count >= min_joined;
+        let rmse = stats.rmse.unwrap_or(0.0);
+        let firing = enough && rmse > threshold;
+        // Hysteresis: clear only well below the threshold.
+        let clear = enough && rmse < 0.9 * threshold;
+        let state = match self.rmse_gate.update(firing, clear, now) {
+            Transition::Fire => {
+                self.above_since = Some(now);
+                AlertState::Firing
+            }
+            Transition::Resolve => {
+                self.above_since = None;
+                self.retrain_requested = false;
+                AlertState::Resolved
+            }
+            Transition::None => return None,
+        };
+        Some(self.alert(Details::RmseAboveThreshold(rmse_details(state, stats, threshold))))
+    }
+
+    /// Requests retraining once the RMSE alert has fired for `after`; once per firing.
+    fn retrain_request(&mut self, stats: &ErrorStats, threshold: f64, after: Duration, now: Instant) -> Option<Alert> {
+        let since = self.above_since?;
+        if self.retrain_requested || now.duration_since(since) < after {
+            return None;
+        }
+        self.retrain_requested = true;
+        let evidence = RetrainEvidence {
+            rmse: rmse_details(AlertState::Firing, stats, threshold),
+            above_for_s: now.duration_since(since).as_secs_f64(),
+        };
+        let d = RetrainDetails { reason: RetrainReason::Performance, evidence: Some(evidence) };
+        Some(self.alert(Details::RetrainRequested(d)))
+    }
+
+    fn alert(&self, details: Details) -> Alert {
+        Alert::new(self.model.clone(), Some(self.variant), details)
+    }
+}
+
+fn rmse_details(state: AlertState, stats: &ErrorStats, threshold: f64) -> RmseDetails {
+    RmseDetails { state, rmse: stats.rmse, mae: stats.mae, count: stats.count, threshold }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::AlertKind;
+
+    fn model() -> ModelRef {
+        ModelRef { name: "m".into(), version: "1".into() }
+    }
+
+    fn prediction(id: &str, value: f64) -> Prediction {
+        Prediction {
+            id: id.into(),
+            series_id: "s".into(),
+            timestamp: "2024-01-01T00:00:00Z".into(),
+            prediction: vec![value],
+            model: model(),
+            variant: Variant::Primary,
+            latency_ms: 0.0,
+            produced_at: "2024-01-01T00:00:00Z".into(),
+            warmup: false,
+            fallback: false,
+        }
+    }
+
+    fn actual(id: &str, value: f64) -> Actual {
+        Actual { id: id.into(), series_id: "s".into(), timestamp: "2024-01-01T00:00:00Z".into(), actual: vec![value] }
+    }
+
+    fn at(offset: i64) -> Source {
+        Source { partition: 0, offset }
+    }
+
+    fn with_shadow() -> Scoring {
+        Scoring::new(&MonitorConfig::default(), model(), None, true, VariantsConfig::default())
+    }
+
+    fn kinds(alerts: &[Alert]) -> Vec<AlertKind> {
+        alerts.iter().map(Alert::kind).collect()
+    }
+
+    #[test]
+    fn rmse_alert_fires_then_requests_retraining_once() {
+        let cfg = MonitorConfig { min_joined: 2, retrain_after: Duration::from_secs(60), ..MonitorConfig::default() };
+        let mut s = Scoring::new(&cfg, model(), Some(1.0), false, VariantsConfig::default());
+        let t0 = Instant::now();
+        for (i, id) in ["a", "b"].into_iter().enumerate() {
+            s.offer_prediction(prediction(id, 3.0), at(i as i64), t0);
+            s.offer_actual(actual(id, 1.0), at(i as i64), t0);
+        }
+        let stats = s.advance(chrono::Utc::now().timestamp_millis());
+        assert_eq!((stats.len(), stats[0].count, stats[0].rmse), (1, 2, Some(2.0)));
+        assert_eq!(kinds(&s.rmse_alerts(&stats, t0)), [AlertKind::RmseAboveThreshold]);
+        assert!(s.rmse_alerts(&stats, t0 + Duration::from_secs(30)).is_empty());
+        assert_eq!(kinds(&s.rmse_alerts(&stats, t0 + Duration::from_secs(60))), [AlertKind::RetrainRequested]);
+        assert!(s.rmse_alerts(&stats, t0 + Duration::from_secs(120)).is_empty());
+    }
+
+    #[test]
+    fn no_threshold_no_rmse_alert() {
+        let cfg = MonitorConfig { min_joined: 1, ..MonitorConfig::default() };
+        let mut s = Scoring::new(&cfg, model(), None, false, VariantsConfig::default());
+        let now = Instant::now();
+        s.offer_prediction(prediction("a", 100.0), at(0), now);
+        s.offer_actual(actual("a", 0.0), at(0), now);
+        let stats = s.advance(chrono::Utc::now().timestamp_millis());
+        assert!(s.rmse_alerts(&stats, now).is_empty());
+    }
+
+    #[test]
+    fn commit_points_hold_at_what_still_waits() {
+        let mut s = with_shadow();
+        let now = Instant::now();
+        s.offer_prediction(prediction("a", 1.0), at(5), now);
+        assert_eq!(s.predictions_commit_point(0, 9), 5);
+        // The actual completes the primary join but still waits for its shadow prediction.
+        s.offer_actual(actual("a", 1.0), at(3), now);
+        assert_eq!(s.predictions_commit_point(0, 9), 9);
+        assert_eq!(s.actuals_commit_point(0, 9), 3);
+        s.offer_shadow_prediction(prediction("a", 2.0), at(7), now);
+        assert_eq!((s.actuals_commit_point(0, 9), s.shadow_commit_point(0, 9)), (9, 9));
+    }
+
+    #[test]
+    fn revoked_partitions_stop_holding_the_watermark() {
+        let mut s = with_shadow();
+        let now = Instant::now();
+        s.offer_prediction(prediction("a", 1.0), at(5), now);
+        s.offer_shadow_prediction(prediction("b", 1.0), at(6), now);
+        s.offer_actual(actual("c", 1.0), at(7), now);
+        let points = |s: &Scoring| {
+            [0, 1]
+                .map(|p| (s.predictions_commit_point(p, 9), s.shadow_commit_point(p, 9), s.actuals_commit_point(p, 9)))
+        };
+        assert_eq!(points(&s), [(5, 6, 7), (9, 9, 9)]);
+        s.drop_predictions(0);
+        s.drop_shadow_predictions(0);
+        s.drop_actuals(0);
+        assert_eq!(points(&s), [(9, 9, 9); 2]);
+    }
+
+    #[test]
+    fn reports_count_pending_per_key() {
+        let mut s = with_shadow();
+        let now = Instant::now();
+        s.offer_prediction(prediction("a", 1.0), at(0), now);
+        s.offer_shadow_prediction(prediction("a", 1.0), at(0), now);
+        s.offer_shadow_prediction(prediction("b", 1.0), at(1), now);
+        let stats = s.advance(chrono::Utc::now().timestamp_millis());
+        let pending: Vec<_> = s.reports(&stats).map(|k| (k.variant, k.pending, k.expired)).collect();
+        assert_eq!(pending, [(Variant::Primary, 1, 0), (Variant::Shadow, 2, 0)]);
+    }
+}

@@ -1,0 +1,114 @@
+//! The `model_metrics` message, one per model version × variant and publish, and the producer
+//! that sends it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde::Serialize;
+
+use super::drift::DriftStat;
+use crate::config::MonitorConfig;
+use crate::event::{ModelRef, Variant};
+
+/// A `model_metrics` message.
+#[derive(Debug, Serialize)]
+pub struct Snapshot<'a> {
+    pub model: &'a ModelRef,
+    pub variant: Variant,
+    pub at: &'a str,
+    pub window: WindowDef,
+    pub joined: u64,
+    pub pending: u64,
+    pub expired: u64,
+    pub unmatched_actuals: u64,
+    pub rmse: Option<f64>,
+    pub mae: Option<f64>,
+    pub bias: Option<f64>,
+    /// The served model's drift, repeated in every variant's snapshot.
+    pub drift: &'a BTreeMap<String, DriftStat>,
+    pub prediction_drift: Option<&'a DriftStat>,
+    pub drifted_features: &'a [String],
+}
+
+/// The rolling error window a snapshot's numbers cover.
+#[derive(Debug, Serialize)]
+pub struct WindowDef {
+    pub duration_s: f64,
+    pub max_samples: usize,
+}
+
+impl WindowDef {
+    /// The configured window.
+    pub fn of(cfg: &MonitorConfig) -> WindowDef {
+        WindowDef { duration_s: cfg.window_duration.as_secs_f64(), max_samples: cfg.window_count }
+    }
+}
+
+/// Sends snapshots to the `model_metrics` topic, keyed by model name.
+pub struct SnapshotSink {
+    producer: BaseProducer,
+    topic: String,
+}
+
+impl SnapshotSink {
+    pub fn new(producer: BaseProducer, topic: String) -> SnapshotSink {
+        SnapshotSink { producer, topic }
+    }
+
+    /// Enqueues a snapshot; a full queue is retried briefly, then the snapshot is dropped with
+    /// an error log (the next publish sends fresh numbers anyway).
+    pub fn send(&self, snapshot: &Snapshot<'_>) {
+        let body = serde_json::to_vec(snapshot).expect("snapshot serializes");
+        let topic = self.topic.as_str();
+        let record = BaseRecord::to(topic).key(snapshot.model.name.as_str()).payload(&body[..]);
+        let wait = || {
+            self.producer.poll(Duration::from_millis(10));
+        };
+        if crate::kafka::send_with_retry(|r| self.producer.send(r), record, wait, Some(100)).is_err() {
+            tracing::error!(topic, "Monitor could not enqueue a record.");
+        }
+    }
+
+    /// Serves delivery callbacks without blocking.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Waits (bounded) for enqueued snapshots on shutdown.
+    pub fn flush(&self) {
+        let _ = self.producer.flush(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_fields_in_order() {
+        let model = ModelRef { name: "m".into(), version: "1".into() };
+        let drift = BTreeMap::new();
+        let snapshot = Snapshot {
+            model: &model,
+            variant: Variant::Primary,
+            at: "2024-01-01T00:00:00Z",
+            window: WindowDef::of(&MonitorConfig::default()),
+            joined: 2,
+            pending: 1,
+            expired: 0,
+            unmatched_actuals: 3,
+            rmse: Some(1.5),
+            mae: Some(1.0),
+            bias: Some(-0.5),
+            drift: &drift,
+            prediction_drift: None,
+            drifted_features: &[],
+        };
+        let json = serde_json::to_string(&snapshot).expect("serializes");
+        assert_eq!(
+            json,
+            r#"{"model":{"name":"m","version":"1"},"variant":"primary","at":"2024-01-01T00:00:00Z","window":{"duration_s":3600.0,"max_samples":10000},"joined":2,"pending":1,"expired":0,"unmatched_actuals":3,"rmse":1.5,"mae":1.0,"bias":-0.5,"drift":{},"prediction_drift":null,"drifted_features":[]}"#
+        );
+    }
+}
