@@ -22,7 +22,7 @@
 //! - [`monitor`]: the side task: actuals join, rolling error, drift, alerts, retraining triggers.
 //! - [`decisions`]: label-driven rollback/promotion of the A/B candidate: the rule, and the
 //!   follower that applies published decisions on every replica.
-//! - [`produce`]: `streamcast produce`: send a CSV/JSONL file (and delayed actuals) to Kafka.
+//! - [`produce`]: `streamcast produce`: send a CSV/Parquet/JSONL file (and delayed actuals) to Kafka.
 //! - [`registry`]: watches the model root; validates and hands new versions to the inference thread.
 //! - [`serve`]: `streamcast run`: wires the model, pipeline, HTTP server and signals.
 //! - [`served`]: what `/models` shows, kept current on reloads and decisions.
@@ -31,6 +31,7 @@
 //! - [`otel`]: optional OTLP export: messaging-convention spans per event, bridged metrics.
 //! - [`topics`]: topic creation.
 //! - [`batch`]: `streamcast predict`: batch prediction over a file, no Kafka.
+//! - [`table`]: input files (CSV, JSONL, Parquet) read as events, for `produce` and `predict`.
 //! - [`gpu_check`]: `streamcast models gpu-check`: CUDA against CPU, agreement and batch timings.
 //! - [`demo`]: `streamcast demo`, the embedded default on an in-process broker.
 
@@ -55,6 +56,7 @@ pub mod registry;
 pub mod serve;
 pub mod served;
 pub mod shutdown;
+pub mod table;
 pub mod telemetry;
 pub mod topics;
 pub mod window;

@@ -85,8 +85,8 @@ struct DemoArgs {
 
 #[derive(Args)]
 struct ProduceArgs {
-    /// JSONL of InputEvents (sent unchanged), or CSV with `timestamp`, optional `id` and
-    /// `series_id`, and feature columns.
+    /// JSONL of InputEvents (sent unchanged), or CSV or Parquet (`.parquet`) with `timestamp`,
+    /// optional `id` and `series_id`, and feature columns.
     input: PathBuf,
     /// Take `[kafka]` and `[topics]` from this config file.
     #[arg(long, short)]
@@ -103,13 +103,13 @@ struct ProduceArgs {
     /// Events per second; 0 sends as fast as possible.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// Series id for CSV rows without a `series_id` column.
-    #[arg(long, default_value = "series-0")]
+    /// Series id for rows of a table without a `series_id` column.
+    #[arg(long, default_value = streamcast::table::DEFAULT_SERIES)]
     series: String,
-    /// Prefix of generated event ids (CSV without an `id` column).
+    /// Prefix of generated event ids (`<prefix>-<row>`, for a table without an `id` column).
     #[arg(long, default_value = "obs")]
     id_prefix: String,
-    /// CSV column whose next value in the same series is sent as the actual of each row.
+    /// Feature column whose next value in the same series is sent as the actual of each row.
     #[arg(long)]
     actuals_column: Option<String>,
     /// Seconds between the next row being sent and its predecessor's actual.

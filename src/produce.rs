@@ -1,11 +1,11 @@
-//! `streamcast produce`: sends a CSV or JSONL file of observations to the input topic at a chosen
-//! rate, and optionally the actuals (the next observation's target value) after a delay.
+//! `streamcast produce`: sends a CSV, Parquet or JSONL file of observations to the input topic at a
+//! chosen rate, and optionally the actuals (the next observation's target value) after a delay.
 //!
-//! JSONL lines are sent unchanged, keyed by their `series_id`. CSV rows become InputEvents:
-//! `timestamp` is required, `id` and `series_id` are optional columns, and every other column is
-//! a feature. With `--actuals-column`, the actual of a row is that column's value in the next row
-//! of the same series (a one-step-ahead forecast's truth), sent `--actuals-delay` after that next
-//! row, as ground truth arrives in production.
+//! The file is read by [`crate::table`]. JSONL lines are sent unchanged, keyed by their
+//! `series_id`. Table rows become InputEvents with `features` as an object: every column other
+//! than `id`, `series_id` and `timestamp` is a feature. With `--actuals-column`, the actual of a row
+//! is that column's value in the next row of the same series (a one-step-ahead forecast's truth),
+//! sent `--actuals-delay` after that next row, as ground truth arrives in production.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -18,14 +18,30 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
-use crate::batch::FileFormat;
+use crate::table::{Body, Defaults, FeatureForm, Features, Table, TableError, TableRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
     #[error("cannot read {path}: {message}")]
     Read { path: String, message: String },
+    /// A Parquet file the reader refuses (other read errors are [`ProduceError::Read`]).
+    #[error(transparent)]
+    Input(TableError),
     #[error("Kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+impl From<TableError> for ProduceError {
+    /// Keeps the messages `produce` gave before it shared the reader: `cannot read <path>: <why>`.
+    fn from(error: TableError) -> ProduceError {
+        match error {
+            TableError::Read { path, source } => {
+                ProduceError::Read { path: path.display().to_string(), message: source.to_string() }
+            }
+            TableError::Format { path, message } => ProduceError::Read { path: path.display().to_string(), message },
+            parquet @ TableError::Parquet { .. } => ProduceError::Input(parquet),
+        }
+    }
 }
 
 pub struct ProduceOptions<'a> {
@@ -34,8 +50,9 @@ pub struct ProduceOptions<'a> {
     pub actuals_topic: &'a str,
     /// Events per second; 0 sends as fast as the broker takes them.
     pub rate: f64,
-    /// Series id for CSV rows without a `series_id` column.
+    /// Series id for table rows without a `series_id` column.
     pub series: &'a str,
+    /// Row `n` of a table without an `id` column gets the id `<id_prefix>-<n>`.
     pub id_prefix: &'a str,
     pub actuals_column: Option<&'a str>,
     pub actuals_delay: Duration,
@@ -70,15 +87,11 @@ impl ProducerContext for Deliveries {
 /// One record to send: key and value.
 struct Outgoing {
     key: String,
-    value: String,
+    value: Vec<u8>,
 }
 
 pub fn run(client: &ClientConfig, opts: &ProduceOptions<'_>) -> Result<ProduceSummary, ProduceError> {
-    let read_err = |message: String| ProduceError::Read { path: opts.input.display().to_string(), message };
-    let (events, actuals) = match FileFormat::of(opts.input) {
-        FileFormat::Jsonl => (read_jsonl(opts.input).map_err(read_err)?, Vec::new()),
-        FileFormat::Csv => read_csv(opts).map_err(read_err)?,
-    };
+    let Records { events, actuals } = read(opts)?;
     let failed = Arc::new(AtomicU64::new(0));
     let producer: BaseProducer<Deliveries> = client.create_with_context(Deliveries { failed: failed.clone() })?;
     let bar = if opts.progress { ProgressBar::new(events.len() as u64) } else { ProgressBar::hidden() };
@@ -147,7 +160,7 @@ fn send_due(
 }
 
 fn send(producer: &BaseProducer<Deliveries>, topic: &str, out: &Outgoing, failed: &AtomicU64) {
-    let record = BaseRecord::to(topic).key(out.key.as_str()).payload(out.value.as_str());
+    let record = BaseRecord::to(topic).key(out.key.as_str()).payload(out.value.as_slice());
     if let Err(error) = send_waiting(producer, record) {
         tracing::warn!(%error, "Record refused by the producer.");
         failed.fetch_add(1, Ordering::Relaxed);
@@ -177,66 +190,118 @@ where
     }
 }
 
-fn read_jsonl(path: &Path) -> Result<Vec<Outgoing>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        // Only the key is needed; the line is sent unchanged, malformed or not, so the worker's
-        // dead-letter path can be exercised with this tool too.
-        let key = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v.get("series_id").and_then(|s| s.as_str()).map(str::to_string))
-            .unwrap_or_else(|| format!("line-{}", i + 1));
-        out.push(Outgoing { key, value: line.to_string() });
-    }
-    Ok(out)
+/// Events, and actuals paired with the index of the event whose sending releases them.
+#[derive(Default)]
+struct Records {
+    events: Vec<Outgoing>,
+    actuals: Vec<(usize, Outgoing)>,
 }
 
-/// Events, and actuals paired with the index of the event whose sending releases them.
-type CsvRecords = (Vec<Outgoing>, Vec<(usize, Outgoing)>);
-
-fn read_csv(opts: &ProduceOptions<'_>) -> Result<CsvRecords, String> {
-    let mut reader = csv::Reader::from_path(opts.input).map_err(|e| e.to_string())?;
-    let headers = reader.headers().map_err(|e| e.to_string())?.clone();
-    let col = |name: &str| headers.iter().position(|h| h == name);
-    let ts = col("timestamp").ok_or("no `timestamp` column")?;
-    let (id_col, series_col) = (col("id"), col("series_id"));
-    let feature_cols: Vec<(usize, String)> = headers
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| Some(*i) != id_col && Some(*i) != series_col && *i != ts)
-        .map(|(i, h)| (i, h.to_string()))
-        .collect();
-    let actual_col = match opts.actuals_column {
-        Some(name) => Some(col(name).ok_or_else(|| format!("no `{name}` column for --actuals-column"))?),
-        None => None,
+fn read(opts: &ProduceOptions<'_>) -> Result<Records, ProduceError> {
+    let table = Table::open(opts.input, Features::Rest)?;
+    // JSONL lines carry no columns to take actuals from; they are sent as they are.
+    let actual_col = match (opts.actuals_column, table.feature_names()) {
+        (Some(name), Some(names)) => Some(names.iter().position(|n| n == name).ok_or_else(|| ProduceError::Read {
+            path: opts.input.display().to_string(),
+            message: format!("no `{name}` column for --actuals-column"),
+        })?),
+        _ => None,
     };
-    let mut events = Vec::new();
-    let mut actuals = Vec::new();
-    // Per series: the previous row's (id, series) waiting for its truth.
+    let defaults = Defaults { series_id: opts.series, id_prefix: opts.id_prefix };
+    let mut records = Records::default();
+    // Per series: the previous row's id, waiting for its truth.
     let mut previous: HashMap<String, String> = HashMap::new();
-    for (row, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| e.to_string())?;
-        let series = series_col.map_or(opts.series, |c| &record[c]).to_string();
-        let id = id_col.map_or_else(|| format!("{}-{:07}", opts.id_prefix, row + 1), |c| record[c].to_string());
-        let mut features = serde_json::Map::new();
-        for (c, name) in &feature_cols {
-            let v = &record[*c];
-            // Numbers go as numbers; anything else is sent as-is and the worker dead-letters it.
-            let value = v.trim().parse::<f64>().map_or_else(|_| serde_json::json!(v), |x| serde_json::json!(x));
-            features.insert(name.clone(), value);
-        }
-        let event = serde_json::json!({"id": id, "series_id": series, "timestamp": &record[ts], "features": features});
-        if let Some(ac) = actual_col {
-            if let (Some(prev_id), Ok(value)) = (previous.get(&series), record[ac].trim().parse::<f64>()) {
-                let actual = serde_json::json!({
-                    "id": prev_id, "series_id": series, "timestamp": &record[ts], "actual": value,
-                });
-                actuals.push((events.len(), Outgoing { key: series.clone(), value: actual.to_string() }));
+    table.for_each(&defaults, |record| {
+        match record.body {
+            Body::Line(line) => records.events.push(line_record(record.at, line)),
+            Body::Row(row) => {
+                if let Some(actual) = actual_col.and_then(|c| actual_record(&row, c, &mut previous)) {
+                    records.actuals.push((records.events.len(), actual));
+                }
+                let value = row.event(FeatureForm::Object).to_string().into_bytes();
+                records.events.push(Outgoing { key: row.series_id.to_string(), value });
             }
-            previous.insert(series.clone(), id.clone());
         }
-        events.push(Outgoing { key: series, value: event.to_string() });
+        Ok::<_, TableError>(())
+    })?;
+    Ok(records)
+}
+
+/// A JSONL line, without its line break, keyed by its `series_id`.
+fn line_record(line_no: u64, line: &[u8]) -> Outgoing {
+    let line = line.strip_suffix(b"\n").map_or(line, |l| l.strip_suffix(b"\r").unwrap_or(l));
+    // Only the key is needed; the line is sent unchanged, malformed or not, so the worker's
+    // dead-letter path can be exercised with this tool too.
+    let key = serde_json::from_slice::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v.get("series_id").and_then(|s| s.as_str()).map(str::to_string))
+        .unwrap_or_else(|| format!("line-{line_no}"));
+    Outgoing { key, value: line.to_vec() }
+}
+
+/// The actual of the previous row of `row`'s series: `row`'s value in feature column `column`
+/// (none when that is not a number). Remembers `row`'s id for the next row of the series.
+fn actual_record(row: &TableRow<'_>, column: usize, previous: &mut HashMap<String, String>) -> Option<Outgoing> {
+    let actual = match (previous.get(row.series_id), row.features[column].as_f64()) {
+        (Some(prev_id), Some(value)) => Some(serde_json::json!({
+            "id": prev_id, "series_id": row.series_id, "timestamp": row.timestamp, "actual": value,
+        })),
+        _ => None,
+    };
+    previous.insert(row.series_id.to_string(), row.id.to_string());
+    actual.map(|a| Outgoing { key: row.series_id.to_string(), value: a.to_string().into_bytes() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_file(name: &str, text: &str, actuals_column: Option<&str>) -> Result<Records, ProduceError> {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join(name);
+        std::fs::write(&input, text).unwrap();
+        let opts = ProduceOptions {
+            input: &input,
+            topic: "in",
+            actuals_topic: "actuals",
+            rate: 0.0,
+            series: "s",
+            id_prefix: "obs",
+            actuals_column,
+            actuals_delay: Duration::ZERO,
+            progress: false,
+        };
+        read(&opts)
     }
-    Ok((events, actuals))
+
+    fn text(out: &Outgoing) -> (&str, &str) {
+        (out.key.as_str(), std::str::from_utf8(&out.value).unwrap())
+    }
+
+    #[test]
+    fn a_rows_actual_is_the_next_value_of_its_series_released_by_that_row() {
+        let csv = "timestamp,series_id,y\nt1,a,1\nt2,b,2\nt3,a,x\nt4,a,4\n";
+        let Records { events, actuals } = read_file("in.csv", csv, Some("y")).unwrap();
+        assert_eq!(events.len(), 4);
+        assert_eq!(text(&events[0]), ("a", r#"{"features":{"y":1.0},"id":"obs-1","series_id":"a","timestamp":"t1"}"#));
+        // Row 3's `x` is no number: row 1 gets no actual, and row 3's own comes from row 4.
+        let actuals: Vec<(usize, (&str, &str))> = actuals.iter().map(|(i, a)| (*i, text(a))).collect();
+        assert_eq!(actuals, [(3, ("a", r#"{"actual":4.0,"id":"obs-3","series_id":"a","timestamp":"t4"}"#))]);
+        match read_file("in.csv", csv, Some("timestamp")) {
+            Err(ProduceError::Read { message, .. }) => {
+                assert_eq!(message, "no `timestamp` column for --actuals-column")
+            }
+            Err(other) => panic!("expected a read error, got {other:?}"),
+            Ok(_) => panic!("expected a read error"),
+        }
+    }
+
+    #[test]
+    fn jsonl_lines_go_unchanged_keyed_by_series_or_line() {
+        let jsonl = "{\"series_id\": \"a\", \"x\": 1}\r\n\nnot json\n";
+        let Records { events, actuals } = read_file("in.jsonl", jsonl, Some("x")).unwrap();
+        let events: Vec<(&str, &str)> = events.iter().map(text).collect();
+        assert_eq!(events, [("a", "{\"series_id\": \"a\", \"x\": 1}"), ("line-3", "not json")]);
+        assert!(actuals.is_empty());
+    }
 }
