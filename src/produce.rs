@@ -171,23 +171,17 @@ fn send(producer: &BaseProducer<Deliveries>, topic: &str, out: &Outgoing, failed
 /// any other refusal (an oversized record, say) is returned instead of retried forever.
 pub fn send_waiting<C, K, P>(
     producer: &BaseProducer<C>,
-    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+    record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
 ) -> Result<(), rdkafka::error::KafkaError>
 where
     C: ProducerContext,
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
 {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                producer.poll(Duration::from_millis(5));
-            }
-            Err((error, _)) => return Err(error),
-        }
-    }
+    let wait = || {
+        producer.poll(Duration::from_millis(5));
+    };
+    crate::kafka::send_with_retry(|r| producer.send(r), record, wait, None).map_err(|(error, _)| error)
 }
 
 /// Events, and actuals paired with the index of the event whose sending releases them.

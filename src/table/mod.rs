@@ -279,7 +279,13 @@ pub(crate) mod tests {
     /// Every record as the decoder sees it, as `predict` hands it over.
     fn decoded(path: &Path, features: Features<'_>, form: FeatureForm) -> Vec<InputEvent> {
         let names = ["co2", "month_sin", "month_cos"].map(String::from).to_vec();
-        let schema = FeatureSchema { names, window: 24, max_message_bytes: usize::MAX, reject_unknown_features: false };
+        let schema = FeatureSchema {
+            names,
+            window: 24,
+            max_message_bytes: usize::MAX,
+            reject_unknown_features: false,
+            max_id_bytes: crate::event::DEFAULT_MAX_ID_BYTES,
+        };
         let mut events = Vec::new();
         let table = Table::open(path, features).unwrap();
         table
