@@ -277,6 +277,38 @@ pub struct VariantsConfig {
     pub auto_promote: bool,
     /// Joined actuals each of primary and candidate needs in its rolling window before a decision.
     pub decision_min_joined: usize,
+    /// Secret that signs decisions (`model_rollback`, `model_promoted`) with HMAC-SHA256. With a
+    /// key, every replica ignores unsigned, wrongly signed and stale decisions on the alerts
+    /// topic. Prefer `decision_key_file` or `STREAMCAST_VARIANTS__DECISION_KEY` to writing it here.
+    pub decision_key: Option<String>,
+    /// A file that holds the key (a mounted Kubernetes Secret); surrounding whitespace is ignored.
+    pub decision_key_file: Option<PathBuf>,
+}
+
+impl VariantsConfig {
+    /// The decision key, from `decision_key` or `decision_key_file`; `None` when neither is set.
+    pub fn decision_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let key = match (&self.decision_key, &self.decision_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::key("variants.decision_key_file", "set either it or variants.decision_key"));
+            }
+            (Some(k), None) => k.trim().to_string(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    ConfigError::key("variants.decision_key_file", format!("cannot read {}: {e}", path.display()))
+                })?
+                .trim()
+                .to_string(),
+            (None, None) => return Ok(None),
+        };
+        if key.len() < 16 {
+            return Err(ConfigError::key(
+                if self.decision_key.is_some() { "variants.decision_key" } else { "variants.decision_key_file" },
+                "must hold at least 16 characters",
+            ));
+        }
+        Ok(Some(key.into_bytes()))
+    }
 }
 
 impl Default for VariantsConfig {
@@ -289,6 +321,8 @@ impl Default for VariantsConfig {
             promote_margin: 0.1,
             auto_promote: false,
             decision_min_joined: 500,
+            decision_key: None,
+            decision_key_file: None,
         }
     }
 }
@@ -643,6 +677,7 @@ impl Config {
         if self.validation.max_message_bytes == 0 {
             return Err(ConfigError::key("validation.max_message_bytes", "must be at least 1"));
         }
+        self.variants.decision_key()?;
         if self.validation.max_id_bytes == 0 {
             return Err(ConfigError::key("validation.max_id_bytes", "must be at least 1"));
         }
@@ -757,6 +792,9 @@ impl Config {
             if SECRET_KEY_MARKERS.iter().any(|m| key.contains(m)) {
                 *value = KafkaValue::String("***".into());
             }
+        }
+        if let Some(k) = copy.variants.decision_key.as_mut() {
+            *k = "***".into();
         }
         toml::to_string_pretty(&copy).expect("config always serializes: it was deserialized from TOML")
     }

@@ -171,6 +171,10 @@ pub struct DecisionDetails {
     /// The monitor's evidence.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<DecisionEvidence>,
+    /// Hex HMAC-SHA256 over the decision's fields, when `variants.decision_key` is set (see
+    /// `decisions::sign`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// The numbers behind the monitor's decision.
@@ -393,6 +397,7 @@ mod tests {
                 rmse_ratio: 12.25,
                 rule: "candidate.rmse > primary.rmse * (1 + margin)".into(),
             }),
+            signature: (source == DecisionSource::Operator).then(|| "ab".repeat(32)),
         }
     }
 

@@ -271,6 +271,8 @@ impl Scoring {
             DecisionSource::Monitor,
             None,
             Some(evidence),
+            // Validated at start-up, so the key reads; a file that vanished since signs nothing.
+            self.variants.decision_key().ok().flatten().as_deref(),
         ))
     }
 }

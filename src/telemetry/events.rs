@@ -198,6 +198,26 @@ pub enum BreakerChange {
     Closed,
 }
 
+/// A decision on the alerts topic was not applied (`variants.decision_key` is set).
+pub struct DecisionIgnored<'a> {
+    /// `unsigned`, `bad_signature` or `stale`.
+    pub reason: &'static str,
+    pub candidate: &'a str,
+    pub offset: i64,
+}
+
+impl InternalEvent for DecisionIgnored<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::warn!(
+            reason = self.reason,
+            candidate = self.candidate,
+            offset = self.offset,
+            "Ignoring a decision that is not signed with the decision key."
+        );
+        metrics.decisions_ignored.with_label_values(&[self.reason]).inc();
+    }
+}
+
 /// The circuit breaker in front of the primary changed state.
 pub struct BreakerTransitioned<'a> {
     pub change: BreakerChange,

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub breaker_transitions: IntCounterVec,
     /// Label-driven decisions applied to the A/B candidate, by kind (`rollback`, `promote`).
     pub variant_decisions: IntCounterVec,
+    /// Decisions not applied because `variants.decision_key` is set and they are unsigned,
+    /// wrongly signed or stale, by reason.
+    pub decisions_ignored: IntCounterVec,
 }
 
 impl Metrics {
@@ -198,6 +201,11 @@ impl Metrics {
                 "streamcast_variant_decisions_total",
                 "Rollback and promotion decisions applied to the A/B candidate.",
                 &["decision"],
+            ),
+            decisions_ignored: counter_vec(
+                "streamcast_decisions_ignored_total",
+                "Decisions on the alerts topic ignored: unsigned, wrongly signed or stale (with a decision key).",
+                &["reason"],
             ),
             registry,
         };
