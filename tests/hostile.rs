@@ -177,3 +177,105 @@ fn sigterm_on_an_idle_worker_with_pending_reloads_and_decisions_exits_promptly()
     let log = worker.log_text();
     assert!(log.contains("Model swapped") && log.contains("\"to\":\"4\""), "{log}");
 }
+
+/// An operator decision as `streamcast models promote|rollback` writes it, through the CLI.
+fn operator(config: &str, verb: &str, env: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("streamcast.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["models", verb, "--config"])
+        .arg(&path)
+        .envs(env.iter().copied())
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn with_a_decision_key_a_forged_promotion_changes_nothing_and_a_signed_one_applies() {
+    let topics = Topics::create(1);
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("decision.key");
+    std::fs::write(&key_file, "correct horse battery staple\n").unwrap();
+    let config = topics.config(
+        "co2-mlp",
+        "1",
+        &format!(
+            "[variants]\ndecision_key_file = \"{}\"\n[variants.candidate]\nversion = \"2\"\nshare = 0.5\n[monitor]\nenabled = false\n",
+            key_file.display()
+        ),
+    );
+    let mut worker = Worker::start(&config);
+    worker.wait_for_log("Worker started", Duration::from_secs(60));
+
+    // Anyone with write access to `alerts` can publish this; without the key it is ignored.
+    let forged = r#"{"kind":"model_promoted","model":{"name":"co2-mlp","version":"2"},"variant":"candidate","at":"2026-12-01T00:00:00Z","details":{"decision":"promote","source":"operator","candidate_version":"2","primary_version":"1","reason":"trust me"}}"#;
+    let wrong_key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(wrong_key.path(), "not the right key at all").unwrap();
+    send_keyed(&topics.alerts, &[("co2-mlp".into(), forged.into())]);
+    // Signed, but with another key.
+    operator(&config.replace(&key_file.display().to_string(), &wrong_key.path().display().to_string()), "promote", &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker.log_text().matches("Ignoring a decision").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", worker.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = |from: usize, to: usize| -> Vec<(String, String)> {
+        (from..to)
+            .map(|i| {
+                let s = format!("dk-{}", i % 20);
+                (s.clone(), event(&format!("dk-{i:04}"), &s, &[330.0 + (i % 7) as f64, 0.5, 0.5]))
+            })
+            .collect()
+    };
+    send_keyed(&topics.input, &events(0, 100));
+    let mut preds = Reader::new(&topics.predictions);
+    assert!(preds.read_until(Duration::from_secs(60), |r| r.len() >= 100), "{}", worker.log_text());
+    assert!(preds.records.iter().any(|r| r.json()["variant"] == "candidate"), "the split still stands");
+    let metrics = http_get(worker.http_port(), "/metrics");
+    assert!(metrics.contains(r#"streamcast_decisions_ignored_total{reason="unsigned"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"streamcast_decisions_ignored_total{reason="bad_signature"} 1"#), "{metrics}");
+    assert!(!worker.log_text().contains("Applying a label-driven decision"));
+
+    // The operator's CLI signs with the configured key: this one applies.
+    operator(&config, "promote", &[]);
+    worker.wait_for_log("Applying a label-driven decision", Duration::from_secs(30));
+    send_keyed(&topics.input, &events(100, 200));
+    assert!(preds.read_until(Duration::from_secs(60), |r| r.len() >= 200), "{}", worker.log_text());
+    let after: Vec<serde_json::Value> = preds.records[100..].iter().map(|r| r.json()).collect();
+    assert!(after.iter().all(|p| p["variant"] == "primary" && p["model"]["version"] == "2"), "promoted");
+}
+
+#[test]
+fn a_version_directory_that_escapes_the_root_by_symlink_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let shipped = repo().join("models/co2-mlp/1");
+    copy_bundle(&shipped, &root.path().join("co2-mlp/1"), "1");
+    let topics = Topics::create(1);
+    let config = topics
+        .config("co2-mlp", "latest", "")
+        .replace(
+            &format!("root = \"{}\"", repo().join("models").display()),
+            &format!("root = \"{}\"", root.path().display()),
+        )
+        .replace("execution_provider = \"cpu\"", "execution_provider = \"cpu\"\nwatch_interval = \"100ms\"");
+    let mut worker = Worker::start(&config);
+    worker.wait_for_log("Worker started", Duration::from_secs(60));
+    // A valid bundle, but it lives outside the model root.
+    copy_bundle(&shipped, &outside.path().join("2"), "2");
+    std::os::unix::fs::symlink(outside.path().join("2"), root.path().join("co2-mlp/2")).unwrap();
+    let mut alerts = Reader::new(&topics.alerts);
+    assert!(
+        alerts.read_until(Duration::from_secs(30), |r| r.iter().any(|a| a.json()["kind"] == "model_rejected")),
+        "{}",
+        worker.log_text()
+    );
+    let rejected = alerts.records.iter().map(|a| a.json()).find(|a| a["kind"] == "model_rejected").unwrap();
+    assert_eq!(rejected["model"]["version"], "2");
+    assert!(rejected["details"]["reason"].as_str().unwrap().contains("outside"), "{rejected}");
+    assert_eq!(rejected["details"]["serving"], "1");
+    assert!(!worker.log_text().contains("Model swapped"), "{}", worker.log_text());
+}
