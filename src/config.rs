@@ -92,13 +92,21 @@ pub struct ConsumerConfig {
     /// Upper bound on events consumed but not yet acknowledged by the broker (prediction or DLQ
     /// record). It bounds every queue on the data path; the consumer stops fetching at the cap.
     pub max_in_flight: usize,
+    /// Upper bound on the bytes of those events (their message values): large events reach it
+    /// long before `max_in_flight`. The consumer pauses its partitions at either cap.
+    pub max_in_flight_bytes: usize,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: String,
 }
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
-        ConsumerConfig { group_id: "streamcast".into(), max_in_flight: 10_000, auto_offset_reset: "earliest".into() }
+        ConsumerConfig {
+            group_id: "streamcast".into(),
+            max_in_flight: 10_000,
+            max_in_flight_bytes: 128 << 20,
+            auto_offset_reset: "earliest".into(),
+        }
     }
 }
 
@@ -655,6 +663,9 @@ impl Config {
         }
         if self.consumer.max_in_flight == 0 {
             return Err(ConfigError::key("consumer.max_in_flight", "must be at least 1"));
+        }
+        if self.consumer.max_in_flight_bytes == 0 {
+            return Err(ConfigError::key("consumer.max_in_flight_bytes", "must be at least 1"));
         }
         if !matches!(self.consumer.auto_offset_reset.as_str(), "earliest" | "latest") {
             return Err(ConfigError::key("consumer.auto_offset_reset", "must be `earliest` or `latest`"));

@@ -34,6 +34,8 @@ pub struct LoopState {
     last_timestamp: std::collections::HashMap<i32, i64>,
     /// Rebuilds the windows of newly assigned partitions (models with `window > 1`).
     rebuilder: Option<super::rebuild::WindowRebuilder>,
+    /// Bumped on every assignment, so a paused consumer pauses the new partitions too.
+    assignments: u64,
 }
 
 impl LoopState {
@@ -49,6 +51,7 @@ impl LoopState {
             fatal: None,
             last_timestamp: Default::default(),
             rebuilder,
+            assignments: 0,
         }
     }
 }
@@ -238,12 +241,14 @@ impl ConsumerContext for WorkerContext {
                     tpl.elements().iter().filter(|e| e.topic() == self.input_topic).map(|e| e.partition()).collect();
                 tracing::info!(?partitions, "Partitions assigned.");
                 let mut st = self.lock();
+                st.assignments += 1;
                 if let Some(mut rebuilder) = st.rebuilder.take().filter(|_| !partitions.is_empty()) {
                     // Before the first fetch of these partitions: their events must not be scored
                     // with windows that are still being rebuilt.
                     let started = Instant::now();
-                    let ends = rebuilder.resume_offsets(consumer, &partitions);
-                    let report = rebuilder.rebuild(&ends, &mut st.windows);
+                    let deadline = rebuilder.deadline();
+                    let ends = rebuilder.resume_offsets(consumer, &partitions, deadline);
+                    let report = rebuilder.rebuild(&ends, &mut st.windows, deadline);
                     st.rebuilder = Some(rebuilder);
                     self.metrics.series_windows.set(st.windows.len() as i64);
                     WindowsRebuilt {
@@ -270,6 +275,8 @@ pub struct ConsumerLoop {
     pub publisher: Publisher,
     pub schema: FeatureSchema,
     pub max_in_flight: usize,
+    /// `consumer.max_in_flight_bytes`.
+    pub max_in_flight_bytes: usize,
     pub shutdown: crate::shutdown::Shutdown,
     pub metrics: Arc<Metrics>,
     /// See `processing.passthrough`.
@@ -278,11 +285,56 @@ pub struct ConsumerLoop {
     pub candidate_share: Option<f64>,
 }
 
+/// Backpressure by `pause`/`resume`: the consumer keeps polling at the cap (rebalances and
+/// heartbeat-driven callbacks are served from `poll`) but fetches nothing.
+#[derive(Default)]
+struct Pause {
+    /// The assignment (see `LoopState::assignments`) that was paused, while paused.
+    paused: Option<u64>,
+}
+
+impl Pause {
+    fn is_paused(&self) -> bool {
+        self.paused.is_some()
+    }
+
+    /// Pauses the current assignment, unless this very assignment is paused already.
+    fn hold(&mut self, consumer: &BaseConsumer<WorkerContext>, assignment: u64) {
+        if self.paused == Some(assignment) {
+            return;
+        }
+        match consumer.assignment().and_then(|tpl| consumer.pause(&tpl)) {
+            Ok(()) => self.paused = Some(assignment),
+            Err(error) => tracing::warn!(%error, "Cannot pause the input partitions."),
+        }
+    }
+
+    fn release(&mut self, consumer: &BaseConsumer<WorkerContext>) {
+        if self.paused.is_none() {
+            return;
+        }
+        match consumer.assignment().and_then(|tpl| consumer.resume(&tpl)) {
+            Ok(()) => self.paused = None,
+            Err(error) => tracing::warn!(%error, "Cannot resume the input partitions."),
+        }
+    }
+}
+
 impl ConsumerLoop {
     /// Runs until shutdown or a fatal error, then drains, commits and leaves the group.
     pub fn run(self, consumer: BaseConsumer<WorkerContext>) -> Result<(), PipelineError> {
-        let ConsumerLoop { jobs, publisher, schema, max_in_flight, shutdown, metrics, passthrough, candidate_share } =
-            self;
+        let ConsumerLoop {
+            jobs,
+            publisher,
+            schema,
+            max_in_flight,
+            max_in_flight_bytes,
+            shutdown,
+            metrics,
+            passthrough,
+            candidate_share,
+        } = self;
+        let mut pause = Pause::default();
         let ctx = consumer.context();
         let mut input = Vec::new();
         let mut last_poll_error: Option<Instant> = None;
@@ -293,13 +345,21 @@ impl ConsumerLoop {
                 if st.fatal.is_some() {
                     break;
                 }
-                if st.tracker.in_flight() >= max_in_flight {
-                    // At the cap: wait for acknowledgements instead of fetching more.
+                let (n, bytes) = (st.tracker.in_flight(), st.tracker.in_flight_bytes());
+                if n >= max_in_flight || bytes >= max_in_flight_bytes {
+                    // At a cap: pause every assigned partition and keep polling without waiting,
+                    // so rebalances and heartbeats are served while acknowledgements free room.
+                    pause.hold(&consumer, st.assignments);
+                } else if n <= max_in_flight / 4 * 3 && bytes <= max_in_flight_bytes / 4 * 3 {
+                    // Resume only well below the caps: pausing purges what was prefetched.
+                    pause.release(&consumer);
+                }
+                if pause.is_paused() {
                     ctx.wait_one(&mut st, Duration::from_millis(50), &consumer);
-                    continue;
                 }
             }
-            let message = match consumer.poll(Duration::from_millis(50)) {
+            let wait = if pause.is_paused() { Duration::ZERO } else { Duration::from_millis(50) };
+            let message = match consumer.poll(wait) {
                 None => continue,
                 Some(Ok(m)) => m,
                 Some(Err(error)) => {
@@ -315,7 +375,8 @@ impl ConsumerLoop {
             metrics.events_consumed.inc();
             let mut st = ctx.lock();
             if passthrough {
-                let token = begin(&mut st, message.partition(), message.offset());
+                let payload = message.payload().unwrap_or_default();
+                let token = begin(&mut st, message.partition(), message.offset(), payload.len());
                 publisher.forward(token, message.key(), message.payload().unwrap_or_default());
                 continue;
             }
@@ -346,8 +407,8 @@ impl ConsumerLoop {
 }
 
 /// Starts tracking a consumed record.
-fn begin(st: &mut LoopState, partition: i32, offset: i64) -> InputOffset {
-    let begun = st.tracker.begin(partition, offset);
+fn begin(st: &mut LoopState, partition: i32, offset: i64, bytes: usize) -> InputOffset {
+    let begun = st.tracker.begin_sized(partition, offset, bytes);
     if begun.reset {
         tracing::warn!(
             partition,
@@ -386,7 +447,7 @@ fn handle(
     route: Option<f64>,
 ) {
     let received = Instant::now();
-    let token = begin(st, message.partition(), message.offset());
+    let token = begin(st, message.partition(), message.offset(), message.payload_len());
     if let Some(ts) = message.timestamp().to_millis() {
         st.last_timestamp.insert(token.partition, ts);
     }

@@ -267,6 +267,7 @@ impl Worker {
             publisher,
             schema,
             max_in_flight,
+            max_in_flight_bytes: config.consumer.max_in_flight_bytes,
             shutdown,
             metrics,
             passthrough: config.processing.passthrough,

@@ -9,8 +9,8 @@ use std::collections::{HashMap, VecDeque};
 
 #[derive(Debug, Default)]
 struct PartitionTrack {
-    /// In-flight offsets in consumption order, with a done flag.
-    pending: VecDeque<(i64, bool)>,
+    /// In-flight offsets in consumption order, with a done flag and the event's bytes.
+    pending: VecDeque<(i64, bool, u32)>,
 }
 
 /// Tracks in-flight offsets of every assigned partition.
@@ -24,6 +24,8 @@ pub struct OffsetTracker {
     partitions: HashMap<i32, PartitionTrack>,
     generations: HashMap<i32, u32>,
     in_flight: usize,
+    /// Bytes of the events in flight (their message values).
+    in_flight_bytes: usize,
 }
 
 /// What [`OffsetTracker::begin`] found.
@@ -47,13 +49,20 @@ impl OffsetTracker {
 
     /// Records that `offset` of `partition` was consumed and is now in flight.
     pub fn begin(&mut self, partition: i32, offset: i64) -> Begun {
+        self.begin_sized(partition, offset, 0)
+    }
+
+    /// [`Self::begin`] for an event of `bytes` bytes, which count until it is acknowledged.
+    pub fn begin_sized(&mut self, partition: i32, offset: i64, bytes: usize) -> Begun {
         let went_back =
-            self.partitions.get(&partition).and_then(|t| t.pending.back()).is_some_and(|(last, _)| offset <= *last);
+            self.partitions.get(&partition).and_then(|t| t.pending.back()).is_some_and(|(last, _, _)| offset <= *last);
         if went_back {
             self.forget(partition);
         }
-        self.partitions.entry(partition).or_default().pending.push_back((offset, false));
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        self.partitions.entry(partition).or_default().pending.push_back((offset, false, bytes));
         self.in_flight += 1;
+        self.in_flight_bytes += bytes as usize;
         Begun { generation: self.generation(partition), reset: went_back }
     }
 
@@ -65,14 +74,15 @@ impl OffsetTracker {
             return None;
         }
         let track = self.partitions.get_mut(&partition)?;
-        let i = track.pending.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
+        let i = track.pending.binary_search_by_key(&offset, |(o, _, _)| *o).ok()?;
         if track.pending[i].1 {
             return None;
         }
         track.pending[i].1 = true;
         self.in_flight -= 1;
+        self.in_flight_bytes -= track.pending[i].2 as usize;
         let mut storable = None;
-        while let Some(&(o, true)) = track.pending.front() {
+        while let Some(&(o, true, _)) = track.pending.front() {
             storable = Some(o);
             track.pending.pop_front();
         }
@@ -84,21 +94,28 @@ impl OffsetTracker {
         self.in_flight
     }
 
+    /// Bytes of the events in flight.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
+    }
+
     /// Events in flight on any of `partitions`.
     pub fn in_flight_for(&self, partitions: &[i32]) -> usize {
         partitions
             .iter()
             .filter_map(|p| self.partitions.get(p))
-            .map(|t| t.pending.iter().filter(|(_, done)| !done).count())
+            .map(|t| t.pending.iter().filter(|(_, done, _)| !done).count())
             .sum()
     }
 
     /// Stops tracking `partition`'s in-flight offsets (revoked, or reset) and starts a new
     /// generation; returns how many were still in flight.
     pub fn forget(&mut self, partition: i32) -> usize {
-        let abandoned =
-            self.partitions.remove(&partition).map(|t| t.pending.iter().filter(|(_, done)| !done).count()).unwrap_or(0);
+        let (abandoned, bytes) = self.partitions.remove(&partition).map_or((0, 0), |t| {
+            t.pending.iter().filter(|(_, done, _)| !done).fold((0, 0), |(n, b), (_, _, s)| (n + 1, b + *s as usize))
+        });
         self.in_flight -= abandoned;
+        self.in_flight_bytes -= bytes;
         let g = self.generations.entry(partition).or_default();
         *g = g.wrapping_add(1);
         abandoned
@@ -147,6 +164,21 @@ mod tests {
         assert_eq!(t.forget(3), 1);
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.complete(3, 5, 0), None);
+    }
+
+    #[test]
+    fn bytes_in_flight_follow_begin_complete_and_forget() {
+        let mut t = OffsetTracker::new();
+        t.begin_sized(0, 1, 100);
+        t.begin_sized(0, 2, 50);
+        t.begin_sized(1, 7, 1000);
+        assert_eq!(t.in_flight_bytes(), 1150);
+        t.complete(0, 2, 0);
+        assert_eq!(t.in_flight_bytes(), 1100);
+        assert_eq!(t.forget(1), 1);
+        assert_eq!(t.in_flight_bytes(), 100);
+        t.complete(0, 1, 0);
+        assert_eq!((t.in_flight(), t.in_flight_bytes()), (0, 0));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! It runs inside the assignment callback, on the consumer thread, before the first record of
 //! the partition is fetched: no event of the partition can be scored with a half-built window.
 //! The history is read by a separate, group-less consumer. At most `windows.rebuild_max_records`
-//! records per partition are read, for at most `windows.rebuild_timeout` in all; when a
+//! records per partition are read, and the whole rebuild (its broker calls included) takes at
+//! most `windows.rebuild_timeout` (30 s): that is how long an assignment callback can last. When a
 //! partition's history cannot be read up to its resume offset in time, its series are dropped
 //! rather than left with a gap, and they warm up afresh (as without a rebuild).
 
@@ -67,12 +68,13 @@ impl WindowRebuilder {
         &self,
         group: &BaseConsumer<C>,
         partitions: &[i32],
+        deadline: Instant,
     ) -> Vec<(i32, i64)> {
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             tpl.add_partition(&self.topic, *p);
         }
-        let committed = match group.committed_offsets(tpl, Duration::from_secs(10)) {
+        let committed = match group.committed_offsets(tpl, left(deadline)) {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(%error, "Cannot read committed offsets; series windows start afresh.");
@@ -84,9 +86,7 @@ impl WindowRebuilder {
             match e.offset() {
                 Offset::Offset(c) if c > 0 => out.push((e.partition(), c)),
                 Offset::Invalid if self.from_latest => {
-                    if let Ok((_, high)) =
-                        self.consumer.fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(10))
-                    {
+                    if let Ok((_, high)) = self.consumer.fetch_watermarks(&self.topic, e.partition(), left(deadline)) {
                         out.push((e.partition(), high));
                     }
                 }
@@ -96,17 +96,19 @@ impl WindowRebuilder {
         out
     }
 
-    /// Replays up to `max_records` records before each `(partition, end)` into `windows`.
-    pub fn rebuild(&mut self, ends: &[(i32, i64)], windows: &mut WindowStore) -> RebuildReport {
+    /// When a rebuild that starts now must be over: every broker call and the reading share it.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    /// Replays up to `max_records` records before each `(partition, end)` into `windows`, by
+    /// `deadline`.
+    pub fn rebuild(&mut self, ends: &[(i32, i64)], windows: &mut WindowStore, deadline: Instant) -> RebuildReport {
         let mut report = RebuildReport::default();
         let mut tpl = TopicPartitionList::new();
         let mut remaining: HashMap<i32, i64> = HashMap::new();
         for &(p, end) in ends {
-            let low = self
-                .consumer
-                .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
-                .map(|(low, _)| low)
-                .unwrap_or(0);
+            let low = self.consumer.fetch_watermarks(&self.topic, p, left(deadline)).map(|(low, _)| low).unwrap_or(0);
             let start = low.max(end - self.max_records);
             if start < end && tpl.add_partition_offset(&self.topic, p, Offset::Offset(start)).is_ok() {
                 remaining.insert(p, end);
@@ -120,7 +122,6 @@ impl WindowRebuilder {
             return report;
         }
         let mut rebuilt: HashMap<String, i32> = HashMap::new();
-        let deadline = Instant::now() + self.timeout;
         while !remaining.is_empty() && Instant::now() < deadline {
             let Some(msg) = self.consumer.poll(Duration::from_millis(100)) else { continue };
             let Ok(m) = msg else { continue };
@@ -151,4 +152,10 @@ impl WindowRebuilder {
         report.series = rebuilt.values().filter(|p| !report.incomplete.contains(p)).count();
         report
     }
+}
+
+/// What is left until `deadline` for one broker call: at most 10 s, at least a moment (a call
+/// with no time at all reports a timeout, which drops the partition to warm-up).
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(10)).max(Duration::from_millis(1))
 }
