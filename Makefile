@@ -12,7 +12,7 @@ NISSHI_ROOT ?= $(HOME)/.local/share/streamcast/nisshi-$(NISSHI_VERSION)
 NISSHI := $(NISSHI_ROOT)/bin/nisshi
 CARGO_FLAGS ?= --release --locked
 
-.PHONY: run test build ort ort-gpu gpu-check test-deps broker bench bundles clean-venv
+.PHONY: run test chaos chaos-short build ort ort-gpu gpu-check test-deps broker bench bundles clean-venv
 
 run: ort build
 	./target/release/streamcast demo
@@ -64,6 +64,15 @@ test: ort test-deps broker
 	set -o pipefail; NISSHI=$(NISSHI) scripts/with-broker.sh cargo test $(CARGO_FLAGS) --no-fail-fast --lib --bins --tests \
 		-- --test-threads=2 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "all test binaries: %d passed, %d failed\n", p, f}' target/test-output.log
+
+# The chaos suite: faults mid-run against a broker the suite owns (it stops and continues it).
+# One line per scenario; not part of `make test`. `chaos-short` is the scaled-down form CI runs.
+CHAOS_RUN = cargo test $(CARGO_FLAGS) --test chaos -- --ignored --test-threads=1 --nocapture
+chaos: ort test-deps broker
+	set -o pipefail; NISSHI=$(NISSHI) $(CHAOS_RUN) 2>&1 | tee target/chaos-output.log | grep -E '^(chaos:|test |test result|thread|  left|  right|assertion)'
+
+chaos-short: ort test-deps broker
+	set -o pipefail; CHAOS_SCALE=short NISSHI=$(NISSHI) $(CHAOS_RUN) 2>&1 | tee target/chaos-output.log | grep -E '^(chaos:|test |test result|thread|  left|  right|assertion)'
 
 bench: ort test-deps broker build
 	NISSHI=$(NISSHI) scripts/with-broker.sh $(VENV)/bin/python scripts/bench.py

@@ -480,6 +480,9 @@ pub struct MonitorConfig {
     pub join_ttl: Duration,
     /// Most entries waiting in the join; at the cap the oldest is evicted (and counted).
     pub max_pending: usize,
+    /// Most memory the join may hold (ids, values and per-entry overhead, estimated), per join
+    /// (the shadow has its own); past it the oldest entries are evicted (and counted).
+    pub max_pending_bytes: usize,
     /// Rolling error window: at most this many joined values...
     pub window_count: usize,
     /// ...and only those whose event time is within this duration of the newest.
@@ -523,6 +526,7 @@ impl Default for MonitorConfig {
             enabled: true,
             join_ttl: Duration::from_secs(24 * 3600),
             max_pending: 1_000_000,
+            max_pending_bytes: 256 << 20,
             window_count: 10_000,
             window_duration: Duration::from_secs(3600),
             publish_interval: Duration::from_secs(10),
@@ -770,6 +774,7 @@ impl Config {
         let m = &self.monitor;
         for (key, ok) in [
             ("monitor.max_pending", m.max_pending > 0),
+            ("monitor.max_pending_bytes", m.max_pending_bytes > 0),
             ("monitor.window_count", m.window_count > 0),
             ("monitor.window_duration", !m.window_duration.is_zero()),
             ("monitor.publish_interval", !m.publish_interval.is_zero()),

@@ -77,7 +77,11 @@ fn is_for(key: &str, other_side: &[&str]) -> bool {
 /// override (config validation refuses those keys).
 pub fn group_consumer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("auto.offset.reset", &config.consumer.auto_offset_reset).set("statistics.interval.ms", "5000");
+    // Prefetch at most 16 MiB (librdkafka's default is 64 MiB): with large events the prefetch
+    // queue, not the in-flight cap, would dominate memory. Plenty for small events.
+    c.set("auto.offset.reset", &config.consumer.auto_offset_reset)
+        .set("statistics.interval.ms", "5000")
+        .set("queued.max.messages.kbytes", "16384");
     for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &PRODUCER_ONLY)) {
         c.set(k, v);
     }

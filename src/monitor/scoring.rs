@@ -70,10 +70,11 @@ impl Scoring {
             cfg: cfg.clone(),
             model: model.clone(),
             threshold,
-            join: JoinBuffer::new(cfg.max_pending, cfg.join_ttl),
+            join: JoinBuffer::new(cfg.max_pending, cfg.join_ttl).with_max_bytes(cfg.max_pending_bytes),
             // Shadow predictions share ids with the primary's, so they wait in a join of their own;
             // each actual is offered to both.
-            shadow_join: shadow.then(|| JoinBuffer::new(cfg.max_pending, cfg.join_ttl)),
+            shadow_join: shadow
+                .then(|| JoinBuffer::new(cfg.max_pending, cfg.join_ttl).with_max_bytes(cfg.max_pending_bytes)),
             keys: Vec::new(),
             expired_by_key: HashMap::new(),
             variants,
