@@ -554,6 +554,13 @@ pub struct HttpConfig {
     /// Largest `/predict` request body; larger ones get 413. Each event in it is also held to
     /// `validation.max_message_bytes`.
     pub max_body_bytes: usize,
+    /// `/predict` events queued for inference at once, across requests: its own share of the
+    /// inference queue, next to the stream's `consumer.max_in_flight`. A request that does not
+    /// fit whole gets 503 and nothing of it is scored.
+    pub max_in_flight: usize,
+    /// How long a `/predict` request waits for its predictions before a 504.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl HttpConfig {
@@ -566,7 +573,12 @@ impl HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:9464".into(), max_body_bytes: 4 << 20 }
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+            max_body_bytes: 4 << 20,
+            max_in_flight: 1024,
+            request_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -693,6 +705,9 @@ impl Config {
             return Err(ConfigError::key("validation.max_message_bytes", "must be at least 1"));
         }
         self.variants.decision_key()?;
+        if self.http.max_in_flight == 0 {
+            return Err(ConfigError::key("http.max_in_flight", "must be at least 1"));
+        }
         if self.validation.max_id_bytes == 0 {
             return Err(ConfigError::key("validation.max_id_bytes", "must be at least 1"));
         }

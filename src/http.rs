@@ -61,6 +61,8 @@ pub struct AppState {
     pub requests: Option<Arc<RequestGate>>,
     pub schema: Arc<FeatureSchema>,
     pub max_body_bytes: usize,
+    /// `http.request_timeout`.
+    pub request_timeout: std::time::Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -156,26 +158,30 @@ async fn predict(State(s): State<AppState>, body: Result<Bytes, BytesRejection>)
         };
         events.push((event, input));
     }
-    let mut pending = Vec::with_capacity(events.len());
-    for (event, input) in events {
-        match gate.submit(input) {
-            Ok(rx) => pending.push((event, rx)),
-            Err(GateError::Full) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    "the inference queue is full; retry later",
-                    None,
-                )
-            }
-            Err(GateError::Closed) => {
-                return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the worker is shutting down", None)
-            }
+    let (events, inputs): (Vec<InputEvent>, Vec<Vec<f32>>) = events.into_iter().unzip();
+    // All or nothing: a request that does not fit /predict's share queues nothing.
+    let replies = match gate.submit_all(inputs) {
+        Ok(replies) => replies,
+        Err(GateError::Full) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the inference queue is full (http.max_in_flight); retry later",
+                None,
+            )
         }
-    }
-    let mut out = Vec::with_capacity(pending.len());
-    for (i, (event, rx)) in pending.into_iter().enumerate() {
-        match rx.await {
+        Err(GateError::Closed) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the worker is shutting down", None)
+        }
+    };
+    let deadline = tokio::time::Instant::from_std(received + s.request_timeout);
+    let mut out = Vec::with_capacity(replies.len());
+    for (i, (event, rx)) in events.into_iter().zip(replies).enumerate() {
+        let Ok(reply) = tokio::time::timeout_at(deadline, rx).await else {
+            let msg = format!("no prediction within http.request_timeout ({:?})", s.request_timeout);
+            return error(StatusCode::GATEWAY_TIMEOUT, "timeout", msg, None);
+        };
+        match reply {
             Ok(Ok(scored)) => out.push(Prediction {
                 id: event.id,
                 series_id: event.series_id,

@@ -193,6 +193,7 @@ async fn start_http(
         requests,
         schema: Arc::new(schema),
         max_body_bytes: config.http.max_body_bytes,
+        request_timeout: config.http.request_timeout,
     };
     let bound = http::serve(addr, state, shutdown)
         .await

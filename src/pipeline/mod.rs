@@ -70,19 +70,36 @@ pub struct Scored {
     pub fallback: bool,
 }
 
-/// A `/predict` event waiting for its prediction.
+/// A `/predict` event waiting for its prediction. It holds one of the gate's permits until
+/// it is answered (or dropped).
 #[derive(Debug)]
 pub struct RequestOrigin {
     pub reply: tokio::sync::oneshot::Sender<Result<Scored, String>>,
+    _permit: Permit,
 }
 
-/// Hands HTTP requests to the inference thread, through the same queue as the stream.
+/// One unit of `/predict`'s share of the inference queue; released on drop.
+#[derive(Debug)]
+struct Permit(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Hands HTTP requests to the inference thread, through the same queue as the stream but
+/// within a share of its own (`http.max_in_flight`): the queue holds the stream's
+/// `consumer.max_in_flight` plus that share, so an admitted request always fits and never
+/// takes the stream's room.
 ///
 /// The sender is dropped on shutdown, so the inference thread can finish once the stream's own
 /// sender is gone too.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestGate {
     jobs: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<crate::inference::Job<Origin>>>>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: usize,
 }
 
 /// Why a request could not be queued.
@@ -90,22 +107,49 @@ pub struct RequestGate {
 pub enum GateError {
     /// No inference thread (monitor-only process, or shutting down).
     Closed,
-    /// The queue is at `consumer.max_in_flight`: the stream has priority.
+    /// `/predict`'s share is taken: nothing of the request was queued.
     Full,
 }
 
+/// Receives one `/predict` event's prediction.
+pub type Reply = tokio::sync::oneshot::Receiver<Result<Scored, String>>;
+
 impl RequestGate {
-    pub fn submit(&self, input: Vec<f32>) -> Result<tokio::sync::oneshot::Receiver<Result<Scored, String>>, GateError> {
+    fn new(jobs: std::sync::mpsc::SyncSender<crate::inference::Job<Origin>>, max_in_flight: usize) -> RequestGate {
+        RequestGate {
+            jobs: std::sync::Mutex::new(Some(jobs)),
+            in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            max_in_flight,
+        }
+    }
+
+    /// Queues every input of one request, or none: `Full` when they do not all fit the share.
+    pub fn submit_all(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<Reply>, GateError> {
+        use std::sync::atomic::Ordering;
+        let n = inputs.len();
+        let taken = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            (used + n <= self.max_in_flight).then_some(used + n)
+        });
+        if taken.is_err() {
+            return Err(GateError::Full);
+        }
+        let permits: Vec<Permit> = (0..n).map(|_| Permit(self.in_flight.clone())).collect();
         let guard = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let tx = guard.as_ref().ok_or(GateError::Closed)?;
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        // HTTP requests are always scored by the primary: they carry no stable series routing.
-        let job = crate::inference::Job { input, candidate: false, origin: Origin::Request(RequestOrigin { reply }) };
-        match tx.try_send(job) {
-            Ok(()) => Ok(rx),
-            Err(std::sync::mpsc::TrySendError::Full(_)) => Err(GateError::Full),
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(GateError::Closed),
+        let mut replies = Vec::with_capacity(n);
+        for (input, permit) in inputs.into_iter().zip(permits) {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            // HTTP requests are always scored by the primary: they carry no stable series routing.
+            let origin = Origin::Request(RequestOrigin { reply, _permit: permit });
+            let job = crate::inference::Job { input, candidate: false, origin };
+            // The queue has room for the whole share, so only a closed queue refuses.
+            match tx.try_send(job) {
+                Ok(()) => replies.push(rx),
+                Err(std::sync::mpsc::TrySendError::Full(_)) => return Err(GateError::Full),
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(GateError::Closed),
+            }
         }
+        Ok(replies)
     }
 
     pub fn close(&self) {
@@ -249,8 +293,11 @@ impl Worker {
             metrics.clone(),
             crate::kafka::max_record_bytes(config),
         );
-        let (jobs_tx, jobs_rx) = sync_channel(max_in_flight);
-        let requests = Arc::new(RequestGate { jobs: std::sync::Mutex::new(Some(jobs_tx.clone())) });
+        // The stream's share, /predict's share, and a batch of slack for the few records a
+        // paused consumer can still be handed.
+        let (jobs_tx, jobs_rx) =
+            sync_channel(max_in_flight + config.http.max_in_flight + config.batching.max_batch_size);
+        let requests = Arc::new(RequestGate::new(jobs_tx.clone(), config.http.max_in_flight));
         let candidate_share = variants.candidate.as_ref().map(|(_, share)| *share);
         let (reloads, reloads_rx) = sync_channel(1);
         let (controls, controls_rx) = sync_channel(8);
@@ -312,5 +359,25 @@ impl Worker {
             tracing::warn!(%error, "Alert producer flush failed.");
         }
         consumer.and(inference)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_queued_whole_or_not_at_all_within_its_share() {
+        let (tx, rx) = sync_channel(16);
+        let gate = RequestGate::new(tx, 3);
+        let first = gate.submit_all(vec![vec![1.0], vec![2.0]]).unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(gate.submit_all(vec![vec![3.0], vec![4.0]]).unwrap_err(), GateError::Full);
+        assert_eq!(rx.try_iter().count(), 2, "the refused request queued nothing");
+        // Scored (here: dropped) jobs give their permits back.
+        assert_eq!(gate.submit_all(vec![vec![5.0], vec![6.0], vec![7.0]]).map(|r| r.len()), Ok(3));
+        gate.close();
+        drop(rx);
+        assert_eq!(gate.submit_all(vec![vec![8.0]]).unwrap_err(), GateError::Closed);
     }
 }
