@@ -236,10 +236,19 @@ fn hostile_records_mixed_into_a_stream() {
         rng ^= rng << 17;
         rng
     };
-    let templates = [
-        r#"{"id":"x","series_id":"s","timestamp":"2026-11-26T19:00:00Z","features":[1,2,3]}"#.as_bytes(),
-        br#"{"id":"x","id":"y","series_id":"s","series_id":"t","timestamp":"2026-11-26T19:00:00Z","features":[1e999,2,3]}"#,
-    ];
+    let template = |i: usize| {
+        format!(r#"{{"id":"f-{i}","series_id":"s","timestamp":"2026-11-26T19:00:00Z","features":[1,2,3]}}"#)
+            .into_bytes()
+    };
+    let duplicate_keys = |i: usize| {
+        format!(r#"{{"id":"d-{i}","id":"e-{i}","series_id":"s","series_id":"t","timestamp":"2026-11-26T19:00:00Z","features":[1e999,2,3]}}"#)
+            .into_bytes()
+    };
+    // What the worker's decoder makes of a fuzzed record: a mutation can leave a valid event,
+    // which is then predicted under its (decoded) id.
+    let bundle = streamcast::bundle::Bundle::load(&repo().join("models/co2-mlp/1")).unwrap();
+    let schema = streamcast::event::FeatureSchema::for_bundle(&bundle.manifest, 1 << 20, false);
+    let decoded_id = |payload: &[u8]| streamcast::event::InputEvent::decode(payload, &schema).ok().map(|e| e.id);
     let mut inputs: Vec<Input> = Vec::new();
     let mut good = 0;
     for i in 0..fuzzed {
@@ -250,11 +259,11 @@ fn hostile_records_mixed_into_a_stream() {
         let payload: Vec<u8> = match next() % 6 {
             0 => (0..next() % 200).map(|_| next() as u8).collect(),
             1 => {
-                let t = templates[(next() % 2) as usize];
+                let t = if next() % 2 == 0 { template(i) } else { duplicate_keys(i) };
                 t[..(next() as usize % t.len())].to_vec()
             }
             2 => {
-                let mut t = templates[0].to_vec();
+                let mut t = template(i);
                 for _ in 0..1 + next() % 4 {
                     let at = next() as usize % t.len();
                     t[at] = next() as u8;
@@ -268,9 +277,10 @@ fn hostile_records_mixed_into_a_stream() {
                 300 + next() % 400
             )
             .into_bytes(),
-            _ => templates[1].to_vec(),
+            _ => duplicate_keys(i),
         };
-        inputs.push(Input { key: b"fuzz".to_vec(), payload, headers: Vec::new(), id: None });
+        let id = decoded_id(&payload);
+        inputs.push(Input { key: b"fuzz".to_vec(), payload, headers: Vec::new(), id });
     }
     // The big ones: a 600 KB series id, a 2 MB event, 100 KB of headers.
     inputs.push(Input {
@@ -396,16 +406,31 @@ fn sigterm_mid_stream_commits_exactly_the_acknowledged_offsets() {
     broker();
     let topics = Topics::create(1);
     let n = if short() { 5_000 } else { 20_000 };
-    let inputs: Vec<Input> = (0..n).map(|i| valid(i, 30)).collect();
-    let mut feeder = Feeder::new(&topics.input);
-    for input in &inputs {
-        feeder.send(input);
-    }
-    let landed = feeder.finish();
+    // Events keep arriving while the SIGTERM lands, so batches are in flight.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeding = {
+        let (topic, stop) = (topics.input.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut feeder = Feeder::new(&topic);
+            let mut inputs = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || inputs.len() < n {
+                let input = valid(inputs.len(), 30);
+                feeder.send(&input);
+                inputs.push(input);
+                if inputs.len() % 20 == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            let landed = feeder.finish();
+            (inputs, landed)
+        })
+    };
     let mut worker = Worker::start(&config(&topics, ""));
     let mut preds = Reader::new(&topics.predictions);
     assert!(preds.read_until(Duration::from_secs(60), |r| r.len() >= n / 4), "{}", worker.log_text());
     let status = worker.terminate(Duration::from_secs(40));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (inputs, landed) = feeding.join().unwrap();
     assert!(status.success(), "{}", worker.log_text());
     // What the group committed, read with the group's own id.
     let consumer: rdkafka::consumer::BaseConsumer =
@@ -424,8 +449,10 @@ fn sigterm_mid_stream_commits_exactly_the_acknowledged_offsets() {
     let below = by_id.keys().filter(|id| offset_of[id.as_str()] < committed).count();
     let above = by_id.keys().filter(|id| offset_of[id.as_str()] >= committed).count();
     println!(
-        "chaos: sigterm mid-stream: committed offset {committed}, {below} predictions below it, {above} at or above it"
+        "chaos: sigterm mid-stream: {} inputs, committed offset {committed}, {below} predictions below it, {above} at or above it",
+        inputs.len()
     );
+    assert!((committed as usize) < inputs.len(), "the SIGTERM landed mid-stream");
     assert_eq!(below as i64, committed, "every offset below the commit has its prediction");
     assert_eq!(above, 0, "nothing acknowledged was left uncommitted");
 }
