@@ -65,9 +65,10 @@ test: ort test-deps broker
 		-- --test-threads=2 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "all test binaries: %d passed, %d failed\n", p, f}' target/test-output.log
 
-# The chaos suite: faults mid-run against a broker the suite owns (it stops and continues it).
-# One line per scenario; not part of `make test`. `chaos-short` is the scaled-down form CI runs.
-CHAOS_RUN = cargo test $(CARGO_FLAGS) --test chaos -- --ignored --test-threads=1 --nocapture
+# The chaos suite: faults mid-run against a broker the suite owns (it stops and continues it),
+# plus the hostile-input scenarios that `make test` also runs (signed decisions, symlink escape,
+# SIGTERM with pending reloads). One line per scenario; `chaos-short` is the form CI runs.
+CHAOS_RUN = cargo test $(CARGO_FLAGS) --test chaos --test hostile -- --include-ignored --test-threads=1 --nocapture
 chaos: ort test-deps broker
 	set -o pipefail; NISSHI=$(NISSHI) $(CHAOS_RUN) 2>&1 | tee target/chaos-output.log | grep -E '^(chaos:|test |test result|thread|  left|  right|assertion)'
 

@@ -128,17 +128,8 @@ fn sigterm_on_an_idle_worker_with_pending_reloads_and_decisions_exits_promptly()
         copy_bundle(&shipped, &root.path().join(format!("co2-mlp/{v}")), v);
     }
     let topics = Topics::create(1);
-    let config = topics
-        .config(
-            "co2-mlp",
-            "latest",
-            "[variants.candidate]\nversion = \"2\"\nshare = 0.5\n[processing]\nshutdown_timeout = \"5s\"\n",
-        )
-        .replace(
-            &format!("root = \"{}\"", repo().join("models").display()),
-            &format!("root = \"{}\"", root.path().display()),
-        )
-        .replace("execution_provider = \"cpu\"", "execution_provider = \"cpu\"\nwatch_interval = \"100ms\"");
+    let extra = "[variants.candidate]\nversion = \"2\"\nshare = 0.5\n[processing]\nshutdown_timeout = \"5s\"\n";
+    let config = with_model_root(&topics.config("co2-mlp", "latest", extra), root.path(), "100ms");
     let mut worker = Worker::start(&config);
     worker.wait_for_log("Worker started", Duration::from_secs(60));
 
@@ -255,13 +246,7 @@ fn a_version_directory_that_escapes_the_root_by_symlink_is_refused() {
     let shipped = repo().join("models/co2-mlp/1");
     copy_bundle(&shipped, &root.path().join("co2-mlp/1"), "1");
     let topics = Topics::create(1);
-    let config = topics
-        .config("co2-mlp", "latest", "")
-        .replace(
-            &format!("root = \"{}\"", repo().join("models").display()),
-            &format!("root = \"{}\"", root.path().display()),
-        )
-        .replace("execution_provider = \"cpu\"", "execution_provider = \"cpu\"\nwatch_interval = \"100ms\"");
+    let config = with_model_root(&topics.config("co2-mlp", "latest", ""), root.path(), "100ms");
     let mut worker = Worker::start(&config);
     worker.wait_for_log("Worker started", Duration::from_secs(60));
     // A valid bundle, but it lives outside the model root.

@@ -40,13 +40,7 @@ fn a_new_version_takes_over_mid_stream_and_a_broken_one_is_refused() {
     let shipped = repo().join("models/co2-mlp");
     copy_bundle(&shipped.join("1"), &root.path().join("co2-mlp/1"), |_| {});
     let topics = Topics::create(1);
-    let config = topics
-        .config("co2-mlp", "latest", "")
-        .replace(
-            &format!("root = \"{}\"", repo().join("models").display()),
-            &format!("root = \"{}\"", root.path().display()),
-        )
-        .replace("execution_provider = \"cpu\"", "execution_provider = \"cpu\"\nwatch_interval = \"300ms\"");
+    let config = with_model_root(&topics.config("co2-mlp", "latest", ""), root.path(), "300ms");
     let mut worker = Worker::start(&config);
     let mut reader = Reader::new(&topics.predictions);
 

@@ -198,6 +198,17 @@ log_level = "info"
     }
 }
 
+/// `config` serving bundles from `root` instead of the shipped `models/`, with the registry
+/// watcher polling every `watch_interval`.
+pub fn with_model_root(config: &str, root: &Path, watch_interval: &str) -> String {
+    config
+        .replace(&format!("root = \"{}\"", repo().join("models").display()), &format!("root = \"{}\"", root.display()))
+        .replace(
+            "execution_provider = \"cpu\"",
+            &format!("execution_provider = \"cpu\"\nwatch_interval = \"{watch_interval}\""),
+        )
+}
+
 pub fn create_topics(topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("admin client");
