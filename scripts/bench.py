@@ -197,6 +197,9 @@ def run_case(tag: str, model: str, passthrough: bool) -> dict:
 def main() -> None:
     (ROOT / ".bench").mkdir(exist_ok=True)
     cases = [("passthrough", "co2-mlp", True), ("co2-mlp", "co2-mlp", False), ("co2-gru", "co2-gru", False)]
+    only = os.environ.get("BENCH_CASES")
+    if only:
+        cases = [c for c in cases if c[0] in only.split(",")]
     results = []
     for tag, model, passthrough in cases:
         print(f"bench: {tag} ...", file=sys.stderr, flush=True)

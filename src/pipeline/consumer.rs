@@ -285,8 +285,13 @@ pub struct ConsumerLoop {
     pub candidate_share: Option<f64>,
 }
 
-/// Backpressure by `pause`/`resume`: the consumer keeps polling at the cap (rebalances and
-/// heartbeat-driven callbacks are served from `poll`) but fetches nothing.
+/// How long the in-flight caps must hold before the partitions are paused.
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
+/// At a cap, how often `poll` still runs to serve rebalances and other callbacks.
+const SERVE_EVERY: Duration = Duration::from_millis(100);
+
+/// Backpressure by `pause`/`resume` once a cap holds: the consumer keeps polling (rebalances and
+/// other callbacks are served from `poll`) but fetches nothing.
 #[derive(Default)]
 struct Pause {
     /// The assignment (see `LoopState::assignments`) that was paused, while paused.
@@ -335,6 +340,8 @@ impl ConsumerLoop {
             candidate_share,
         } = self;
         let mut pause = Pause::default();
+        let mut full_since: Option<Instant> = None;
+        let mut last_serve = Instant::now();
         let ctx = consumer.context();
         let mut input = Vec::new();
         let mut last_poll_error: Option<Instant> = None;
@@ -346,19 +353,35 @@ impl ConsumerLoop {
                     break;
                 }
                 let (n, bytes) = (st.tracker.in_flight(), st.tracker.in_flight_bytes());
-                if n >= max_in_flight || bytes >= max_in_flight_bytes {
-                    // At a cap: pause every assigned partition and keep polling without waiting,
-                    // so rebalances and heartbeats are served while acknowledgements free room.
-                    pause.hold(&consumer, st.assignments);
-                } else if n <= max_in_flight / 4 * 3 && bytes <= max_in_flight_bytes / 4 * 3 {
-                    // Resume only well below the caps: pausing purges what was prefetched.
-                    pause.release(&consumer);
+                let full = n >= max_in_flight || bytes >= max_in_flight_bytes;
+                if full {
+                    // At a cap, acknowledgements usually free room within milliseconds: wait for
+                    // them without fetching. Only a cap held for PAUSE_AFTER (a stalled broker or
+                    // model) pauses the partitions: pausing purges what was prefetched, which
+                    // costs a refetch every time.
+                    let since = *full_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= PAUSE_AFTER {
+                        pause.hold(&consumer, st.assignments);
+                    }
+                } else {
+                    full_since = None;
+                    if n <= max_in_flight / 4 * 3 && bytes <= max_in_flight_bytes / 4 * 3 {
+                        pause.release(&consumer);
+                    }
                 }
-                if pause.is_paused() {
+                if full || pause.is_paused() {
                     ctx.wait_one(&mut st, Duration::from_millis(50), &consumer);
                 }
+                // At the cap (or paused), poll only to serve rebalances and other callbacks, at
+                // most every SERVE_EVERY: a record it hands over anyway is handled, so the caps
+                // are exceeded by at most one record per SERVE_EVERY until the pause holds.
+                if (full || pause.is_paused()) && last_serve.elapsed() < SERVE_EVERY {
+                    continue;
+                }
             }
-            let wait = if pause.is_paused() { Duration::ZERO } else { Duration::from_millis(50) };
+            let wait =
+                if full_since.is_some() || pause.is_paused() { Duration::ZERO } else { Duration::from_millis(50) };
+            last_serve = Instant::now();
             let message = match consumer.poll(wait) {
                 None => continue,
                 Some(Ok(m)) => m,
