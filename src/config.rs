@@ -628,8 +628,30 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// Librdkafka keys whose values are secrets; `--print-config` redacts them.
-const SECRET_KEY_MARKERS: [&str; 3] = ["password", "secret", "key.pem"];
+/// librdkafka properties whose values are secrets: every one librdkafka itself marks sensitive
+/// (`_RK_SENSITIVE` in its `rdkafka_conf.c`, 2.12).
+const SENSITIVE_PROPERTIES: [&str; 13] = [
+    "sasl.username",
+    "sasl.password",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+    "ssl.ca.pem",
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.keystore.password",
+];
+/// Any other key that looks like a secret (a newer librdkafka's, say) is treated as one too.
+const SECRET_KEY_MARKERS: [&str; 4] = ["password", "secret", "key.pem", "passphrase"];
+
+/// Whether a `[kafka]` property holds a secret: redacted in `--print-config`, logs and errors.
+pub fn is_secret_property(key: &str) -> bool {
+    SENSITIVE_PROPERTIES.contains(&key) || SECRET_KEY_MARKERS.iter().any(|m| key.contains(m))
+}
 
 impl Config {
     /// Reads `path` (or nothing, when `None`), applies environment overrides from `env`, and
@@ -811,6 +833,26 @@ impl Config {
         Ok(())
     }
 
+    /// The secret values of this config (librdkafka's sensitive properties, the decision key).
+    fn secret_values(&self) -> Vec<String> {
+        let mut out: Vec<String> =
+            self.kafka.iter().filter(|(k, _)| is_secret_property(k)).map(|(_, v)| v.to_string()).collect();
+        out.extend(self.variants.decision_key.clone());
+        // Short values would blank out unrelated text; no real secret is that short.
+        out.retain(|v| v.len() >= 4);
+        out
+    }
+
+    /// `text` with every secret value of this config replaced by `***`: for error messages and
+    /// logs that may quote a librdkafka error (which can echo a property's value).
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in self.secret_values() {
+            out = out.replace(&secret, "***");
+        }
+        out
+    }
+
     /// The librdkafka properties, stringified, in a stable order.
     pub fn kafka_properties(&self) -> impl Iterator<Item = (&str, String)> {
         self.kafka.iter().map(|(k, v)| (k.as_str(), v.to_string()))
@@ -820,7 +862,7 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut copy = self.clone();
         for (key, value) in copy.kafka.iter_mut() {
-            if SECRET_KEY_MARKERS.iter().any(|m| key.contains(m)) {
+            if is_secret_property(key) {
                 *value = KafkaValue::String("***".into());
             }
         }
@@ -856,7 +898,21 @@ fn apply_env_overrides(
             return Err(ConfigError::Env { var, message: "expected STREAMCAST_<SECTION>__<KEY>".into() });
         }
         if sec == "kafka" {
-            section(table, "kafka", &var)?.insert(key.replace('_', "."), toml::Value::String(value));
+            let mut property = key.replace('_', ".");
+            let mut value = value;
+            // `..._FILE=path` reads the value from a file, so that a mounted Kubernetes Secret
+            // never has to pass through the environment. A property that itself ends in
+            // `.file` (a path) is set as it is.
+            if let Some(base) =
+                property.strip_suffix(".file").filter(|_| !SENSITIVE_PROPERTIES.contains(&property.as_str()))
+            {
+                value = std::fs::read_to_string(&value)
+                    .map_err(|e| ConfigError::Env { var: var.clone(), message: format!("cannot read {value}: {e}") })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
+                property = base.to_string();
+            }
+            section(table, "kafka", &var)?.insert(property, toml::Value::String(value));
         } else {
             let parsed = parse_env_value(&value);
             section(table, &sec, &var)?.insert(key, parsed);
@@ -954,6 +1010,34 @@ mod tests {
         let c = load(&MINIMAL.replace("[consumer]", "\"sasl.password\" = \"hunter2\"\n[consumer]"), &[]).unwrap();
         let shown = c.to_redacted_toml();
         assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn every_sensitive_property_and_the_decision_key_are_redacted_everywhere() {
+        let mut extra = String::new();
+        for (i, key) in SENSITIVE_PROPERTIES.iter().enumerate() {
+            extra.push_str(&format!("\"{key}\" = \"s3cret-{i}-value\"\n"));
+        }
+        let text = MINIMAL.replace("[consumer]", &format!("{extra}[consumer]"))
+            + "\n[variants]\ndecision_key = \"a-decision-key-of-length\"\n";
+        let c = load(&text, &[]).unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("s3cret-") && !shown.contains("a-decision-key"), "{shown}");
+        let error = "Invalid value \"s3cret-1-value\" for sasl.password; key a-decision-key-of-length";
+        assert_eq!(c.redact(error), "Invalid value \"***\" for sasl.password; key ***");
+    }
+
+    #[test]
+    fn kafka_secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        std::fs::write(&path, "from-a-file\n").unwrap();
+        let env = [("STREAMCAST_KAFKA__SASL_PASSWORD_FILE", path.to_str().unwrap())];
+        let c = load(MINIMAL, &env).unwrap();
+        assert_eq!(c.kafka["sasl.password"].to_string(), "from-a-file");
+        let missing = [("STREAMCAST_KAFKA__SASL_PASSWORD_FILE", "/nonexistent/pw")];
+        let err = load(MINIMAL, &missing).unwrap_err().to_string();
+        assert!(err.contains("STREAMCAST_KAFKA__SASL_PASSWORD_FILE") && err.contains("/nonexistent/pw"), "{err}");
     }
 
     #[test]

@@ -19,10 +19,16 @@ use crate::config::Config;
 pub enum ClusterError {
     #[error("Kafka client setup failed: {0}")]
     Client(#[source] KafkaError),
-    #[error("cannot reach the Kafka cluster at {servers}: {error}")]
-    Unreachable { servers: String, error: KafkaError },
+    #[error("cannot reach the Kafka cluster at {servers}: {error}{}", .last.as_deref().map(|l| format!(" (last librdkafka message: {l})")).unwrap_or_default())]
+    Unreachable { servers: String, error: KafkaError, last: Option<String> },
     #[error("topics missing on the cluster: {}; create them with `streamcast topics create --config FILE` or start with `--create-topics`", .0.join(", "))]
     MissingTopics(Vec<String>),
+    /// The cluster answered, but refused this client: TLS, authentication or a protocol
+    /// mismatch. A config problem, not an outage.
+    #[error(
+        "the Kafka cluster at {servers} refused the connection: {cause} (check {keys}); librdkafka said: {detail}"
+    )]
+    Refused { servers: String, cause: &'static str, keys: &'static str, detail: String },
 }
 
 impl From<KafkaError> for ClusterError {
@@ -132,6 +138,97 @@ pub fn assign_all<C: ConsumerContext>(
     consumer.assign(&tpl)
 }
 
+/// Records librdkafka's error callbacks during the start-up probe.
+#[derive(Default)]
+struct ProbeContext {
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl ProbeContext {
+    fn record(&self, line: String) {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.len() < 32 {
+            errors.push(line);
+        }
+    }
+}
+
+impl rdkafka::ClientContext for ProbeContext {
+    // librdkafka logs a failed handshake from its own threads at once; error callbacks wait for
+    // a poll. Both are kept.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        // A connection librdkafka gives up on is logged as `FAIL`, at INFO when it only saw the
+        // peer hang up (a plaintext client on a TLS listener).
+        if fac == "FAIL" || matches!(level, L::Emerg | L::Alert | L::Critical | L::Error | L::Warning) {
+            self.record(format!("{fac}: {message}"));
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.record(format!("{error}: {reason}"));
+    }
+}
+impl ConsumerContext for ProbeContext {}
+
+/// What a librdkafka error says about the client's config, when it says something: the cause
+/// and the `[kafka]` keys to check.
+pub fn refusal_cause(detail: &str) -> Option<(&'static str, &'static str)> {
+    let d = detail.to_ascii_lowercase();
+    if d.contains("certificate verify failed") || d.contains("unable to get local issuer") {
+        Some(("the broker's TLS certificate is not signed by a CA this client trusts", "ssl.ca.location / ssl.ca.pem"))
+    } else if d.contains("plaintext broker listener")
+        || d.contains("wrong version number")
+        || d.contains("packet length too long")
+    {
+        Some(("a TLS client on a plaintext listener", "security.protocol"))
+    } else if d.contains("timed out in state ssl_handshake") {
+        Some(("the TLS handshake got no answer: a TLS client on a plaintext listener?", "security.protocol"))
+    } else if d.contains("sasl") || d.contains("authentication") {
+        Some(("authentication failed", "sasl.mechanism, sasl.username, sasl.password"))
+    } else if d.contains("certificate") || d.contains("ssl") || d.contains("tls") {
+        Some(("the TLS handshake failed", "security.protocol, ssl.*"))
+    } else if d.contains("apiversion") || d.contains("api_version") || d.contains("invalid response size") {
+        Some((
+            "the broker closed the connection during the first request: a plaintext client on a TLS listener?",
+            "security.protocol",
+        ))
+    } else {
+        None
+    }
+}
+
+/// Checks, before anything else starts, that the cluster takes this client: metadata within
+/// `timeout`, or an error naming what was refused ([`ClusterError::Refused`], a config problem)
+/// or that nothing answered ([`ClusterError::Unreachable`]).
+pub fn probe(config: &Config, timeout: Duration) -> Result<(), ClusterError> {
+    let servers = config.kafka.get("bootstrap.servers").map(|v| v.to_string()).unwrap_or_default();
+    let consumer: BaseConsumer<ProbeContext> =
+        reader_config(config, "probe").create_with_context(ProbeContext::default())?;
+    let started = std::time::Instant::now();
+    let refusal = || {
+        let errors = consumer.context().errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let refused = errors.iter().find_map(|e| refusal_cause(e).map(|(cause, keys)| (cause, keys, e.clone())));
+        (refused, errors.last().cloned())
+    };
+    loop {
+        // Short attempts, with polls between them: librdkafka's log lines and error events,
+        // which say why a connection failed, are only delivered by a poll.
+        let error = match consumer.fetch_metadata(None, Duration::from_secs(1)) {
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+        let _ = consumer.poll(Duration::from_millis(100));
+        let (refused, last) = refusal();
+        if let Some((cause, keys, detail)) = refused {
+            return Err(ClusterError::Refused { servers, cause, keys, detail });
+        }
+        if started.elapsed() >= timeout {
+            return Err(ClusterError::Unreachable { servers, error, last });
+        }
+    }
+}
+
 /// Which of `wanted` do not exist on the cluster.
 pub fn missing_topics<C: ConsumerContext, T: Consumer<C>>(
     consumer: &T,
@@ -140,7 +237,7 @@ pub fn missing_topics<C: ConsumerContext, T: Consumer<C>>(
 ) -> Result<Vec<String>, ClusterError> {
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|error| ClusterError::Unreachable { servers: servers.to_string(), error })?;
+        .map_err(|error| ClusterError::Unreachable { servers: servers.to_string(), error, last: None })?;
     Ok(wanted
         .iter()
         .filter(|t| {

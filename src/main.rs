@@ -230,12 +230,16 @@ enum TopicsCommand {
 #[error("{0}")]
 struct UsageError(String);
 
+/// The loaded config, once there is one: errors are printed with its secrets redacted.
+static LOADED: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            let text = format!("{error:#}");
+            eprintln!("error: {}", LOADED.get().map_or_else(|| text.clone(), |c| c.redact(&text)));
             if is_usage_error(&error) {
                 ExitCode::from(2)
             } else {
@@ -287,6 +291,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let config = Config::load(args.config.as_deref(), std::env::vars())?;
+            let _ = LOADED.set(config.clone());
             if args.print_config {
                 print!("{}", config.to_redacted_toml());
                 return Ok(());

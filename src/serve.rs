@@ -45,6 +45,9 @@ pub enum RunError {
     ShutdownTimedOut(Duration),
 }
 
+/// How long start-up waits for the cluster's first answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How long a shutdown may take beyond `processing.shutdown_timeout` (thread joins, the last
 /// commit, leaving the group) before the process exits anyway, with an error.
 pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
@@ -53,7 +56,9 @@ impl RunError {
     /// True for problems the operator fixes in config, files or topics (exit code 2), as opposed
     /// to runtime failures (exit code 1).
     pub fn is_setup_error(&self) -> bool {
-        let cluster = |e: &ClusterError| matches!(e, ClusterError::MissingTopics(_) | ClusterError::Client(_));
+        let cluster = |e: &ClusterError| {
+            matches!(e, ClusterError::MissingTopics(_) | ClusterError::Client(_) | ClusterError::Refused { .. })
+        };
         match self {
             RunError::Bundle(_) | RunError::Listen { .. } | RunError::Otel(_) => true,
             RunError::Load(LoadError::Bundle(_) | LoadError::Fallback(_)) => true,
@@ -264,6 +269,10 @@ pub async fn start(
     shutdown: Shutdown,
     role: Role,
 ) -> Result<Running, RunError> {
+    // TLS, authentication and protocol mismatches stop start-up here, named, instead of as an
+    // endless series of reconnect warnings later.
+    let cfg = config.clone();
+    blocking(move || crate::kafka::probe(&cfg, PROBE_TIMEOUT)).await.map_err(PipelineError::Cluster)?;
     let client = crate::kafka::client_config(config);
     let alerts = AlertSink::new(&client, &config.topics.alerts).map_err(|e| PipelineError::Cluster(e.into()))?;
     let alerts = Arc::new(alerts);

@@ -1,0 +1,340 @@
+//! TLS against a real broker. nisshi 0.6.0 cannot serve TLS itself, so a TLS-terminating proxy
+//! (`tests/e2e/tls_proxy.py`, Python's standard library) sits in front of a nisshi that
+//! advertises the proxy's address; a throwaway CA and certificates come from `openssl`. Every
+//! client here, the worker and the test's own, speaks TLS.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, jsonl, repo, wait_exit, Worker};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// Kills the child when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 signed by it, a client certificate, and a second,
+/// unrelated CA.
+fn certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=other-ca",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other-ca.pem",
+        ],
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    for (name, cn) in [("server", "127.0.0.1"), ("client", "streamcast-test")] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
+    }
+}
+
+/// A nisshi broker reachable only through a TLS proxy (with client certificates when `mtls`).
+struct TlsCluster {
+    dir: tempfile::TempDir,
+    /// The TLS address every client uses.
+    tls: String,
+    /// The broker's own plaintext port (advertising the TLS address).
+    plain: String,
+    _broker: Guard,
+    _proxy: Guard,
+}
+
+impl TlsCluster {
+    fn start(mtls: bool) -> TlsCluster {
+        let dir = tempfile::tempdir().unwrap();
+        certificates(dir.path());
+        let (plain_port, tls_port) = (free_port(), free_port());
+        let home = std::env::var("HOME").unwrap_or_default();
+        let nisshi = std::env::var("NISSHI")
+            .unwrap_or_else(|_| format!("{home}/.local/share/streamcast/nisshi-0.6.0/bin/nisshi"));
+        let broker = Command::new(nisshi)
+            .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{plain_port}")])
+            .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{tls_port}")])
+            .args(["--storage-engine", "memory://tls/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nisshi (make broker installs it)");
+        let mut proxy = Command::new("python3");
+        proxy
+            .arg(repo().join("tests/e2e/tls_proxy.py"))
+            .arg(tls_port.to_string())
+            .arg(format!("127.0.0.1:{plain_port}"))
+            .arg(dir.path().join("server.pem"))
+            .arg(dir.path().join("server.key"));
+        if mtls {
+            proxy.arg(dir.path().join("ca.pem"));
+        }
+        let proxy = proxy.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("python3");
+        for port in [plain_port, tls_port] {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "port {port} did not open");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        TlsCluster {
+            tls: format!("127.0.0.1:{tls_port}"),
+            plain: format!("127.0.0.1:{plain_port}"),
+            dir,
+            _broker: Guard(broker),
+            _proxy: Guard(proxy),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// librdkafka properties of a TLS client trusting `ca` (with the client certificate when
+    /// `mtls`).
+    fn properties(&self, ca: &str, mtls: bool) -> Vec<(&'static str, String)> {
+        let mut p = vec![
+            ("bootstrap.servers", self.tls.clone()),
+            ("security.protocol", "ssl".to_string()),
+            ("ssl.ca.location", self.path(ca).display().to_string()),
+        ];
+        if mtls {
+            p.push(("ssl.certificate.location", self.path("client.pem").display().to_string()));
+            p.push(("ssl.key.location", self.path("client.key").display().to_string()));
+        }
+        p
+    }
+
+    fn client(&self, mtls: bool) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in self.properties("ca.pem", mtls) {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// A worker config for `cluster` with `[kafka]` holding `kafka` (TOML lines).
+fn worker_config(kafka: &str, topic: &str, model: &str) -> String {
+    format!(
+        r#"
+[kafka]
+{kafka}
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 500
+
+[consumer]
+group_id = "{topic}-group"
+
+[topics]
+input = "{topic}-in"
+predictions = "{topic}-pred"
+dlq = "{topic}-dlq"
+actuals = "{topic}-act"
+metrics = "{topic}-met"
+alerts = "{topic}-alr"
+
+[model]
+root = "{root}"
+name = "{model}"
+version = "1"
+execution_provider = "cpu"
+
+[monitor]
+enabled = false
+
+[http]
+listen = ""
+
+[telemetry]
+log_format = "json"
+"#,
+        root = repo().join("models").display(),
+    )
+}
+
+fn toml_lines(props: &[(&str, String)]) -> String {
+    props.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"\n")).collect()
+}
+
+fn create_topics(client: &ClientConfig, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = client.create().expect("admin");
+    let names: Vec<String> =
+        ["in", "pred", "dlq", "act", "met", "alr"].iter().map(|s| format!("{topic}-{s}")).collect();
+    let new: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|t| NewTopic::new(t, if t.ends_with("-in") { 2 } else { 1 }, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let results = rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)))))
+        .expect("create topics over TLS");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Produces the fixture events of `model` with `codec`, and checks every prediction against the
+/// independently computed values.
+fn predict_fixture_over(cluster: &TlsCluster, mtls: bool, topic: &str, codec: &str) {
+    let client = cluster.client(mtls);
+    create_topics(&client, topic);
+    let events = jsonl(&repo().join("tests/fixtures/co2-mlp/events.jsonl"));
+    let expected = jsonl(&repo().join("tests/fixtures/co2-mlp/expected.jsonl"));
+    let producer: BaseProducer =
+        client.clone().set("linger.ms", "5").set("compression.type", codec).create().expect("producer");
+    for e in &events {
+        let payload = e.to_string();
+        let key = e["series_id"].as_str().unwrap().to_string();
+        producer.send(BaseRecord::to(&format!("{topic}-in")).key(&key).payload(&payload)).expect("enqueued");
+    }
+    producer.flush(Duration::from_secs(30)).expect("produced over TLS");
+
+    let kafka = toml_lines(&cluster.properties("ca.pem", mtls));
+    let mut worker = Worker::start(&worker_config(&kafka, topic, "co2-mlp"));
+    let reader: BaseConsumer = client
+        .clone()
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[&format!("{topic}-pred")]).unwrap();
+    let mut got: HashMap<String, Vec<f64>> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while got.len() < events.len() {
+        assert!(Instant::now() < deadline, "{} of {} predictions:\n{}", got.len(), events.len(), worker.log_text());
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
+            let p: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let values = p["prediction"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            got.insert(p["id"].as_str().unwrap().to_string(), values);
+        }
+    }
+    for e in &expected {
+        let want: Vec<f64> = e["prediction"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let have = &got[e["id"].as_str().unwrap()];
+        for (h, w) in have.iter().zip(&want) {
+            assert!((h - w).abs() <= 1e-4, "{}: {h} against {w}", e["id"]);
+        }
+    }
+    let status = worker.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{}", worker.log_text());
+}
+
+#[test]
+fn the_worker_predicts_over_tls_and_mtls_with_every_compression_codec() {
+    let cluster = TlsCluster::start(false);
+    predict_fixture_over(&cluster, false, "tls-zstd", "zstd");
+    predict_fixture_over(&cluster, false, "tls-lz4", "lz4");
+    let mtls = TlsCluster::start(true);
+    predict_fixture_over(&mtls, true, "mtls-snappy", "snappy");
+    predict_fixture_over(&mtls, true, "mtls-gzip", "gzip");
+}
+
+/// Starts a worker with `kafka` and expects exit code 2 within 30 s, naming `needle`.
+fn refused(kafka: &str, needle: &str, secret: Option<&str>) {
+    let mut worker = Worker::start(&worker_config(kafka, "refused", "co2-mlp"));
+    let status = wait_exit(&mut worker.child, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("still running after 30 s:\n{}", worker.log_text()));
+    let log = worker.log_text();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains(needle), "expected {needle:?} in:\n{log}");
+    if let Some(secret) = secret {
+        assert!(!log.contains(secret), "the secret leaked:\n{log}");
+    }
+}
+
+#[test]
+fn tls_mistakes_stop_start_up_with_exit_2_naming_the_cause() {
+    let cluster = TlsCluster::start(false);
+    // A CA that did not sign the broker's certificate.
+    refused(&toml_lines(&cluster.properties("other-ca.pem", false)), "not signed by a CA this client trusts", None);
+    // A plaintext client on the TLS port.
+    refused(&format!("\"bootstrap.servers\" = \"{}\"\n", cluster.tls), "security.protocol", None);
+    // A TLS client on the plaintext port, with a key password that must not be printed.
+    let mut props = cluster.properties("ca.pem", false);
+    props[0].1 = cluster.plain.clone();
+    props.push(("ssl.key.password", "do-not-print-me".into()));
+    // A real Kafka broker closes the connection at once; nisshi waits, so the handshake times out.
+    props.push(("socket.connection.setup.timeout.ms", "5000".into()));
+    refused(&toml_lines(&props), "a TLS client on a plaintext listener", Some("do-not-print-me"));
+}
