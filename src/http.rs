@@ -19,18 +19,19 @@ use axum::{Json, Router};
 use serde_json::value::RawValue;
 
 use crate::event::{EventValues, FeatureSchema, InputEvent, Prediction, Variant};
+use crate::pipeline::consumer::ConsumerHealth;
 use crate::pipeline::{GateError, RequestGate};
 use crate::served::SharedServedModels;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 
-/// What `/readyz` checks. Each flag is set by the component that owns the fact.
-#[derive(Debug, Default)]
+/// What `/readyz` checks. Each fact is written by the component that owns it.
+#[derive(Debug)]
 pub struct Readiness {
-    pub model_loaded: AtomicBool,
-    pub producer_connected: AtomicBool,
-    /// Shared with the consumer context, which sets it on the first assignment.
-    pub assigned: Arc<AtomicBool>,
+    /// The primary model serves (false while the fallback stands in for one that failed to load).
+    pub model_loaded: Arc<AtomicBool>,
+    /// The inference consumer's partitions and broker liveness; `None` in a monitor-only process.
+    pub consumer: Option<Arc<ConsumerHealth>>,
 }
 
 impl Readiness {
@@ -38,13 +39,17 @@ impl Readiness {
     pub fn reasons(&self) -> Vec<&'static str> {
         let mut r = Vec::new();
         if !self.model_loaded.load(Ordering::SeqCst) {
-            r.push("no model loaded");
+            r.push("the primary model is not loaded (the fallback serves)");
         }
-        if !self.assigned.load(Ordering::SeqCst) {
-            r.push("consumer has no partition assignment yet");
-        }
-        if !self.producer_connected.load(Ordering::SeqCst) {
-            r.push("producer not connected");
+        if let Some(c) = &self.consumer {
+            if !c.broker_up.load(Ordering::SeqCst) {
+                r.push("no broker connection is up");
+            }
+            if !c.assigned_once.load(Ordering::SeqCst) {
+                r.push("consumer has no partition assignment yet");
+            } else if c.partitions.load(Ordering::SeqCst) == 0 {
+                r.push("idle: this replica holds no input partition (more replicas than partitions)");
+            }
         }
         r
     }

@@ -101,7 +101,9 @@ pub fn group_consumer_config(config: &Config) -> ClientConfig {
 /// The prediction producer's config: every record acknowledged by all in-sync replicas.
 pub fn producer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("linger.ms", "5").set("acks", "all").set("statistics.interval.ms", "5000");
+    // Idempotence: retries during a broker stall neither duplicate nor reorder predictions within
+    // a partition (it implies acks=all). `[kafka]` may turn it off for a broker without it.
+    c.set("linger.ms", "5").set("acks", "all").set("enable.idempotence", "true").set("statistics.interval.ms", "5000");
     for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &CONSUMER_ONLY)) {
         c.set(k, v);
     }

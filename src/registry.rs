@@ -31,6 +31,8 @@ pub struct Served {
     /// `model` failed to load at start-up (the fallback serves): its files are retried once they
     /// change, and any newer version is taken.
     pub failed: bool,
+    /// `/readyz`'s "the primary is loaded", set once a reload replaces a primary that failed.
+    pub loaded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Starts the watcher when `model.version = "latest"` and `model.watch_interval` is non-zero.
@@ -114,6 +116,7 @@ impl Watcher {
                         served_models.write().unwrap_or_else(|e| e.into_inner()).on_reload(&to.version);
                         self.served.model = to;
                         self.served.failed = false;
+                        self.served.loaded.store(true, std::sync::atomic::Ordering::SeqCst);
                         break;
                     }
                     Err(reason) => {

@@ -289,13 +289,12 @@ pub async fn start(
         (Some((w.worker, extra)), w.served, w.model, w.provider, w.bundle)
     };
     let served = served.shared();
-    // A monitor-only process has no inference assignment to wait for; it is ready once running.
-    let assigned = worker.as_ref().map_or_else(|| Arc::new(AtomicBool::new(true)), |(w, _)| w.assigned.clone());
+    let primary_failed = worker.as_ref().is_some_and(|(_, (_, failed))| *failed);
+    let model_loaded = Arc::new(AtomicBool::new(!primary_failed));
+    // A monitor-only process has no inference consumer: it is ready once running.
     let readiness = Arc::new(Readiness {
-        assigned,
-        model_loaded: true.into(),
-        // The topic check at start-up succeeded, so the cluster answered.
-        producer_connected: true.into(),
+        model_loaded: model_loaded.clone(),
+        consumer: worker.as_ref().map(|(w, _)| w.health.clone()),
     });
     let monitor = if role == Role::Monitor || (role == Role::All && config.monitor.enabled) {
         let (cfg, b, registry, a, s) =
@@ -306,7 +305,12 @@ pub async fn start(
     };
     let (mut registry, mut decisions) = (None, None);
     if let Some((w, (candidate, primary_failed))) = &worker {
-        let watched = crate::registry::Served { model: model.clone(), bundle: bundle.clone(), failed: *primary_failed };
+        let watched = crate::registry::Served {
+            model: model.clone(),
+            bundle: bundle.clone(),
+            failed: *primary_failed,
+            loaded: model_loaded.clone(),
+        };
         registry = crate::registry::spawn(
             config,
             watched,

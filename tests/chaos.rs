@@ -358,7 +358,8 @@ fn one_of_three_replicas_killed_every_ten_seconds() {
 fn the_broker_stalls_mid_stream() {
     let (pid, _) = broker();
     let topics = Topics::create(2);
-    let stall = Duration::from_secs(if short() { 10 } else { 30 });
+    // Long enough for two statistics intervals (5 s), which is how readiness notices.
+    let stall = Duration::from_secs(if short() { 15 } else { 30 });
     let mut worker = Worker::start(&config(&topics, ""));
     worker.wait_for_log("Worker started", Duration::from_secs(60));
     let worker_pid = worker.child.id();
@@ -372,27 +373,50 @@ fn the_broker_stalls_mid_stream() {
         }
     };
     send(&mut feeder, &mut inputs, 2_000);
+    let port = worker.http_port();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(port, "GET", "/readyz", b"").0 != 200 {
+        assert!(Instant::now() < deadline, "ready before the stall:\n{}", worker.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     unsafe {
         libc::kill(*pid as i32, libc::SIGSTOP);
     }
-    // Producers keep buffering while the broker is stopped.
+    // Producers keep buffering while the broker is stopped; readiness notices the stall.
     let stopped = Instant::now();
+    let mut not_ready_after = None;
     while stopped.elapsed() < stall {
         send(&mut feeder, &mut inputs, 50);
+        let (status, body) = http(port, "GET", "/readyz", b"");
+        if not_ready_after.is_none() && status == 503 && body.contains("no broker connection") {
+            not_ready_after = Some(stopped.elapsed());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     unsafe {
         libc::kill(*pid as i32, libc::SIGCONT);
     }
     let resumed = Instant::now();
+    let not_ready_after = not_ready_after.expect("/readyz turned 503 during the stall");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(port, "GET", "/readyz", b"").0 != 200 {
+        assert!(Instant::now() < deadline, "/readyz not 200 again within 30 s:\n{}", worker.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ready_again = resumed.elapsed();
     send(&mut feeder, &mut inputs, 2_000);
     let landed = feeder.finish();
     let t = account(&topics, &inputs, &landed, Duration::from_secs(120));
     let caught_up = resumed.elapsed();
+    let readiness = format!(
+        ", /readyz 503 after {:.1} s of stall and 200 again {:.1} s after it resumed",
+        not_ready_after.as_secs_f64(),
+        ready_again.as_secs_f64()
+    );
     report(
         "broker stall",
         &t,
-        &format!(", stalled {stall:?}, caught up {:.1} s after it resumed", caught_up.as_secs_f64()),
+        &format!(", stalled {stall:?}, caught up {:.1} s after it resumed{readiness}", caught_up.as_secs_f64()),
     );
     assert!(worker.child.try_wait().unwrap().is_none(), "no restart:\n{}", worker.log_text());
     assert_eq!(worker.child.id(), worker_pid);

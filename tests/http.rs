@@ -122,3 +122,24 @@ fn readyz_metrics_and_predict_agree_with_the_stream() {
     }
     assert!(worker.terminate(Duration::from_secs(30)).success());
 }
+
+#[test]
+fn readyz_tells_an_idle_extra_replica_from_one_that_holds_a_partition() {
+    let topics = Topics::create(1);
+    let config = topics.config("co2-mlp", "1", "[monitor]\nenabled = false\n");
+    let mut a = Worker::start(&config);
+    let mut b = Worker::start(&config);
+    let (pa, pb) = (a.http_port(), b.http_port());
+    // One partition, two replicas: once the group settles, one holds it and one is idle.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (sa, ba) = http(pa, "GET", "/readyz", b"");
+        let (sb, bb) = http(pb, "GET", "/readyz", b"");
+        let idle = |s: u16, body: &str| s == 503 && body.contains("idle: this replica holds no input partition");
+        if (sa == 200 && idle(sb, &bb)) || (sb == 200 && idle(sa, &ba)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{sa} {ba}\n{sb} {bb}\n{}\n{}", a.log_text(), b.log_text());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -5,7 +5,8 @@
 //! librdkafka's rebalance callback runs inside `poll` and must drain revoked partitions before
 //! they are released; the lock is never contended, since callbacks run on this same thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -56,14 +57,43 @@ impl LoopState {
     }
 }
 
+/// What `/readyz` knows about the consumer, written by its callbacks.
+#[derive(Debug, Default)]
+pub struct ConsumerHealth {
+    /// Input partitions this member holds after the latest rebalance.
+    pub partitions: AtomicUsize,
+    /// The group handed this member an assignment at least once (possibly empty).
+    pub assigned_once: AtomicBool,
+    /// A broker answered within the last statistics interval.
+    pub broker_up: AtomicBool,
+    /// Responses received per broker at the last statistics callback.
+    responses: Mutex<HashMap<i32, u64>>,
+}
+
+impl ConsumerHealth {
+    /// Reads librdkafka's broker statistics: a broker is up while its connection is `UP` and it
+    /// answers. A stalled broker keeps the TCP connection `UP`, but the fetch it holds gets no
+    /// answer, so no new response in a whole statistics interval with requests waiting means down.
+    fn observe(&self, brokers: &HashMap<String, rdkafka::statistics::Broker>) {
+        let mut responses = self.responses.lock().unwrap_or_else(|e| e.into_inner());
+        let mut up = false;
+        for b in brokers.values().filter(|b| b.nodeid >= 0) {
+            let before = responses.insert(b.nodeid, b.rx);
+            let answered = before.is_none_or(|n| b.rx > n) || b.waitresp_cnt == 0;
+            up |= b.state == "UP" && answered;
+        }
+        self.broker_up.store(up, Ordering::SeqCst);
+    }
+}
+
 /// librdkafka consumer context: drains and commits on revoke.
 pub struct WorkerContext {
     state: Mutex<LoopState>,
     input_topic: String,
     drain_timeout: Duration,
     metrics: Arc<Metrics>,
-    /// Set once the group has handed this member an assignment (possibly empty).
-    pub assigned: Arc<AtomicBool>,
+    /// Partitions held and broker liveness, for `/readyz`.
+    pub health: Arc<ConsumerHealth>,
     /// What a record the broker refuses for good does (`processing.unproducible`).
     unproducible: Unproducible,
 }
@@ -74,7 +104,7 @@ impl WorkerContext {
         input_topic: &str,
         drain_timeout: Duration,
         metrics: Arc<Metrics>,
-        assigned: Arc<AtomicBool>,
+        health: Arc<ConsumerHealth>,
         unproducible: Unproducible,
     ) -> Self {
         WorkerContext {
@@ -82,7 +112,7 @@ impl WorkerContext {
             input_topic: input_topic.into(),
             drain_timeout,
             metrics,
-            assigned,
+            health,
             unproducible,
         }
     }
@@ -182,6 +212,7 @@ impl WorkerContext {
 impl ClientContext for WorkerContext {
     /// librdkafka statistics (every `statistics.interval.ms`): consumer lag per input partition.
     fn stats(&self, statistics: rdkafka::Statistics) {
+        self.health.observe(&statistics.brokers);
         let Some(topic) = statistics.topics.get(&self.input_topic) else { return };
         let now_ms = chrono::Utc::now().timestamp_millis();
         let st = self.lock();
@@ -224,6 +255,11 @@ impl ConsumerContext for WorkerContext {
             st.tracker.forget(*p);
         }
         let dropped = st.windows.drop_partitions(&partitions);
+        // A revoked partition's lag is the next owner's to report.
+        for p in &partitions {
+            let _ = self.metrics.consumer_lag_messages.remove_label_values(&[&p.to_string()]);
+            let _ = self.metrics.consumer_lag_seconds.remove_label_values(&[&p.to_string()]);
+        }
         self.metrics.series_windows.set(st.windows.len() as i64);
         self.metrics.in_flight.set(st.tracker.in_flight() as i64);
         drop(st);
@@ -235,6 +271,11 @@ impl ConsumerContext for WorkerContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // What this member holds now, whatever the protocol (eager or cooperative) handed over.
+        let held = consumer
+            .assignment()
+            .map_or(0, |tpl| tpl.elements().iter().filter(|e| e.topic() == self.input_topic).count());
+        self.health.partitions.store(held, Ordering::SeqCst);
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions: Vec<i32> =
@@ -261,7 +302,7 @@ impl ConsumerContext for WorkerContext {
                     .emit(&self.metrics);
                 }
                 drop(st);
-                self.assigned.store(true, Ordering::SeqCst);
+                self.health.assigned_once.store(true, Ordering::SeqCst);
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "Rebalance error."),

@@ -15,7 +15,6 @@ pub mod offsets;
 pub mod publish;
 pub mod rebuild;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -227,8 +226,8 @@ pub struct Worker {
     inference_thread: JoinHandle<()>,
     producer: Arc<Producer>,
     flush_timeout: Duration,
-    /// Set once the group assigned partitions to this member.
-    pub assigned: Arc<AtomicBool>,
+    /// Partitions held and broker liveness, for `/readyz`.
+    pub health: Arc<consumer::ConsumerHealth>,
     /// `/predict`'s way into the inference thread.
     pub requests: Arc<RequestGate>,
     /// The registry watcher's way to hand the inference thread a new model.
@@ -264,14 +263,14 @@ impl Worker {
                 .create_with_context(DeliveryContext::new(completions_tx.clone(), metrics.clone()))
                 .map_err(ClusterError::Client)?,
         );
-        let assigned = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(consumer::ConsumerHealth::default());
         let rebuilder = rebuild::WindowRebuilder::new(config, schema.clone()).map_err(ClusterError::Client)?;
         let context = WorkerContext::new(
             LoopState::new(windows, completions_rx, rebuilder),
             &config.topics.input,
             config.processing.shutdown_timeout,
             metrics.clone(),
-            assigned.clone(),
+            health.clone(),
             config.processing.unproducible,
         );
         let consumer: BaseConsumer<WorkerContext> =
@@ -281,6 +280,8 @@ impl Worker {
             wanted.push(&config.topics.shadow);
         }
         require_topics(&consumer, &wanted, config)?;
+        // The cluster just answered; statistics keep this current from here on.
+        health.broker_up.store(true, std::sync::atomic::Ordering::SeqCst);
         consumer.subscribe(&[&config.topics.input]).map_err(ClusterError::Client)?;
 
         let publisher = Publisher::new(
@@ -329,7 +330,7 @@ impl Worker {
             inference_thread,
             producer,
             flush_timeout: config.processing.shutdown_timeout,
-            assigned,
+            health,
             requests,
             reloads,
             controls,
