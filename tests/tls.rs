@@ -338,3 +338,40 @@ fn tls_mistakes_stop_start_up_with_exit_2_naming_the_cause() {
     props.push(("socket.connection.setup.timeout.ms", "5000".into()));
     refused(&toml_lines(&props), "a TLS client on a plaintext listener", Some("do-not-print-me"));
 }
+
+/// SASL against a real broker, when one is given: no broker available here completes librdkafka's
+/// SASL handshake (nisshi 0.6.0's `--authentication` closed the connection when probed). Set
+/// `STREAMCAST_TEST_SASL_BOOTSTRAP`, `_MECHANISM` (e.g. SCRAM-SHA-512), `_USERNAME`, `_PASSWORD`,
+/// and `_PROTOCOL` (SASL_SSL or SASL_PLAINTEXT; `_CA` for a private CA) to run it: the right
+/// password starts a worker, a wrong one exits 2 naming authentication without printing it.
+#[test]
+fn sasl_with_the_right_and_a_wrong_password_when_a_broker_is_given() {
+    let var = |k: &str| std::env::var(format!("STREAMCAST_TEST_SASL_{k}")).ok();
+    let (Some(servers), Some(user), Some(password)) = (var("BOOTSTRAP"), var("USERNAME"), var("PASSWORD")) else {
+        eprintln!("skipped: set STREAMCAST_TEST_SASL_BOOTSTRAP, _USERNAME and _PASSWORD to run it");
+        return;
+    };
+    let mut props = vec![
+        ("bootstrap.servers", servers),
+        ("security.protocol", var("PROTOCOL").unwrap_or_else(|| "SASL_SSL".into())),
+        ("sasl.mechanism", var("MECHANISM").unwrap_or_else(|| "SCRAM-SHA-512".into())),
+        ("sasl.username", user),
+    ];
+    if let Some(ca) = var("CA") {
+        props.push(("ssl.ca.location", ca));
+    }
+    let wrong = format!("{password}-wrong");
+    let with = |pw: &str| {
+        let mut p = props.clone();
+        p.push(("sasl.password", pw.to_string()));
+        toml_lines(&p)
+    };
+    refused(&with(&wrong), "authentication failed", Some(&wrong));
+    let mut worker = Worker::start(&worker_config(&with(&password), "sasl", "co2-mlp"));
+    // Past the probe: the topics this config names may not exist there, which is a later error.
+    std::thread::sleep(Duration::from_secs(20));
+    let log = worker.log_text();
+    assert!(!log.contains("refused the connection"), "{log}");
+    assert!(!log.contains(&password), "the password leaked:\n{log}");
+    let _ = worker.child.kill();
+}
