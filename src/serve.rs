@@ -154,6 +154,7 @@ async fn start_worker(
     let model = primary.model_ref();
     let candidate = variants.candidate.as_ref().map(|(m, _)| m.model_ref().clone());
     let primary_failed = matches!(primary, Primary::Failed { .. });
+    probe(config).await?;
     let worker = Worker::start(config, primary, variants, alerts.clone(), metrics.clone(), shutdown.clone())?;
     if let (false, Some(reason)) = (primary_failed, &provider.fallback_reason) {
         // The WARN was logged when the session was built; this only enqueues.
@@ -161,6 +162,14 @@ async fn start_worker(
         alerts.send(&Alert::new(model.clone(), Some(Variant::Primary), Details::ExecutionProviderFallback(details)));
     }
     Ok(StartedWorker { worker, served, model, provider, bundle, candidate, primary_failed })
+}
+
+/// Checks that the cluster takes this client, after the models loaded (their problems come
+/// first) and before anything talks to Kafka: TLS, authentication and protocol mismatches stop
+/// start-up here, named, instead of as an endless series of reconnect warnings later.
+async fn probe(config: &Config) -> Result<(), RunError> {
+    let cfg = config.clone();
+    blocking(move || crate::kafka::probe(&cfg, PROBE_TIMEOUT)).await.map_err(|e| PipelineError::Cluster(e).into())
 }
 
 /// Starts the thread that follows rollback/promotion decisions about `candidate`.
@@ -269,10 +278,6 @@ pub async fn start(
     shutdown: Shutdown,
     role: Role,
 ) -> Result<Running, RunError> {
-    // TLS, authentication and protocol mismatches stop start-up here, named, instead of as an
-    // endless series of reconnect warnings later.
-    let cfg = config.clone();
-    blocking(move || crate::kafka::probe(&cfg, PROBE_TIMEOUT)).await.map_err(PipelineError::Cluster)?;
     let client = crate::kafka::client_config(config);
     let alerts = AlertSink::new(&client, &config.topics.alerts).map_err(|e| PipelineError::Cluster(e.into()))?;
     let alerts = Arc::new(alerts);
@@ -282,6 +287,7 @@ pub async fn start(
         let m = &bundle.manifest;
         let model = ModelRef { name: m.name.clone(), version: m.version.clone() };
         let cpu = ProviderReport { provider: Provider::Cpu, fallback_reason: None };
+        probe(config).await?;
         (None, ServedModels::monitor(&model), model, cpu, bundle)
     } else {
         let w = start_worker(config, &alerts, &metrics, &shutdown).await?;
