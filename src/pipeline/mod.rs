@@ -7,7 +7,8 @@
 //! - [`publish`]: predictions, shadow predictions, dead letters, delivery reports.
 //! - [`rebuild`]: per-series windows rebuilt from a newly assigned partition's history.
 //!
-//! Every queue on the data path is bounded by `consumer.max_in_flight`.
+//! Every queue on the data path is bounded: by `consumer.max_in_flight` events and
+//! `consumer.max_in_flight_bytes` bytes for the stream, plus `/predict`'s `http.max_in_flight`.
 
 pub mod consumer;
 pub mod dispatch;
