@@ -232,7 +232,7 @@ pub fn probe(config: &Config, timeout: Duration) -> Result<(), ClusterError> {
 }
 
 /// Which of `wanted` do not exist on the cluster.
-pub fn missing_topics<C: ConsumerContext, T: Consumer<C>>(
+fn missing_topics<C: ConsumerContext, T: Consumer<C>>(
     consumer: &T,
     wanted: &[&str],
     servers: &str,

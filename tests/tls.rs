@@ -36,42 +36,26 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// A CA, a server certificate for 127.0.0.1 signed by it, a client certificate, and a second,
 /// unrelated CA.
 fn certificates(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=other-ca",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other-ca.pem",
-        ],
-    );
+    for (key, pem, cn) in [("ca.key", "ca.pem", "test-ca"), ("other.key", "other-ca.pem", "other-ca")] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                key,
+                "-out",
+                pem,
+            ],
+        );
+    }
     std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
     for (name, cn) in [("server", "127.0.0.1"), ("client", "streamcast-test")] {
         openssl(
@@ -345,6 +329,7 @@ fn tls_mistakes_stop_start_up_with_exit_2_naming_the_cause() {
 /// and `_PROTOCOL` (SASL_SSL or SASL_PLAINTEXT; `_CA` for a private CA) to run it: the right
 /// password starts a worker, a wrong one exits 2 naming authentication without printing it.
 #[test]
+#[ignore = "needs a SASL broker: set STREAMCAST_TEST_SASL_* and run with --ignored"]
 fn sasl_with_the_right_and_a_wrong_password_when_a_broker_is_given() {
     let var = |k: &str| std::env::var(format!("STREAMCAST_TEST_SASL_{k}")).ok();
     let (Some(servers), Some(user), Some(password)) = (var("BOOTSTRAP"), var("USERNAME"), var("PASSWORD")) else {

@@ -276,17 +276,6 @@ impl Details {
             AlertKind::ModelRejected => Details::ModelRejected(de(v)?),
         })
     }
-
-    /// The condition's state, for kinds that fire and resolve.
-    pub fn state(&self) -> Option<AlertState> {
-        match self {
-            Details::RmseAboveThreshold(d) => Some(d.state),
-            Details::FeatureDrift(d) | Details::PredictionDrift(d) => Some(d.state),
-            Details::FallbackActive(d) => Some(d.state),
-            Details::RetrainRequested(d) => d.evidence.as_ref().map(|e| e.rmse.state),
-            _ => None,
-        }
-    }
 }
 
 /// An `alerts` message.
