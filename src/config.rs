@@ -95,6 +95,10 @@ pub struct ConsumerConfig {
     /// Upper bound on the bytes of those events (their message values): large events reach it
     /// long before `max_in_flight`. The consumer pauses its partitions at either cap.
     pub max_in_flight_bytes: usize,
+    /// How soon acknowledged offsets are committed: at most this long after an acknowledgement
+    /// moves a partition's done prefix (one asynchronous commit per interval, none while idle).
+    /// A SIGKILLed replica's successor re-reads what was in flight plus at most this much.
+    pub commit_interval_ms: u64,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: String,
 }
@@ -105,6 +109,7 @@ impl Default for ConsumerConfig {
             group_id: "streamcast".into(),
             max_in_flight: 10_000,
             max_in_flight_bytes: 128 << 20,
+            commit_interval_ms: 50,
             auto_offset_reset: "earliest".into(),
         }
     }
@@ -701,6 +706,9 @@ impl Config {
         }
         if self.consumer.max_in_flight == 0 {
             return Err(ConfigError::key("consumer.max_in_flight", "must be at least 1"));
+        }
+        if self.consumer.commit_interval_ms == 0 || self.consumer.commit_interval_ms > 60_000 {
+            return Err(ConfigError::key("consumer.commit_interval_ms", "must be between 1 and 60000"));
         }
         if self.consumer.max_in_flight_bytes == 0 {
             return Err(ConfigError::key("consumer.max_in_flight_bytes", "must be at least 1"));

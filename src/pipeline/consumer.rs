@@ -37,9 +37,16 @@ pub struct LoopState {
     rebuilder: Option<super::rebuild::WindowRebuilder>,
     /// Bumped on every assignment, so a paused consumer pauses the new partitions too.
     assignments: u64,
+    /// An offset was stored since the last commit.
+    uncommitted: bool,
 }
 
 impl LoopState {
+    /// Events in flight, or offsets stored but not committed.
+    fn awaits_commit(&self) -> bool {
+        self.uncommitted || self.tracker.in_flight() > 0
+    }
+
     pub fn new(
         windows: WindowStore,
         completions: Receiver<Completion>,
@@ -52,6 +59,7 @@ impl LoopState {
             fatal: None,
             last_timestamp: Default::default(),
             rebuilder,
+            uncommitted: false,
             assignments: 0,
         }
     }
@@ -149,8 +157,11 @@ impl WorkerContext {
                 self.metrics.events_acknowledged.inc();
                 if let Some(offset) = st.tracker.complete(at.partition, at.offset, at.generation) {
                     // `store_offset` stores `offset + 1`, the next offset to read.
-                    if let Err(error) = consumer.store_offset(&self.input_topic, at.partition, offset) {
-                        tracing::warn!(%error, partition = at.partition, offset, "Failed to store offset.");
+                    match consumer.store_offset(&self.input_topic, at.partition, offset) {
+                        Ok(()) => st.uncommitted = true,
+                        Err(error) => {
+                            tracing::warn!(%error, partition = at.partition, offset, "Failed to store offset.")
+                        }
                     }
                 }
             }
@@ -324,6 +335,17 @@ pub struct ConsumerLoop {
     pub passthrough: bool,
     /// The A/B candidate's traffic share, when one is configured.
     pub candidate_share: Option<f64>,
+    /// `consumer.commit_interval_ms`.
+    pub commit_interval: Duration,
+}
+
+/// Commits the stored offsets without waiting for the broker's answer (a failure is retried by
+/// the next commit, or by the synchronous one on revoke and shutdown).
+fn commit_stored(consumer: &BaseConsumer<WorkerContext>) {
+    match consumer.commit_consumer_state(CommitMode::Async) {
+        Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => tracing::warn!(%error, "Commit failed; the next one retries it."),
+    }
 }
 
 /// How long the in-flight caps must hold before the partitions are paused.
@@ -379,7 +401,9 @@ impl ConsumerLoop {
             metrics,
             passthrough,
             candidate_share,
+            commit_interval,
         } = self;
+        let mut last_commit = Instant::now();
         let mut pause = Pause::default();
         let mut full_since: Option<Instant> = None;
         let mut last_serve = Instant::now();
@@ -392,6 +416,14 @@ impl ConsumerLoop {
                 ctx.drain_ready(&mut st, &consumer);
                 if st.fatal.is_some() {
                     break;
+                }
+                // Commit soon after an acknowledgement, not on librdkafka's auto-commit timer: what
+                // a SIGKILLed replica acknowledged but had not committed is re-read, and
+                // duplicated, by the partition's next owner.
+                if st.uncommitted && last_commit.elapsed() >= commit_interval {
+                    st.uncommitted = false;
+                    last_commit = Instant::now();
+                    commit_stored(&consumer);
                 }
                 let (n, bytes) = (st.tracker.in_flight(), st.tracker.in_flight_bytes());
                 let full = n >= max_in_flight || bytes >= max_in_flight_bytes;
@@ -420,8 +452,15 @@ impl ConsumerLoop {
                     continue;
                 }
             }
-            let wait =
-                if full_since.is_some() || pause.is_paused() { Duration::ZERO } else { Duration::from_millis(50) };
+            let wait = if full_since.is_some() || pause.is_paused() {
+                Duration::ZERO
+            } else if ctx.lock().awaits_commit() {
+                // Acknowledgements arrive on another thread while `poll` blocks: wake up in time
+                // to commit them.
+                commit_interval.min(Duration::from_millis(50))
+            } else {
+                Duration::from_millis(50)
+            };
             last_serve = Instant::now();
             let message = match consumer.poll(wait) {
                 None => continue,

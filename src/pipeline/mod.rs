@@ -317,6 +317,7 @@ impl Worker {
             schema,
             max_in_flight,
             max_in_flight_bytes: config.consumer.max_in_flight_bytes,
+            commit_interval: Duration::from_millis(config.consumer.commit_interval_ms),
             shutdown,
             metrics,
             passthrough: config.processing.passthrough,
