@@ -173,6 +173,46 @@ impl rdkafka::ClientContext for ProbeContext {
 }
 impl ConsumerContext for ProbeContext {}
 
+/// A refusal met by a running client: the cluster stopped taking this worker's credentials or
+/// trusting its certificate (a rotated password, an expired or replaced certificate).
+#[derive(Debug, Clone)]
+pub struct RuntimeRefusal {
+    pub cause: &'static str,
+    pub keys: &'static str,
+    pub detail: String,
+}
+
+/// The first runtime refusal of this process. librdkafka retries these forever, logging each
+/// attempt; retrying cannot heal them, so `serve::run` stops the process with exit 2 once one is
+/// recorded, and the restarted worker's start-up probe says what is wrong. Process-wide because
+/// every client of a process (consumer, producers, the monitor's) shares one `[kafka]` table.
+static RUNTIME_REFUSAL: std::sync::OnceLock<RuntimeRefusal> = std::sync::OnceLock::new();
+
+/// For librdkafka's error callback of a running client: records the error when it is a refusal
+/// that retrying cannot heal, and logs it either way.
+pub fn observe_client_error(error: &KafkaError, reason: &str) {
+    let code = error.rdkafka_error_code();
+    let verdict = refusal_cause(reason).filter(|(cause, _)| match code {
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => true,
+        // Only a certificate the client no longer trusts; other TLS errors are connection trouble.
+        Some(RDKafkaErrorCode::SSL) => cause.starts_with("the broker's TLS certificate"),
+        _ => false,
+    });
+    match verdict {
+        Some((cause, keys)) => {
+            if RUNTIME_REFUSAL.set(RuntimeRefusal { cause, keys, detail: reason.to_string() }).is_ok() {
+                tracing::error!(%error, reason, cause, check = keys, "The Kafka cluster refused this worker; stopping.");
+            }
+        }
+        None => tracing::warn!(%error, reason, "Kafka client error."),
+    }
+}
+
+/// The refusal recorded by [`observe_client_error`], if any.
+pub fn runtime_refusal() -> Option<RuntimeRefusal> {
+    RUNTIME_REFUSAL.get().cloned()
+}
+
 /// What a librdkafka error says about the client's config, when it says something: the cause
 /// and the `[kafka]` keys to check.
 pub fn refusal_cause(detail: &str) -> Option<(&'static str, &'static str)> {

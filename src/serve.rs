@@ -369,7 +369,7 @@ pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
     let running = start(config, metrics, shutdown.clone(), role).await?;
     tracing::info!(group = %config.consumer.group_id, topic = %config.topics.input, ?role, "Worker started.");
     let mut ticks = 0u32;
-    while !shutdown.is_triggered() && running.alive() {
+    while !shutdown.is_triggered() && running.alive() && crate::kafka::runtime_refusal().is_none() {
         tokio::select! {
             _ = shutdown.wait() => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -383,11 +383,17 @@ pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
     // A side thread that ended before any shutdown died: say so and exit non-zero, after the
     // same orderly shutdown as for a signal.
     let stopped = (!shutdown.is_triggered()).then(|| running.stopped_thread()).flatten();
+    let refused = (!shutdown.is_triggered()).then(crate::kafka::runtime_refusal).flatten();
     shutdown.trigger();
     let limit = config.processing.shutdown_timeout + SHUTDOWN_MARGIN;
     match tokio::time::timeout(limit, blocking(move || running.join())).await {
         Ok(result) => result?,
         Err(_) => return Err(RunError::ShutdownTimedOut(limit)),
+    }
+    if let Some(r) = refused {
+        let servers = config.kafka.get("bootstrap.servers").map(|v| v.to_string()).unwrap_or_default();
+        let (cause, keys, detail) = (r.cause, r.keys, r.detail);
+        return Err(RunError::Pipeline(PipelineError::Cluster(ClusterError::Refused { servers, cause, keys, detail })));
     }
     if let Some(name) = stopped {
         return Err(RunError::ThreadStopped(name));

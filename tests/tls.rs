@@ -1,7 +1,14 @@
-//! TLS against a real broker. nisshi 0.6.0 cannot serve TLS itself, so a TLS-terminating proxy
-//! (`tests/e2e/tls_proxy.py`, Python's standard library) sits in front of a nisshi that
-//! advertises the proxy's address; a throwaway CA and certificates come from `openssl`. Every
-//! client here, the worker and the test's own, speaks TLS.
+//! TLS and SASL against a real broker. nisshi 0.6.0 cannot serve TLS itself, so a
+//! TLS-terminating proxy (`tests/e2e/tls_proxy.py`, Python's standard library) sits in front of
+//! a nisshi that advertises the proxy's address; a throwaway CA and certificates come from
+//! `openssl`. Every client here, the worker and the test's own, speaks TLS.
+//!
+//! nisshi's own SASL cannot be used either: with `--authentication`, librdkafka reaches its
+//! SCRAM exchange but no user can exist (`nisshi user create` must itself authenticate to such a
+//! broker and fails with "early eof", and the memory storage does not survive a restart). So a
+//! SASL-authenticating proxy (`tests/e2e/sasl_proxy.py`: SaslHandshake and SaslAuthenticate,
+//! SCRAM per RFC 5802 and PLAIN, written from the RFCs, also checked by hand against
+//! kafka-python, a second client implementation) stands in for the broker's SASL.
 
 mod common;
 
@@ -96,7 +103,18 @@ fn certificates(dir: &Path) {
     }
 }
 
-/// A nisshi broker reachable only through a TLS proxy (with client certificates when `mtls`).
+/// What fronts the broker.
+#[derive(Clone, Copy)]
+enum Front {
+    /// A TLS proxy, requiring client certificates when `mtls`.
+    Tls { mtls: bool },
+    /// A SASL proxy for user `alice` with [`PASSWORD`], speaking TLS when `tls` (SASL_SSL).
+    Sasl { tls: bool },
+}
+
+const PASSWORD: &str = "pw-8f2c41d9e7";
+
+/// A nisshi broker reachable only through a proxy.
 struct TlsCluster {
     dir: tempfile::TempDir,
     /// The TLS address every client uses.
@@ -104,11 +122,11 @@ struct TlsCluster {
     /// The broker's own plaintext port (advertising the TLS address).
     plain: String,
     _broker: Guard,
-    _proxy: Guard,
+    proxy: Guard,
 }
 
 impl TlsCluster {
-    fn start(mtls: bool) -> TlsCluster {
+    fn start(front: Front) -> TlsCluster {
         let dir = tempfile::tempdir().unwrap();
         certificates(dir.path());
         let (plain_port, tls_port) = (free_port(), free_port());
@@ -124,14 +142,27 @@ impl TlsCluster {
             .spawn()
             .expect("nisshi (make broker installs it)");
         let mut proxy = Command::new("python3");
-        proxy
-            .arg(repo().join("tests/e2e/tls_proxy.py"))
-            .arg(tls_port.to_string())
-            .arg(format!("127.0.0.1:{plain_port}"))
-            .arg(dir.path().join("server.pem"))
-            .arg(dir.path().join("server.key"));
-        if mtls {
-            proxy.arg(dir.path().join("ca.pem"));
+        let target = format!("127.0.0.1:{plain_port}");
+        let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+        match front {
+            Front::Tls { mtls } => {
+                proxy
+                    .arg(repo().join("tests/e2e/tls_proxy.py"))
+                    .arg(tls_port.to_string())
+                    .arg(target)
+                    .arg(cert)
+                    .arg(key);
+                if mtls {
+                    proxy.arg(dir.path().join("ca.pem"));
+                }
+            }
+            Front::Sasl { tls } => {
+                proxy.arg(repo().join("tests/e2e/sasl_proxy.py")).arg(tls_port.to_string()).arg(target);
+                proxy.args(["alice", PASSWORD]);
+                if tls {
+                    proxy.arg(cert).arg(key);
+                }
+            }
         }
         let proxy = proxy.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("python3");
         for port in [plain_port, tls_port] {
@@ -146,7 +177,7 @@ impl TlsCluster {
             plain: format!("127.0.0.1:{plain_port}"),
             dir,
             _broker: Guard(broker),
-            _proxy: Guard(proxy),
+            proxy: Guard(proxy),
         }
     }
 
@@ -169,13 +200,28 @@ impl TlsCluster {
         p
     }
 
-    fn client(&self, mtls: bool) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        for (k, v) in self.properties("ca.pem", mtls) {
-            c.set(k, v);
+    /// librdkafka properties of a SASL client (`protocol` SASL_SSL or SASL_PLAINTEXT).
+    fn sasl_properties(&self, protocol: &str, mechanism: &str, password: &str) -> Vec<(&'static str, String)> {
+        let mut p = vec![
+            ("bootstrap.servers", self.tls.clone()),
+            ("security.protocol", protocol.to_string()),
+            ("sasl.mechanism", mechanism.to_string()),
+            ("sasl.username", "alice".to_string()),
+            ("sasl.password", password.to_string()),
+        ];
+        if protocol.eq_ignore_ascii_case("sasl_ssl") {
+            p.push(("ssl.ca.location", self.path("ca.pem").display().to_string()));
         }
-        c
+        p
     }
+}
+
+fn client(props: &[(&str, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in props {
+        c.set(*k, v);
+    }
+    c
 }
 
 /// A worker config for `cluster` with `[kafka]` holding `kafka` (TOML lines).
@@ -238,10 +284,11 @@ fn create_topics(client: &ClientConfig, topic: &str) {
     }
 }
 
-/// Produces the fixture events of `model` with `codec`, and checks every prediction against the
-/// independently computed values.
-fn predict_fixture_over(cluster: &TlsCluster, mtls: bool, topic: &str, codec: &str) {
-    let client = cluster.client(mtls);
+/// Produces the co2-mlp fixture events with `codec` to a worker connecting with `props`, and
+/// checks every prediction against the independently computed values; `secrets` never appear in
+/// the worker's log. Returns the running worker.
+fn predict_fixture_over(props: &[(&str, String)], topic: &str, codec: &str, secrets: &[&str]) -> Worker {
+    let client = client(props);
     create_topics(&client, topic);
     let events = jsonl(&repo().join("tests/fixtures/co2-mlp/events.jsonl"));
     let expected = jsonl(&repo().join("tests/fixtures/co2-mlp/expected.jsonl"));
@@ -254,8 +301,8 @@ fn predict_fixture_over(cluster: &TlsCluster, mtls: bool, topic: &str, codec: &s
     }
     producer.flush(Duration::from_secs(30)).expect("produced over TLS");
 
-    let kafka = toml_lines(&cluster.properties("ca.pem", mtls));
-    let mut worker = Worker::start(&worker_config(&kafka, topic, "co2-mlp"));
+    let kafka = toml_lines(props);
+    let worker = Worker::start(&worker_config(&kafka, topic, "co2-mlp"));
     let reader: BaseConsumer = client
         .clone()
         .set("group.id", format!("{topic}-reader"))
@@ -280,18 +327,28 @@ fn predict_fixture_over(cluster: &TlsCluster, mtls: bool, topic: &str, codec: &s
             assert!((h - w).abs() <= 1e-4, "{}: {h} against {w}", e["id"]);
         }
     }
+    let log = worker.log_text();
+    for secret in secrets {
+        assert!(!log.contains(secret), "a secret leaked into the log:\n{log}");
+    }
+    worker
+}
+
+/// [`predict_fixture_over`], then a clean SIGTERM.
+fn predict_and_stop(props: &[(&str, String)], topic: &str, codec: &str, secrets: &[&str]) {
+    let mut worker = predict_fixture_over(props, topic, codec, secrets);
     let status = worker.terminate(Duration::from_secs(30));
     assert!(status.success(), "{}", worker.log_text());
 }
 
 #[test]
 fn the_worker_predicts_over_tls_and_mtls_with_every_compression_codec() {
-    let cluster = TlsCluster::start(false);
-    predict_fixture_over(&cluster, false, "tls-zstd", "zstd");
-    predict_fixture_over(&cluster, false, "tls-lz4", "lz4");
-    let mtls = TlsCluster::start(true);
-    predict_fixture_over(&mtls, true, "mtls-snappy", "snappy");
-    predict_fixture_over(&mtls, true, "mtls-gzip", "gzip");
+    let cluster = TlsCluster::start(Front::Tls { mtls: false });
+    predict_and_stop(&cluster.properties("ca.pem", false), "tls-zstd", "zstd", &[]);
+    predict_and_stop(&cluster.properties("ca.pem", false), "tls-lz4", "lz4", &[]);
+    let mtls = TlsCluster::start(Front::Tls { mtls: true });
+    predict_and_stop(&mtls.properties("ca.pem", true), "mtls-snappy", "snappy", &[]);
+    predict_and_stop(&mtls.properties("ca.pem", true), "mtls-gzip", "gzip", &[]);
 }
 
 /// Starts a worker with `kafka` and expects exit code 2 within 30 s, naming `needle`.
@@ -309,7 +366,7 @@ fn refused(kafka: &str, needle: &str, secret: Option<&str>) {
 
 #[test]
 fn tls_mistakes_stop_start_up_with_exit_2_naming_the_cause() {
-    let cluster = TlsCluster::start(false);
+    let cluster = TlsCluster::start(Front::Tls { mtls: false });
     // A CA that did not sign the broker's certificate.
     refused(&toml_lines(&cluster.properties("other-ca.pem", false)), "not signed by a CA this client trusts", None);
     // A plaintext client on the TLS port.
@@ -321,6 +378,53 @@ fn tls_mistakes_stop_start_up_with_exit_2_naming_the_cause() {
     // A real Kafka broker closes the connection at once; nisshi waits, so the handshake times out.
     props.push(("socket.connection.setup.timeout.ms", "5000".into()));
     refused(&toml_lines(&props), "a TLS client on a plaintext listener", Some("do-not-print-me"));
+}
+
+#[test]
+fn sasl_scram_and_plain_predict_and_a_wrong_password_exits_2() {
+    let ssl = TlsCluster::start(Front::Sasl { tls: true });
+    let scram512 = ssl.sasl_properties("SASL_SSL", "SCRAM-SHA-512", PASSWORD);
+    // `--print-config` redacts the password.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("streamcast.toml");
+    std::fs::write(&path, worker_config(&toml_lines(&scram512), "sasl-print", "co2-mlp")).unwrap();
+    let out = Command::new(common::bin()).args(["run", "--print-config", "--config"]).arg(&path).output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && printed.contains("sasl.password"), "{printed}");
+    assert!(!printed.contains(PASSWORD), "--print-config printed the password:\n{printed}");
+
+    predict_and_stop(&scram512, "sasl-scram512", "zstd", &[PASSWORD]);
+    predict_and_stop(&ssl.sasl_properties("SASL_SSL", "PLAIN", PASSWORD), "sasl-plain", "lz4", &[PASSWORD]);
+    let wrong = "pw-wrong-2b7d0c";
+    refused(
+        &toml_lines(&ssl.sasl_properties("SASL_SSL", "SCRAM-SHA-512", wrong)),
+        "authentication failed",
+        Some(wrong),
+    );
+    let plaintext = TlsCluster::start(Front::Sasl { tls: false });
+    let scram256 = plaintext.sasl_properties("SASL_PLAINTEXT", "SCRAM-SHA-256", PASSWORD);
+    predict_and_stop(&scram256, "sasl-scram256", "gzip", &[PASSWORD]);
+}
+
+/// librdkafka retries a refused login forever; the worker stops instead, so the orchestrator
+/// restarts it and the start-up probe says what is wrong.
+#[test]
+fn a_password_rotated_under_a_running_worker_stops_it_with_exit_2() {
+    let cluster = TlsCluster::start(Front::Sasl { tls: true });
+    let props = cluster.sasl_properties("SASL_SSL", "SCRAM-SHA-512", PASSWORD);
+    let mut worker = predict_fixture_over(&props, "sasl-rotated", "zstd", &[PASSWORD]);
+    // The proxy takes a new password and drops every connection: the worker's logins now fail.
+    unsafe {
+        libc::kill(cluster.proxy.0.id() as i32, libc::SIGUSR1);
+    }
+    let rotated = Instant::now();
+    let status = wait_exit(&mut worker.child, Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("still running 90 s after the rotation:\n{}", worker.log_text()));
+    let log = worker.log_text();
+    eprintln!("stopped {:.1} s after the rotation", rotated.elapsed().as_secs_f64());
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("refused the connection: authentication failed"), "{log}");
+    assert!(!log.contains(PASSWORD), "the password leaked:\n{log}");
 }
 
 /// SASL against a real broker, when one is given: no broker available here completes librdkafka's

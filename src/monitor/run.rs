@@ -91,7 +91,11 @@ pub struct MonitorContext {
     revoked: Mutex<Vec<(String, i32)>>,
 }
 
-impl ClientContext for MonitorContext {}
+impl ClientContext for MonitorContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::kafka::observe_client_error(&error, reason);
+    }
+}
 impl ConsumerContext for MonitorContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {

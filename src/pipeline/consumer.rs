@@ -221,6 +221,9 @@ impl WorkerContext {
 }
 
 impl ClientContext for WorkerContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::kafka::observe_client_error(&error, reason);
+    }
     /// librdkafka statistics (every `statistics.interval.ms`): consumer lag per input partition.
     fn stats(&self, statistics: rdkafka::Statistics) {
         self.health.observe(&statistics.brokers);

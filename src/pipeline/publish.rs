@@ -58,6 +58,9 @@ impl DeliveryContext {
 }
 
 impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::kafka::observe_client_error(&error, reason);
+    }
     fn stats(&self, statistics: rdkafka::Statistics) {
         self.metrics.producer_queue_messages.set(statistics.msg_cnt as i64);
     }
