@@ -341,11 +341,34 @@ fn predict_and_stop(props: &[(&str, String)], topic: &str, codec: &str, secrets:
     assert!(status.success(), "{}", worker.log_text());
 }
 
+/// The distinct codecs of the record batches stored in `topic` (one partition), read on the
+/// wire from the broker's plaintext port (`tests/e2e/batch_codecs.py`): clients decompress
+/// transparently, so only the batch attributes show what the producer did.
+fn batch_codecs(cluster: &TlsCluster, topic: &str) -> Vec<String> {
+    let out = Command::new("python3")
+        .arg(repo().join("tests/e2e/batch_codecs.py"))
+        .args([cluster.plain.as_str(), topic, "1"])
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let mut codecs: Vec<String> = text.split_whitespace().skip(1).map(str::to_string).collect();
+    assert!(!codecs.is_empty(), "no batches in {topic}: {text}");
+    codecs.sort();
+    codecs.dedup();
+    codecs
+}
+
 #[test]
 fn the_worker_predicts_over_tls_and_mtls_with_every_compression_codec() {
     let cluster = TlsCluster::start(Front::Tls { mtls: false });
-    predict_and_stop(&cluster.properties("ca.pem", false), "tls-zstd", "zstd", &[]);
+    // The worker's own producer compresses as `[kafka]` says: its batches are zstd on the wire.
+    let mut zstd = cluster.properties("ca.pem", false);
+    zstd.push(("compression.type", "zstd".into()));
+    predict_and_stop(&zstd, "tls-zstd", "zstd", &[]);
+    assert_eq!(batch_codecs(&cluster, "tls-zstd-pred"), ["zstd"]);
     predict_and_stop(&cluster.properties("ca.pem", false), "tls-lz4", "lz4", &[]);
+    assert_eq!(batch_codecs(&cluster, "tls-lz4-pred"), ["none"]);
     let mtls = TlsCluster::start(Front::Tls { mtls: true });
     predict_and_stop(&mtls.properties("ca.pem", true), "mtls-snappy", "snappy", &[]);
     predict_and_stop(&mtls.properties("ca.pem", true), "mtls-gzip", "gzip", &[]);
