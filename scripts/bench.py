@@ -8,14 +8,21 @@ For each case (passthrough ceiling, co2-mlp, co2-gru) on fresh topics:
      Python producer is the bottleneck;
   2. latency: events are produced at a fixed rate while the worker runs; end-to-end latency is
      the time from handing an event to the producer to reading its prediction back.
+The co2-mlp case runs a second time over TLS ("co2-mlp-tls"): nisshi cannot serve TLS, so a
+second nisshi sits behind the TLS-terminating proxy of the tests (tests/e2e/tls_proxy.py, Python
+asyncio) with a throwaway CA; the worker and the bench's own clients all speak TLS. The worker's
+CPU per 1,000 events is the cost of encryption to the worker; events/s and latency are bounded by
+the single-threaded Python proxy, not by the worker.
 Results are printed and written to .bench/results.json. This is a benchmark, not a test.
 
-Environment: STREAMCAST_TEST_BOOTSTRAP (set by scripts/with-broker.sh), BENCH_EVENTS (default
-200000), BENCH_RATE (default 2000/s), BENCH_SECONDS (default 10).
+Environment: STREAMCAST_TEST_BOOTSTRAP (set by scripts/with-broker.sh), NISSHI (the broker binary,
+for the TLS case), BENCH_EVENTS (default 200000), BENCH_RATE (default 2000/s), BENCH_SECONDS
+(default 10), BENCH_CASES (a comma-separated subset of passthrough,co2-mlp,co2-gru,co2-mlp-tls).
 """
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +36,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "streamcast"
 BOOT = os.environ["STREAMCAST_TEST_BOOTSTRAP"]
+# librdkafka properties every client (the worker's and the bench's) adds: TLS for the TLS case.
+SECURITY: dict = {}
 N = int(os.environ.get("BENCH_EVENTS", "200000"))
 RATE = float(os.environ.get("BENCH_RATE", "2000"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
@@ -53,7 +62,7 @@ def event(i: int, prefix: str) -> tuple[str, bytes]:
 
 def create_topics(tag: str) -> dict:
     names = {k: f"bench-{tag}-{k}-{time.time_ns()}" for k in ["in", "pred", "dlq", "act", "met", "alr"]}
-    admin = AdminClient({"bootstrap.servers": BOOT})
+    admin = AdminClient({"bootstrap.servers": BOOT, **SECURITY})
     futures = admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names.values()])
     for f in futures.values():
         f.result(30)
@@ -64,7 +73,7 @@ def config(names: dict, model: str, passthrough: bool) -> str:
     return f"""
 [kafka]
 "bootstrap.servers" = "{BOOT}"
-"session.timeout.ms" = 6000
+{"".join(f'"{k}" = "{v}"' + chr(10) for k, v in SECURITY.items())}"session.timeout.ms" = 6000
 # nisshi holds a fetch for the whole fetch.wait.max.ms even when data is there; Kafka does not.
 "fetch.wait.max.ms" = 5
 [consumer]
@@ -97,7 +106,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def reader(topic: str) -> Consumer:
-    c = Consumer({"bootstrap.servers": BOOT, "group.id": f"bench-reader-{time.time_ns()}", "enable.auto.commit": False,
+    c = Consumer({"bootstrap.servers": BOOT, **SECURITY, "group.id": f"bench-reader-{time.time_ns()}", "enable.auto.commit": False,
                   "fetch.wait.max.ms": 5})
     c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     return c
@@ -118,7 +127,7 @@ def read_ids(c: Consumer, sink: dict, timeout: float) -> list:
 def run_case(tag: str, model: str, passthrough: bool) -> dict:
     names = create_topics(tag)
     log = ROOT / ".bench" / f"{tag}.log"
-    prod = Producer({"bootstrap.servers": BOOT, "linger.ms": 5, "queue.buffering.max.messages": 2000000})
+    prod = Producer({"bootstrap.servers": BOOT, **SECURITY, "linger.ms": 5, "queue.buffering.max.messages": 2000000})
     c = reader(names["pred"])
     proc = start_worker(config(names, model, passthrough), log)
 
@@ -194,16 +203,65 @@ def run_case(tag: str, model: str, passthrough: bool) -> dict:
     }
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"port {port} did not open")
+            time.sleep(0.1)
+
+
+def tls_cluster(tmp: Path) -> list:
+    """Starts a nisshi behind the TLS proxy and points BOOT and SECURITY at it; returns the
+    processes to stop."""
+    global BOOT
+    ssl = lambda *a: subprocess.run(["openssl", *a], cwd=tmp, check=True, capture_output=True)  # noqa: E731
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench-ca", "-keyout", "ca.key", "-out", "ca.pem")
+    (tmp / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "san.ext", "-out", "server.pem")
+    plain, tls = free_port(), free_port()
+    broker = subprocess.Popen([os.environ.get("NISSHI", "nisshi"), "broker", "--listener-url", f"tcp://127.0.0.1:{plain}",
+                               "--advertised-listener-url", f"tcp://127.0.0.1:{tls}", "--storage-engine", "memory://bench-tls/"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "e2e" / "tls_proxy.py"), str(tls), f"127.0.0.1:{plain}",
+                              str(tmp / "server.pem"), str(tmp / "server.key")], stdout=subprocess.DEVNULL)
+    wait_port(plain)
+    wait_port(tls)
+    BOOT = f"127.0.0.1:{tls}"
+    SECURITY.update({"security.protocol": "ssl", "ssl.ca.location": str(tmp / "ca.pem")})
+    return [proxy, broker]
+
+
 def main() -> None:
     (ROOT / ".bench").mkdir(exist_ok=True)
-    cases = [("passthrough", "co2-mlp", True), ("co2-mlp", "co2-mlp", False), ("co2-gru", "co2-gru", False)]
+    cases = [("passthrough", "co2-mlp", True), ("co2-mlp", "co2-mlp", False), ("co2-gru", "co2-gru", False),
+             ("co2-mlp-tls", "co2-mlp", False)]
     only = os.environ.get("BENCH_CASES")
     if only:
         cases = [c for c in cases if c[0] in only.split(",")]
     results = []
-    for tag, model, passthrough in cases:
-        print(f"bench: {tag} ...", file=sys.stderr, flush=True)
-        results.append(run_case(tag, model, passthrough))
+    stop = []
+    try:
+        for tag, model, passthrough in cases:
+            if tag.endswith("-tls") and not stop:
+                stop = tls_cluster(Path(tempfile.mkdtemp(prefix="bench-tls-")))
+            print(f"bench: {tag} ...", file=sys.stderr, flush=True)
+            results.append(run_case(tag, model, passthrough))
+    finally:
+        for p in stop:
+            p.kill()
     machine = {
         "cpus": os.cpu_count(),
         "cpu_model": next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor()),
