@@ -197,6 +197,20 @@ fn bundle_json_schema_and_shipped_examples_agree_with_the_rust_types() {
 }
 
 #[test]
+fn every_shipped_example_validates_against_its_schema() {
+    for name in ["actual", "alert", "bundle", "input_event", "metrics_snapshot", "prediction"] {
+        let read = |p: String| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(repo().join(p)).unwrap()).unwrap()
+        };
+        let schema = read(format!("schemas/{name}.schema.json"));
+        let example = read(format!("schemas/examples/{name}.json"));
+        let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+        let errors: Vec<String> = validator.iter_errors(&example).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "schemas/examples/{name}.json: {errors:?}");
+    }
+}
+
+#[test]
 fn the_readme_shows_the_example_config_verbatim() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let example = std::fs::read_to_string(repo().join("streamcast.toml")).unwrap();

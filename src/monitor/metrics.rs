@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use prometheus::{GaugeVec, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::drift::DriftStat;
 use super::scoring::KeyReport;
@@ -19,6 +19,7 @@ pub struct MonitorMetrics {
     ks: GaugeVec,
     psi: GaugeVec,
     p_value: GaugeVec,
+    rejected: IntCounterVec,
 }
 
 impl MonitorMetrics {
@@ -50,6 +51,31 @@ impl MonitorMetrics {
             ks: g("streamcast_monitor_drift_ks_statistic", "KS statistic of served inputs vs reference.", feat),
             psi: g("streamcast_monitor_drift_psi", "PSI of served inputs vs reference.", feat),
             p_value: g("streamcast_monitor_drift_p_value", "BH-corrected KS p-value.", feat),
+            rejected: {
+                let v = IntCounterVec::new(
+                    Opts::new("streamcast_monitor_rejected_total", "Records the monitor refused to score, by reason."),
+                    &["reason"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(v.clone())).expect("registered once");
+                v
+            },
+        }
+    }
+
+    /// The rejection counter, for [`super::scoring::Scoring`].
+    pub fn rejected(&self) -> IntCounterVec {
+        self.rejected.clone()
+    }
+
+    /// Removes the gauges of a key that no longer exists.
+    pub fn remove_key(&self, model: &crate::event::ModelRef, variant: crate::event::Variant) {
+        let labels = [model.name.as_str(), model.version.as_str(), variant.as_str()];
+        for g in [&self.rmse, &self.mae] {
+            let _ = g.remove_label_values(&labels);
+        }
+        for g in [&self.joined, &self.pending, &self.expired] {
+            let _ = g.remove_label_values(&labels);
         }
     }
 

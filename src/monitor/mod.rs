@@ -69,9 +69,11 @@ pub fn spawn(
     let m = &bundle.manifest;
     let model = ModelRef { name: m.name.clone(), version: m.version.clone() };
     let threshold = cfg.rmse_threshold.or_else(|| m.validation.as_ref().map(|v| v.rmse * cfg.rmse_threshold_ratio));
-    let scoring = Scoring::new(cfg, model.clone(), threshold, topics.has_shadow(), config.variants.clone());
+    let metrics = MonitorMetrics::register(registry);
+    let scoring = Scoring::new(cfg, model.clone(), threshold, topics.has_shadow(), config.variants.clone())
+        .with_rejected_counter(metrics.rejected());
     let snapshots = SnapshotSink::new(producer, config.topics.metrics.clone());
-    let publisher = Publisher::new(cfg, model, &m.features, snapshots, MonitorMetrics::register(registry), alerts);
+    let publisher = Publisher::new(cfg, model, &m.features, snapshots, metrics, alerts);
     let schema = FeatureSchema::for_bundle(m, config.validation.max_message_bytes, false);
     let monitor = Monitor::new(cfg, topics, schema, DriftTracker::new(&bundle, cfg), scoring, publisher);
     tracing::info!(group = %run::group_id(config), threshold, "Monitor started.");

@@ -57,6 +57,9 @@ impl Publisher {
         alerts.extend(self.prediction_drift_alert(&report, now));
         alerts.extend(self.scheduled_retrain(now));
         let stats = scoring.advance(chrono::Utc::now().timestamp_millis());
+        for (model, variant) in scoring.take_freed() {
+            self.metrics.remove_key(&model, variant);
+        }
         alerts.extend(scoring.rmse_alerts(&stats, now));
         self.snapshots_and_gauges(scoring, &stats, &report, &at);
         alerts.extend(scoring.decide(&stats));

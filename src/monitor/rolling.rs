@@ -96,11 +96,14 @@ impl RollingError {
 
     /// Add one error observed at event time `at_ms` (Unix epoch milliseconds).
     ///
-    /// Returns `false` if the error was not retained: it is non-finite (a NaN or ∞ would
-    /// poison the running sums; the caller should count these separately), it falls
+    /// Returns `false` if the error was not retained: it is non-finite or its square would
+    /// overflow the running sums (a NaN or ∞ would poison them; the caller should count these
+    /// separately), it falls
     /// outside the window on arrival (see the type docs), or `max_count == 0`.
     pub fn push(&mut self, at_ms: i64, error: f64) -> bool {
-        if !error.is_finite() || self.max_count == 0 {
+        // An error whose square would overflow the running sums is refused too: ∞ − ∞ = NaN
+        // once it left the window.
+        if !error.is_finite() || !(self.sum_sq + error * error).is_finite() || self.max_count == 0 {
             return false;
         }
         let newest = self.newest_ms.map_or(at_ms, |n| n.max(at_ms));
@@ -225,6 +228,18 @@ impl RollingError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_error_whose_square_overflows_is_refused_and_the_window_stays_finite() {
+        let mut r = RollingError::new(2, Duration::from_secs(3600));
+        assert!(r.push(0, 1.0));
+        assert!(!r.push(1, 1e200), "1e200² overflows");
+        assert!(r.push(2, 3.0));
+        assert!(r.push(3, 5.0));
+        let s = r.snapshot();
+        assert_eq!(s.count, 2);
+        assert_eq!(s.rmse, Some(((9.0 + 25.0) / 2.0f64).sqrt()));
+    }
+
     use super::*;
 
     /// Small deterministic xorshift64* for test streams.

@@ -12,7 +12,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::drift::DriftTracker;
 use super::join::Source;
 use super::publish::Publisher;
-use super::scoring::Scoring;
+use super::scoring::{Rejection, Scoring};
 use crate::config::{Config, MonitorConfig};
 use crate::event::{Actual, EventValues, FeatureSchema, InputEvent, Prediction, Variant};
 use crate::kafka::{client_config, require_topics, ClusterError};
@@ -195,18 +195,24 @@ impl Monitor {
         let payload = m.payload().unwrap_or_default();
         match self.topics.role(topic) {
             Some(TopicRole::Predictions) => {
-                let Ok(p) = serde_json::from_slice::<Prediction>(payload) else { return };
+                let Ok(p) = serde_json::from_slice::<Prediction>(payload) else {
+                    return self.scoring.reject(Rejection::UnparsablePrediction);
+                };
                 if let (Some(first), Variant::Primary) = (p.prediction.first(), p.variant) {
                     self.drift.push_prediction(*first);
                 }
                 self.scoring.offer_prediction(p, src, now);
             }
             Some(TopicRole::Shadow) => {
-                let Ok(p) = serde_json::from_slice::<Prediction>(payload) else { return };
+                let Ok(p) = serde_json::from_slice::<Prediction>(payload) else {
+                    return self.scoring.reject(Rejection::UnparsablePrediction);
+                };
                 self.scoring.offer_shadow_prediction(p, src, now);
             }
             Some(TopicRole::Actuals) => {
-                let Ok(a) = serde_json::from_slice::<Actual>(payload) else { return };
+                let Ok(a) = serde_json::from_slice::<Actual>(payload) else {
+                    return self.scoring.reject(Rejection::UnparsableActual);
+                };
                 self.scoring.offer_actual(a, src, now);
             }
             Some(TopicRole::Input) => self.on_input(payload),

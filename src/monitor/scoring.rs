@@ -14,8 +14,44 @@ use crate::alert::{
 use crate::config::{MonitorConfig, VariantsConfig};
 use crate::event::{Actual, ModelRef, Prediction, Variant};
 
-/// At most this many model version × variant keys are tracked; more means a misrouted topic.
+/// At most this many model version × variant keys are tracked at once; a key idle for the
+/// rolling window and the join TTL frees its slot for a new one.
 const MAX_KEYS: usize = 64;
+
+/// Errors beyond this magnitude are refused as overflow: their square (≤ 1e300) and any sum of
+/// up to 1e8 of them stay finite, so the rolling sums can neither overflow nor turn NaN.
+pub const MAX_ABS_ERROR: f64 = 1e150;
+
+/// Why the monitor refused a record rather than score it
+/// (`streamcast_monitor_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// An actuals record that is not a valid actual message.
+    UnparsableActual,
+    /// A predictions record that is not a valid prediction message.
+    UnparsablePrediction,
+    /// `"actual": []`.
+    Empty,
+    /// NaN or ±∞ in the actual.
+    NonFinite,
+    /// The actual's length differs from its prediction's horizon.
+    WrongLength,
+    /// An error beyond [`MAX_ABS_ERROR`].
+    Overflow,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::UnparsableActual => "unparsable_actual",
+            Rejection::UnparsablePrediction => "unparsable_prediction",
+            Rejection::Empty => "empty",
+            Rejection::NonFinite => "non_finite",
+            Rejection::WrongLength => "wrong_length",
+            Rejection::Overflow => "overflow",
+        }
+    }
+}
 
 /// One model version × variant being scored.
 struct Scored {
@@ -25,6 +61,8 @@ struct Scored {
     rmse_gate: Gate,
     above_since: Option<Instant>,
     retrain_requested: bool,
+    /// When a prediction of this key was last offered.
+    last_seen: Instant,
 }
 
 /// One key's numbers at a publish.
@@ -55,6 +93,10 @@ pub struct Scoring {
     /// A decision about the configured candidate was published (once per run: workers apply
     /// each decision once, and a rolled-back candidate's window stops moving).
     decided: bool,
+    /// `streamcast_monitor_rejected_total{reason}`.
+    rejected: prometheus::IntCounterVec,
+    /// Keys whose slot was given to another since the last publish: their gauges go.
+    freed: Vec<(ModelRef, Variant)>,
 }
 
 impl Scoring {
@@ -79,50 +121,98 @@ impl Scoring {
             expired_by_key: HashMap::new(),
             variants,
             decided: false,
+            rejected: prometheus::IntCounterVec::new(
+                prometheus::Opts::new("streamcast_monitor_rejected_total", "unregistered"),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            freed: Vec::new(),
         };
         // The served model's primary variant always has a snapshot, so drift is published even
         // before any prediction has been read.
-        scoring.key_of(&model, Variant::Primary);
+        scoring.key_of(&model, Variant::Primary, Instant::now());
         scoring
     }
 
-    fn key_of(&mut self, model: &ModelRef, variant: Variant) -> Option<u16> {
+    /// Counts `rejection` in `streamcast_monitor_rejected_total` (the registered counter).
+    pub fn with_rejected_counter(mut self, rejected: prometheus::IntCounterVec) -> Scoring {
+        self.rejected = rejected;
+        self
+    }
+
+    /// Counts a refused record.
+    pub fn reject(&self, rejection: Rejection) {
+        self.rejected.with_label_values(&[rejection.as_str()]).inc();
+    }
+
+    /// How many records were refused for `rejection`.
+    pub fn rejected(&self, rejection: Rejection) -> u64 {
+        self.rejected.with_label_values(&[rejection.as_str()]).get()
+    }
+
+    /// Keys whose slots were reused since the last call.
+    pub fn take_freed(&mut self) -> Vec<(ModelRef, Variant)> {
+        std::mem::take(&mut self.freed)
+    }
+
+    fn key_of(&mut self, model: &ModelRef, variant: Variant, now: Instant) -> Option<u16> {
         if let Some(i) = self.keys.iter().position(|k| k.model == *model && k.variant == variant) {
+            self.keys[i].last_seen = now;
             return Some(i as u16);
         }
-        if self.keys.len() >= MAX_KEYS {
-            return None;
-        }
-        self.keys.push(Scored {
+        let scored = Scored {
             model: model.clone(),
             variant,
             rolling: RollingError::new(self.cfg.window_count, self.cfg.window_duration),
             rmse_gate: Gate::new(self.cfg.alert_cooldown),
             above_since: None,
             retrain_requested: false,
-        });
-        Some((self.keys.len() - 1) as u16)
+            last_seen: now,
+        };
+        if self.keys.len() < MAX_KEYS {
+            self.keys.push(scored);
+            return Some((self.keys.len() - 1) as u16);
+        }
+        // Reuse a slot that nothing refers to any more: idle past the join TTL (no prediction of
+        // it still waits) and the rolling window (its errors have aged out). The served model's
+        // primary keeps its slot.
+        // (Plus two seconds: expiry runs once a second, after the TTL has passed.)
+        let idle = self.cfg.join_ttl.max(self.cfg.window_duration) + Duration::from_secs(2);
+        let served = &self.model;
+        let free = self.keys.iter().position(|k| {
+            now.saturating_duration_since(k.last_seen) > idle
+                && k.rolling.is_empty()
+                && !(k.variant == Variant::Primary && k.model == *served)
+        })?;
+        let old = std::mem::replace(&mut self.keys[free], scored);
+        self.expired_by_key.remove(&(free as u16));
+        self.freed.push((old.model, old.variant));
+        Some(free as u16)
     }
 
     /// Offers a prediction from the predictions topic (primary or candidate).
     pub fn offer_prediction(&mut self, p: Prediction, src: Source, now: Instant) {
-        let Some(key) = self.key_of(&p.model, p.variant) else { return };
+        let Some(key) = self.key_of(&p.model, p.variant, now) else { return };
         let offer = self.join.offer_prediction(&p.id, WaitingPrediction { key, values: p.prediction }, src, now);
         self.score(offer);
     }
 
     /// Offers a prediction from the shadow topic.
     pub fn offer_shadow_prediction(&mut self, p: Prediction, src: Source, now: Instant) {
-        let Some(key) = self.key_of(&p.model, Variant::Shadow) else { return };
+        let Some(key) = self.key_of(&p.model, Variant::Shadow, now) else { return };
         let Some(j) = self.shadow_join.as_mut() else { return };
         let offer = j.offer_prediction(&p.id, WaitingPrediction { key, values: p.prediction }, src, now);
         self.score(offer);
     }
 
-    /// Offers an actual to both joins; one with a non-finite value is skipped.
+    /// Offers an actual to both joins; an empty one or one with a non-finite value is refused
+    /// and counted (a bad actual never pairs with its prediction, which then expires).
     pub fn offer_actual(&mut self, a: Actual, src: Source, now: Instant) {
+        if a.actual.is_empty() {
+            return self.reject(Rejection::Empty);
+        }
         if a.actual.iter().any(|v| !v.is_finite()) {
-            return;
+            return self.reject(Rejection::NonFinite);
         }
         if let Some(j) = self.shadow_join.as_mut() {
             let offer = j.offer_actual(&a.id, a.actual.clone(), src, now);
@@ -133,14 +223,21 @@ impl Scoring {
     }
 
     fn score(&mut self, offer: Offer) {
-        if let Offer::Joined { prediction, actual } = offer {
-            let scored = &mut self.keys[prediction.key as usize];
-            // The time window runs on the monitor's clock (join time), not event time: actuals
-            // arrive arbitrarily late, and the window is about recent model behaviour.
-            let at = chrono::Utc::now().timestamp_millis();
-            for (p, a) in prediction.values.iter().zip(&actual) {
-                scored.rolling.push(at, p - a);
-            }
+        let Offer::Joined { prediction, actual } = offer else { return };
+        // One value per horizon step: anything else is not this forecast's actual.
+        if prediction.values.len() != actual.len() {
+            return self.reject(Rejection::WrongLength);
+        }
+        let errors = prediction.values.iter().zip(&actual).map(|(p, a)| p - a);
+        if errors.clone().any(|e| !(e.abs() <= MAX_ABS_ERROR)) {
+            return self.reject(Rejection::Overflow);
+        }
+        let scored = &mut self.keys[prediction.key as usize];
+        // The time window runs on the monitor's clock (join time), not event time: actuals
+        // arrive arbitrarily late, and the window is about recent model behaviour.
+        let at = chrono::Utc::now().timestamp_millis();
+        for e in errors {
+            scored.rolling.push(at, e);
         }
     }
 
@@ -423,6 +520,54 @@ mod tests {
         s.drop_shadow_predictions(0);
         s.drop_actuals(0);
         assert_eq!(points(&s), [(9, 9, 9); 2]);
+    }
+
+    #[test]
+    fn bad_actuals_are_counted_by_reason_and_never_change_the_error() {
+        let mut s = Scoring::new(&MonitorConfig::default(), model(), None, false, VariantsConfig::default());
+        let now = Instant::now();
+        s.offer_prediction(prediction("good", 3.0), at(0), now);
+        s.offer_actual(actual("good", 1.0), at(0), now);
+        // 1e200 is finite, but its squared error is not: it would make the RMSE ∞, and once it
+        // left the window, ∞ − ∞ = NaN.
+        s.offer_prediction(prediction("huge", 3.0), at(1), now);
+        s.offer_actual(actual("huge", 1e200), at(1), now);
+        s.offer_prediction(prediction("long", 3.0), at(2), now);
+        s.offer_actual(Actual { actual: vec![1.0, 2.0], ..actual("long", 0.0) }, at(2), now);
+        s.offer_prediction(prediction("empty", 3.0), at(3), now);
+        s.offer_actual(Actual { actual: vec![], ..actual("empty", 0.0) }, at(3), now);
+        s.offer_prediction(prediction("nan", 3.0), at(4), now);
+        s.offer_actual(actual("nan", f64::NAN), at(4), now);
+        let stats = s.advance(chrono::Utc::now().timestamp_millis());
+        assert_eq!((stats[0].count, stats[0].rmse, stats[0].bias), (1, Some(2.0), Some(2.0)));
+        let counts = [Rejection::Overflow, Rejection::WrongLength, Rejection::Empty, Rejection::NonFinite]
+            .map(|r| s.rejected(r));
+        assert_eq!(counts, [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn an_idle_key_frees_its_slot_for_a_new_one() {
+        let cfg = MonitorConfig {
+            join_ttl: Duration::from_secs(1),
+            window_duration: Duration::from_secs(1),
+            ..MonitorConfig::default()
+        };
+        let mut s = Scoring::new(&cfg, model(), None, false, VariantsConfig::default());
+        let t0 = Instant::now();
+        let other = |v: usize| ModelRef { name: "junk".into(), version: v.to_string() };
+        for v in 0..MAX_KEYS - 1 {
+            s.offer_prediction(Prediction { model: other(v), ..prediction(&format!("j{v}"), 1.0) }, at(0), t0);
+        }
+        // Full: a new key has no slot while the others are fresh.
+        s.offer_prediction(Prediction { model: other(999), ..prediction("late", 1.0) }, at(0), t0);
+        assert!(s.take_freed().is_empty());
+        let later = t0 + Duration::from_secs(5);
+        s.expire(later);
+        s.offer_prediction(Prediction { model: other(999), ..prediction("later", 1.0) }, at(0), later);
+        let freed = s.take_freed();
+        assert_eq!(freed.len(), 1);
+        assert_ne!(freed[0].0, model(), "the served primary keeps its slot");
+        assert!(s.keys.iter().any(|k| k.model == other(999)));
     }
 
     #[test]

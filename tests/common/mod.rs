@@ -267,9 +267,52 @@ pub fn send_keyed(topic: &str, records: &[(String, String)]) {
     produce(topic, &r);
 }
 
+/// The schema in `schemas/` that every record of an output topic must validate against, by the
+/// topic's name as [`Topics`] makes it (and `shadow-…` for shadow predictions). Dead letters are
+/// validated by their headers, as an object of name to value.
+fn output_schema(topic: &str) -> Option<&'static jsonschema::Validator> {
+    use std::sync::OnceLock;
+    static SCHEMAS: OnceLock<HashMap<&'static str, jsonschema::Validator>> = OnceLock::new();
+    let schemas = SCHEMAS.get_or_init(|| {
+        [
+            ("pred", "prediction"),
+            ("shadow", "prediction"),
+            ("met", "metrics_snapshot"),
+            ("alr", "alert"),
+            ("dlq", "dead_letter_headers"),
+        ]
+        .into_iter()
+        .map(|(prefix, name)| {
+            let text = std::fs::read_to_string(repo().join(format!("schemas/{name}.schema.json"))).unwrap();
+            let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+            (prefix, jsonschema::validator_for(&schema).expect("a valid JSON Schema"))
+        })
+        .collect()
+    });
+    let prefix = topic.split('-').next()?;
+    schemas.get(prefix)
+}
+
+/// Panics unless `record` of `topic` validates against its schema (when `topic` is an output).
+fn check_schema(topic: &str, record: &Record) {
+    let Some(validator) = output_schema(topic) else { return };
+    let value = if topic.starts_with("dlq-") {
+        serde_json::to_value(&record.headers).unwrap()
+    } else {
+        match serde_json::from_slice(&record.payload) {
+            Ok(v) => v,
+            Err(e) => panic!("{topic} offset {}: not JSON ({e})", record.offset),
+        }
+    };
+    let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{topic} offset {} fails its schema: {errors:?}\n{value}", record.offset);
+}
+
 /// An independent reader that assigns every partition of `topic` from the beginning (no group).
+/// Every record it reads from an output topic is checked against its schema in `schemas/`.
 pub struct Reader {
     consumer: BaseConsumer,
+    topic: String,
     pub records: Vec<Record>,
 }
 
@@ -289,7 +332,7 @@ impl Reader {
             tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(0)).unwrap();
         }
         consumer.assign(&tpl).expect("assign");
-        Reader { consumer, records: Vec::new() }
+        Reader { consumer, topic: topic.to_string(), records: Vec::new() }
     }
 
     /// Reads until `done(records)` or the timeout; returns whether `done` was reached.
@@ -311,13 +354,15 @@ impl Reader {
                             .collect()
                     })
                     .unwrap_or_default();
-                self.records.push(Record {
+                let record = Record {
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers,
-                });
+                };
+                check_schema(&self.topic, &record);
+                self.records.push(record);
             }
         }
         true
