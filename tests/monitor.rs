@@ -50,6 +50,149 @@ fn value_of(i: usize) -> (f64, f64) {
     (p, a)
 }
 
+/// `replicas` processes in role `all` (one worker and one monitor each) on `config`.
+fn start_replicas(config: &str, replicas: usize) -> Vec<Worker> {
+    (0..replicas).map(|_| Worker::start(config)).collect()
+}
+
+/// Which of `workers` leads the monitor election, by `streamcast_monitor_leader`; panics unless
+/// exactly one does.
+fn the_leader(workers: &mut [Worker]) -> usize {
+    let leaders: Vec<usize> = (0..workers.len())
+        .filter(|&i| {
+            let port = workers[i].http_port();
+            metric_value(&http_get(port, "/metrics"), "streamcast_monitor_leader") == 1.0
+        })
+        .collect();
+    assert_eq!(leaders.len(), 1, "leaders: {leaders:?}");
+    leaders[0]
+}
+
+/// The late/early/missing/duplicate scenario's inputs: (early actuals, predictions, late actuals).
+type Keyed = Vec<(String, String)>;
+fn join_scenario() -> (Keyed, Keyed, Keyed) {
+    let id = |i: usize| format!("m-{i:04}");
+    let series = |i: usize| format!("s-{}", i % 9);
+    let mut early_actuals = Vec::new();
+    let mut predictions = Vec::new();
+    let mut late_actuals = Vec::new();
+    for i in 0..180 {
+        let (p, a) = value_of(i);
+        predictions.push((series(i), prediction(&id(i), &series(i), p)));
+        if i < 10 {
+            predictions.push((series(i), prediction(&id(i), &series(i), p))); // duplicate prediction
+        }
+        match i {
+            0..50 => early_actuals.push((series(i), actual(&id(i), &series(i), a))),
+            50..150 => {
+                late_actuals.push((series(i), actual(&id(i), &series(i), a)));
+                if i < 60 {
+                    late_actuals.push((series(i), actual(&id(i), &series(i), a)));
+                    // duplicate actual
+                }
+            }
+            _ => {} // 150..180: never
+        }
+    }
+    for j in 0..20 {
+        late_actuals.push(("s-x".into(), actual(&format!("orphan-{j}"), "s-x", 1.0)));
+    }
+    (early_actuals, predictions, late_actuals)
+}
+
+/// RMSE, MAE and bias of the scenario's 150 joined pairs, computed here.
+fn expected_errors() -> (f64, f64, f64) {
+    let errors: Vec<f64> = (0..150).map(|i| value_of(i).0 - value_of(i).1).collect();
+    let rmse = (errors.iter().map(|e| e * e).sum::<f64>() / 150.0).sqrt();
+    let mae = errors.iter().map(|e| e.abs()).sum::<f64>() / 150.0;
+    let bias = errors.iter().sum::<f64>() / 150.0;
+    (rmse, mae, bias)
+}
+
+fn assert_close(what: &str, got: &serde_json::Value, want: f64) {
+    let got = got.as_f64().unwrap_or_else(|| panic!("{what} is {got}"));
+    assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{what} {got} vs {want}");
+}
+
+/// The scenario through `replicas` replicas in role `all`: the group's snapshot has the exact
+/// counts and errors, and exactly one replica leads.
+fn join_scenario_through(replicas: usize) {
+    let topics = Topics::create(3);
+    let (early, predictions, late) = join_scenario();
+    send_keyed(&topics.actuals, &early);
+    let mut workers = start_replicas(&monitor_config(&topics, "join_ttl = \"6s\"\nmin_joined = 1"), replicas);
+    for w in workers.iter_mut() {
+        w.wait_for_log("Worker started.", Duration::from_secs(60));
+    }
+    send_keyed(&topics.predictions, &predictions);
+    std::thread::sleep(Duration::from_secs(1));
+    send_keyed(&topics.actuals, &late);
+    let snap = wait_snapshot(&topics, &workers[0], Duration::from_secs(60), |s| {
+        s["joined"] == 150 && s["expired"] == 30 && s["unmatched_actuals"] == 20 && s["pending"] == 0
+    });
+    let (rmse, mae, bias) = expected_errors();
+    assert_close("rmse", &snap["rmse"], rmse);
+    assert_close("mae", &snap["mae"], mae);
+    assert_close("bias", &snap["bias"], bias);
+    the_leader(&mut workers);
+}
+
+#[test]
+fn group_numbers_are_the_same_with_one_and_three_replicas() {
+    join_scenario_through(1);
+    join_scenario_through(3);
+}
+
+/// The leader is SIGKILLed with every prediction waiting; another replica takes over from the
+/// committed watermarks and the final numbers are still exact.
+#[test]
+fn when_the_leading_replica_dies_another_takes_over_and_the_numbers_hold() {
+    let topics = Topics::create(3);
+    let (early, predictions, late) = join_scenario();
+    send_keyed(&topics.actuals, &early);
+    let mut workers = start_replicas(&monitor_config(&topics, "join_ttl = \"60s\"\nmin_joined = 1"), 3);
+    for w in workers.iter_mut() {
+        w.wait_for_log("Worker started.", Duration::from_secs(60));
+    }
+    send_keyed(&topics.predictions, &predictions);
+    // 50 joined at once (their actuals came first), 130 distinct predictions wait.
+    wait_snapshot(&topics, &workers[0], Duration::from_secs(60), |s| s["joined"] == 50 && s["pending"] == 130);
+    // One more publish, so the watermarks are committed.
+    std::thread::sleep(Duration::from_secs(1));
+    let leader = the_leader(&mut workers);
+    let mut before = Reader::new(&topics.metrics);
+    before.settle(Duration::from_millis(500));
+    workers[leader].kill_hard();
+    let killed = std::time::Instant::now();
+    let leads = |w: &Worker| w.log_text().matches("Monitor leads the group").count();
+    let led_before: Vec<usize> = workers.iter().map(leads).collect();
+    while !workers.iter().enumerate().any(|(i, w)| i != leader && leads(w) > led_before[i]) {
+        assert!(killed.elapsed() < Duration::from_secs(60), "nobody took over");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("failover: a replica took the lead {:.1} s after the kill", killed.elapsed().as_secs_f64());
+    // The next snapshot comes from the new leader (the old one is dead).
+    let seen = before.records.len();
+    let mut after = Reader::new(&topics.metrics);
+    assert!(after.read_until(Duration::from_secs(60), |r| r.len() > seen), "no snapshot after the failover");
+    let took = killed.elapsed();
+    eprintln!("failover: a new leader published {:.1} s after the kill", took.as_secs_f64());
+    // session.timeout.ms (6 s) + one publish interval (0.5 s), plus the rejoin and the re-read.
+    assert!(took <= Duration::from_secs(12), "took {took:?}");
+    send_keyed(&topics.actuals, &late);
+    // (The 20 orphan actuals wait out the 60 s join TTL before they count as unmatched.)
+    let snap = wait_snapshot(&topics, &workers[(leader + 1) % 3], Duration::from_secs(60), |s| {
+        s["joined"] == 150 && s["pending"] == 30
+    });
+    let (rmse, mae, bias) = expected_errors();
+    assert_close("rmse", &snap["rmse"], rmse);
+    assert_close("mae", &snap["mae"], mae);
+    assert_close("bias", &snap["bias"], bias);
+    let mut alive: Vec<Worker> =
+        workers.into_iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, w)| w).collect();
+    the_leader(&mut alive);
+}
+
 #[test]
 fn rmse_and_counts_are_exact_with_late_early_missing_and_duplicate_actuals() {
     let topics = Topics::create(3);
@@ -159,10 +302,15 @@ fn alerts_of_kind(records: &[Record], kind: &str) -> Vec<serde_json::Value> {
     records.iter().map(|r| r.json()).filter(|j| j["kind"] == kind).collect()
 }
 
+/// One voice: three replicas in role `all`, and still one alert.
 #[test]
 fn one_shifted_feature_gives_exactly_one_feature_drift_alert_for_it() {
     let topics = Topics::create(3);
-    let monitor = start_monitor(&monitor_config(&topics, ""));
+    let mut replicas = start_replicas(&monitor_config(&topics, ""), 3);
+    for w in replicas.iter_mut() {
+        w.wait_for_log("Worker started.", Duration::from_secs(60));
+    }
+    let monitor = &replicas[0];
     send_keyed(&topics.input, &input_stream(5_000, 30.0));
     let mut alerts = Reader::new(&topics.alerts);
     let fired = alerts.read_until(Duration::from_secs(60), |r| !alerts_of_kind(r, "feature_drift").is_empty());
@@ -173,7 +321,7 @@ fn one_shifted_feature_gives_exactly_one_feature_drift_alert_for_it() {
     assert_eq!(drift.len(), 1, "{drift:?}");
     assert_eq!(drift[0]["details"]["feature"], "co2");
     assert_eq!(drift[0]["details"]["state"], "firing");
-    let snap = wait_snapshot(&topics, &monitor, Duration::from_secs(10), |s| {
+    let snap = wait_snapshot(&topics, monitor, Duration::from_secs(10), |s| {
         !s["drifted_features"].as_array().unwrap().is_empty()
     });
     assert_eq!(snap["drifted_features"], serde_json::json!(["co2"]));

@@ -62,8 +62,8 @@ struct Entry {
 /// What offering a record to the join did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Offer {
-    /// Both sides are here: score them.
-    Joined { prediction: WaitingPrediction, actual: Vec<f64> },
+    /// Both sides are here: score them. `sources` are the prediction's and the actual's records.
+    Joined { prediction: WaitingPrediction, actual: Vec<f64>, sources: [Source; 2] },
     /// Waiting for the other side.
     Waiting,
     /// This id was already scored, or the same side is already waiting: ignored.
@@ -193,8 +193,12 @@ impl JoinBuffer {
             self.shrink();
             self.counts.joined += 1;
             return match (entry.waiting, incoming) {
-                (Waiting::Prediction(prediction), Waiting::Actual(actual))
-                | (Waiting::Actual(actual), Waiting::Prediction(prediction)) => Offer::Joined { prediction, actual },
+                (Waiting::Prediction(prediction), Waiting::Actual(actual)) => {
+                    Offer::Joined { prediction, actual, sources: [entry.source, source] }
+                }
+                (Waiting::Actual(actual), Waiting::Prediction(prediction)) => {
+                    Offer::Joined { prediction, actual, sources: [source, entry.source] }
+                }
                 _ => unreachable!("sides differ"),
             };
         }
@@ -317,9 +321,10 @@ mod tests {
         let mut j = JoinBuffer::new(10, Duration::from_secs(60));
         assert_eq!(j.offer_prediction("a", p(1.0), src(0), t), Offer::Waiting);
         assert_eq!(j.offer_prediction("a", p(1.0), src(1), t), Offer::Duplicate);
-        assert_eq!(j.offer_actual("a", vec![2.0], src(0), t), Offer::Joined { prediction: p(1.0), actual: vec![2.0] });
+        let joined = |value, actual, sources| Offer::Joined { prediction: p(value), actual, sources };
+        assert_eq!(j.offer_actual("a", vec![2.0], src(0), t), joined(1.0, vec![2.0], [src(0), src(0)]));
         assert_eq!(j.offer_actual("b", vec![3.0], src(1), t), Offer::Waiting);
-        assert_eq!(j.offer_prediction("b", p(4.0), src(2), t), Offer::Joined { prediction: p(4.0), actual: vec![3.0] });
+        assert_eq!(j.offer_prediction("b", p(4.0), src(2), t), joined(4.0, vec![3.0], [src(2), src(1)]));
         assert_eq!(j.offer_prediction("b", p(4.0), src(3), t), Offer::Duplicate);
         assert_eq!(j.offer_actual("a", vec![2.0], src(2), t), Offer::Duplicate);
         assert_eq!(j.counts().joined, 2);

@@ -20,6 +20,7 @@ pub struct MonitorMetrics {
     psi: GaugeVec,
     p_value: GaugeVec,
     rejected: IntCounterVec,
+    leader: prometheus::IntGauge,
 }
 
 impl MonitorMetrics {
@@ -60,12 +61,35 @@ impl MonitorMetrics {
                 registry.register(Box::new(v.clone())).expect("registered once");
                 v
             },
+            leader: {
+                let g = prometheus::IntGauge::new(
+                    "streamcast_monitor_leader",
+                    "1 while this replica's monitor leads the group (reads and publishes), else 0.",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
         }
     }
 
     /// The rejection counter, for [`super::scoring::Scoring`].
     pub fn rejected(&self) -> IntCounterVec {
         self.rejected.clone()
+    }
+
+    pub fn set_leader(&self, leads: bool) {
+        self.leader.set(i64::from(leads));
+    }
+
+    /// Removes every per-model gauge (the leader's are the group's).
+    pub fn clear(&self) {
+        for g in [&self.rmse, &self.mae, &self.ks, &self.psi, &self.p_value] {
+            g.reset();
+        }
+        for g in [&self.joined, &self.pending, &self.expired, &self.unmatched] {
+            g.reset();
+        }
     }
 
     /// Removes the gauges of a key that no longer exists.

@@ -11,14 +11,18 @@
 //! - [`publish`]: one publish: alerts, snapshots, gauges.
 //! - [`snapshot`]: the `model_metrics` message and its producer.
 //! - [`metrics`]: the Prometheus gauges.
+//! - [`election`]: which replica's monitor leads the group (Kafka's group protocol decides).
 //! - [`run`]: the consumer, the poll loop, routing by [`run::TopicRole`], commit watermarks.
 //!
-//! It reads `predictions`, `actuals` and `input_data` in its own consumer group
+//! Every replica runs it, but only the elected leader (see [`election`]) reads: every partition
+//! of `predictions`, `actuals` and `input_data`, so its numbers, alerts and decisions are the
+//! whole group's whatever the replica count. It commits under its own group id
 //! (`<consumer.group_id>-monitor`), so it runs the same inside `streamcast run` or alone with
-//! `--role monitor`, and a restart or rebalance rebuilds pending joins by re-reading from the
+//! `--role monitor`, and a restart or failover rebuilds pending joins by re-reading from the
 //! committed watermark: per partition, the lowest offset whose record still waits.
 
 pub mod drift;
+pub mod election;
 pub mod join;
 pub mod metrics;
 pub mod publish;
@@ -40,11 +44,10 @@ use crate::config::Config;
 use crate::event::{FeatureSchema, ModelRef};
 use crate::kafka::{client_config, ClusterError};
 use crate::shutdown::Shutdown;
-use drift::DriftTracker;
+use election::Election;
 use metrics::MonitorMetrics;
 use publish::Publisher;
-use run::{Monitor, Topics};
-use scoring::Scoring;
+use run::{Monitor, Start, Topics};
 use snapshot::SnapshotSink;
 
 /// Why the monitor could not start.
@@ -64,21 +67,30 @@ pub fn spawn(
 ) -> Result<JoinHandle<()>, MonitorError> {
     let cfg = &config.monitor;
     let topics = Topics::new(config);
-    let consumer = run::subscribe(config, &topics)?;
+    let consumer = run::consumer(config, &topics)?;
+    let election = Election::join(config)?;
     let producer: BaseProducer = client_config(config).create().map_err(ClusterError::Client)?;
     let m = &bundle.manifest;
     let model = ModelRef { name: m.name.clone(), version: m.version.clone() };
     let threshold = cfg.rmse_threshold.or_else(|| m.validation.as_ref().map(|v| v.rmse * cfg.rmse_threshold_ratio));
     let metrics = MonitorMetrics::register(registry);
-    let scoring = Scoring::new(cfg, model.clone(), threshold, topics.has_shadow(), config.variants.clone())
-        .with_rejected_counter(metrics.rejected());
     let snapshots = SnapshotSink::new(producer, config.topics.metrics.clone());
-    let publisher = Publisher::new(cfg, model, &m.features, snapshots, metrics, alerts);
     let schema = FeatureSchema::for_bundle(m, config.validation.max_message_bytes, false);
-    let monitor = Monitor::new(cfg, topics, schema, DriftTracker::new(&bundle, cfg), scoring, publisher);
+    let features = m.features.clone();
+    let start = Start {
+        bundle: bundle.clone(),
+        cfg: cfg.clone(),
+        model: model.clone(),
+        threshold,
+        shadow: topics.has_shadow(),
+        variants: config.variants.clone(),
+        rejected: metrics.rejected(),
+    };
+    let publisher = Publisher::new(cfg, model, &features, snapshots, metrics, alerts);
+    let monitor = Monitor::new(start, topics, schema, publisher);
     tracing::info!(group = %run::group_id(config), threshold, "Monitor started.");
     Ok(std::thread::Builder::new()
         .name("streamcast-monitor".into())
-        .spawn(move || monitor.run(consumer, shutdown))
+        .spawn(move || monitor.run(election, consumer, shutdown))
         .expect("spawning a thread only fails when the OS is out of resources"))
 }

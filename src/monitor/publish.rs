@@ -69,6 +69,22 @@ impl Publisher {
         self.snapshots.poll();
     }
 
+    /// This replica leads now: alert gates and the retraining schedule start afresh.
+    pub fn take_over(&mut self) {
+        for (_, gate) in &mut self.feature_gates {
+            *gate = Gate::new(self.cfg.alert_cooldown);
+        }
+        self.prediction_gate = Gate::new(self.cfg.alert_cooldown);
+        self.last_schedule = Instant::now();
+        self.metrics.set_leader(true);
+    }
+
+    /// Another replica leads: this one's gauges would contradict the leader's, so they go.
+    pub fn stand_down(&self) {
+        self.metrics.clear();
+        self.metrics.set_leader(false);
+    }
+
     /// Waits (bounded) for enqueued snapshots on shutdown.
     pub fn flush(&self) {
         self.snapshots.flush();

@@ -2,14 +2,15 @@
 //! its topic's role, and the commit watermarks.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::drift::DriftTracker;
+use super::election::Election;
 use super::join::Source;
 use super::publish::Publisher;
 use super::scoring::{Rejection, Scoring};
@@ -84,55 +85,72 @@ pub fn group_id(config: &Config) -> String {
     format!("{}-monitor", config.consumer.group_id)
 }
 
-/// Rebalance context: revoked partitions are handed to the loop, which drops their waiting
-/// entries (the next owner re-reads them from the committed watermark).
+/// The monitor consumer's context: it is assigned its partitions by hand, so only errors matter.
 #[derive(Default)]
-pub struct MonitorContext {
-    revoked: Mutex<Vec<(String, i32)>>,
-}
+pub struct MonitorContext;
 
 impl ClientContext for MonitorContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         crate::kafka::observe_client_error(&error, reason);
     }
 }
-impl ConsumerContext for MonitorContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut r = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-            r.extend(tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())));
-        }
-    }
-}
+impl ConsumerContext for MonitorContext {}
 
-impl MonitorContext {
-    fn take_revoked(&self) -> Vec<(String, i32)> {
-        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-/// Creates the monitor's consumer and subscribes it to `topics`, once every topic the monitor
-/// reads or writes exists.
-pub fn subscribe(config: &Config, topics: &Topics) -> Result<BaseConsumer<MonitorContext>, ClusterError> {
+/// Creates the monitor's consumer once every topic the monitor reads or writes exists. It is not
+/// subscribed: the elected leader assigns itself every partition (see [`super::election`]), and
+/// commits its watermarks under [`group_id`].
+pub fn consumer(config: &Config, topics: &Topics) -> Result<BaseConsumer<MonitorContext>, ClusterError> {
     let mut cc = client_config(config);
-    cc.set("group.id", group_id(config))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        // Predictions and actuals are keyed by series id: with equal partition counts, the range
-        // assignor gives both topics' partition p to the same member, so joins stay local.
-        .set("partition.assignment.strategy", "range");
+    cc.set("group.id", group_id(config)).set("enable.auto.commit", "false").set("auto.offset.reset", "earliest");
     let consumer: BaseConsumer<MonitorContext> =
         cc.create_with_context(MonitorContext::default()).map_err(ClusterError::Client)?;
-    let read = topics.subscribed();
-    let mut wanted = read.clone();
+    let mut wanted = topics.subscribed();
     wanted.extend([config.topics.metrics.as_str(), config.topics.alerts.as_str()]);
     require_topics(&consumer, &wanted, config)?;
-    consumer.subscribe(&read).map_err(ClusterError::Client)?;
     Ok(consumer)
+}
+
+/// Assigns every partition of `topics`, each resuming at the monitor group's committed offset
+/// (the earliest where none is committed). Returns how many partitions.
+fn assign_committed(consumer: &BaseConsumer<MonitorContext>, topics: &[&str]) -> Result<usize, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for p in md.topics().iter().flat_map(|t| t.partitions()) {
+            tpl.add_partition_offset(topic, p.id(), Offset::Stored)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    Ok(tpl.count())
+}
+
+/// What a monitor that takes the lead starts from: the served model's reference sample and
+/// thresholds, and empty joins and windows (the committed watermarks hold everything still
+/// waiting, so re-reading from them rebuilds the joins).
+pub struct Start {
+    pub bundle: std::sync::Arc<crate::bundle::Bundle>,
+    pub cfg: MonitorConfig,
+    pub model: crate::event::ModelRef,
+    pub threshold: Option<f64>,
+    pub shadow: bool,
+    pub variants: crate::config::VariantsConfig,
+    pub rejected: prometheus::IntCounterVec,
+}
+
+impl Start {
+    pub fn scoring(&self) -> Scoring {
+        Scoring::new(&self.cfg, self.model.clone(), self.threshold, self.shadow, self.variants.clone())
+            .with_rejected_counter(self.rejected.clone())
+    }
+
+    pub fn drift(&self) -> DriftTracker {
+        DriftTracker::new(&self.bundle, &self.cfg)
+    }
 }
 
 /// The monitor thread's state.
 pub struct Monitor {
+    start: Start,
     topics: Topics,
     /// Decodes served inputs for the drift sample.
     schema: FeatureSchema,
@@ -145,31 +163,62 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(
-        cfg: &MonitorConfig,
-        topics: Topics,
-        schema: FeatureSchema,
-        drift: DriftTracker,
-        scoring: Scoring,
-        publisher: Publisher,
-    ) -> Monitor {
-        let publish_interval = cfg.publish_interval;
-        Monitor { topics, schema, drift, scoring, publisher, publish_interval, next: HashMap::new() }
+    pub fn new(start: Start, topics: Topics, schema: FeatureSchema, publisher: Publisher) -> Monitor {
+        let publish_interval = start.cfg.publish_interval;
+        let (drift, scoring) = (start.drift(), start.scoring());
+        Monitor { start, topics, schema, drift, scoring, publisher, publish_interval, next: HashMap::new() }
     }
 
-    /// Polls until shutdown, expiring the joins every second and publishing every
-    /// `publish_interval`; then commits synchronously and flushes.
-    pub fn run(mut self, consumer: BaseConsumer<MonitorContext>, shutdown: Shutdown) {
+    /// Takes the lead: fresh state, every partition from the committed watermarks.
+    fn take_over(&mut self, consumer: &BaseConsumer<MonitorContext>) {
+        self.drift = self.start.drift();
+        self.scoring = self.start.scoring();
+        self.next.clear();
+        self.publisher.take_over();
+        match assign_committed(consumer, &self.topics.subscribed()) {
+            Ok(partitions) => tracing::info!(partitions, "Monitor leads the group: reading every partition."),
+            Err(error) => tracing::warn!(%error, "Monitor leads the group but cannot assign its partitions."),
+        }
+    }
+
+    /// Another replica leads now: stop reading and publishing. Nothing is committed: the new
+    /// leader already resumed from the last committed watermarks, and a later commit from here
+    /// could only move them past what it has not read yet.
+    fn step_down(&mut self, consumer: &BaseConsumer<MonitorContext>) {
+        let _ = consumer.unassign();
+        self.next.clear();
+        self.publisher.stand_down();
+        tracing::info!("Monitor stands by: another replica leads.");
+    }
+
+    /// Polls until shutdown. While this replica leads (see [`super::election`]), expires the
+    /// joins every second and publishes every `publish_interval`; at shutdown commits
+    /// synchronously and flushes.
+    pub fn run(mut self, election: Election, consumer: BaseConsumer<MonitorContext>, shutdown: Shutdown) {
         let mut last_publish = Instant::now();
         let mut last_expire = Instant::now();
+        let mut leading = false;
+        tracing::info!("Monitor joined the election; the leader alone reads and publishes.");
         while !shutdown.is_triggered() {
+            let leads = election.poll(if leading { Duration::ZERO } else { Duration::from_millis(100) });
+            if leads != leading {
+                leading = leads;
+                if leads {
+                    self.take_over(&consumer);
+                    last_publish = Instant::now();
+                } else {
+                    self.step_down(&consumer);
+                }
+            }
+            if !leading {
+                continue;
+            }
             if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
                 match msg {
                     Ok(m) => self.read(&m),
                     Err(error) => tracing::warn!(%error, "Monitor consumer error."),
                 }
             }
-            self.revoke(consumer.context().take_revoked());
             let now = Instant::now();
             if now.duration_since(last_expire) >= Duration::from_secs(1) {
                 self.scoring.expire(now);
@@ -181,8 +230,10 @@ impl Monitor {
                 last_publish = now;
             }
         }
-        self.commit(&consumer, CommitMode::Sync);
-        self.publisher.flush();
+        if leading {
+            self.commit(&consumer, CommitMode::Sync);
+            self.publisher.flush();
+        }
         tracing::info!("Monitor stopped.");
     }
 
@@ -229,19 +280,6 @@ impl Monitor {
             EventValues::Window(w) => &w[w.len() - width..],
         };
         self.drift.push_features(row);
-    }
-
-    /// Drops what revoked partitions left waiting and their watermarks.
-    fn revoke(&mut self, revoked: Vec<(String, i32)>) {
-        for (topic, partition) in revoked {
-            match self.topics.role(&topic) {
-                Some(TopicRole::Predictions) => self.scoring.drop_predictions(partition),
-                Some(TopicRole::Shadow) => self.scoring.drop_shadow_predictions(partition),
-                Some(TopicRole::Actuals) => self.scoring.drop_actuals(partition),
-                Some(TopicRole::Input) | None => {}
-            }
-            self.next.remove(&(topic, partition));
-        }
     }
 
     /// Commits, per partition, the lowest offset whose record still waits in a join.

@@ -2,7 +2,7 @@
 //! error per model version × variant (a "key"), gates each key's RMSE alert and performance
 //! retraining request, and applies the rollback/promotion rule to the configured candidate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::join::{JoinBuffer, Offer, Side, Source, WaitingPrediction};
@@ -63,6 +63,32 @@ struct Scored {
     retrain_requested: bool,
     /// When a prediction of this key was last offered.
     last_seen: Instant,
+    /// The records of the pairs whose errors are in `rolling`, oldest first, so the commit
+    /// watermark can hold at them: a new leader rebuilds the window by re-reading them.
+    window_pairs: VecDeque<WindowPair>,
+    /// Errors the pairs in `window_pairs` contributed (some of the oldest may have left).
+    window_entries: usize,
+}
+
+/// One joined pair in a rolling window: how many errors it added and where its records are.
+struct WindowPair {
+    entries: usize,
+    prediction: Source,
+    actual: Source,
+}
+
+impl Scored {
+    /// Forgets the pairs whose errors have all left the rolling window.
+    fn trim_pairs(&mut self) {
+        let live = self.rolling.len();
+        while let Some(front) = self.window_pairs.front() {
+            if self.window_entries - front.entries < live {
+                break;
+            }
+            self.window_entries -= front.entries;
+            self.window_pairs.pop_front();
+        }
+    }
 }
 
 /// One key's numbers at a publish.
@@ -168,6 +194,8 @@ impl Scoring {
             above_since: None,
             retrain_requested: false,
             last_seen: now,
+            window_pairs: VecDeque::new(),
+            window_entries: 0,
         };
         if self.keys.len() < MAX_KEYS {
             self.keys.push(scored);
@@ -223,7 +251,7 @@ impl Scoring {
     }
 
     fn score(&mut self, offer: Offer) {
-        let Offer::Joined { prediction, actual } = offer else { return };
+        let Offer::Joined { prediction, actual, sources: [prediction_source, actual_source] } = offer else { return };
         // One value per horizon step: anything else is not this forecast's actual.
         if prediction.values.len() != actual.len() {
             return self.reject(Rejection::WrongLength);
@@ -236,9 +264,26 @@ impl Scoring {
         // The time window runs on the monitor's clock (join time), not event time: actuals
         // arrive arbitrarily late, and the window is about recent model behaviour.
         let at = chrono::Utc::now().timestamp_millis();
-        for e in errors {
-            scored.rolling.push(at, e);
-        }
+        let entries = errors.filter(|e| scored.rolling.push(at, *e)).count();
+        scored.window_entries += entries;
+        scored.window_pairs.push_back(WindowPair { entries, prediction: prediction_source, actual: actual_source });
+        scored.trim_pairs();
+    }
+
+    /// The lowest offset of `partition` that a pair in a window of the keys `of` came from.
+    fn window_low(
+        &self,
+        partition: i32,
+        of: impl Fn(&Scored) -> bool,
+        side: impl Fn(&WindowPair) -> Source,
+    ) -> Option<i64> {
+        self.keys
+            .iter()
+            .filter(|k| of(k))
+            .flat_map(|k| k.window_pairs.iter().map(&side))
+            .filter(|s| s.partition == partition)
+            .map(|s| s.offset)
+            .min()
     }
 
     /// Expires entries past the join TTL, counting expired predictions per key.
@@ -270,20 +315,29 @@ impl Scoring {
         }
     }
 
-    /// The offset to commit for a predictions partition read up to `next`.
+    /// The offset to commit for a predictions partition read up to `next`: the lowest one that
+    /// still waits in the join or whose pair is still in a rolling window.
     pub fn predictions_commit_point(&self, partition: i32, next: i64) -> i64 {
-        self.join.commit_point(Side::Prediction, partition, next)
+        let waiting = self.join.commit_point(Side::Prediction, partition, next);
+        let in_window = self.window_low(partition, |k| k.variant != Variant::Shadow, |p| p.prediction);
+        in_window.map_or(waiting, |w| waiting.min(w))
     }
 
-    /// The offset to commit for a shadow partition read up to `next`.
+    /// The offset to commit for a shadow partition read up to `next` (as for predictions).
     pub fn shadow_commit_point(&self, partition: i32, next: i64) -> i64 {
-        self.shadow_join.as_ref().map_or(next, |j| j.commit_point(Side::Prediction, partition, next))
+        let waiting = self.shadow_join.as_ref().map_or(next, |j| j.commit_point(Side::Prediction, partition, next));
+        let in_window = self.window_low(partition, |k| k.variant == Variant::Shadow, |p| p.prediction);
+        in_window.map_or(waiting, |w| waiting.min(w))
     }
 
-    /// The offset to commit for an actuals partition read up to `next`: the lower of both joins'.
+    /// The offset to commit for an actuals partition read up to `next`: the lower of both joins'
+    /// and of the pairs still in a rolling window.
     pub fn actuals_commit_point(&self, partition: i32, next: i64) -> i64 {
         let main = self.join.commit_point(Side::Actual, partition, next);
-        self.shadow_join.as_ref().map_or(main, |j| main.min(j.commit_point(Side::Actual, partition, next)))
+        let waiting =
+            self.shadow_join.as_ref().map_or(main, |j| main.min(j.commit_point(Side::Actual, partition, next)));
+        let in_window = self.window_low(partition, |_| true, |p| p.actual);
+        in_window.map_or(waiting, |w| waiting.min(w))
     }
 
     /// Actuals whose prediction never came or that the cap evicted, counted in the primary join
@@ -297,6 +351,7 @@ impl Scoring {
     pub fn advance(&mut self, now_ms: i64) -> Vec<ErrorStats> {
         let advance = |k: &mut Scored| {
             k.rolling.advance(now_ms);
+            k.trim_pairs();
             k.rolling.snapshot()
         };
         self.keys.iter_mut().map(advance).collect()
@@ -491,17 +546,23 @@ mod tests {
     }
 
     #[test]
-    fn commit_points_hold_at_what_still_waits() {
-        let mut s = with_shadow();
+    fn commit_points_hold_at_what_still_waits_or_is_in_a_window() {
+        let cfg = MonitorConfig { window_count: 1, ..MonitorConfig::default() };
+        let mut s = Scoring::new(&cfg, model(), None, true, VariantsConfig::default());
         let now = Instant::now();
         s.offer_prediction(prediction("a", 1.0), at(5), now);
         assert_eq!(s.predictions_commit_point(0, 9), 5);
-        // The actual completes the primary join but still waits for its shadow prediction.
+        // The actual completes the primary join; the pair's records stay held while its error
+        // is in the window, and the actual still waits for its shadow prediction.
         s.offer_actual(actual("a", 1.0), at(3), now);
-        assert_eq!(s.predictions_commit_point(0, 9), 9);
-        assert_eq!(s.actuals_commit_point(0, 9), 3);
+        assert_eq!((s.predictions_commit_point(0, 9), s.actuals_commit_point(0, 9)), (5, 3));
         s.offer_shadow_prediction(prediction("a", 2.0), at(7), now);
-        assert_eq!((s.actuals_commit_point(0, 9), s.shadow_commit_point(0, 9)), (9, 9));
+        assert_eq!(s.shadow_commit_point(0, 9), 7);
+        // A newer pair pushes the first out of the primary's one-error window: its prediction is
+        // released, but its actual stays held by the shadow's window.
+        s.offer_prediction(prediction("b", 1.0), at(8), now);
+        s.offer_actual(actual("b", 1.0), at(8), now);
+        assert_eq!((s.predictions_commit_point(0, 9), s.actuals_commit_point(0, 9)), (8, 3));
     }
 
     #[test]
