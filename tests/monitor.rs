@@ -325,6 +325,25 @@ fn one_shifted_feature_gives_exactly_one_feature_drift_alert_for_it() {
         !s["drifted_features"].as_array().unwrap().is_empty()
     });
     assert_eq!(snap["drifted_features"], serde_json::json!(["co2"]));
+    // The leader dies; its successor reads the firing alert back and, with the shift still
+    // there, does not raise it again.
+    let leader = the_leader(&mut replicas);
+    replicas[leader].kill_hard();
+    let survivor = (leader + 1) % 3;
+    let before = replicas[survivor].log_text().matches("Monitor leads the group").count()
+        + replicas[(leader + 2) % 3].log_text().matches("Monitor leads the group").count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while replicas[survivor].log_text().matches("Monitor leads the group").count()
+        + replicas[(leader + 2) % 3].log_text().matches("Monitor leads the group").count()
+        == before
+    {
+        assert!(std::time::Instant::now() < deadline, "nobody took over");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    send_keyed(&topics.input, &input_stream(5_000, 30.0));
+    wait_snapshot(&topics, &replicas[survivor], Duration::from_secs(60), |s| s["drift"]["co2"]["samples"] == 2000);
+    alerts.settle(Duration::from_secs(3));
+    assert_eq!(alerts_of_kind(&alerts.records, "feature_drift").len(), 1, "fired again after the failover");
 }
 
 #[test]
@@ -363,6 +382,28 @@ fn sustained_high_error_requests_retraining_once() {
     assert_eq!(retrain.len(), 1, "{retrain:?}");
     assert_eq!(retrain[0]["details"]["reason"], "performance");
     assert_eq!(alerts_of_kind(&alerts.records, "rmse_above_threshold").len(), 1);
+}
+
+/// The schedule's period runs from the last request published, not from process start: a
+/// restart in mid-period neither fires at once nor starts the period over.
+#[test]
+fn a_retrain_schedule_keeps_its_period_across_a_restart() {
+    let topics = Topics::create(1);
+    let config = monitor_config(&topics, "retrain_schedule = \"8s\"");
+    let mut first = start_monitor(&config);
+    let mut alerts = Reader::new(&topics.alerts);
+    assert!(alerts.read_until(Duration::from_secs(60), |r| !alerts_of_kind(r, "retrain_requested").is_empty()));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(first.terminate(Duration::from_secs(30)).success(), "{}", first.log_text());
+    let second = start_monitor(&config);
+    let two = alerts.read_until(Duration::from_secs(60), |r| alerts_of_kind(r, "retrain_requested").len() >= 2);
+    assert!(two, "{}", second.log_text());
+    let at = |a: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(a["at"].as_str().unwrap()).unwrap();
+    let requests = alerts_of_kind(&alerts.records, "retrain_requested");
+    let gap = (at(&requests[1]) - at(&requests[0])).num_milliseconds() as f64 / 1e3;
+    // 8 s after the first (publishes tick every 0.5 s); a schedule restarted at the restart
+    // would have waited 8 s from there, about 12 s after the first.
+    assert!((7.5..10.5).contains(&gap), "second request {gap} s after the first");
 }
 
 #[test]

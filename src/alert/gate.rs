@@ -32,6 +32,12 @@ impl Gate {
         Gate { active: true, last_fired: Some(at), cooldown }
     }
 
+    /// A gate as a published history left it: `active` when its last alert said firing, and
+    /// `last_fired` when it last fired (for the cooldown).
+    pub fn resumed(cooldown: Duration, active: bool, last_fired: Option<Instant>) -> Gate {
+        Gate { active, last_fired, cooldown }
+    }
+
     /// `firing`: the condition holds; `clear`: it is clearly gone (stricter than `!firing`).
     pub fn update(&mut self, firing: bool, clear: bool, now: Instant) -> Transition {
         if !self.active {

@@ -87,7 +87,7 @@ pub fn spawn(
         rejected: metrics.rejected(),
     };
     let publisher = Publisher::new(cfg, model, &features, snapshots, metrics, alerts);
-    let monitor = Monitor::new(start, topics, schema, publisher);
+    let monitor = Monitor::new(start, run::alerts_reader(config)?, topics, schema, publisher);
     tracing::info!(group = %run::group_id(config), threshold, "Monitor started.");
     Ok(std::thread::Builder::new()
         .name("streamcast-monitor".into())

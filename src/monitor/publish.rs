@@ -69,13 +69,41 @@ impl Publisher {
         self.snapshots.poll();
     }
 
-    /// This replica leads now: alert gates and the retraining schedule start afresh.
-    pub fn take_over(&mut self) {
-        for (_, gate) in &mut self.feature_gates {
-            *gate = Gate::new(self.cfg.alert_cooldown);
+    /// This replica leads now: the alert gates and the retraining schedule resume from what
+    /// earlier leaders published (`history`, the alerts topic in order), so a restart or a
+    /// failover neither repeats an alert that is still firing nor restarts a cooldown or the
+    /// schedule's period.
+    pub fn take_over(&mut self, history: &[Alert], now: Instant) {
+        let cooldown = self.cfg.alert_cooldown;
+        let ours = || history.iter().filter(|a| a.model.name == self.model.name);
+        let resume = |matches: &dyn Fn(&Details) -> Option<AlertState>| {
+            let mut active = false;
+            let mut last_fired = None;
+            for a in ours() {
+                match matches(&a.details) {
+                    Some(AlertState::Firing) => {
+                        active = true;
+                        last_fired = instant_of(&a.at, now);
+                    }
+                    Some(AlertState::Resolved) => active = false,
+                    None => {}
+                }
+            }
+            Gate::resumed(cooldown, active, last_fired)
+        };
+        for (feature, gate) in &mut self.feature_gates {
+            *gate = resume(&|d| match d {
+                Details::FeatureDrift(d) if d.feature.as_deref() == Some(feature.as_str()) => Some(d.state),
+                _ => None,
+            });
         }
-        self.prediction_gate = Gate::new(self.cfg.alert_cooldown);
-        self.last_schedule = Instant::now();
+        self.prediction_gate = resume(&|d| match d {
+            Details::PredictionDrift(d) => Some(d.state),
+            _ => None,
+        });
+        let scheduled =
+            |a: &&Alert| matches!(&a.details, Details::RetrainRequested(r) if r.reason == RetrainReason::Schedule);
+        self.last_schedule = ours().filter(scheduled).last().and_then(|a| instant_of(&a.at, now)).unwrap_or(now);
         self.metrics.set_leader(true);
     }
 
@@ -132,6 +160,14 @@ impl Publisher {
         }
         self.metrics.set_model(&self.model.name, unmatched_actuals, &report.features);
     }
+}
+
+/// The instant, on this process's clock, of an alert's `at` timestamp (`None` if unreadable or
+/// older than this clock can express).
+fn instant_of(at: &str, now: Instant) -> Option<Instant> {
+    let at = chrono::DateTime::parse_from_rfc3339(at).ok()?;
+    let age = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).to_std().unwrap_or_default();
+    now.checked_sub(age)
 }
 
 fn snapshot<'a>(

@@ -16,7 +16,7 @@ use super::publish::Publisher;
 use super::scoring::{Rejection, Scoring};
 use crate::config::{Config, MonitorConfig};
 use crate::event::{Actual, EventValues, FeatureSchema, InputEvent, Prediction, Variant};
-use crate::kafka::{client_config, require_topics, ClusterError};
+use crate::kafka::{client_config, reader_config, require_topics, ClusterError};
 use crate::shutdown::Shutdown;
 
 /// What the records of a topic the monitor reads are.
@@ -124,6 +124,48 @@ fn assign_committed(consumer: &BaseConsumer<MonitorContext>, topics: &[&str]) ->
     Ok(tpl.count())
 }
 
+/// How long a new leader reads the alerts topic back for.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A reader of the alerts topic, for what earlier leaders published.
+pub fn alerts_reader(config: &Config) -> Result<(BaseConsumer, String), ClusterError> {
+    let consumer: BaseConsumer = reader_config(config, "monitor-history").create().map_err(ClusterError::Client)?;
+    Ok((consumer, config.topics.alerts.clone()))
+}
+
+/// Every alert on the topic now, in order per partition (alerts are keyed by model name, so one
+/// model's alerts share a partition), read within `timeout`.
+fn read_alerts((consumer, topic): &(BaseConsumer, String), timeout: Duration) -> Vec<crate::alert::Alert> {
+    let deadline = Instant::now() + timeout;
+    let mut ends = HashMap::new();
+    let Ok(md) = consumer.fetch_metadata(Some(topic), timeout) else { return Vec::new() };
+    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        if let Ok((low, high)) = consumer.fetch_watermarks(topic, p.id(), timeout) {
+            if high > low {
+                ends.insert(p.id(), high);
+            }
+        }
+    }
+    if ends.is_empty() || crate::kafka::assign_all(consumer, topic, Offset::Beginning).is_err() {
+        return Vec::new();
+    }
+    let mut alerts = Vec::new();
+    while !ends.is_empty() && Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
+        if let Ok(a) = serde_json::from_slice(m.payload().unwrap_or_default()) {
+            alerts.push(a);
+        }
+        if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+            ends.remove(&m.partition());
+        }
+    }
+    let _ = consumer.unassign();
+    if !ends.is_empty() {
+        tracing::warn!(partitions = ends.len(), "Alert history not read in full; gates may repeat an alert.");
+    }
+    alerts
+}
+
 /// What a monitor that takes the lead starts from: the served model's reference sample and
 /// thresholds, and empty joins and windows (the committed watermarks hold everything still
 /// waiting, so re-reading from them rebuilds the joins).
@@ -151,6 +193,8 @@ impl Start {
 /// The monitor thread's state.
 pub struct Monitor {
     start: Start,
+    /// Reads back what earlier leaders published.
+    alerts_reader: (BaseConsumer, String),
     topics: Topics,
     /// Decodes served inputs for the drift sample.
     schema: FeatureSchema,
@@ -163,10 +207,26 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(start: Start, topics: Topics, schema: FeatureSchema, publisher: Publisher) -> Monitor {
+    pub fn new(
+        start: Start,
+        alerts_reader: (BaseConsumer, String),
+        topics: Topics,
+        schema: FeatureSchema,
+        publisher: Publisher,
+    ) -> Monitor {
         let publish_interval = start.cfg.publish_interval;
         let (drift, scoring) = (start.drift(), start.scoring());
-        Monitor { start, topics, schema, drift, scoring, publisher, publish_interval, next: HashMap::new() }
+        Monitor {
+            start,
+            alerts_reader,
+            topics,
+            schema,
+            drift,
+            scoring,
+            publisher,
+            publish_interval,
+            next: HashMap::new(),
+        }
     }
 
     /// Takes the lead: fresh state, every partition from the committed watermarks.
@@ -174,7 +234,8 @@ impl Monitor {
         self.drift = self.start.drift();
         self.scoring = self.start.scoring();
         self.next.clear();
-        self.publisher.take_over();
+        let history = read_alerts(&self.alerts_reader, HISTORY_TIMEOUT);
+        self.publisher.take_over(&history, Instant::now());
         match assign_committed(consumer, &self.topics.subscribed()) {
             Ok(partitions) => tracing::info!(partitions, "Monitor leads the group: reading every partition."),
             Err(error) => tracing::warn!(%error, "Monitor leads the group but cannot assign its partitions."),
