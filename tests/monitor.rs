@@ -193,6 +193,65 @@ fn when_the_leading_replica_dies_another_takes_over_and_the_numbers_hold() {
     the_leader(&mut alive);
 }
 
+fn prediction_of(id: &str, version: &str, variant: &str, value: f64) -> String {
+    serde_json::json!({
+        "id": id, "series_id": "s", "timestamp": "2026-11-26T19:00:00Z", "prediction": [value],
+        "model": {"name": "co2-mlp", "version": version}, "variant": variant, "latency_ms": 1.0,
+        "produced_at": "2026-11-26T19:00:00.001Z"
+    })
+    .to_string()
+}
+
+/// The monitor follows a hot reload it sees on `predictions`: snapshots under the new version,
+/// and the candidate compared with the new primary.
+#[test]
+fn after_a_hot_reload_the_monitor_scores_and_decides_against_the_new_primary() {
+    let topics = Topics::create(3);
+    let root = tempfile::tempdir().unwrap();
+    for (from, to) in [("1", "1"), ("2", "2"), ("1", "9")] {
+        let dir = root.path().join("co2-mlp").join(to);
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = repo().join("models/co2-mlp").join(from);
+        std::fs::copy(src.join("model.onnx"), dir.join("model.onnx")).unwrap();
+        let mut b: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("bundle.json")).unwrap()).unwrap();
+        b["version"] = to.into();
+        std::fs::write(dir.join("bundle.json"), serde_json::to_vec(&b).unwrap()).unwrap();
+    }
+    let config = monitor_config(
+        &topics,
+        "min_joined = 1\n[variants]\ndecision_min_joined = 100\nrollback_margin = 0.1\n\
+         [variants.candidate]\nversion = \"9\"\nshare = 0.5\n",
+    )
+    .replace(
+        &format!("root = \"{}\"", repo().join("models").display()),
+        &format!("root = \"{}\"", root.path().display()),
+    );
+    let mut monitor = start_monitor(&config);
+    monitor.wait_for_log("Monitor leads the group", Duration::from_secs(60));
+    let key = |_: &str| "s".to_string();
+    let mut preds: Vec<(String, String)> =
+        (0..20).map(|i| (key(""), prediction_of(&format!("a-{i}"), "1", "primary", 100.0))).collect();
+    // Hot-reloaded: version 2 serves the primary from here on.
+    preds.extend((0..200).map(|i| (key(""), prediction_of(&format!("b-{i}"), "2", "primary", 100.0))));
+    preds.extend((0..200).map(|i| (key(""), prediction_of(&format!("c-{i}"), "9", "candidate", 100.0))));
+    send_keyed(&topics.predictions, &preds);
+    let mut acts: Vec<(String, String)> = (0..200).map(|i| (key(""), actual(&format!("b-{i}"), "s", 100.5))).collect();
+    acts.extend((0..200).map(|i| (key(""), actual(&format!("c-{i}"), "s", 103.0))));
+    send_keyed(&topics.actuals, &acts);
+    monitor.wait_for_log("Monitor follows the served model.", Duration::from_secs(60));
+    let snap = wait_snapshot(&topics, &monitor, Duration::from_secs(60), |s| {
+        s["model"]["version"] == "2" && s["variant"] == "primary" && s["joined"] == 200
+    });
+    assert_close("rmse", &snap["rmse"], 0.5);
+    let mut alerts = Reader::new(&topics.alerts);
+    let rolled = alerts.read_until(Duration::from_secs(60), |r| r.iter().any(|a| a.json()["kind"] == "model_rollback"));
+    assert!(rolled, "no model_rollback:\n{}", monitor.log_text());
+    let a = alerts.records.iter().map(|a| a.json()).find(|a| a["kind"] == "model_rollback").unwrap();
+    assert_eq!((&a["details"]["primary_version"], &a["model"]["version"]), (&"2".into(), &"9".into()), "{a}");
+    assert_close("primary rmse", &a["details"]["primary"]["rmse"], 0.5);
+}
+
 #[test]
 fn rmse_and_counts_are_exact_with_late_early_missing_and_duplicate_actuals() {
     let topics = Topics::create(3);

@@ -72,7 +72,7 @@ pub fn spawn(
     let producer: BaseProducer = client_config(config).create().map_err(ClusterError::Client)?;
     let m = &bundle.manifest;
     let model = ModelRef { name: m.name.clone(), version: m.version.clone() };
-    let threshold = cfg.rmse_threshold.or_else(|| m.validation.as_ref().map(|v| v.rmse * cfg.rmse_threshold_ratio));
+    let threshold = run::threshold_for(cfg, &bundle);
     let metrics = MonitorMetrics::register(registry);
     let snapshots = SnapshotSink::new(producer, config.topics.metrics.clone());
     let schema = FeatureSchema::for_bundle(m, config.validation.max_message_bytes, false);
@@ -85,6 +85,7 @@ pub fn spawn(
         shadow: topics.has_shadow(),
         variants: config.variants.clone(),
         rejected: metrics.rejected(),
+        model_root: config.model.root.clone(),
     };
     let publisher = Publisher::new(cfg, model, &features, snapshots, metrics, alerts);
     let monitor = Monitor::new(start, run::alerts_reader(config)?, topics, schema, publisher);

@@ -107,6 +107,11 @@ impl Publisher {
         self.metrics.set_leader(true);
     }
 
+    /// A new primary is served: its alerts are about it.
+    pub fn follow(&mut self, model: ModelRef) {
+        self.model = model;
+    }
+
     /// Another replica leads: this one's gauges would contradict the leader's, so they go.
     pub fn stand_down(&self) {
         self.metrics.clear();

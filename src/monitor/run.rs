@@ -177,6 +177,18 @@ pub struct Start {
     pub shadow: bool,
     pub variants: crate::config::VariantsConfig,
     pub rejected: prometheus::IntCounterVec,
+    /// Where the served model's other versions are (`model.root`).
+    pub model_root: std::path::PathBuf,
+}
+
+/// How many primary predictions in a row must carry another version before the monitor follows
+/// it: during a hot reload both versions' predictions interleave for a moment.
+const FOLLOW_AFTER: u32 = 8;
+
+/// The RMSE alert threshold for `bundle`: `monitor.rmse_threshold`, else its validation RMSE
+/// times `rmse_threshold_ratio`.
+pub fn threshold_for(cfg: &MonitorConfig, bundle: &crate::bundle::Bundle) -> Option<f64> {
+    cfg.rmse_threshold.or_else(|| bundle.manifest.validation.as_ref().map(|v| v.rmse * cfg.rmse_threshold_ratio))
 }
 
 impl Start {
@@ -204,6 +216,10 @@ pub struct Monitor {
     publish_interval: Duration,
     /// One past the last record read, per (topic, partition).
     next: HashMap<(String, i32), i64>,
+    /// Another primary version seen on `predictions`, and how many times in a row.
+    seen: Option<(String, u32)>,
+    /// Versions whose bundle could not be loaded: not tried again.
+    unloadable: Vec<String>,
 }
 
 impl Monitor {
@@ -226,6 +242,8 @@ impl Monitor {
             publisher,
             publish_interval,
             next: HashMap::new(),
+            seen: None,
+            unloadable: Vec::new(),
         }
     }
 
@@ -310,6 +328,9 @@ impl Monitor {
                 let Ok(p) = serde_json::from_slice::<Prediction>(payload) else {
                     return self.scoring.reject(Rejection::UnparsablePrediction);
                 };
+                if p.variant == Variant::Primary {
+                    self.watch_version(&p.model);
+                }
                 if let (Some(first), Variant::Primary) = (p.prediction.first(), p.variant) {
                     self.drift.push_prediction(*first);
                 }
@@ -329,6 +350,48 @@ impl Monitor {
             }
             Some(TopicRole::Input) => self.on_input(payload),
             None => {}
+        }
+    }
+
+    /// Follows the served model: once [`FOLLOW_AFTER`] primary predictions in a row carry another
+    /// version (a hot reload or a promotion), loads that version's bundle and scores, compares
+    /// and checks drift against it from then on.
+    fn watch_version(&mut self, model: &crate::event::ModelRef) {
+        if model.name != self.start.model.name || model.version == self.start.model.version {
+            self.seen = None;
+            return;
+        }
+        let streak = match &mut self.seen {
+            Some((v, n)) if *v == model.version => {
+                *n += 1;
+                *n
+            }
+            _ => {
+                self.seen = Some((model.version.clone(), 1));
+                1
+            }
+        };
+        if streak < FOLLOW_AFTER || self.unloadable.contains(&model.version) {
+            return;
+        }
+        self.seen = None;
+        let loaded = crate::bundle::resolve(&self.start.model_root, &model.name, &model.version)
+            .and_then(|dir| crate::bundle::Bundle::load(&dir));
+        match loaded {
+            Ok(bundle) => {
+                let threshold = threshold_for(&self.start.cfg, &bundle);
+                tracing::info!(from = %self.start.model.version, to = %model.version, threshold, "Monitor follows the served model.");
+                self.start.bundle = std::sync::Arc::new(bundle);
+                self.start.model = model.clone();
+                self.start.threshold = threshold;
+                self.drift = self.start.drift();
+                self.scoring.follow(model.clone(), threshold);
+                self.publisher.follow(model.clone());
+            }
+            Err(error) => {
+                tracing::warn!(%error, version = %model.version, "Monitor cannot load the served version; it keeps the old reference.");
+                self.unloadable.push(model.version.clone());
+            }
         }
     }
 

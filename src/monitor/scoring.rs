@@ -160,6 +160,14 @@ impl Scoring {
         scoring
     }
 
+    /// A new primary is served (hot reload or promotion): compare candidates with it, alert on
+    /// `threshold`, and decide afresh about the configured candidate.
+    pub fn follow(&mut self, model: ModelRef, threshold: Option<f64>) {
+        self.model = model;
+        self.threshold = threshold;
+        self.decided = false;
+    }
+
     /// Counts `rejection` in `streamcast_monitor_rejected_total` (the registered counter).
     pub fn with_rejected_counter(mut self, rejected: prometheus::IntCounterVec) -> Scoring {
         self.rejected = rejected;
