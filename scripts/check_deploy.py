@@ -88,6 +88,11 @@ KNOWN_METRICS = {
     "streamcast_consumer_lag_seconds",
     "streamcast_producer_queue_messages",
     "streamcast_monitor_rmse",
+    "streamcast_monitor_errors_total",
+    "streamcast_monitor_squared_error_total",
+    "streamcast_monitor_absolute_error_total",
+    "streamcast_monitor_rejected_total",
+    "streamcast_monitor_leader",
     "streamcast_monitor_mae",
     "streamcast_monitor_joined",
     "streamcast_monitor_pending",
@@ -619,6 +624,20 @@ def check_prometheus(path: Path, doc: dict) -> None:
         fail(rel(path), "no scrape job on the workers' port 9464")
 
 
+def check_rules(path: Path, doc) -> None:
+    groups = doc.get("groups") if isinstance(doc, dict) else None
+    if not groups:
+        fail(rel(path), "no rule groups")
+        return
+    for group in groups:
+        for rule in group.get("rules", []):
+            if not rule.get("record") or not isinstance(rule.get("expr"), str):
+                fail(rel(path), f"a rule without record or expr: {rule}")
+                continue
+            for metric in sorted(set(re.findall(r"\bstreamcast_[a-z0-9_]+", rule["expr"])) - KNOWN_METRICS):
+                fail(rel(path), f"rule {rule['record']} reads `{metric}`, which the worker does not export")
+
+
 def check_dashboard(path: Path, dashboard) -> None:
     if not isinstance(dashboard, dict) or not dashboard.get("panels"):
         fail(rel(path), "not a Grafana dashboard (no panels)")
@@ -664,6 +683,8 @@ def main() -> int:
             docs = load_yaml(path)
             if path == DEPLOY / "prometheus.yml" and docs:
                 check_prometheus(path, docs[0])
+            if path == DEPLOY / "prometheus-rules.yml" and docs:
+                check_rules(path, docs[0])
         elif suffix == ".json":
             data = load_json(path)
             if path.parent == DASHBOARDS and data is not None:

@@ -134,7 +134,15 @@ fn join_scenario_through(replicas: usize) {
     assert_close("rmse", &snap["rmse"], rmse);
     assert_close("mae", &snap["mae"], mae);
     assert_close("bias", &snap["bias"], bias);
-    the_leader(&mut workers);
+    // The leader's counters give the same numbers in PromQL (deploy/prometheus-rules.yml).
+    let leader = the_leader(&mut workers);
+    let port = workers[leader].http_port();
+    let metrics = http_get(port, "/metrics");
+    let value = |name: &str| metric_value(&metrics, name);
+    let n = value("streamcast_monitor_errors_total");
+    assert_eq!(n, 150.0, "{metrics}");
+    assert_close("counter rmse", &(value("streamcast_monitor_squared_error_total") / n).sqrt().into(), rmse);
+    assert_close("counter mae", &(value("streamcast_monitor_absolute_error_total") / n).into(), mae);
 }
 
 #[test]

@@ -7,6 +7,55 @@ use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use super::drift::DriftStat;
 use super::scoring::KeyReport;
 
+/// Cumulative error sums per model version × variant, as counters: PromQL rates of them give the
+/// group's RMSE and MAE over any range, across leader changes (a new leader's counters start at
+/// zero, which `rate` reads as a counter reset). See `deploy/prometheus-rules.yml`.
+#[derive(Clone)]
+pub struct ErrorCounters {
+    count: IntCounterVec,
+    squared: prometheus::CounterVec,
+    absolute: prometheus::CounterVec,
+}
+
+impl ErrorCounters {
+    /// Unregistered counters (tests).
+    pub fn unregistered() -> ErrorCounters {
+        Self::new(None)
+    }
+
+    fn new(registry: Option<&Registry>) -> ErrorCounters {
+        let key = &["model", "version", "variant"];
+        let c = |name: &str, help: &str| {
+            let v = prometheus::CounterVec::new(Opts::new(name, help), key).expect("valid metric");
+            if let Some(r) = registry {
+                r.register(Box::new(v.clone())).expect("registered once");
+            }
+            v
+        };
+        let count = IntCounterVec::new(
+            Opts::new("streamcast_monitor_errors_total", "Joined prediction errors scored (one per horizon step)."),
+            key,
+        )
+        .expect("valid metric");
+        if let Some(r) = registry {
+            r.register(Box::new(count.clone())).expect("registered once");
+        }
+        ErrorCounters {
+            count,
+            squared: c("streamcast_monitor_squared_error_total", "Sum of squared errors (target units squared)."),
+            absolute: c("streamcast_monitor_absolute_error_total", "Sum of absolute errors (target units)."),
+        }
+    }
+
+    /// Counts one joined pair's errors.
+    pub fn add(&self, model: &crate::event::ModelRef, variant: crate::event::Variant, errors: &[f64]) {
+        let labels = [model.name.as_str(), model.version.as_str(), variant.as_str()];
+        self.count.with_label_values(&labels).inc_by(errors.len() as u64);
+        self.squared.with_label_values(&labels).inc_by(errors.iter().map(|e| e * e).sum());
+        self.absolute.with_label_values(&labels).inc_by(errors.iter().map(|e| e.abs()).sum());
+    }
+}
+
 /// Monitor gauges, labelled by model, version, variant and feature only.
 #[derive(Clone)]
 pub struct MonitorMetrics {
@@ -21,6 +70,7 @@ pub struct MonitorMetrics {
     p_value: GaugeVec,
     rejected: IntCounterVec,
     leader: prometheus::IntGauge,
+    errors: ErrorCounters,
 }
 
 impl MonitorMetrics {
@@ -61,6 +111,7 @@ impl MonitorMetrics {
                 registry.register(Box::new(v.clone())).expect("registered once");
                 v
             },
+            errors: ErrorCounters::new(Some(registry)),
             leader: {
                 let g = prometheus::IntGauge::new(
                     "streamcast_monitor_leader",
@@ -71,6 +122,11 @@ impl MonitorMetrics {
                 g
             },
         }
+    }
+
+    /// The error-sum counters, for [`super::scoring::Scoring`].
+    pub fn errors(&self) -> ErrorCounters {
+        self.errors.clone()
     }
 
     /// The rejection counter, for [`super::scoring::Scoring`].

@@ -85,6 +85,7 @@ pub fn spawn(
         shadow: topics.has_shadow(),
         variants: config.variants.clone(),
         rejected: metrics.rejected(),
+        error_counters: metrics.errors(),
         model_root: config.model.root.clone(),
     };
     let publisher = Publisher::new(cfg, model, &features, snapshots, metrics, alerts);

@@ -177,6 +177,7 @@ pub struct Start {
     pub shadow: bool,
     pub variants: crate::config::VariantsConfig,
     pub rejected: prometheus::IntCounterVec,
+    pub error_counters: super::metrics::ErrorCounters,
     /// Where the served model's other versions are (`model.root`).
     pub model_root: std::path::PathBuf,
 }
@@ -195,6 +196,7 @@ impl Start {
     pub fn scoring(&self) -> Scoring {
         Scoring::new(&self.cfg, self.model.clone(), self.threshold, self.shadow, self.variants.clone())
             .with_rejected_counter(self.rejected.clone())
+            .with_error_counters(self.error_counters.clone())
     }
 
     pub fn drift(&self) -> DriftTracker {

@@ -123,6 +123,8 @@ pub struct Scoring {
     rejected: prometheus::IntCounterVec,
     /// Keys whose slot was given to another since the last publish: their gauges go.
     freed: Vec<(ModelRef, Variant)>,
+    /// `streamcast_monitor_{errors,squared_error,absolute_error}_total`.
+    counters: super::metrics::ErrorCounters,
 }
 
 impl Scoring {
@@ -153,6 +155,7 @@ impl Scoring {
             )
             .expect("valid metric"),
             freed: Vec::new(),
+            counters: super::metrics::ErrorCounters::unregistered(),
         };
         // The served model's primary variant always has a snapshot, so drift is published even
         // before any prediction has been read.
@@ -166,6 +169,12 @@ impl Scoring {
         self.model = model;
         self.threshold = threshold;
         self.decided = false;
+    }
+
+    /// Counts scored errors in these (registered) counters.
+    pub fn with_error_counters(mut self, counters: super::metrics::ErrorCounters) -> Scoring {
+        self.counters = counters;
+        self
     }
 
     /// Counts `rejection` in `streamcast_monitor_rejected_total` (the registered counter).
@@ -272,7 +281,9 @@ impl Scoring {
         // The time window runs on the monitor's clock (join time), not event time: actuals
         // arrive arbitrarily late, and the window is about recent model behaviour.
         let at = chrono::Utc::now().timestamp_millis();
-        let entries = errors.filter(|e| scored.rolling.push(at, *e)).count();
+        let errors: Vec<f64> = errors.collect();
+        self.counters.add(&scored.model, scored.variant, &errors);
+        let entries = errors.iter().filter(|e| scored.rolling.push(at, **e)).count();
         scored.window_entries += entries;
         scored.window_pairs.push_back(WindowPair { entries, prediction: prediction_source, actual: actual_source });
         scored.trim_pairs();
