@@ -93,6 +93,8 @@ KNOWN_METRICS = {
     "streamcast_monitor_absolute_error_total",
     "streamcast_monitor_rejected_total",
     "streamcast_monitor_leader",
+    "streamcast_monitor_lag_messages",
+    "streamcast_monitor_lag_seconds",
     "streamcast_monitor_mae",
     "streamcast_monitor_joined",
     "streamcast_monitor_pending",

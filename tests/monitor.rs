@@ -143,6 +143,13 @@ fn join_scenario_through(replicas: usize) {
     assert_eq!(n, 150.0, "{metrics}");
     assert_close("counter rmse", &(value("streamcast_monitor_squared_error_total") / n).sqrt().into(), rmse);
     assert_close("counter mae", &(value("streamcast_monitor_absolute_error_total") / n).into(), mae);
+    // Its lag per topic, from librdkafka's statistics (every 5 s): caught up on predictions.
+    let lag = format!("streamcast_monitor_lag_messages{{topic=\"{}\"}} 0", topics.predictions);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !http_get(port, "/metrics").contains(&lag) {
+        assert!(std::time::Instant::now() < deadline, "no {lag}:\n{}", http_get(port, "/metrics"));
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[test]

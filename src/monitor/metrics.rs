@@ -56,6 +56,43 @@ impl ErrorCounters {
     }
 }
 
+/// The leader's lag behind each topic it reads: messages, and seconds since the last record read
+/// when behind.
+#[derive(Clone)]
+pub struct LagGauges {
+    messages: IntGaugeVec,
+    seconds: GaugeVec,
+}
+
+impl LagGauges {
+    pub fn register(registry: &Registry) -> LagGauges {
+        let messages = IntGaugeVec::new(
+            Opts::new("streamcast_monitor_lag_messages", "Records the monitor has yet to read, per topic."),
+            &["topic"],
+        )
+        .expect("valid metric");
+        let seconds = GaugeVec::new(
+            Opts::new("streamcast_monitor_lag_seconds", "Age of the last record read while behind, per topic."),
+            &["topic"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(messages.clone())).expect("registered once");
+        registry.register(Box::new(seconds.clone())).expect("registered once");
+        LagGauges { messages, seconds }
+    }
+
+    pub fn set(&self, topic: &str, messages: i64, seconds: f64) {
+        self.messages.with_label_values(&[topic]).set(messages);
+        self.seconds.with_label_values(&[topic]).set(seconds);
+    }
+
+    /// A replica that stands by reads nothing: no lag of its own to report.
+    pub fn clear(&self) {
+        self.messages.reset();
+        self.seconds.reset();
+    }
+}
+
 /// Monitor gauges, labelled by model, version, variant and feature only.
 #[derive(Clone)]
 pub struct MonitorMetrics {

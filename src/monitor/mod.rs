@@ -67,7 +67,7 @@ pub fn spawn(
 ) -> Result<JoinHandle<()>, MonitorError> {
     let cfg = &config.monitor;
     let topics = Topics::new(config);
-    let consumer = run::consumer(config, &topics)?;
+    let consumer = run::consumer(config, &topics, metrics::LagGauges::register(registry))?;
     let election = Election::join(config)?;
     let producer: BaseProducer = client_config(config).create().map_err(ClusterError::Client)?;
     let m = &bundle.manifest;

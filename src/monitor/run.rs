@@ -85,13 +85,59 @@ pub fn group_id(config: &Config) -> String {
     format!("{}-monitor", config.consumer.group_id)
 }
 
-/// The monitor consumer's context: it is assigned its partitions by hand, so only errors matter.
-#[derive(Default)]
-pub struct MonitorContext;
+/// The monitor consumer's context: errors, and the monitor's lag per topic from librdkafka's
+/// statistics (every 5 s).
+pub struct MonitorContext {
+    lag: super::metrics::LagGauges,
+    /// Kafka timestamp (ms) of the last record read per topic, for lag in seconds.
+    last_timestamp: std::sync::Mutex<HashMap<String, i64>>,
+}
+
+impl MonitorContext {
+    pub fn new(lag: super::metrics::LagGauges) -> MonitorContext {
+        MonitorContext { lag, last_timestamp: Default::default() }
+    }
+
+    fn read_at(&self, topic: &str, timestamp_ms: Option<i64>) {
+        if let Some(ts) = timestamp_ms {
+            let mut last = self.last_timestamp.lock().unwrap_or_else(|e| e.into_inner());
+            match last.get_mut(topic) {
+                Some(t) => *t = ts,
+                None => {
+                    last.insert(topic.to_string(), ts);
+                }
+            }
+        }
+    }
+}
 
 impl ClientContext for MonitorContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         crate::kafka::observe_client_error(&error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let last = self.last_timestamp.lock().unwrap_or_else(|e| e.into_inner());
+        for (topic, t) in &statistics.topics {
+            // Behind what has been read, not what is committed: the committed watermark holds
+            // at joins and windows on purpose. Partition -1 is librdkafka's internal queue;
+            // negative offsets are unknown.
+            let lags = t.partitions.iter().filter(|(id, p)| **id >= 0 && p.hi_offset >= 0 && p.app_offset >= 0);
+            let (mut messages, mut any) = (0i64, false);
+            for (_, p) in lags {
+                messages += (p.hi_offset - p.app_offset).max(0);
+                any = true;
+            }
+            if !any {
+                continue;
+            }
+            let seconds = match (messages, last.get(topic)) {
+                (0, _) | (_, None) => 0.0,
+                (_, Some(ts)) => (now_ms - ts).max(0) as f64 / 1e3,
+            };
+            self.lag.set(topic, messages, seconds);
+        }
     }
 }
 impl ConsumerContext for MonitorContext {}
@@ -99,11 +145,18 @@ impl ConsumerContext for MonitorContext {}
 /// Creates the monitor's consumer once every topic the monitor reads or writes exists. It is not
 /// subscribed: the elected leader assigns itself every partition (see [`super::election`]), and
 /// commits its watermarks under [`group_id`].
-pub fn consumer(config: &Config, topics: &Topics) -> Result<BaseConsumer<MonitorContext>, ClusterError> {
+pub fn consumer(
+    config: &Config,
+    topics: &Topics,
+    lag: super::metrics::LagGauges,
+) -> Result<BaseConsumer<MonitorContext>, ClusterError> {
     let mut cc = client_config(config);
-    cc.set("group.id", group_id(config)).set("enable.auto.commit", "false").set("auto.offset.reset", "earliest");
+    cc.set("group.id", group_id(config))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000");
     let consumer: BaseConsumer<MonitorContext> =
-        cc.create_with_context(MonitorContext::default()).map_err(ClusterError::Client)?;
+        cc.create_with_context(MonitorContext::new(lag)).map_err(ClusterError::Client)?;
     let mut wanted = topics.subscribed();
     wanted.extend([config.topics.metrics.as_str(), config.topics.alerts.as_str()]);
     require_topics(&consumer, &wanted, config)?;
@@ -267,6 +320,7 @@ impl Monitor {
     /// could only move them past what it has not read yet.
     fn step_down(&mut self, consumer: &BaseConsumer<MonitorContext>) {
         let _ = consumer.unassign();
+        consumer.context().lag.clear();
         self.next.clear();
         self.publisher.stand_down();
         tracing::info!("Monitor stands by: another replica leads.");
@@ -296,7 +350,10 @@ impl Monitor {
             }
             if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
                 match msg {
-                    Ok(m) => self.read(&m),
+                    Ok(m) => {
+                        consumer.context().read_at(m.topic(), m.timestamp().to_millis());
+                        self.read(&m)
+                    }
                     Err(error) => tracing::warn!(%error, "Monitor consumer error."),
                 }
             }
