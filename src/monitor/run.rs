@@ -187,7 +187,9 @@ pub fn alerts_reader(config: &Config) -> Result<(BaseConsumer, String), ClusterE
 }
 
 /// Every alert on the topic now, in order per partition (alerts are keyed by model name, so one
-/// model's alerts share a partition), read within `timeout`.
+/// model's alerts share a partition), read within `timeout`. Reading goes on past the high
+/// watermarks until a poll comes back empty: a broker's watermark may trail its last batch
+/// (nisshi's does), and the newest alerts matter most.
 fn read_alerts((consumer, topic): &(BaseConsumer, String), timeout: Duration) -> Vec<crate::alert::Alert> {
     let deadline = Instant::now() + timeout;
     let mut ends = HashMap::new();
@@ -203,8 +205,13 @@ fn read_alerts((consumer, topic): &(BaseConsumer, String), timeout: Duration) ->
         return Vec::new();
     }
     let mut alerts = Vec::new();
-    while !ends.is_empty() && Instant::now() < deadline {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
+    while Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            if ends.is_empty() {
+                break;
+            }
+            continue;
+        };
         if let Ok(a) = serde_json::from_slice(m.payload().unwrap_or_default()) {
             alerts.push(a);
         }
@@ -220,8 +227,8 @@ fn read_alerts((consumer, topic): &(BaseConsumer, String), timeout: Duration) ->
 }
 
 /// What a monitor that takes the lead starts from: the served model's reference sample and
-/// thresholds, and empty joins and windows (the committed watermarks hold everything still
-/// waiting, so re-reading from them rebuilds the joins).
+/// thresholds, and empty joins and windows (the committed watermarks hold every record still
+/// waiting or still in a window, so re-reading from them rebuilds both).
 pub struct Start {
     pub bundle: std::sync::Arc<crate::bundle::Bundle>,
     pub cfg: MonitorConfig,
