@@ -465,14 +465,14 @@ impl<'de> Visitor<'de> for WindowSeed<'_, '_> {
 }
 
 /// The model that scored a prediction.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct ModelRef {
     pub name: String,
     pub version: String,
 }
 
 /// Which routing path produced a prediction.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Variant {
     Primary,

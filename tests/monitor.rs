@@ -296,8 +296,18 @@ fn rmse_and_counts_are_exact_with_late_early_missing_and_duplicate_actuals() {
     for j in 0..20 {
         late_actuals.push(("s-x".into(), actual(&format!("orphan-{j}"), "s-x", 1.0)));
     }
+    // Bad actuals, refused and counted, never scored.
+    early_actuals.push(("s-x".into(), "{not json".into()));
+    // An actual for a prediction that otherwise never gets one: refused as overflow, so that
+    // prediction is neither scored nor left to expire.
+    early_actuals.push((series(179), actual(&id(179), &series(179), 1e200)));
+    early_actuals.push((
+        "s-x".into(),
+        serde_json::json!({"id": "e", "series_id": "s-x", "timestamp": "2026-11-26T20:00:00Z", "actual": []})
+            .to_string(),
+    ));
     send_keyed(&topics.actuals, &early_actuals);
-    let monitor = start_monitor(&monitor_config(&topics, "join_ttl = \"6s\"\nmin_joined = 1"));
+    let mut monitor = start_monitor(&monitor_config(&topics, "join_ttl = \"6s\"\nmin_joined = 1"));
     send_keyed(&topics.predictions, &predictions);
     std::thread::sleep(Duration::from_secs(1));
     send_keyed(&topics.actuals, &late_actuals);
@@ -307,7 +317,7 @@ fn rmse_and_counts_are_exact_with_late_early_missing_and_duplicate_actuals() {
     let rmse = (errors.iter().map(|e| e * e).sum::<f64>() / 150.0).sqrt();
     let mae = errors.iter().map(|e| e.abs()).sum::<f64>() / 150.0;
     let snap = wait_snapshot(&topics, &monitor, Duration::from_secs(60), |s| {
-        s["joined"] == 150 && s["expired"] == 30 && s["unmatched_actuals"] == 20
+        s["joined"] == 150 && s["expired"] == 29 && s["unmatched_actuals"] == 20
     });
     assert_eq!(snap["model"]["version"], "1");
     assert_eq!(snap["variant"], "primary");
@@ -316,6 +326,11 @@ fn rmse_and_counts_are_exact_with_late_early_missing_and_duplicate_actuals() {
     let got_mae = snap["mae"].as_f64().unwrap();
     assert!((got_rmse - rmse).abs() < 1e-9, "rmse {got_rmse} vs {rmse}");
     assert!((got_mae - mae).abs() < 1e-9, "mae {got_mae} vs {mae}");
+    let metrics = http_get(monitor.http_port(), "/metrics");
+    for reason in ["unparsable_actual", "empty", "overflow"] {
+        let line = format!("streamcast_monitor_rejected_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "no {line}:\n{metrics}");
+    }
 }
 
 #[test]
@@ -436,13 +451,16 @@ fn an_unshifted_stream_of_50000_events_gives_no_drift_alert() {
     );
 }
 
+/// Once per episode, across a restart too: the new monitor resumes the RMSE gate and the
+/// retraining request from the alerts topic.
 #[test]
 fn sustained_high_error_requests_retraining_once() {
     let topics = Topics::create(3);
-    let monitor = start_monitor(&monitor_config(
+    let config = monitor_config(
         &topics,
         "rmse_threshold = 1.0\nmin_joined = 20\nretrain_after = \"2s\"\nalert_cooldown = \"1h\"",
-    ));
+    );
+    let mut monitor = start_monitor(&config);
     let preds: Vec<(String, String)> =
         (0..200).map(|i| ("s".into(), prediction(&format!("h-{i}"), "s", 100.0))).collect();
     let acts: Vec<(String, String)> = (0..200).map(|i| ("s".into(), actual(&format!("h-{i}"), "s", 95.0))).collect();
@@ -456,6 +474,18 @@ fn sustained_high_error_requests_retraining_once() {
     assert_eq!(retrain.len(), 1, "{retrain:?}");
     assert_eq!(retrain[0]["details"]["reason"], "performance");
     assert_eq!(alerts_of_kind(&alerts.records, "rmse_above_threshold").len(), 1);
+
+    // Restarted, the monitor rebuilds the same high RMSE from the committed watermarks (the pairs
+    // in the window are held) and stays quiet about it.
+    assert!(monitor.terminate(Duration::from_secs(30)).success(), "{}", monitor.log_text());
+    let mut restarted = start_monitor(&config);
+    restarted.wait_for_log("Monitor leads the group", Duration::from_secs(60));
+    wait_snapshot(&topics, &restarted, Duration::from_secs(60), |s| {
+        s["joined"] == 200 && s["at"].as_str() > retrain[0]["at"].as_str()
+    });
+    alerts.settle(Duration::from_secs(5));
+    assert_eq!(alerts_of_kind(&alerts.records, "rmse_above_threshold").len(), 1, "raised again after a restart");
+    assert_eq!(alerts_of_kind(&alerts.records, "retrain_requested").len(), 1, "requested again after a restart");
 }
 
 /// The schedule's period runs from the last request published, not from process start: a

@@ -295,6 +295,14 @@ impl Alert {
         Alert { model, variant, at: crate::event::now_rfc3339(), details }
     }
 
+    /// When it was raised, on this process's monotonic clock (`None` when `at` does not parse or
+    /// lies before what the clock can express).
+    pub fn instant(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        let at = chrono::DateTime::parse_from_rfc3339(&self.at).ok()?;
+        let age = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).to_std().unwrap_or_default();
+        now.checked_sub(age)
+    }
+
     pub fn kind(&self) -> AlertKind {
         self.details.kind()
     }

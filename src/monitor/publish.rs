@@ -83,7 +83,7 @@ impl Publisher {
                 match matches(&a.details) {
                     Some(AlertState::Firing) => {
                         active = true;
-                        last_fired = instant_of(&a.at, now);
+                        last_fired = a.instant(now);
                     }
                     Some(AlertState::Resolved) => active = false,
                     None => {}
@@ -103,7 +103,7 @@ impl Publisher {
         });
         let scheduled =
             |a: &&Alert| matches!(&a.details, Details::RetrainRequested(r) if r.reason == RetrainReason::Schedule);
-        self.last_schedule = ours().filter(scheduled).next_back().and_then(|a| instant_of(&a.at, now)).unwrap_or(now);
+        self.last_schedule = ours().filter(scheduled).next_back().and_then(|a| a.instant(now)).unwrap_or(now);
         self.metrics.set_leader(true);
     }
 
@@ -165,14 +165,6 @@ impl Publisher {
         }
         self.metrics.set_model(&self.model.name, unmatched_actuals, &report.features);
     }
-}
-
-/// The instant, on this process's clock, of an alert's `at` timestamp (`None` if unreadable or
-/// older than this clock can express).
-fn instant_of(at: &str, now: Instant) -> Option<Instant> {
-    let at = chrono::DateTime::parse_from_rfc3339(at).ok()?;
-    let age = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).to_std().unwrap_or_default();
-    now.checked_sub(age)
 }
 
 fn snapshot<'a>(

@@ -315,6 +315,7 @@ impl Monitor {
         self.scoring = self.start.scoring();
         self.next.clear();
         let history = read_alerts(&self.alerts_reader, HISTORY_TIMEOUT);
+        self.scoring.resume(&history, Instant::now());
         self.publisher.take_over(&history, Instant::now());
         match assign_committed(consumer, &self.topics.subscribed()) {
             Ok(partitions) => tracing::info!(partitions, "Monitor leads the group: reading every partition."),

@@ -125,6 +125,16 @@ pub struct Scoring {
     freed: Vec<(ModelRef, Variant)>,
     /// `streamcast_monitor_{errors,squared_error,absolute_error}_total`.
     counters: super::metrics::ErrorCounters,
+    /// RMSE gate states read back from the alerts topic, for keys not created yet.
+    resumed: HashMap<(ModelRef, Variant), ResumedGate>,
+}
+
+/// An RMSE gate as the published alerts left it.
+#[derive(Debug, Clone, Copy, Default)]
+struct ResumedGate {
+    active: bool,
+    last_fired: Option<Instant>,
+    retrain_requested: bool,
 }
 
 impl Scoring {
@@ -156,6 +166,7 @@ impl Scoring {
             .expect("valid metric"),
             freed: Vec::new(),
             counters: super::metrics::ErrorCounters::unregistered(),
+            resumed: HashMap::new(),
         };
         // The served model's primary variant always has a snapshot, so drift is published even
         // before any prediction has been read.
@@ -169,6 +180,34 @@ impl Scoring {
         self.model = model;
         self.threshold = threshold;
         self.decided = false;
+    }
+
+    /// Resumes every RMSE gate, and whether it already requested retraining, from the alerts an
+    /// earlier leader published (`history`, in order): a still-high RMSE is not raised again.
+    pub fn resume(&mut self, history: &[Alert], now: Instant) {
+        for a in history {
+            let Some(variant) = a.variant else { continue };
+            let state = self.resumed.entry((a.model.clone(), variant)).or_default();
+            match &a.details {
+                Details::RmseAboveThreshold(d) if d.state == AlertState::Firing => {
+                    *state = ResumedGate { active: true, last_fired: a.instant(now), retrain_requested: false };
+                }
+                Details::RmseAboveThreshold(_) => {
+                    state.active = false;
+                    state.retrain_requested = false;
+                }
+                Details::RetrainRequested(r) if r.reason == RetrainReason::Performance => {
+                    state.retrain_requested = true
+                }
+                _ => {}
+            }
+        }
+        let cooldown = self.cfg.alert_cooldown;
+        for k in &mut self.keys {
+            if let Some(r) = self.resumed.remove(&(k.model.clone(), k.variant)) {
+                k.resume(r, cooldown);
+            }
+        }
     }
 
     /// Counts scored errors in these (registered) counters.
@@ -203,7 +242,7 @@ impl Scoring {
             self.keys[i].last_seen = now;
             return Some(i as u16);
         }
-        let scored = Scored {
+        let mut scored = Scored {
             model: model.clone(),
             variant,
             rolling: RollingError::new(self.cfg.window_count, self.cfg.window_duration),
@@ -214,6 +253,9 @@ impl Scoring {
             window_pairs: VecDeque::new(),
             window_entries: 0,
         };
+        if let Some(r) = self.resumed.remove(&(model.clone(), variant)) {
+            scored.resume(r, self.cfg.alert_cooldown);
+        }
         if self.keys.len() < MAX_KEYS {
             self.keys.push(scored);
             return Some((self.keys.len() - 1) as u16);
@@ -450,6 +492,13 @@ impl Scoring {
 }
 
 impl Scored {
+    fn resume(&mut self, r: ResumedGate, cooldown: Duration) {
+        self.rmse_gate = Gate::resumed(cooldown, r.active, r.last_fired);
+        // The retraining clock runs from the firing that is still on.
+        self.above_since = r.active.then(|| r.last_fired.unwrap_or_else(Instant::now));
+        self.retrain_requested = r.retrain_requested;
+    }
+
     /// Feeds the RMSE gate; returns the alert when it fired or resolved.
     fn rmse_alert(&mut self, stats: &ErrorStats, threshold: f64, min_joined: usize, now: Instant) -> Option<Alert> {
         let enough = stats.count >= min_joined;
