@@ -217,22 +217,79 @@ fn prediction_of(id: &str, version: &str, variant: &str, value: f64) -> String {
     .to_string()
 }
 
-/// The monitor follows a hot reload it sees on `predictions`: snapshots under the new version,
-/// and the candidate compared with the new primary.
-#[test]
-fn after_a_hot_reload_the_monitor_scores_and_decides_against_the_new_primary() {
-    let topics = Topics::create(3);
+/// A model root with co2-mlp versions `to`, each a copy of the shipped `from` with its version
+/// rewritten.
+fn model_root(versions: &[(&str, &str)]) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
-    for (from, to) in [("1", "1"), ("2", "2"), ("1", "9")] {
+    for (from, to) in versions {
         let dir = root.path().join("co2-mlp").join(to);
         std::fs::create_dir_all(&dir).unwrap();
         let src = repo().join("models/co2-mlp").join(from);
         std::fs::copy(src.join("model.onnx"), dir.join("model.onnx")).unwrap();
         let mut b: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(src.join("bundle.json")).unwrap()).unwrap();
-        b["version"] = to.into();
+        b["version"] = (*to).into();
         std::fs::write(dir.join("bundle.json"), serde_json::to_vec(&b).unwrap()).unwrap();
     }
+    root
+}
+
+/// One voice for decisions: three replicas in role `all`, a worse candidate, predictions spread
+/// over every partition, and exactly one `model_rollback`, decided on all of them.
+#[test]
+fn three_replicas_roll_a_worse_candidate_back_once_on_group_data() {
+    let topics = Topics::create(3);
+    let root = model_root(&[("1", "1"), ("1", "9")]);
+    let config = monitor_config(
+        &topics,
+        "min_joined = 1\n[variants]\ndecision_min_joined = 300\nrollback_margin = 0.1\n\
+         [variants.candidate]\nversion = \"9\"\nshare = 0.5\n",
+    )
+    .replace(
+        &format!("root = \"{}\"", repo().join("models").display()),
+        &format!("root = \"{}\"", root.path().display()),
+    );
+    let mut replicas = start_replicas(&config, 3);
+    for w in replicas.iter_mut() {
+        w.wait_for_log("Worker started.", Duration::from_secs(60));
+    }
+    // 400 pairs per variant over 40 series (so every partition has some): no single partition,
+    // and so no replica's share, holds the 300 each variant needs.
+    let series = |i: usize| format!("s-{}", i % 40);
+    let mut preds = Vec::new();
+    let mut acts = Vec::new();
+    for i in 0..400 {
+        let (p, c) = (format!("p-{i}"), format!("c-{i}"));
+        let mut primary: serde_json::Value = serde_json::from_str(&prediction_of(&p, "1", "primary", 100.0)).unwrap();
+        primary["series_id"] = series(i).into();
+        let mut candidate: serde_json::Value =
+            serde_json::from_str(&prediction_of(&c, "9", "candidate", 100.0)).unwrap();
+        candidate["series_id"] = series(i).into();
+        preds.push((series(i), primary.to_string()));
+        preds.push((series(i), candidate.to_string()));
+        acts.push((series(i), actual(&p, &series(i), 100.5)));
+        acts.push((series(i), actual(&c, &series(i), 103.0)));
+    }
+    send_keyed(&topics.predictions, &preds);
+    send_keyed(&topics.actuals, &acts);
+    let mut alerts = Reader::new(&topics.alerts);
+    let rolled = alerts.read_until(Duration::from_secs(60), |r| r.iter().any(|a| a.json()["kind"] == "model_rollback"));
+    assert!(rolled, "no model_rollback:\n{}", replicas[0].log_text());
+    alerts.settle(Duration::from_secs(3));
+    let rollbacks = alerts_of_kind(&alerts.records, "model_rollback");
+    assert_eq!(rollbacks.len(), 1, "{rollbacks:?}");
+    let (c, p) = (&rollbacks[0]["details"]["candidate"], &rollbacks[0]["details"]["primary"]);
+    assert!(c["joined"].as_u64().unwrap() >= 300 && p["joined"].as_u64().unwrap() >= 300, "{}", rollbacks[0]);
+    assert_close("candidate rmse", &c["rmse"], 3.0);
+    assert_close("primary rmse", &p["rmse"], 0.5);
+}
+
+/// The monitor follows a hot reload it sees on `predictions`: snapshots under the new version,
+/// and the candidate compared with the new primary.
+#[test]
+fn after_a_hot_reload_the_monitor_scores_and_decides_against_the_new_primary() {
+    let topics = Topics::create(3);
+    let root = model_root(&[("1", "1"), ("2", "2"), ("1", "9")]);
     let config = monitor_config(
         &topics,
         "min_joined = 1\n[variants]\ndecision_min_joined = 100\nrollback_margin = 0.1\n\
