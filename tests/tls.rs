@@ -316,6 +316,7 @@ fn predict_fixture_over(props: &[(&str, String)], topic: &str, codec: &str, secr
         assert!(Instant::now() < deadline, "{} of {} predictions:\n{}", got.len(), events.len(), worker.log_text());
         if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
             let p: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            common::assert_schema("prediction", &p);
             let values = p["prediction"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             got.insert(p["id"].as_str().unwrap().to_string(), values);
         }

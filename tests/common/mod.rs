@@ -293,6 +293,15 @@ fn output_schema(topic: &str) -> Option<&'static jsonschema::Validator> {
     schemas.get(prefix)
 }
 
+/// Panics unless `value` validates against `schemas/<name>.schema.json` (for readers of their
+/// own, like the TLS tests').
+pub fn assert_schema(name: &str, value: &serde_json::Value) {
+    let text = std::fs::read_to_string(repo().join(format!("schemas/{name}.schema.json"))).unwrap();
+    let validator = jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("a valid JSON Schema");
+    let errors: Vec<String> = validator.iter_errors(value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "fails {name}.schema.json: {errors:?}\n{value}");
+}
+
 /// Panics unless `record` of `topic` validates against its schema (when `topic` is an output).
 fn check_schema(topic: &str, record: &Record) {
     let Some(validator) = output_schema(topic) else { return };
