@@ -492,6 +492,51 @@ fn one_shifted_feature_gives_exactly_one_feature_drift_alert_for_it() {
     assert_eq!(alerts_of_kind(&alerts.records, "feature_drift").len(), 1, "fired again after the failover");
 }
 
+/// Drift is the group's: 20 000 served inputs through three replicas, a drift sample that holds
+/// them all, and every feature's KS statistic equal to scipy's `ks_2samp` on the union sample
+/// against the bundle's reference (both as served, through f32).
+#[test]
+fn drift_statistics_match_scipy_on_the_union_sample_with_three_replicas() {
+    let topics = Topics::create(3);
+    let mut replicas = start_replicas(&monitor_config(&topics, "drift_sample_size = 20000"), 3);
+    for w in replicas.iter_mut() {
+        w.wait_for_log("Worker started.", Duration::from_secs(60));
+    }
+    let inputs = input_stream(20_000, 5.0);
+    send_keyed(&topics.input, &inputs);
+    let snap =
+        wait_snapshot(&topics, &replicas[0], Duration::from_secs(120), |s| s["drift"]["co2"]["samples"] == 20_000);
+    let rows: Vec<serde_json::Value> =
+        inputs.iter().map(|(_, e)| serde_json::from_str::<serde_json::Value>(e).unwrap()["features"].clone()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rows.json"), serde_json::to_vec(&rows).unwrap()).unwrap();
+    let script = r#"
+import json, sys
+import numpy as np
+from scipy.stats import ks_2samp
+bundle = json.load(open(sys.argv[1]))
+rows = np.array(json.load(open(sys.argv[2])), dtype=np.float64)
+served = lambda v: np.asarray(v, dtype=np.float32).astype(np.float64)
+out = {f: float(ks_2samp(served(bundle["reference"]["features"][f]), served(rows[:, i])).statistic)
+       for i, f in enumerate(bundle["features"])}
+print(json.dumps(out))
+"#;
+    let out = std::process::Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", script])
+        .arg(repo().join("models/co2-mlp/1/bundle.json"))
+        .arg(dir.path().join("rows.json"))
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scipy: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (feature, d) in scipy.as_object().unwrap() {
+        let ours = snap["drift"][feature]["ks_statistic"].as_f64().unwrap();
+        let d = d.as_f64().unwrap();
+        assert!((ours - d).abs() <= 1e-9, "{feature}: KS {ours} against scipy {d}");
+    }
+    assert_eq!(snap["drifted_features"], serde_json::json!(["co2"]), "{snap}");
+}
+
 #[test]
 fn an_unshifted_stream_of_50000_events_gives_no_drift_alert() {
     let topics = Topics::create(3);
