@@ -68,44 +68,47 @@ fn the_leader(workers: &mut [Worker]) -> usize {
     leaders[0]
 }
 
-/// The late/early/missing/duplicate scenario's inputs: (early actuals, predictions, late actuals).
+/// The late/early/missing/duplicate scenario's inputs over `n` predictions (a multiple of 18):
+/// (early actuals, predictions, late actuals). Of every 18: 5 actuals come before their
+/// prediction, 10 after, 3 never; the first n/18 predictions and late actuals are duplicated, and
+/// n/9 actuals have no prediction at all.
 type Keyed = Vec<(String, String)>;
-fn join_scenario() -> (Keyed, Keyed, Keyed) {
-    let id = |i: usize| format!("m-{i:04}");
+fn join_scenario(n: usize) -> (Keyed, Keyed, Keyed) {
+    assert_eq!(n % 18, 0);
+    let id = |i: usize| format!("m-{i:05}");
     let series = |i: usize| format!("s-{}", i % 9);
+    let (dups, early, late) = (n / 18, n * 5 / 18, n * 15 / 18);
     let mut early_actuals = Vec::new();
     let mut predictions = Vec::new();
     let mut late_actuals = Vec::new();
-    for i in 0..180 {
+    for i in 0..n {
         let (p, a) = value_of(i);
         predictions.push((series(i), prediction(&id(i), &series(i), p)));
-        if i < 10 {
+        if i < dups {
             predictions.push((series(i), prediction(&id(i), &series(i), p))); // duplicate prediction
         }
-        match i {
-            0..50 => early_actuals.push((series(i), actual(&id(i), &series(i), a))),
-            50..150 => {
-                late_actuals.push((series(i), actual(&id(i), &series(i), a)));
-                if i < 60 {
-                    late_actuals.push((series(i), actual(&id(i), &series(i), a)));
-                    // duplicate actual
-                }
+        if i < early {
+            early_actuals.push((series(i), actual(&id(i), &series(i), a)));
+        } else if i < late {
+            late_actuals.push((series(i), actual(&id(i), &series(i), a)));
+            if i < early + dups {
+                late_actuals.push((series(i), actual(&id(i), &series(i), a))); // duplicate actual
             }
-            _ => {} // 150..180: never
-        }
+        } // the rest: never
     }
-    for j in 0..20 {
+    for j in 0..n / 9 {
         late_actuals.push(("s-x".into(), actual(&format!("orphan-{j}"), "s-x", 1.0)));
     }
     (early_actuals, predictions, late_actuals)
 }
 
-/// RMSE, MAE and bias of the scenario's 150 joined pairs, computed here.
-fn expected_errors() -> (f64, f64, f64) {
-    let errors: Vec<f64> = (0..150).map(|i| value_of(i).0 - value_of(i).1).collect();
-    let rmse = (errors.iter().map(|e| e * e).sum::<f64>() / 150.0).sqrt();
-    let mae = errors.iter().map(|e| e.abs()).sum::<f64>() / 150.0;
-    let bias = errors.iter().sum::<f64>() / 150.0;
+/// RMSE, MAE and bias of the scenario's joined pairs (the first 15 of every 18), computed here.
+fn expected_errors(n: usize) -> (f64, f64, f64) {
+    let joined = n * 15 / 18;
+    let errors: Vec<f64> = (0..joined).map(|i| value_of(i).0 - value_of(i).1).collect();
+    let rmse = (errors.iter().map(|e| e * e).sum::<f64>() / joined as f64).sqrt();
+    let mae = errors.iter().map(|e| e.abs()).sum::<f64>() / joined as f64;
+    let bias = errors.iter().sum::<f64>() / joined as f64;
     (rmse, mae, bias)
 }
 
@@ -114,23 +117,26 @@ fn assert_close(what: &str, got: &serde_json::Value, want: f64) {
     assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{what} {got} vs {want}");
 }
 
-/// The scenario through `replicas` replicas in role `all`: the group's snapshot has the exact
-/// counts and errors, and exactly one replica leads.
-fn join_scenario_through(replicas: usize) {
+/// The scenario over `n` predictions through `replicas` replicas in role `all`: the group's
+/// snapshot has the exact counts and errors, and exactly one replica leads.
+fn join_scenario_through(n: usize, replicas: usize) {
     let topics = Topics::create(3);
-    let (early, predictions, late) = join_scenario();
+    let (early, predictions, late) = join_scenario(n);
     send_keyed(&topics.actuals, &early);
-    let mut workers = start_replicas(&monitor_config(&topics, "join_ttl = \"6s\"\nmin_joined = 1"), replicas);
+    // A window that holds every joined pair, so the numbers do not depend on join order.
+    let monitor = "join_ttl = \"30s\"\nmin_joined = 1\nwindow_count = 100000";
+    let mut workers = start_replicas(&monitor_config(&topics, monitor), replicas);
     for w in workers.iter_mut() {
         w.wait_for_log("Worker started.", Duration::from_secs(60));
     }
     send_keyed(&topics.predictions, &predictions);
     std::thread::sleep(Duration::from_secs(1));
     send_keyed(&topics.actuals, &late);
-    let snap = wait_snapshot(&topics, &workers[0], Duration::from_secs(60), |s| {
-        s["joined"] == 150 && s["expired"] == 30 && s["unmatched_actuals"] == 20 && s["pending"] == 0
+    let (joined, never, orphans) = (n * 15 / 18, n * 3 / 18, n / 9);
+    let snap = wait_snapshot(&topics, &workers[0], Duration::from_secs(120), |s| {
+        s["joined"] == joined && s["expired"] == never && s["unmatched_actuals"] == orphans && s["pending"] == 0
     });
-    let (rmse, mae, bias) = expected_errors();
+    let (rmse, mae, bias) = expected_errors(n);
     assert_close("rmse", &snap["rmse"], rmse);
     assert_close("mae", &snap["mae"], mae);
     assert_close("bias", &snap["bias"], bias);
@@ -139,10 +145,10 @@ fn join_scenario_through(replicas: usize) {
     let port = workers[leader].http_port();
     let metrics = http_get(port, "/metrics");
     let value = |name: &str| metric_value(&metrics, name);
-    let n = value("streamcast_monitor_errors_total");
-    assert_eq!(n, 150.0, "{metrics}");
-    assert_close("counter rmse", &(value("streamcast_monitor_squared_error_total") / n).sqrt().into(), rmse);
-    assert_close("counter mae", &(value("streamcast_monitor_absolute_error_total") / n).into(), mae);
+    let count = value("streamcast_monitor_errors_total");
+    assert_eq!(count, joined as f64, "{metrics}");
+    assert_close("counter rmse", &(value("streamcast_monitor_squared_error_total") / count).sqrt().into(), rmse);
+    assert_close("counter mae", &(value("streamcast_monitor_absolute_error_total") / count).into(), mae);
     // Its lag per topic, from librdkafka's statistics (every 5 s): caught up on predictions.
     let lag = format!("streamcast_monitor_lag_messages{{topic=\"{}\"}} 0", topics.predictions);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -152,10 +158,12 @@ fn join_scenario_through(replicas: usize) {
     }
 }
 
+/// 20 016 predictions (and their late, early, missing and duplicated actuals) through one
+/// replica and then through three.
 #[test]
 fn group_numbers_are_the_same_with_one_and_three_replicas() {
-    join_scenario_through(1);
-    join_scenario_through(3);
+    join_scenario_through(20_016, 1);
+    join_scenario_through(20_016, 3);
 }
 
 /// The leader is SIGKILLed with every prediction waiting; another replica takes over from the
@@ -163,7 +171,7 @@ fn group_numbers_are_the_same_with_one_and_three_replicas() {
 #[test]
 fn when_the_leading_replica_dies_another_takes_over_and_the_numbers_hold() {
     let topics = Topics::create(3);
-    let (early, predictions, late) = join_scenario();
+    let (early, predictions, late) = join_scenario(180);
     send_keyed(&topics.actuals, &early);
     let mut workers = start_replicas(&monitor_config(&topics, "join_ttl = \"60s\"\nmin_joined = 1"), 3);
     for w in workers.iter_mut() {
@@ -199,7 +207,7 @@ fn when_the_leading_replica_dies_another_takes_over_and_the_numbers_hold() {
     let snap = wait_snapshot(&topics, &workers[(leader + 1) % 3], Duration::from_secs(60), |s| {
         s["joined"] == 150 && s["pending"] == 30
     });
-    let (rmse, mae, bias) = expected_errors();
+    let (rmse, mae, bias) = expected_errors(180);
     assert_close("rmse", &snap["rmse"], rmse);
     assert_close("mae", &snap["mae"], mae);
     assert_close("bias", &snap["bias"], bias);
