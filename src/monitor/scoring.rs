@@ -242,6 +242,21 @@ impl Scoring {
             self.keys[i].last_seen = now;
             return Some(i as u16);
         }
+        // At the cap, reuse a slot that nothing refers to any more: idle past the join TTL (no
+        // prediction of it still waits) and the rolling window (its errors have aged out). The
+        // served model's primary keeps its slot. (Plus two seconds: expiry runs once a second,
+        // after the TTL has passed.)
+        let slot = if self.keys.len() < MAX_KEYS {
+            None
+        } else {
+            let idle = self.cfg.join_ttl.max(self.cfg.window_duration) + Duration::from_secs(2);
+            let served = &self.model;
+            Some(self.keys.iter().position(|k| {
+                now.saturating_duration_since(k.last_seen) > idle
+                    && k.rolling.is_empty()
+                    && !(k.variant == Variant::Primary && k.model == *served)
+            })?)
+        };
         let mut scored = Scored {
             model: model.clone(),
             variant,
@@ -256,21 +271,10 @@ impl Scoring {
         if let Some(r) = self.resumed.remove(&(model.clone(), variant)) {
             scored.resume(r, self.cfg.alert_cooldown);
         }
-        if self.keys.len() < MAX_KEYS {
+        let Some(free) = slot else {
             self.keys.push(scored);
             return Some((self.keys.len() - 1) as u16);
-        }
-        // Reuse a slot that nothing refers to any more: idle past the join TTL (no prediction of
-        // it still waits) and the rolling window (its errors have aged out). The served model's
-        // primary keeps its slot.
-        // (Plus two seconds: expiry runs once a second, after the TTL has passed.)
-        let idle = self.cfg.join_ttl.max(self.cfg.window_duration) + Duration::from_secs(2);
-        let served = &self.model;
-        let free = self.keys.iter().position(|k| {
-            now.saturating_duration_since(k.last_seen) > idle
-                && k.rolling.is_empty()
-                && !(k.variant == Variant::Primary && k.model == *served)
-        })?;
+        };
         let old = std::mem::replace(&mut self.keys[free], scored);
         self.expired_by_key.remove(&(free as u16));
         self.freed.push((old.model, old.variant));
