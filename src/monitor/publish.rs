@@ -103,7 +103,7 @@ impl Publisher {
         });
         let scheduled =
             |a: &&Alert| matches!(&a.details, Details::RetrainRequested(r) if r.reason == RetrainReason::Schedule);
-        self.last_schedule = ours().filter(scheduled).next_back().and_then(|a| a.instant(now)).unwrap_or(now);
+        self.last_schedule = ours().rfind(scheduled).and_then(|a| a.instant(now)).unwrap_or(now);
         self.metrics.set_leader(true);
     }
 

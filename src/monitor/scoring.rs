@@ -320,7 +320,10 @@ impl Scoring {
             return self.reject(Rejection::WrongLength);
         }
         let errors = prediction.values.iter().zip(&actual).map(|(p, a)| p - a);
-        if errors.clone().any(|e| !(e.abs() <= MAX_ABS_ERROR)) {
+        // Written so that a NaN error is refused too (every comparison with NaN is false).
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        let out_of_range = |e: f64| !(e.abs() <= MAX_ABS_ERROR);
+        if errors.clone().any(out_of_range) {
             return self.reject(Rejection::Overflow);
         }
         let scored = &mut self.keys[prediction.key as usize];
