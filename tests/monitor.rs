@@ -248,14 +248,14 @@ fn model_root(versions: &[(&str, &str)]) -> tempfile::TempDir {
 fn three_replicas_roll_a_worse_candidate_back_once_on_group_data() {
     let topics = Topics::create(3);
     let root = model_root(&[("1", "1"), ("1", "9")]);
-    let config = monitor_config(
-        &topics,
-        "min_joined = 1\n[variants]\ndecision_min_joined = 300\nrollback_margin = 0.1\n\
+    let config = with_model_root(
+        &monitor_config(
+            &topics,
+            "min_joined = 1\n[variants]\ndecision_min_joined = 300\nrollback_margin = 0.1\n\
          [variants.candidate]\nversion = \"9\"\nshare = 0.5\n",
-    )
-    .replace(
-        &format!("root = \"{}\"", repo().join("models").display()),
-        &format!("root = \"{}\"", root.path().display()),
+        ),
+        root.path(),
+        "0s",
     );
     let mut replicas = start_replicas(&config, 3);
     for w in replicas.iter_mut() {
@@ -298,14 +298,14 @@ fn three_replicas_roll_a_worse_candidate_back_once_on_group_data() {
 fn after_a_hot_reload_the_monitor_scores_and_decides_against_the_new_primary() {
     let topics = Topics::create(3);
     let root = model_root(&[("1", "1"), ("2", "2"), ("1", "9")]);
-    let config = monitor_config(
-        &topics,
-        "min_joined = 1\n[variants]\ndecision_min_joined = 100\nrollback_margin = 0.1\n\
+    let config = with_model_root(
+        &monitor_config(
+            &topics,
+            "min_joined = 1\n[variants]\ndecision_min_joined = 100\nrollback_margin = 0.1\n\
          [variants.candidate]\nversion = \"9\"\nshare = 0.5\n",
-    )
-    .replace(
-        &format!("root = \"{}\"", repo().join("models").display()),
-        &format!("root = \"{}\"", root.path().display()),
+        ),
+        root.path(),
+        "0s",
     );
     let mut monitor = start_monitor(&config);
     monitor.wait_for_log("Monitor leads the group", Duration::from_secs(60));

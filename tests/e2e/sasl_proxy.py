@@ -28,6 +28,8 @@ import ssl
 import struct
 import sys
 
+from tls_proxy import pipe  # same directory: the script's own is on sys.path
+
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM, ILLEGAL_SASL_STATE = 58, 33, 34
 MECHANISMS = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512, "PLAIN": None}
@@ -169,17 +171,6 @@ def plain(message, user, password):
     if len(parts) == 3 and parts[1].decode() == user and parts[2].decode() == password:
         return b"", True, None
     return None, False, "invalid credentials"
-
-
-async def pipe(reader, writer):
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
-        pass
-    finally:
-        writer.close()
 
 
 async def main():
