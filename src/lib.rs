@@ -9,7 +9,8 @@
 //! # Layout
 //! - [`config`]: typed TOML config with environment overrides; errors name the key.
 //! - [`shutdown`]: the shutdown signal shared by all threads and tasks.
-//! - [`event`]: InputEvent / Prediction / Actual types mirroring `schemas/`; decode errors.
+//! - [`event`]: InputEvent / Prediction / Actual types mirroring `schemas/`; decode errors;
+//!   `event::scan`, the one-pass decoder for valid events (serde decodes the rest).
 //! - [`bundle`]: model bundles: load, validate, resolve `latest`, stay inside the root.
 //! - [`normalize`]: scalers; pure, in-place transforms.
 //! - [`window`]: bounded per-series window state.

@@ -11,6 +11,8 @@ use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
+mod scan;
+
 /// Why an input event was dead-lettered; the `streamcast-error-kind` header carries [`Self::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectKind {
@@ -148,14 +150,30 @@ struct RawEvent<'a> {
 }
 
 impl InputEvent {
-    /// Decodes and validates one `input_data` message value.
-    pub fn decode(bytes: &[u8], schema: &FeatureSchema) -> Result<InputEvent, DecodeError> {
+    fn check_size(bytes: &[u8], schema: &FeatureSchema) -> Result<(), DecodeError> {
         if bytes.len() > schema.max_message_bytes {
             return Err(DecodeError::new(
                 RejectKind::Oversized,
                 format!("message is {} bytes; the limit is {}", bytes.len(), schema.max_message_bytes),
             ));
         }
+        Ok(())
+    }
+
+    /// Decodes and validates one `input_data` message value: in one pass when the event is valid
+    /// and plain (`scan`), otherwise with serde, which also says why an event is refused.
+    pub fn decode(bytes: &[u8], schema: &FeatureSchema) -> Result<InputEvent, DecodeError> {
+        InputEvent::check_size(bytes, schema)?;
+        match scan::decode(bytes, schema) {
+            Some(event) => Ok(event),
+            None => InputEvent::decode_with_serde(bytes, schema),
+        }
+    }
+
+    /// The reference decoder: serde, in two passes. [`InputEvent::decode`] uses it for every event
+    /// the one-pass decoder declines, and tests and benchmarks compare the two.
+    pub fn decode_with_serde(bytes: &[u8], schema: &FeatureSchema) -> Result<InputEvent, DecodeError> {
+        InputEvent::check_size(bytes, schema)?;
         let raw: RawEvent<'_> = serde_json::from_slice(bytes).map_err(|e| {
             let mut d = json_error(bytes, &e, "event");
             // Every field of RawEvent accepts any JSON, so a data error means the value is no object.
