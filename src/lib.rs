@@ -17,7 +17,8 @@
 //! - [`inference`]: ONNX Runtime loading, model sessions, the model set (primary, candidate,
 //!   shadow), fallback and breaker, cache, the scorer and the micro-batching thread.
 //! - [`loader`]: loading the primary, variants and fallback at start-up.
-//! - [`kafka`]: Kafka client configs, topic checks, group-less readers, the one send-with-retry.
+//! - [`kafka`]: Kafka client configs, topic checks, group-less readers, the one send-with-retry;
+//!   `kafka::poller`, a producer served by a thread that sleeps until librdkafka has an event.
 //! - [`pipeline`]: consumer loop, offset tracking, dispatch by origin, producer and dead letters.
 //! - [`alert`]: typed `alerts` messages, damping (gate), and the one alert sink.
 //! - [`monitor`]: the side task: actuals join, rolling error, drift, alerts, retraining triggers.

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 
 use super::Alert;
 
 /// Publishes alerts to the alerts topic, keyed by model name.
 pub struct AlertSink {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: crate::kafka::PolledProducer,
     topic: String,
 }
 

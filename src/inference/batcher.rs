@@ -1,5 +1,12 @@
-//! The inference thread: collects jobs into micro-batches (up to `max_batch_size`, waiting at
-//! most `max_wait` after the first job) and scores each batch with one ONNX Runtime call.
+//! The inference thread: collects jobs into micro-batches and scores each batch with one ONNX
+//! Runtime call.
+//!
+//! Batching adapts to the load with no tuning, like Triton's dynamic batcher with a small queue
+//! delay. An idle thread starts a batch at once with whatever is queued. While jobs keep coming,
+//! it waits for the next one at most as long as one model call has recently taken: waiting
+//! longer than the call it saves costs more latency than it is worth, and under load the queue
+//! fills while the previous batch runs anyway, so batches grow to `max_batch_size` by
+//! themselves. `max_wait` is only the upper bound on how long the first job of a batch waits.
 //!
 //! It runs on a dedicated OS thread, never on an async worker, and reads from a bounded channel,
 //! so a slow model backs up into the consumer instead of into memory. What a batch is scored
@@ -91,6 +98,7 @@ impl Batcher {
     /// Runs until every sender of `jobs` is dropped and the queue is drained.
     pub fn run<O, S: JobSink<O>>(mut self, jobs: Receiver<Job<O>>, sink: &mut S) {
         let mut batch: Vec<Job<O>> = Vec::with_capacity(self.options.max_batch_size);
+        let mut call = CallTime::default();
         loop {
             // Idle, reloads and decisions are still applied: their senders must never wait on
             // traffic (a SIGTERM on an idle topic would otherwise wait on them forever).
@@ -102,35 +110,62 @@ impl Batcher {
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            let deadline = Instant::now() + self.options.max_wait;
-            let mut disconnected = false;
-            while batch.len() < self.options.max_batch_size {
-                let left = deadline.saturating_duration_since(Instant::now());
-                // Take whatever is already queued even when the wait is over.
-                let next = if left.is_zero() {
-                    jobs.try_recv().map_err(|e| match e {
-                        TryRecvError::Empty => RecvTimeoutError::Timeout,
-                        TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-                    })
-                } else {
-                    jobs.recv_timeout(left)
-                };
-                match next {
-                    Ok(job) => batch.push(job),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        disconnected = true;
-                        break;
-                    }
-                }
-            }
+            let disconnected = self.collect(&jobs, &mut batch, call.linger());
             self.scorer.apply_pending();
-            self.scorer.score(&mut batch, sink);
+            call.observe(self.scorer.score(&mut batch, sink));
             batch.clear();
             if disconnected {
                 return;
             }
         }
+    }
+
+    /// Adds jobs to `batch` (which holds the first) until it is full, or the queue stays empty
+    /// for `linger`, or `max_wait` has passed since the first; true if the senders are gone.
+    fn collect<O>(&self, jobs: &Receiver<Job<O>>, batch: &mut Vec<Job<O>>, linger: Duration) -> bool {
+        let deadline = Instant::now() + self.options.max_wait;
+        while batch.len() < self.options.max_batch_size {
+            let next = match jobs.try_recv() {
+                Ok(job) => Ok(job),
+                Err(TryRecvError::Disconnected) => return true,
+                Err(TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || linger.is_zero() {
+                        return false;
+                    }
+                    jobs.recv_timeout(linger.min(left))
+                }
+            };
+            match next {
+                Ok(job) => batch.push(job),
+                Err(RecvTimeoutError::Timeout) => return false,
+                Err(RecvTimeoutError::Disconnected) => return true,
+            }
+        }
+        false
+    }
+}
+
+/// A running average of how long one batch's model calls take: how long a batch is worth
+/// holding open for one more job.
+#[derive(Debug, Default)]
+struct CallTime {
+    /// Exponentially weighted, in nanoseconds; zero before the first batch.
+    average_ns: f64,
+}
+
+impl CallTime {
+    /// The weight of the newest batch: about the last ten batches count.
+    const WEIGHT: f64 = 0.1;
+
+    fn observe(&mut self, took: Duration) {
+        let ns = took.as_nanos() as f64;
+        self.average_ns =
+            if self.average_ns == 0.0 { ns } else { self.average_ns + Self::WEIGHT * (ns - self.average_ns) };
+    }
+
+    fn linger(&self) -> Duration {
+        Duration::from_nanos(self.average_ns as u64)
     }
 }
 
@@ -217,6 +252,56 @@ mod tests {
         let other = VariantControl::Promote { candidate_version: "3".into() };
         assert_eq!(round(&mut b, &[other]), ["1", "1"], "decisions about other versions are ignored");
         assert_eq!(round(&mut b, &[rollback, promote]), ["2", "2"], "several pending: applied in order");
+    }
+
+    /// The size of every batch the sink was handed.
+    struct Sizes(std::sync::mpsc::Sender<usize>);
+    impl JobSink<()> for Sizes {
+        fn batch(&mut self, o: BatchOutcome<'_, ()>) {
+            let _ = self.0.send(o.jobs.len());
+        }
+    }
+
+    fn batcher(max_wait: Duration) -> Batcher {
+        Batcher::new(scorer(None), BatchingOptions { max_batch_size: 64, max_wait })
+    }
+
+    #[test]
+    fn an_idle_batcher_starts_a_lone_job_at_once_whatever_max_wait_says() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let (sizes, scored) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || batcher(Duration::from_secs(3600)).run(rx, &mut Sizes(sizes)));
+        for _ in 0..3 {
+            tx.send(Job { input: window(0.0), candidate: false, origin: () }).unwrap();
+            // With max_wait as a fixed delay this would take an hour.
+            assert_eq!(scored.recv_timeout(Duration::from_secs(60)), Ok(1));
+        }
+        drop(tx);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn queued_jobs_go_in_full_batches() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(200);
+        for i in 0..150 {
+            tx.send(Job { input: window(i as f32), candidate: false, origin: () }).unwrap();
+        }
+        drop(tx);
+        let (sizes, scored) = std::sync::mpsc::channel();
+        batcher(Duration::from_secs(3600)).run(rx, &mut Sizes(sizes));
+        assert_eq!(scored.try_iter().collect::<Vec<_>>(), [64, 64, 22]);
+    }
+
+    #[test]
+    fn the_linger_follows_recent_model_calls() {
+        let mut c = CallTime::default();
+        assert_eq!(c.linger(), Duration::ZERO, "no wait before the first batch");
+        c.observe(Duration::from_micros(100));
+        assert_eq!(c.linger(), Duration::from_micros(100));
+        for _ in 0..100 {
+            c.observe(Duration::from_micros(20));
+        }
+        assert!(c.linger() < Duration::from_micros(21), "{:?}", c.linger());
     }
 
     #[test]

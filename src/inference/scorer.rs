@@ -147,8 +147,9 @@ impl Scorer {
         }
     }
 
-    /// Scores one batch and hands it to `sink`.
-    pub fn score<O, S: JobSink<O>>(&mut self, batch: &mut Vec<Job<O>>, sink: &mut S) {
+    /// Scores one batch and hands it to `sink`; returns how long scoring took (the model calls,
+    /// without the sink's work).
+    pub fn score<O, S: JobSink<O>>(&mut self, batch: &mut Vec<Job<O>>, sink: &mut S) -> Duration {
         sink.batch_started();
         let start = Instant::now();
         let (hits0, misses0) = self.cache_counts();
@@ -206,6 +207,7 @@ impl Scorer {
             fallback: self.guard.as_ref().map(|g| g.fallback.model_ref()),
         };
         sink.batch(outcome);
+        inference_time
     }
 
     /// Feeds the breaker the primary's own call: an error, no usable row at all, or over budget.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 
 use crate::event::RejectKind;
@@ -80,7 +80,7 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-pub type Producer = ThreadedProducer<DeliveryContext>;
+pub type Producer = crate::kafka::PolledProducer<DeliveryContext>;
 
 /// Header names of dead-letter records (contract).
 pub mod dlq_headers {

@@ -3,6 +3,8 @@
 //!
 //! Nothing here knows about events or models; the pipeline, the monitor, the decision follower,
 //! the window rebuild, the alert sink and `streamcast produce` all build their clients here.
+//! `poller` is the producer the worker keeps for its lifetime, served by a thread that sleeps
+//! until librdkafka has an event for it.
 
 use std::time::Duration;
 
@@ -13,6 +15,9 @@ use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
+
+mod poller;
+pub use poller::PolledProducer;
 
 /// Errors reaching or checking the cluster.
 #[derive(Debug, thiserror::Error)]
