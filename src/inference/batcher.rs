@@ -2,11 +2,12 @@
 //! Runtime call.
 //!
 //! Batching adapts to the load with no tuning, like Triton's dynamic batcher with a small queue
-//! delay. An idle thread starts a batch at once with whatever is queued. While jobs keep coming,
-//! it waits for the next one at most as long as one model call has recently taken: waiting
-//! longer than the call it saves costs more latency than it is worth, and under load the queue
-//! fills while the previous batch runs anyway, so batches grow to `max_batch_size` by
-//! themselves. `max_wait` is only the upper bound on how long the first job of a batch waits.
+//! delay. A job that finds the thread idle and the queue otherwise empty is scored at once.
+//! When more were queued behind it (a burst is arriving), the batch stays open in steps as long
+//! as one model call has recently taken, and starts after a step in which none came: waiting
+//! longer than the call it saves costs more latency than it is worth. Under load the queue
+//! fills while the previous batch runs, so batches grow to `max_batch_size` by themselves.
+//! `max_wait` is only the upper bound on how long the first job of a batch waits.
 //!
 //! It runs on a dedicated OS thread, never on an async worker, and reads from a bounded channel,
 //! so a slow model backs up into the consumer instead of into memory. What a batch is scored
@@ -120,29 +121,35 @@ impl Batcher {
         }
     }
 
-    /// Adds jobs to `batch` (which holds the first) until it is full, or the queue stays empty
-    /// for `linger`, or `max_wait` has passed since the first; true if the senders are gone.
+    /// Adds jobs to `batch` (which holds the first) until it is full, or nothing but the first
+    /// was queued, or no job came during a `linger`, or `max_wait` has passed since the first;
+    /// true if the senders are gone.
+    ///
+    /// It sleeps and then takes what came, rather than blocking on the channel for each job:
+    /// a receiver blocked on the channel must be woken by the sender for every job, one futex
+    /// call on the consumer thread per event.
     fn collect<O>(&self, jobs: &Receiver<Job<O>>, batch: &mut Vec<Job<O>>, linger: Duration) -> bool {
         let deadline = Instant::now() + self.options.max_wait;
-        while batch.len() < self.options.max_batch_size {
-            let next = match jobs.try_recv() {
-                Ok(job) => Ok(job),
-                Err(TryRecvError::Disconnected) => return true,
-                Err(TryRecvError::Empty) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() || linger.is_zero() {
-                        return false;
-                    }
-                    jobs.recv_timeout(linger.min(left))
+        // A lone job goes at once: nothing says more are coming.
+        let mut before_sleep = 1;
+        loop {
+            while batch.len() < self.options.max_batch_size {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return true,
                 }
-            };
-            match next {
-                Ok(job) => batch.push(job),
-                Err(RecvTimeoutError::Timeout) => return false,
-                Err(RecvTimeoutError::Disconnected) => return true,
             }
+            if batch.len() == self.options.max_batch_size || batch.len() == before_sleep {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || linger.is_zero() {
+                return false;
+            }
+            before_sleep = batch.len();
+            std::thread::sleep(linger.min(left));
         }
-        false
     }
 }
 
