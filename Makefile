@@ -75,7 +75,15 @@ chaos: ort test-deps broker
 chaos-short: ort test-deps broker
 	set -o pipefail; CHAOS_SCALE=short NISSHI=$(NISSHI) $(CHAOS_RUN) 2>&1 | tee target/chaos-output.log | grep -E '^(chaos:|test |test result|thread|  left|  right|assertion)'
 
-bench: ort test-deps broker build
+# streamcast against a tuned Python worker and a notebook-style one (bench/README.md); the Python
+# workers' packages (kafka-python, pandas, orjson) are pinned in bench/requirements.txt.
+BENCH_STAMP := $(VENV)/.bench-deps
+$(BENCH_STAMP): $(TEST_STAMP) bench/requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
+
+bench: ort test-deps broker build $(BENCH_STAMP)
+	cargo build $(CARGO_FLAGS) --example ort_ceiling
 	NISSHI=$(NISSHI) scripts/with-broker.sh $(VENV)/bin/python scripts/bench.py
 
 # Rebuild the sample bundles and test fixtures from the statsmodels CO2 record.
