@@ -399,7 +399,8 @@ fn the_broker_stalls_mid_stream() {
         libc::kill(*pid as i32, libc::SIGCONT);
     }
     let resumed = Instant::now();
-    let not_ready_after = not_ready_after.expect("/readyz turned 503 during the stall");
+    let not_ready_after =
+        not_ready_after.unwrap_or_else(|| panic!("/readyz did not turn 503 during the stall:\n{}", worker.log_text()));
     let deadline = Instant::now() + Duration::from_secs(30);
     while http(port, "GET", "/readyz", b"").0 != 200 {
         assert!(Instant::now() < deadline, "/readyz not 200 again within 30 s:\n{}", worker.log_text());

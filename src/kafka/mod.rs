@@ -3,8 +3,8 @@
 //!
 //! Nothing here knows about events or models; the pipeline, the monitor, the decision follower,
 //! the window rebuild, the alert sink and `streamcast produce` all build their clients here.
-//! `poller` is the producer the worker keeps for its lifetime, served by a thread that sleeps
-//! until librdkafka has an event for it.
+//! `poller` is a producer served by a thread that sleeps until librdkafka has an event for it
+//! (the alert sink's).
 
 use std::time::Duration;
 

@@ -80,7 +80,11 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-pub type Producer = crate::kafka::PolledProducer<DeliveryContext>;
+/// The data path's producer stays rdkafka's `ThreadedProducer`: with `kafka::PolledProducer`
+/// here, the broker-stall chaos test (`/readyz` must turn 503 during a 15 s stall) failed 2 of 9
+/// runs, and the cause is not understood yet. The alert sink, idle nearly always, uses the
+/// polled one.
+pub type Producer = rdkafka::producer::ThreadedProducer<DeliveryContext>;
 
 /// Header names of dead-letter records (contract).
 pub mod dlq_headers {
