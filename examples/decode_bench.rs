@@ -8,9 +8,16 @@ use streamcast::event::{DecodeError, EventValues, FeatureSchema, InputEvent};
 
 fn main() {
     let names = vec!["co2".into(), "month_sin".into(), "month_cos".into()];
-    let schema = FeatureSchema { names, window: 24, max_message_bytes: 1 << 20, reject_unknown_features: false, max_id_bytes: 512 };
-    let rows: Vec<[f64; 3]> =
-        (0..200).map(|i| [316.1 + f64::from(i) * 0.37, (f64::from(i) * 0.52).sin(), (f64::from(i) * 0.52).cos()]).collect();
+    let schema = FeatureSchema {
+        names,
+        window: 24,
+        max_message_bytes: 1 << 20,
+        reject_unknown_features: false,
+        max_id_bytes: 512,
+    };
+    let rows: Vec<[f64; 3]> = (0..200)
+        .map(|i| [316.1 + f64::from(i) * 0.37, (f64::from(i) * 0.52).sin(), (f64::from(i) * 0.52).cos()])
+        .collect();
     let (mut windows, mut observations) = (Vec::new(), Vec::new());
     for i in 0..1000usize {
         let steps: Vec<String> = (0..24)

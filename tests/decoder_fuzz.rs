@@ -86,7 +86,11 @@ fn agree(
             }
         }
         (Err(a), Err(b)) => prop_assert_eq!(a.kind, b.kind),
-        _ => prop_assert!(false, "the decoders disagree on {:?}: {fast:?} vs {reference:?}", String::from_utf8_lossy(bytes)),
+        _ => prop_assert!(
+            false,
+            "the decoders disagree on {:?}: {fast:?} vs {reference:?}",
+            String::from_utf8_lossy(bytes)
+        ),
     }
     Ok(())
 }
@@ -195,16 +199,18 @@ fn plain_events_with_random_numbers_and_spacing() {
         "-?(0|[1-9][0-9]{0,25})(\\.[0-9]{1,25})?([eE][+-]?[0-9]{1,3})?".prop_map(|s| s),
     ];
     let ws = prop::sample::select(vec!["", " ", "\n", "\t ", "\r\n  "]);
-    run((proptest::collection::vec(number, 9), proptest::collection::vec(ws, 8), prop::bool::ANY), |(ns, w, objects)| {
-        let obs = |c: &[String]| {
-            if objects {
-                format!(r#"{{{}"month_cos"{}:{}, "co2":{},"month_sin":{}{}}}"#, w[0], w[1], c[2], c[0], c[1], w[2])
-            } else {
-                format!("[{}{},{}{}{},{}]", w[3], c[0], c[1], w[4], w[5], c[2])
-            }
-        };
-        let window: Vec<String> = ns[3..].chunks(3).map(obs).collect();
-        format!(
+    run(
+        (proptest::collection::vec(number, 9), proptest::collection::vec(ws, 8), prop::bool::ANY),
+        |(ns, w, objects)| {
+            let obs = |c: &[String]| {
+                if objects {
+                    format!(r#"{{{}"month_cos"{}:{}, "co2":{},"month_sin":{}{}}}"#, w[0], w[1], c[2], c[0], c[1], w[2])
+                } else {
+                    format!("[{}{},{}{}{},{}]", w[3], c[0], c[1], w[4], w[5], c[2])
+                }
+            };
+            let window: Vec<String> = ns[3..].chunks(3).map(obs).collect();
+            format!(
             r#"{}{{"id":"e",{}"series_id"{}:"s","timestamp":"2026-11-26T19:00:00Z","features":{},"window":[{}]}}{}"#,
             w[6],
             w[7],
@@ -214,5 +220,6 @@ fn plain_events_with_random_numbers_and_spacing() {
             w[1]
         )
         .into_bytes()
-    });
+        },
+    );
 }
