@@ -11,14 +11,26 @@ NISSHI_VERSION := 0.6.0
 NISSHI_ROOT ?= $(HOME)/.local/share/streamcast/nisshi-$(NISSHI_VERSION)
 NISSHI := $(NISSHI_ROOT)/bin/nisshi
 CARGO_FLAGS ?= --release --locked
+# librdkafka is built by CMake (rdkafka's `cmake-build` feature): its other build system, mklove,
+# cannot link the static libcurl that OAUTHBEARER's OIDC token fetch needs. CMake comes from its
+# PyPI wheel into the project virtualenv; set CMAKE to use another one.
+CMAKE_VERSION := 3.31.10
+CMAKE_STAMP := $(VENV)/.cmake-$(CMAKE_VERSION)
+export CMAKE ?= $(CURDIR)/$(VENV)/bin/cmake
 
-.PHONY: run test chaos chaos-short build ort ort-gpu gpu-check test-deps broker bench bundles clean-venv
+.PHONY: run test chaos chaos-short build cmake ort ort-gpu gpu-check test-deps broker bench bundles clean-venv
 
 run: ort build
 	./target/release/streamcast demo
 
-build:
+build: cmake
 	cargo build $(CARGO_FLAGS)
+
+cmake: $(CMAKE_STAMP)
+$(CMAKE_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check cmake==$(CMAKE_VERSION)
+	touch $@
 
 # ONNX Runtime's shared library comes from the pinned PyPI wheel, in a project-local virtualenv.
 ort: $(ORT_STAMP)
@@ -57,7 +69,7 @@ $(NISSHI):
 	@echo "Installing nisshi $(NISSHI_VERSION) to $(NISSHI_ROOT) (once per user; about 17 minutes on 2 cores)"
 	cargo install nisshi@$(NISSHI_VERSION) --locked --no-default-features --features dynostore --root $(NISSHI_ROOT)
 
-test: ort test-deps broker
+test: ort cmake test-deps broker
 	cargo build $(CARGO_FLAGS) --tests --bins
 	$(VENV)/bin/python scripts/check_deploy.py
 	$(PYTHON) scripts/module_cycles.py
@@ -69,10 +81,10 @@ test: ort test-deps broker
 # plus the hostile-input scenarios that `make test` also runs (signed decisions, symlink escape,
 # SIGTERM with pending reloads). One line per scenario; `chaos-short` is the form CI runs.
 CHAOS_RUN = cargo test $(CARGO_FLAGS) --test chaos --test hostile -- --include-ignored --test-threads=1 --nocapture
-chaos: ort test-deps broker
+chaos: ort cmake test-deps broker
 	set -o pipefail; NISSHI=$(NISSHI) $(CHAOS_RUN) 2>&1 | tee target/chaos-output.log | grep -E '^(chaos:|test |test result|thread|  left|  right|assertion)'
 
-chaos-short: ort test-deps broker
+chaos-short: ort cmake test-deps broker
 	set -o pipefail; CHAOS_SCALE=short NISSHI=$(NISSHI) $(CHAOS_RUN) 2>&1 | tee target/chaos-output.log | grep -E '^(chaos:|test |test result|thread|  left|  right|assertion)'
 
 # streamcast against a tuned Python worker and a notebook-style one (bench/README.md); the Python

@@ -12,6 +12,10 @@ Checks, from the repository root:
     its grace period exceeds processing.shutdown_timeout; the KEDA ScaledObject matches the
     consumer group, topic and partition count; kustomization.yaml lists every manifest;
   * the Grafana dashboard queries only metrics the worker exports.
+  * docker-compose.kafka.yml validates against the Compose Specification's JSON schema
+    (scripts/compose-spec.json, from github.com/compose-spec/compose-spec at 170098ba, Apache-2.0:
+    what `docker compose config` checks first), every profile included;
+  * one-shot topic services reach a healthy Kafka service through their depends_on chain.
 Optional, skipped when the tool is missing: `kubectl kustomize deploy/k8s` (needs no cluster),
 offline schema validation with the `kubernetes-validate` package, and `docker compose config -q`
 (needs the compose plugin, not a Docker engine).
@@ -61,7 +65,7 @@ CONFIG_KEYS: dict[str, set[str] | None] = {
     "model": {"root", "name", "version", "execution_provider", "intra_threads", "watch_interval"},
     "batching": {"max_batch_size", "max_wait_ms"},
     "validation": {"max_message_bytes", "reject_unknown_features"},
-    "windows": {"max_series"},
+    "windows": {"max_series", "rebuild_max_records", "rebuild_timeout", "duplicates", "gaps", "max_fill_steps"},
     "cache": {"enabled", "max_entries"},
     "processing": {"guarantee", "shutdown_timeout", "passthrough"},
     "monitor": {
@@ -372,6 +376,37 @@ def command_words(service: dict) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
 
 
+def waits_for_healthy_kafka(services: dict, name: str, seen: frozenset = frozenset()) -> bool:
+    """Whether `name`'s depends_on chain (conditions service_healthy or
+    service_completed_successfully) reaches a `kafka*` service with service_healthy."""
+    deps = services.get(name, {}).get("depends_on", {})
+    if not isinstance(deps, dict) or name in seen:
+        return False
+    for dep, spec in deps.items():
+        condition = (spec or {}).get("condition")
+        if dep.startswith("kafka") and condition == "service_healthy" and "healthcheck" in services.get(dep, {}):
+            return True
+        if condition in ("service_healthy", "service_completed_successfully") and waits_for_healthy_kafka(
+            services, dep, seen | {name}
+        ):
+            return True
+    return False
+
+
+def check_compose_schema(compose: dict) -> None:
+    """The Compose Specification's JSON schema, as `docker compose config` applies it."""
+    try:
+        import jsonschema
+    except ModuleNotFoundError:
+        fail(rel(COMPOSE), "needs the jsonschema package (pip install -r scripts/requirements-test.txt)")
+        return
+    schema = json.loads((ROOT / "scripts" / "compose-spec.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    for error in sorted(validator.iter_errors(compose), key=lambda e: list(e.absolute_path)):
+        at = "/".join(str(p) for p in error.absolute_path) or "(top)"
+        fail(rel(COMPOSE), f"Compose Specification: {at}: {error.message}")
+
+
 def check_compose(docker_config: dict | None) -> int:
     """Returns the partition count the topics service creates (6 if not found)."""
     where = rel(COMPOSE)
@@ -387,6 +422,7 @@ def check_compose(docker_config: dict | None) -> int:
     if not isinstance(services, dict) or not services:
         fail(where, "has no services")
         return partitions
+    check_compose_schema(compose)
 
     kafka = services.get("kafka")
     if not isinstance(kafka, dict) or "healthcheck" not in kafka:
@@ -408,9 +444,8 @@ def check_compose(docker_config: dict | None) -> int:
                 partitions = int(words[words.index("--partitions") + 1])
             except ValueError:
                 fail(where, f"service `{name}`: --partitions is not a number")
-        deps = services[name].get("depends_on", {})
-        if not (isinstance(deps, dict) and deps.get("kafka", {}).get("condition") == "service_healthy"):
-            fail(where, f"service `{name}` should wait for kafka: service_healthy")
+        if not waits_for_healthy_kafka(services, name):
+            fail(where, f"service `{name}` should wait for a kafka service: service_healthy")
     shutdown = shutdown_seconds(docker_config)
     replicas = 0
     for name in workers:
@@ -601,7 +636,7 @@ def check_compose_tool() -> None:
         notes.append("docker compose config: skipped (no compose plugin)")
         return
     version = probe.stdout.strip()
-    for profile in ([], ["--profile", "monitoring"]):
+    for profile in ([], ["--profile", "monitoring"], ["--profile", "sasl"]):
         label = f"docker compose config -q {' '.join(profile)}".strip()
         result = run_tool(["docker", "compose", "-f", str(COMPOSE), *profile, "config", "-q"])
         if result is None:

@@ -8,7 +8,8 @@
 //! broker and fails with "early eof", and the memory storage does not survive a restart). So a
 //! SASL-authenticating proxy (`tests/e2e/sasl_proxy.py`: SaslHandshake and SaslAuthenticate,
 //! SCRAM per RFC 5802 and PLAIN, written from the RFCs, also checked by hand against
-//! kafka-python, a second client implementation) stands in for the broker's SASL.
+//! kafka-python, a second client implementation) stands in for the broker's SASL. The same
+//! proxy serves an OAuth 2.0 token endpoint and checks OAUTHBEARER tokens, for OIDC.
 
 mod common;
 
@@ -121,6 +122,8 @@ struct TlsCluster {
     tls: String,
     /// The broker's own plaintext port (advertising the TLS address).
     plain: String,
+    /// The SASL proxy's OAuth 2.0 token endpoint (client id `alice`, secret [`PASSWORD`]).
+    token_url: String,
     _broker: Guard,
     proxy: Guard,
 }
@@ -129,7 +132,7 @@ impl TlsCluster {
     fn start(front: Front) -> TlsCluster {
         let dir = tempfile::tempdir().unwrap();
         certificates(dir.path());
-        let (plain_port, tls_port) = (free_port(), free_port());
+        let (plain_port, tls_port, oidc_port) = (free_port(), free_port(), free_port());
         let home = std::env::var("HOME").unwrap_or_default();
         let nisshi = std::env::var("NISSHI")
             .unwrap_or_else(|_| format!("{home}/.local/share/streamcast/nisshi-0.6.0/bin/nisshi"));
@@ -158,14 +161,18 @@ impl TlsCluster {
             }
             Front::Sasl { tls } => {
                 proxy.arg(repo().join("tests/e2e/sasl_proxy.py")).arg(tls_port.to_string()).arg(target);
-                proxy.args(["alice", PASSWORD]);
+                proxy.args(["alice", PASSWORD]).env("OIDC_PORT", oidc_port.to_string());
                 if tls {
                     proxy.arg(cert).arg(key);
                 }
             }
         }
         let proxy = proxy.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("python3");
-        for port in [plain_port, tls_port] {
+        let mut ports = vec![plain_port, tls_port];
+        if matches!(front, Front::Sasl { .. }) {
+            ports.push(oidc_port);
+        }
+        for port in ports {
             let deadline = Instant::now() + Duration::from_secs(30);
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
                 assert!(Instant::now() < deadline, "port {port} did not open");
@@ -175,6 +182,7 @@ impl TlsCluster {
         TlsCluster {
             tls: format!("127.0.0.1:{tls_port}"),
             plain: format!("127.0.0.1:{plain_port}"),
+            token_url: format!("http://127.0.0.1:{oidc_port}/token"),
             dir,
             _broker: Guard(broker),
             proxy: Guard(proxy),
@@ -213,6 +221,23 @@ impl TlsCluster {
             p.push(("ssl.ca.location", self.path("ca.pem").display().to_string()));
         }
         p
+    }
+}
+
+impl TlsCluster {
+    /// librdkafka properties of an OAUTHBEARER client over SASL_SSL that fetches its token from
+    /// the proxy's token endpoint (OIDC client credentials) with `secret`.
+    fn oidc_properties(&self, secret: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("bootstrap.servers", self.tls.clone()),
+            ("security.protocol", "SASL_SSL".to_string()),
+            ("ssl.ca.location", self.path("ca.pem").display().to_string()),
+            ("sasl.mechanism", "OAUTHBEARER".to_string()),
+            ("sasl.oauthbearer.method", "oidc".to_string()),
+            ("sasl.oauthbearer.client.id", "alice".to_string()),
+            ("sasl.oauthbearer.client.secret", secret.to_string()),
+            ("sasl.oauthbearer.token.endpoint.url", self.token_url.clone()),
+        ]
     }
 }
 
@@ -428,6 +453,27 @@ fn sasl_scram_and_plain_predict_and_a_wrong_password_exits_2() {
     let plaintext = TlsCluster::start(Front::Sasl { tls: false });
     let scram256 = plaintext.sasl_properties("SASL_PLAINTEXT", "SCRAM-SHA-256", PASSWORD);
     predict_and_stop(&scram256, "sasl-scram256", "gzip", &[PASSWORD]);
+}
+
+/// OAUTHBEARER with OIDC: librdkafka fetches a token from the endpoint with the client
+/// credentials (this needs the libcurl built into rdkafka), and the proxy checks it like a broker
+/// with an OIDC validator. A wrong client secret gets no token, and the worker exits 2 naming the
+/// `sasl.oauthbearer.*` keys; neither secret is ever printed.
+#[test]
+fn oauthbearer_oidc_predicts_and_a_wrong_client_secret_exits_2() {
+    let cluster = TlsCluster::start(Front::Sasl { tls: true });
+    let oidc = cluster.oidc_properties(PASSWORD);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("streamcast.toml");
+    std::fs::write(&path, worker_config(&toml_lines(&oidc), "oidc-print", "co2-mlp")).unwrap();
+    let out = Command::new(common::bin()).args(["run", "--print-config", "--config"]).arg(&path).output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && printed.contains("sasl.oauthbearer.client.secret"), "{printed}");
+    assert!(!printed.contains(PASSWORD), "--print-config printed the client secret:\n{printed}");
+
+    predict_and_stop(&oidc, "oidc", "zstd", &[PASSWORD]);
+    let wrong = "secret-wrong-5c19e2";
+    refused(&toml_lines(&cluster.oidc_properties(wrong)), "sasl.oauthbearer.client.secret", Some(wrong));
 }
 
 /// librdkafka retries a refused login forever; the worker stops instead, so the orchestrator

@@ -231,6 +231,15 @@ pub fn refusal_cause(detail: &str) -> Option<(&'static str, &'static str)> {
         Some(("a TLS client on a plaintext listener", "security.protocol"))
     } else if d.contains("timed out in state ssl_handshake") {
         Some(("the TLS handshake got no answer: a TLS client on a plaintext listener?", "security.protocol"))
+    } else if d.contains("oauthbearer token") {
+        // "Failed to acquire SASL OAUTHBEARER token: ...": the token endpoint refused the client
+        // credentials, or could not be reached or understood.
+        Some((
+            "no OAUTHBEARER token could be obtained from the token endpoint",
+            "sasl.oauthbearer.token.endpoint.url, sasl.oauthbearer.client.id, sasl.oauthbearer.client.secret",
+        ))
+    } else if d.contains("oauthbearer") {
+        Some(("authentication failed", "sasl.mechanism, sasl.oauthbearer.*"))
     } else if d.contains("sasl") || d.contains("authentication") {
         Some(("authentication failed", "sasl.mechanism, sasl.username, sasl.password"))
     } else if d.contains("certificate") || d.contains("ssl") || d.contains("tls") {
@@ -410,14 +419,24 @@ mod tests {
             ]);
             assert_eq!(r, Ok(()), "{mechanism}");
         }
-        // OAUTHBEARER with a token from `sasl.oauthbearer.config` works; OIDC (`method = oidc`)
-        // needs libcurl, which this build leaves out (see the README).
+        // OAUTHBEARER with a token from `sasl.oauthbearer.config`, and with OIDC client
+        // credentials (`method = oidc`), which needs the libcurl built in by `curl-static`.
         let oauth = base(&[
             ("security.protocol", "SASL_SSL"),
             ("sasl.mechanism", "OAUTHBEARER"),
             ("sasl.oauthbearer.config", "principal=streamcast"),
         ]);
         assert_eq!(oauth, Ok(()), "OAUTHBEARER");
+        let oidc = base(&[
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "OAUTHBEARER"),
+            ("sasl.oauthbearer.method", "oidc"),
+            ("sasl.oauthbearer.client.id", "streamcast"),
+            ("sasl.oauthbearer.client.secret", "s"),
+            ("sasl.oauthbearer.token.endpoint.url", "https://idp.example.com/oauth2/token"),
+            ("sasl.oauthbearer.scope", "kafka"),
+        ]);
+        assert_eq!(oidc, Ok(()), "OAUTHBEARER with OIDC");
         assert_eq!(base(&[("security.protocol", "SSL")]), Ok(()));
         for codec in ["zstd", "lz4", "snappy", "gzip"] {
             assert_eq!(base(&[("compression.type", codec)]), Ok(()), "{codec}");
@@ -437,6 +456,10 @@ mod tests {
             .unwrap()
             .contains("TLS client on a plaintext"));
         assert!(cause("SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512").unwrap().contains("authentication"));
+        assert!(refusal_cause("Failed to acquire SASL OAUTHBEARER token: HTTP 401")
+            .unwrap()
+            .1
+            .contains("sasl.oauthbearer.client.secret"));
         assert_eq!(cause("Connect to ipv4#127.0.0.1:1 failed: Connection refused"), None);
     }
 }

@@ -2,6 +2,7 @@
 """A SASL-authenticating Kafka proxy for the SASL tests.
 
     sasl_proxy.py LISTEN_PORT TARGET_HOST:TARGET_PORT USER PASSWORD [CERT KEY]
+    OIDC_PORT=N sasl_proxy.py ...   (also serves an OIDC token endpoint on port N)
 
 nisshi 0.6.0's own `--authentication` mode closed the connection during librdkafka's SASL
 handshake, and no other broker is available here. So this proxy authenticates each client the
@@ -9,10 +10,17 @@ way a Kafka broker does, then forwards its bytes unchanged to the (plaintext) br
 
 - ApiVersions is forwarded, and the answer advertises SaslHandshake (key 17) and
   SaslAuthenticate (key 36) at versions 0-1;
-- SaslHandshake v1 (KIP-43) selects SCRAM-SHA-256, SCRAM-SHA-512 (RFC 5802, RFC 7677) or PLAIN;
+- SaslHandshake v1 (KIP-43) selects SCRAM-SHA-256, SCRAM-SHA-512 (RFC 5802, RFC 7677), PLAIN
+  or OAUTHBEARER (RFC 7628, KIP-255);
 - SaslAuthenticate v0-1 (KIP-152) carries the exchange. A wrong password gets error 58
   (SASL_AUTHENTICATION_FAILED) and the connection is closed, as a broker does;
 - any other request before authentication closes the connection.
+
+With OIDC_PORT set, an OAuth 2.0 token endpoint listens on that port (plain HTTP, path /token):
+the client-credentials grant (RFC 6749 4.4) with HTTP Basic client authentication, client id USER
+and client secret PASSWORD, issues a JWT signed with HS256 by a key of this process, with `sub`
+USER and `exp` an hour ahead. OAUTHBEARER accepts only such a token, unexpired, for USER: what a
+broker with an OIDC validator (KIP-768) checks, minus the JWKS fetch.
 
 With CERT and KEY the listener is TLS (SASL_SSL). SIGUSR1 changes the password to
 PASSWORD + "-rotated" and drops every connection: a credential rotation the client missed.
@@ -22,20 +30,85 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import os
 import signal
 import ssl
 import struct
 import sys
+import time
 
 from tls_proxy import pipe  # same directory: the script's own is on sys.path
 
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM, ILLEGAL_SASL_STATE = 58, 33, 34
-MECHANISMS = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512, "PLAIN": None}
+MECHANISMS = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512, "PLAIN": None, "OAUTHBEARER": None}
 ITERATIONS = 4096
+# The token endpoint's signing key: tokens from another process (or forged) are refused.
+SIGNING_KEY = os.urandom(32)
 
 state = {"password": "", "connections": set()}
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def issue_token(user, now):
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = b64url(json.dumps({"sub": user, "iat": int(now), "exp": int(now) + 3600}).encode())
+    signature = hmac.new(SIGNING_KEY, f"{header}.{claims}".encode(), hashlib.sha256).digest()
+    return f"{header}.{claims}.{b64url(signature)}"
+
+
+def oauthbearer(message, user, _password):
+    """RFC 7628 client response: gs2 header, then \x01-separated key=value pairs with
+    `auth=Bearer <token>`. The token must be one this process issued, for `user`, unexpired."""
+    fields = dict(kv.split("=", 1) for kv in message.decode().split("\x01")[1:] if "=" in kv)
+    token = fields.get("auth", "").removeprefix("Bearer ")
+    try:
+        header, claims, signature = token.split(".")
+        expected = hmac.new(SIGNING_KEY, f"{header}.{claims}".encode(), hashlib.sha256).digest()
+        payload = json.loads(b64url_decode(claims))
+    except ValueError:
+        return None, False, "a malformed token"
+    if not hmac.compare_digest(b64url_decode(signature), expected):
+        return None, False, "a token this issuer did not sign"
+    if payload.get("sub") != user or payload.get("exp", 0) <= time.time():
+        return None, False, "an expired token or another subject"
+    return b"", True, None
+
+
+async def token_endpoint(reader, writer):
+    """One HTTP/1.1 request: POST /token, grant_type=client_credentials, Basic client auth."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        authorization = headers.get("authorization", "")
+        expected = "Basic " + base64.b64encode(f"{state['user']}:{state['password']}".encode()).decode()
+        if not lines[0].startswith("POST /token ") or b"grant_type=client_credentials" not in body:
+            status, reply = "400 Bad Request", {"error": "invalid_request"}
+        elif not hmac.compare_digest(authorization.encode(), expected.encode()):
+            status, reply = "401 Unauthorized", {"error": "invalid_client"}
+        else:
+            token = issue_token(state["user"], time.time())
+            status, reply = "200 OK", {"access_token": token, "token_type": "Bearer", "expires_in": 3600}
+        data = json.dumps(reply).encode()
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            f"Connection: close\r\n\r\n".encode() + data
+        )
+        await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+        pass
+    finally:
+        writer.close()
 
 
 async def read_frame(reader):
@@ -175,6 +248,7 @@ def plain(message, user, password):
 
 async def main():
     port, target, user, state["password"] = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    state["user"] = user
     host, tport = target.rsplit(":", 1)
     ctx = None
     if len(sys.argv) > 6:
@@ -191,7 +265,7 @@ async def main():
     async def authenticate(cr, cw):
         """Runs the SASL exchange; returns the upstream connection once authenticated."""
         up = None
-        mechanism, plain_mechanism = None, False
+        mechanism, one_step = None, None
         while True:
             frame = await read_frame(cr)
             key, version, corr = struct.unpack(">hhi", frame[:8])
@@ -212,13 +286,13 @@ async def main():
                     await cw.drain()
                     return None
                 mechanism = Scram(MECHANISMS[name]) if MECHANISMS[name] else None
-                plain_mechanism = MECHANISMS[name] is None
-            elif key == SASL_AUTHENTICATE and version <= 1 and (mechanism or plain_mechanism):
+                one_step = {"PLAIN": plain, "OAUTHBEARER": oauthbearer}.get(name)
+            elif key == SASL_AUTHENTICATE and version <= 1 and (mechanism or one_step):
                 body = request_body(frame)
                 token = body[4:4 + struct.unpack(">i", body[:4])[0]]
                 password = state["password"]
-                if plain_mechanism:
-                    reply, done, error = plain(token, user, password)
+                if one_step:
+                    reply, done, error = one_step(token, user, password)
                 else:
                     reply, done, error = mechanism.next(token, user, password)
                 if error:
@@ -253,6 +327,8 @@ async def main():
             state["connections"].discard(cw)
 
     server = await asyncio.start_server(handle, "127.0.0.1", port, ssl=ctx)
+    if os.environ.get("OIDC_PORT"):
+        await asyncio.start_server(token_endpoint, "127.0.0.1", int(os.environ["OIDC_PORT"]))
     print("ready", flush=True)
     async with server:
         await server.serve_forever()
