@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::event::{now_rfc3339, EventValues, FeatureSchema, InputEvent, PredictionOut, Variant};
 use crate::inference::{InferenceError, Model};
 use crate::table::{Body, Defaults, FeatureForm, Features, FileFormat, InputFormat, Table, TableError, DEFAULT_SERIES};
-use crate::window::WindowStore;
+use crate::window::{EventTime, EventTimePolicy, WindowStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -51,6 +51,7 @@ struct Pending {
     series_id: String,
     timestamp: String,
     warmup: bool,
+    gap_filled: u32,
 }
 
 pub struct BatchOptions<'a> {
@@ -58,6 +59,8 @@ pub struct BatchOptions<'a> {
     pub output: Option<&'a Path>,
     pub batch_size: usize,
     pub max_series: usize,
+    /// Event-time window policies, for bundles with a `frequency` (as `[windows]` sets them).
+    pub policy: EventTimePolicy,
     pub progress: bool,
 }
 
@@ -86,7 +89,8 @@ pub fn run(model: &mut Model, opts: &BatchOptions<'_>) -> Result<BatchSummary, B
     let mut writer = Writer { out: BufWriter::new(sink), format: out_format, path: out_path, buf: Vec::new() };
     writer.header(m.horizon)?;
 
-    let mut windows = WindowStore::new(m.window, m.features.len(), opts.max_series);
+    let time = EventTime::for_bundle(&m, opts.policy);
+    let mut windows = WindowStore::new(m.window, m.features.len(), opts.max_series, time);
     let mut summary = BatchSummary::default();
     let mut pending: Vec<Pending> = Vec::with_capacity(opts.batch_size);
     let mut inputs: Vec<f32> = Vec::new();
@@ -102,22 +106,34 @@ pub fn run(model: &mut Model, opts: &BatchOptions<'_>) -> Result<BatchSummary, B
                 return Ok(());
             }
         };
-        let warmup = match &event.values {
+        let (warmup, gap_filled) = match &event.values {
             EventValues::Window(w) => {
                 inputs.extend_from_slice(w);
-                false
+                (false, 0)
             }
             EventValues::Observation(o) if m.window == 1 => {
                 inputs.extend_from_slice(o);
-                false
+                (false, 0)
             }
-            EventValues::Observation(o) => {
-                let filled = windows.push(0, &event.series_id, o, &mut scratch);
-                inputs.extend_from_slice(&scratch);
-                filled.padded
-            }
+            EventValues::Observation(o) => match windows.push(0, &event.series_id, event.timestamp_ms, o, &mut scratch)
+            {
+                Ok(filled) => {
+                    inputs.extend_from_slice(&scratch);
+                    (filled.padded, filled.gap_filled as u32)
+                }
+                Err(refusal) => {
+                    summary.rejected.push((line_no, format!("{}: {refusal}", refusal.case())));
+                    return Ok(());
+                }
+            },
         };
-        pending.push(Pending { id: event.id, series_id: event.series_id, timestamp: event.timestamp, warmup });
+        pending.push(Pending {
+            id: event.id,
+            series_id: event.series_id,
+            timestamp: event.timestamp,
+            warmup,
+            gap_filled,
+        });
         if pending.len() >= opts.batch_size {
             flush(model, &mut pending, &mut inputs, &mut outputs, &mut writer, summary)?;
         }
@@ -207,6 +223,7 @@ impl Writer {
                     latency_ms: 0.0,
                     produced_at,
                     warmup: p.warmup,
+                    gap_filled: p.gap_filled,
                     fallback: false,
                 }
                 .encode(&mut self.buf);
@@ -238,7 +255,14 @@ mod tests {
     fn predict(input: &Path, output: &Path) -> Result<BatchSummary, BatchError> {
         let bundle = Bundle::load(Path::new("models/co2-mlp/1")).unwrap();
         let mut model = Model::load(bundle, SessionOptions::default()).unwrap();
-        let opts = BatchOptions { input, output: Some(output), batch_size: 64, max_series: 100, progress: false };
+        let opts = BatchOptions {
+            input,
+            output: Some(output),
+            batch_size: 64,
+            max_series: 100,
+            policy: EventTimePolicy::default(),
+            progress: false,
+        };
         run(&mut model, &opts)
     }
 

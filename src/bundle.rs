@@ -98,6 +98,12 @@ pub struct Manifest {
     pub features: Vec<String>,
     pub window: usize,
     pub horizon: usize,
+    /// The series' step ("7d", "1h", "15m"): windows then follow event time, not arrival order.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub frequency: Option<std::time::Duration>,
+    /// How far a timestamp may sit from its step and still count as it; half a step when absent.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub frequency_tolerance: Option<std::time::Duration>,
     pub input: InputSpec,
     pub output: OutputSpec,
     pub scaler: ScalerSpec,
@@ -169,6 +175,18 @@ impl Bundle {
         }
         if m.horizon == 0 {
             return Err(field("horizon", "must be at least 1".into()));
+        }
+        match (m.frequency, m.frequency_tolerance) {
+            (Some(f), _) if f.as_millis() == 0 => {
+                return Err(field("frequency", "must be at least 1 ms (for example \"7d\" or \"1h\")".into()));
+            }
+            (Some(f), Some(t)) if t > f / 2 => {
+                return Err(field("frequency_tolerance", format!("must be at most half of `frequency` ({f:?})")));
+            }
+            (None, Some(_)) => {
+                return Err(field("frequency_tolerance", "needs `frequency`".into()));
+            }
+            _ => {}
         }
         if m.input.name.is_empty() || m.output.name.is_empty() {
             return Err(field("input.name/output.name", "must not be empty".into()));
@@ -413,6 +431,28 @@ pub fn resolve(root: &Path, name: &str, version: &str) -> Result<PathBuf, Bundle
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frequency_and_its_tolerance_are_checked() {
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/co2-gru/1");
+        let text = std::fs::read_to_string(shipped.join("bundle.json")).unwrap();
+        let load = |extra: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let edited = text.replacen('{', &format!("{{{extra}"), 1);
+            std::fs::write(dir.path().join("bundle.json"), edited).unwrap();
+            std::fs::copy(shipped.join("model.onnx"), dir.path().join("model.onnx")).unwrap();
+            Bundle::load(dir.path())
+                .map(|b| (b.manifest.frequency, b.manifest.frequency_tolerance))
+                .map_err(|e| e.to_string())
+        };
+        let week = std::time::Duration::from_secs(7 * 86_400);
+        assert_eq!(load(r#""frequency": "7d","#), Ok((Some(week), None)));
+        assert!(load(r#""frequency": "7d", "frequency_tolerance": "4d","#)
+            .unwrap_err()
+            .contains("frequency_tolerance"));
+        assert!(load(r#""frequency_tolerance": "1d","#).unwrap_err().contains("needs `frequency`"));
+        assert!(load(r#""frequency": "weekly","#).is_err());
+    }
 
     #[test]
     fn versions_order_numerically() {

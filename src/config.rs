@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::window::{DuplicatePolicy, EventTimePolicy, GapPolicy};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Why a configuration could not be loaded. Each variant names the file, key or variable at fault.
@@ -261,11 +262,31 @@ pub struct WindowsConfig {
     /// Longest time one assignment may spend rebuilding.
     #[serde(with = "humantime_serde")]
     pub rebuild_timeout: Duration,
+    /// Event-time windows (bundles with a `frequency`): a second observation of a step.
+    pub duplicates: DuplicatePolicy,
+    /// Event-time windows: what missing steps do.
+    pub gaps: GapPolicy,
+    /// Event-time windows: the longest gap, in steps, `carry_forward` or `linear` fill.
+    pub max_fill_steps: usize,
 }
 
 impl Default for WindowsConfig {
     fn default() -> Self {
-        WindowsConfig { max_series: 100_000, rebuild_max_records: 50_000, rebuild_timeout: Duration::from_secs(30) }
+        WindowsConfig {
+            max_series: 100_000,
+            rebuild_max_records: 50_000,
+            rebuild_timeout: Duration::from_secs(30),
+            duplicates: DuplicatePolicy::KeepFirst,
+            gaps: GapPolicy::Reset,
+            max_fill_steps: 3,
+        }
+    }
+}
+
+impl WindowsConfig {
+    /// The event-time policies these settings give.
+    pub fn policy(&self) -> EventTimePolicy {
+        EventTimePolicy { duplicates: self.duplicates, gaps: self.gaps, max_fill_steps: self.max_fill_steps }
     }
 }
 

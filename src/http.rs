@@ -197,6 +197,7 @@ async fn predict(State(s): State<AppState>, body: Result<Bytes, BytesRejection>)
                 latency_ms: received.elapsed().as_secs_f64() * 1e3,
                 produced_at: scored.produced_at,
                 warmup: false,
+                gap_filled: 0,
                 fallback: scored.fallback,
             }),
             Ok(Err(reason)) => {

@@ -13,6 +13,7 @@ use streamcast::demo::{self, DemoOptions};
 use streamcast::inference::{Model, SessionOptions};
 use streamcast::serve::{self, RunError};
 use streamcast::telemetry;
+use streamcast::window::{DuplicatePolicy, EventTimePolicy, GapPolicy};
 
 #[derive(Parser)]
 #[command(name = "streamcast", version, about = "Serve time-series ONNX models on Kafka.")]
@@ -140,6 +141,17 @@ struct PredictArgs {
     /// Most series whose window state is held (least recently seen evicted first).
     #[arg(long, default_value_t = 100_000)]
     max_series: usize,
+    /// Event-time windows (bundles with a `frequency`): a second observation of a step is
+    /// `keep_first` or `replace`d, as `windows.duplicates` in the worker's config.
+    #[arg(long, default_value = "keep_first", value_parser = ["keep_first", "replace"])]
+    duplicates: String,
+    /// Event-time windows: missing steps `reset` the window, or are filled (`carry_forward`,
+    /// `linear`) up to --max-fill-steps, as `windows.gaps`.
+    #[arg(long, default_value = "reset", value_parser = ["reset", "carry_forward", "linear"])]
+    gaps: String,
+    /// Event-time windows: the longest gap, in steps, that is filled.
+    #[arg(long, default_value_t = 3)]
+    max_fill_steps: usize,
     /// `auto`, `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     execution_provider: String,
@@ -417,6 +429,19 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
         output: args.output.as_deref(),
         batch_size: args.batch_size,
         max_series: args.max_series.max(1),
+        policy: EventTimePolicy {
+            duplicates: if args.duplicates == "replace" {
+                DuplicatePolicy::Replace
+            } else {
+                DuplicatePolicy::KeepFirst
+            },
+            gaps: match args.gaps.as_str() {
+                "carry_forward" => GapPolicy::CarryForward,
+                "linear" => GapPolicy::Linear,
+                _ => GapPolicy::Reset,
+            },
+            max_fill_steps: args.max_fill_steps,
+        },
         progress: !args.quiet,
     };
     let summary = streamcast::batch::run(&mut model, &opts)?;

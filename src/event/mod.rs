@@ -25,10 +25,12 @@ pub enum RejectKind {
     WindowLength,
     Oversized,
     InferenceError,
+    /// An observation older than its series' event-time window.
+    LateObservation,
 }
 
 impl RejectKind {
-    pub const ALL: [RejectKind; 9] = [
+    pub const ALL: [RejectKind; 10] = [
         RejectKind::InvalidJson,
         RejectKind::MissingField,
         RejectKind::InvalidField,
@@ -38,6 +40,7 @@ impl RejectKind {
         RejectKind::WindowLength,
         RejectKind::Oversized,
         RejectKind::InferenceError,
+        RejectKind::LateObservation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +54,7 @@ impl RejectKind {
             RejectKind::WindowLength => "window_length",
             RejectKind::Oversized => "oversized",
             RejectKind::InferenceError => "inference_error",
+            RejectKind::LateObservation => "late_observation",
         }
     }
 }
@@ -121,6 +125,8 @@ pub struct InputEvent {
     pub series_id: String,
     /// The RFC 3339 timestamp exactly as sent; it is echoed in the prediction.
     pub timestamp: String,
+    /// The same instant in milliseconds since the Unix epoch, for event-time windows.
+    pub timestamp_ms: i64,
     /// What the event carries: one observation, or the whole window.
     pub values: EventValues,
     /// How many feature names in an object were not the bundle's (ignored unless configured).
@@ -197,12 +203,12 @@ impl InputEvent {
             }
         }
         let timestamp = required_string(raw.timestamp, "timestamp")?;
-        if chrono::DateTime::parse_from_rfc3339(&timestamp).is_err() {
+        let Ok(instant) = chrono::DateTime::parse_from_rfc3339(&timestamp) else {
             return Err(DecodeError::new(
                 RejectKind::InvalidField,
                 format!("`timestamp` {timestamp:?} is not an RFC 3339 date-time"),
             ));
-        }
+        };
         let width = schema.width();
         let mut extra = 0u32;
         let values = match (raw.window, raw.features) {
@@ -229,6 +235,7 @@ impl InputEvent {
             id: id.into_owned(),
             series_id: series_id.into_owned(),
             timestamp: timestamp.into_owned(),
+            timestamp_ms: instant.timestamp_millis(),
             values,
             extra_features: extra,
         })
@@ -522,6 +529,9 @@ pub struct PredictionOut<'a> {
     /// True when the series had fewer than `window` observations and the window was left-padded.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub warmup: bool,
+    /// Steps of the event-time window that the gap policy filled in; absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub gap_filled: u32,
     /// True when the fallback served this prediction (circuit breaker open, or the primary
     /// failed the batch); `model` then names the fallback.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -549,8 +559,14 @@ pub struct Prediction {
     pub produced_at: String,
     #[serde(default)]
     pub warmup: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gap_filled: u32,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fallback: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// An `actuals` message; `actual` may be a bare number when the horizon is 1.
@@ -692,6 +708,7 @@ mod tests {
             latency_ms: 0.5,
             produced_at: "p",
             warmup: false,
+            gap_filled: 0,
             fallback: false,
         };
         let mut buf = Vec::new();

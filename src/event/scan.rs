@@ -88,13 +88,20 @@ pub(super) fn decode(bytes: &[u8], schema: &FeatureSchema) -> Option<InputEvent>
     let id = checked(id)?;
     let series_id = checked(series_id)?;
     let timestamp = std::str::from_utf8(timestamp?).ok().filter(|t| !t.is_empty())?;
-    chrono::DateTime::parse_from_rfc3339(timestamp).ok()?;
+    let instant = chrono::DateTime::parse_from_rfc3339(timestamp).ok()?;
     let values = match (window, features) {
         (Some(window), _) => EventValues::Window(window),
         (None, Some(obs)) => EventValues::Observation(obs),
         (None, None) => return None,
     };
-    Some(InputEvent { id, series_id, timestamp: timestamp.to_owned(), values, extra_features: extra })
+    Some(InputEvent {
+        id,
+        series_id,
+        timestamp: timestamp.to_owned(),
+        timestamp_ms: instant.timestamp_millis(),
+        values,
+        extra_features: extra,
+    })
 }
 
 fn set_once<'a>(slot: &mut Option<&'a [u8]>, value: &'a [u8]) -> Option<()> {

@@ -572,6 +572,7 @@ mod tests {
             latency_ms: 0.0,
             produced_at: "2024-01-01T00:00:00Z".into(),
             warmup: false,
+            gap_filled: 0,
             fallback: false,
         }
     }

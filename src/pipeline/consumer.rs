@@ -18,12 +18,12 @@ use rdkafka::ClientContext;
 use super::publish::{Completion, InputOffset, Publisher, Token};
 use super::{Origin, PipelineError, StreamOrigin};
 use crate::config::Unproducible;
-use crate::event::{EventValues, FeatureSchema, InputEvent};
+use crate::event::{EventValues, FeatureSchema, InputEvent, RejectKind};
 use crate::inference::Job;
 use crate::otel::TRACEPARENT;
 use crate::telemetry::events::{DeliveryFailed, InternalEvent, RecordUnproducible, WindowsRebuilt};
 use crate::telemetry::Metrics;
-use crate::window::WindowStore;
+use crate::window::{WindowRefusal, WindowStore};
 
 /// State the consumer loop and the rebalance callback share.
 pub struct LoopState {
@@ -590,16 +590,35 @@ fn handle(
     if event.extra_features > 0 {
         metrics.extra_features.inc_by(u64::from(event.extra_features));
     }
-    let (values, warmup) = match event.values {
-        EventValues::Window(w) => (w, false),
-        EventValues::Observation(obs) if schema.window == 1 => (obs, false),
+    let (values, warmup, gap_filled) = match event.values {
+        EventValues::Window(w) => (w, false, 0),
+        EventValues::Observation(obs) if schema.window == 1 => (obs, false, 0),
         EventValues::Observation(obs) => {
-            let filled = st.windows.push(token.partition, &event.series_id, &obs, input);
+            let filled = match st.windows.push(token.partition, &event.series_id, event.timestamp_ms, &obs, input) {
+                Ok(filled) => filled,
+                Err(refusal) => {
+                    metrics.window_cases.with_label_values(&[refusal.case()]).inc();
+                    let (kind, reason) = match &refusal {
+                        WindowRefusal::Late { .. } => (RejectKind::LateObservation, refusal.to_string()),
+                        WindowRefusal::OffGrid { .. } => {
+                            (RejectKind::InvalidField, format!("`timestamp` {:?}: {refusal}", event.timestamp))
+                        }
+                    };
+                    if let Some(span) = &span {
+                        span.failed(kind.as_str(), &reason);
+                    }
+                    publisher.dead_letter(token, message.key(), payload, kind, &reason);
+                    return;
+                }
+            };
             if filled.evicted {
                 metrics.series_evicted.inc();
             }
+            for (case, n) in filled.cases() {
+                metrics.window_cases.with_label_values(&[case]).inc_by(n);
+            }
             metrics.series_windows.set(st.windows.len() as i64);
-            (input.clone(), filled.padded)
+            (input.clone(), filled.padded, filled.gap_filled as u32)
         }
     };
     let origin = StreamOrigin {
@@ -609,6 +628,7 @@ fn handle(
         series_id: event.series_id,
         timestamp: event.timestamp,
         warmup,
+        gap_filled,
         received,
         traceparent,
         payload: payload.to_vec(),

@@ -49,6 +49,7 @@ impl StreamPublisher {
             latency_ms,
             produced_at: row.produced_at,
             warmup: o.warmup,
+            gap_filled: o.gap_filled,
             fallback,
         };
         prediction(row.prediction, row.model, row.variant, row.fallback).encode(&mut self.buf);

@@ -35,7 +35,7 @@ use crate::loader::{Primary, Variants};
 use crate::shutdown::Shutdown;
 use crate::telemetry::events::{InternalEvent, PrimaryLoadFailed};
 use crate::telemetry::Metrics;
-use crate::window::WindowStore;
+use crate::window::{EventTime, WindowStore};
 use consumer::{ConsumerLoop, LoopState, WorkerContext};
 use dispatch::{Dispatcher, StreamPublisher};
 use publish::{DeliveryContext, InputOffset, Producer, Publisher};
@@ -165,6 +165,8 @@ pub struct StreamOrigin {
     pub series_id: String,
     pub timestamp: String,
     pub warmup: bool,
+    /// Steps of the event-time window the gap policy filled in.
+    pub gap_filled: u32,
     pub received: Instant,
     pub traceparent: Option<String>,
     /// The OpenTelemetry `process` span, when OTLP export is on.
@@ -252,7 +254,11 @@ impl Worker {
         let bundle = primary.bundle();
         let manifest = &bundle.manifest;
         let schema = FeatureSchema::for_config(manifest, &config.validation);
-        let windows = WindowStore::new(manifest.window, manifest.features.len(), config.windows.max_series);
+        let time = EventTime::for_bundle(manifest, config.windows.policy());
+        if let Some(t) = &time {
+            tracing::info!(step_ms = t.step_ms, tolerance_ms = t.tolerance_ms, duplicates = ?t.duplicates, gaps = ?t.gaps, "Series windows follow event time.");
+        }
+        let windows = WindowStore::new(manifest.window, manifest.features.len(), config.windows.max_series, time);
         let max_in_flight = config.consumer.max_in_flight;
 
         // Each in-flight event yields one record and so one report: this capacity never fills.

@@ -133,8 +133,11 @@ impl WindowRebuilder {
                 // and events carrying their own `window` never touch the series' state.
                 if let Ok(e) = InputEvent::decode(m.payload().unwrap_or_default(), &self.schema) {
                     if let EventValues::Observation(obs) = e.values {
-                        windows.push(p, &e.series_id, &obs, &mut self.scratch);
-                        rebuilt.insert(e.series_id, p);
+                        // The same rules as the live path; what they refuse was dead-lettered
+                        // when it was first read.
+                        if windows.push(p, &e.series_id, e.timestamp_ms, &obs, &mut self.scratch).is_ok() {
+                            rebuilt.insert(e.series_id, p);
+                        }
                     }
                 }
             }

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub series_windows: IntGauge,
     pub series_evicted: IntCounter,
+    /// Event-time windows: observations by how they were placed (`out_of_order`, `duplicate`,
+    /// `late`, `off_grid`), gaps reset (`gap_reset`) and steps filled in (`gap_filled_step`).
+    pub window_cases: IntCounterVec,
     /// Series windows rebuilt from a newly assigned partition's history.
     pub series_rebuilt: IntCounter,
     pub execution_provider: IntGaugeVec,
@@ -152,6 +155,11 @@ impl Metrics {
             in_flight: gauge("streamcast_in_flight_events", "Events consumed and not yet acknowledged."),
             series_windows: gauge("streamcast_series_windows", "Series whose window state is held."),
             series_evicted: counter("streamcast_series_evicted_total", "Series windows evicted by the LRU cap."),
+            window_cases: counter_vec(
+                "streamcast_window_observations_total",
+                "Event-time windows: observations out of order, duplicated, late or off the grid; gaps reset; steps filled.",
+                &["case"],
+            ),
             series_rebuilt: counter(
                 "streamcast_series_rebuilt_total",
                 "Series windows rebuilt from a newly assigned partition's history.",
@@ -211,6 +219,9 @@ impl Metrics {
         };
         for kind in RejectKind::ALL {
             m.rejected.with_label_values(&[kind.as_str()]);
+        }
+        for case in ["out_of_order", "duplicate", "late", "off_grid", "gap_reset", "gap_filled_step"] {
+            m.window_cases.with_label_values(&[case]);
         }
         Arc::new(m)
     }

@@ -1,0 +1,155 @@
+//! Event-time windows on the real broker. A copy of co2-gru (window 16, H = 4) declares
+//! `"frequency": "7d"`; one weekly series of the shipped fixture is streamed shuffled, with
+//! duplicates, a gap and a too-late observation, and every prediction is checked against
+//! `streamcast predict` on the clean, sorted series (the same rules, applied in order).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{jsonl, repo, send_keyed, Reader, Topics, Worker};
+use serde_json::Value;
+
+/// A model root holding co2-gru version 1 with `frequency` declared.
+fn weekly_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("co2-gru/1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = repo().join("models/co2-gru/1");
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bundle.json")).unwrap()).unwrap();
+    manifest["frequency"] = "7d".into();
+    manifest["frequency_tolerance"] = "1d".into();
+    std::fs::write(dir.join("bundle.json"), manifest.to_string()).unwrap();
+    root
+}
+
+/// `streamcast predict` over `events` (in that order) with linear gap filling: predictions by
+/// timestamp.
+fn batch_reference(root: &Path, events: &[Value]) -> HashMap<String, Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("clean.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, events.iter().map(|e| format!("{e}\n")).collect::<String>()).unwrap();
+    let out = Command::new(common::bin())
+        .args(["predict", "--model", "co2-gru", "--gaps", "linear", "--max-fill-steps", "3", "--quiet", "--models"])
+        .arg(root)
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    jsonl(&output).into_iter().map(|p| (p["timestamp"].as_str().unwrap().to_string(), p)).collect()
+}
+
+fn sample(metrics: &str, case: &str) -> f64 {
+    let prefix = format!("streamcast_window_observations_total{{case=\"{case}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+}
+
+#[test]
+fn shuffled_duplicated_gapped_and_late_observations_follow_event_time() {
+    let root = weekly_root();
+    // Series s-0 of the fixture: 50 consecutive weeks. A few of its events carry their own
+    // window, which never touches the series' state; here every event is an observation.
+    let series: Vec<Value> = jsonl(&repo().join("tests/fixtures/co2-gru/events.jsonl"))
+        .into_iter()
+        .filter(|e| e["series_id"] == "s-0")
+        .map(|mut e| {
+            e.as_object_mut().unwrap().remove("window");
+            e
+        })
+        .collect();
+    assert_eq!(series.len(), 50);
+    // The clean series has a real two-week gap (weeks 20 and 21 never arrive).
+    let clean: Vec<Value> =
+        series.iter().enumerate().filter(|(i, _)| ![20, 21].contains(i)).map(|(_, e)| e.clone()).collect();
+    let expected = batch_reference(root.path(), &clean);
+    assert_eq!(expected.len(), clean.len());
+    // Weeks 22 to 36 hold a filled step in their 16-step window.
+    assert_eq!(expected.values().filter(|p| p["gap_filled"] == 2).count(), 14, "{expected:?}");
+    assert_eq!(expected.values().filter(|p| p["gap_filled"].as_u64().is_some()).count(), 15, "{expected:?}");
+
+    // The stream: three adjacent pairs swapped, two weeks sent twice (new ids, same step and
+    // values), and at the end week 2 again, 47 steps behind: too late for a 16-step window.
+    let mut stream = clean.clone();
+    for i in [5, 30, 40] {
+        stream.swap(i, i + 1);
+    }
+    let duplicate = |e: &Value, tag: &str| {
+        let mut d = e.clone();
+        d["id"] = format!("{}-{tag}", e["id"].as_str().unwrap()).into();
+        d
+    };
+    stream.insert(12, duplicate(&clean[10], "dup"));
+    stream.insert(36, duplicate(&clean[33], "dup"));
+    stream.push(duplicate(&clean[2], "late"));
+    let late_id = stream.last().unwrap()["id"].as_str().unwrap().to_string();
+
+    let topics = Topics::create(1);
+    let extra = "[windows]\ngaps = \"linear\"\nmax_fill_steps = 3\n";
+    let config = common::with_model_root(&topics.config("co2-gru", "latest", extra), root.path(), "1h");
+    let mut worker = Worker::start(&config);
+    send_keyed(&topics.input, &stream.iter().map(|e| ("s-0".to_string(), e.to_string())).collect::<Vec<_>>());
+
+    let mut predictions = Reader::new(&topics.predictions);
+    let mut dlq = Reader::new(&topics.dlq);
+    let want = stream.len() - 1;
+    assert!(
+        predictions.read_until(Duration::from_secs(120), |r| r.len() >= want),
+        "{} of {want} predictions:\n{}",
+        predictions.records.len(),
+        worker.log_text()
+    );
+    assert!(dlq.read_until(Duration::from_secs(30), |r| !r.is_empty()), "no dead letter:\n{}", worker.log_text());
+    predictions.settle(Duration::from_secs(2));
+    assert_eq!(predictions.records.len(), want);
+    assert_eq!(dlq.records.len(), 1);
+    let letter = &dlq.records[0];
+    assert_eq!(letter.headers["streamcast-error-kind"], "late_observation");
+    assert_eq!(serde_json::from_slice::<Value>(&letter.payload).unwrap()["id"], late_id.as_str());
+
+    // Every prediction equals the reference for its timestamp, flags included, except the three
+    // weeks that arrived before their predecessor: those saw a one-step gap, filled linearly.
+    let swapped_first: Vec<&str> = [5, 30, 40].iter().map(|&i| clean[i + 1]["id"].as_str().unwrap()).collect();
+    let mut compared = 0;
+    for record in &predictions.records {
+        let p = record.json();
+        let id = p["id"].as_str().unwrap();
+        let reference = &expected[p["timestamp"].as_str().unwrap()];
+        if swapped_first.contains(&id) {
+            let before = reference["gap_filled"].as_u64().unwrap_or(0);
+            assert_eq!(p["gap_filled"].as_u64(), Some(before + 1), "{p} against {reference}");
+            continue;
+        }
+        assert_eq!(p.get("gap_filled"), reference.get("gap_filled"), "{id}");
+        assert_eq!(p.get("warmup"), reference.get("warmup"), "{id}");
+        let (have, want) = (p["prediction"].as_array().unwrap(), reference["prediction"].as_array().unwrap());
+        assert_eq!(have.len(), 4);
+        for (h, w) in have.iter().zip(want) {
+            let (h, w) = (h.as_f64().unwrap(), w.as_f64().unwrap());
+            assert!((h - w).abs() <= 1e-4 * w.abs().max(1.0), "{id}: {h} against {w}");
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, want - 3);
+
+    // Each case is counted: 3 out of order, 2 duplicates, 1 late; steps filled: the real gap's
+    // 2 and one per swapped pair.
+    let port = worker.http_port();
+    let metrics = common::http_get(port, "/metrics");
+    let counts: Vec<f64> = ["out_of_order", "duplicate", "late", "off_grid", "gap_reset", "gap_filled_step"]
+        .iter()
+        .map(|c| sample(&metrics, c))
+        .collect();
+    assert_eq!(counts, [3.0, 2.0, 1.0, 0.0, 0.0, 5.0], "{metrics}");
+    assert_eq!(common::metric_value(&metrics, "streamcast_events_rejected_total{kind=\"late_observation\"}"), 1.0);
+    let status = worker.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{}", worker.log_text());
+}
