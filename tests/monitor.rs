@@ -637,3 +637,57 @@ fn a_retrain_schedule_requests_retraining_on_time_and_only_then() {
     // No error-driven request without actuals, and nothing else fired.
     assert!(alerts.records.iter().all(|a| a.json()["kind"] == "retrain_requested"));
 }
+
+/// Forecasts with three horizon steps: the snapshot and the gauges carry RMSE, MAE and bias per
+/// step, each equal to a computation over that step's errors alone.
+#[test]
+fn per_step_errors_match_an_independent_computation() {
+    let topics = Topics::create(3);
+    let step_values = |i: usize| -> (Vec<f64>, Vec<f64>) {
+        // Errors that grow with the step, of varying sign, so the steps differ.
+        let p: Vec<f64> = (0..3).map(|h| 340.0 + (i % 11) as f64 * 0.3 + h as f64).collect();
+        let a: Vec<f64> =
+            (0..3).map(|h| p[h] - ((i % 5) as f64 - 1.5) * 0.2 * (h + 1) as f64 - 0.1 * h as f64).collect();
+        (p, a)
+    };
+    let mut predictions = Vec::new();
+    let mut actuals = Vec::new();
+    for i in 0..120 {
+        let (p, a) = step_values(i);
+        let (id, series) = (format!("h-{i:04}"), format!("s-{}", i % 7));
+        let pred = serde_json::json!({
+            "id": id, "series_id": series, "timestamp": "2026-11-26T19:00:00Z", "prediction": p,
+            "model": {"name": "co2-mlp", "version": "1"}, "variant": "primary", "latency_ms": 1.0,
+            "produced_at": "2026-11-26T19:00:00.001Z"
+        });
+        predictions.push((series.clone(), pred.to_string()));
+        let act = serde_json::json!({"id": id, "series_id": series, "timestamp": "2026-11-26T20:00:00Z", "actual": a});
+        actuals.push((series, act.to_string()));
+    }
+    let mut monitor = start_monitor(&monitor_config(&topics, "min_joined = 1"));
+    send_keyed(&topics.predictions, &predictions);
+    send_keyed(&topics.actuals, &actuals);
+    let snap = wait_snapshot(&topics, &monitor, Duration::from_secs(60), |s| s["joined"] == 360);
+    let steps = snap["per_step"].as_array().unwrap_or_else(|| panic!("no per_step: {snap}"));
+    assert_eq!(steps.len(), 3, "{snap}");
+    let metrics = http_get(monitor.http_port(), "/metrics");
+    for h in 0..3 {
+        let errors: Vec<f64> = (0..120).map(|i| step_values(i).0[h] - step_values(i).1[h]).collect();
+        let rmse = (errors.iter().map(|e| e * e).sum::<f64>() / 120.0).sqrt();
+        let mae = errors.iter().map(|e| e.abs()).sum::<f64>() / 120.0;
+        let bias = errors.iter().sum::<f64>() / 120.0;
+        let s = &steps[h];
+        assert_eq!((s["step"].as_u64(), s["count"].as_u64()), (Some(h as u64 + 1), Some(120)), "{s}");
+        assert_close(&format!("step {} rmse", h + 1), &s["rmse"], rmse);
+        assert_close(&format!("step {} mae", h + 1), &s["mae"], mae);
+        assert_close(&format!("step {} bias", h + 1), &s["bias"], bias);
+        let gauge = format!(
+            "streamcast_monitor_step_rmse{{model=\"co2-mlp\",step=\"{}\",variant=\"primary\",version=\"1\"}}",
+            h + 1
+        );
+        assert_close(&format!("gauge {gauge}"), &metric_value(&metrics, &gauge).into(), rmse);
+    }
+    // Over all steps, as before.
+    let all: Vec<f64> = (0..120).flat_map(|i| (0..3).map(move |h| step_values(i).0[h] - step_values(i).1[h])).collect();
+    assert_close("rmse", &snap["rmse"], (all.iter().map(|e| e * e).sum::<f64>() / 360.0).sqrt());
+}

@@ -98,6 +98,12 @@ impl LagGauges {
 pub struct MonitorMetrics {
     rmse: GaugeVec,
     mae: GaugeVec,
+    /// Per horizon step (label `step`, 1 nearest).
+    step_rmse: GaugeVec,
+    step_mae: GaugeVec,
+    step_bias: GaugeVec,
+    /// The most steps any key has reported, so a removed key's step gauges can all go.
+    steps_seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     joined: IntGaugeVec,
     pending: IntGaugeVec,
     expired: IntGaugeVec,
@@ -124,10 +130,19 @@ impl MonitorMetrics {
             v
         };
         let key = &["model", "version", "variant"];
+        let step = &["model", "version", "variant", "step"];
         let feat = &["model", "feature"];
         MonitorMetrics {
             rmse: g("streamcast_monitor_rmse", "Rolling RMSE on joined actuals (target units).", key),
             mae: g("streamcast_monitor_mae", "Rolling MAE on joined actuals (target units).", key),
+            step_rmse: g("streamcast_monitor_step_rmse", "Rolling RMSE of one horizon step (target units).", step),
+            step_mae: g("streamcast_monitor_step_mae", "Rolling MAE of one horizon step (target units).", step),
+            step_bias: g(
+                "streamcast_monitor_step_bias",
+                "Rolling mean of prediction minus actual of one horizon step (target units).",
+                step,
+            ),
+            steps_seen: Default::default(),
             joined: i("streamcast_monitor_joined", "Joined values in the rolling window.", key),
             pending: i("streamcast_monitor_pending", "Predictions waiting for their actual.", key),
             expired: i("streamcast_monitor_expired", "Predictions whose actual never came (cumulative).", key),
@@ -180,6 +195,9 @@ impl MonitorMetrics {
         for g in [&self.rmse, &self.mae, &self.ks, &self.psi, &self.p_value] {
             g.reset();
         }
+        for g in [&self.step_rmse, &self.step_mae, &self.step_bias] {
+            g.reset();
+        }
         for g in [&self.joined, &self.pending, &self.expired, &self.unmatched] {
             g.reset();
         }
@@ -194,6 +212,13 @@ impl MonitorMetrics {
         for g in [&self.joined, &self.pending, &self.expired] {
             let _ = g.remove_label_values(&labels);
         }
+        for step in 1..=self.steps_seen.load(std::sync::atomic::Ordering::Relaxed) {
+            let step = step.to_string();
+            let labels = [labels[0], labels[1], labels[2], step.as_str()];
+            for g in [&self.step_rmse, &self.step_mae, &self.step_bias] {
+                let _ = g.remove_label_values(&labels);
+            }
+        }
     }
 
     /// Sets one model version × variant's error and join gauges; a missing error reads NaN.
@@ -204,6 +229,14 @@ impl MonitorMetrics {
         self.joined.with_label_values(&labels).set(key.stats.count as i64);
         self.pending.with_label_values(&labels).set(key.pending as i64);
         self.expired.with_label_values(&labels).set(key.expired as i64);
+        self.steps_seen.fetch_max(key.steps.len(), std::sync::atomic::Ordering::Relaxed);
+        for (i, s) in key.steps.iter().enumerate() {
+            let step = (i + 1).to_string();
+            let labels = [labels[0], labels[1], labels[2], step.as_str()];
+            self.step_rmse.with_label_values(&labels).set(s.rmse.unwrap_or(f64::NAN));
+            self.step_mae.with_label_values(&labels).set(s.mae.unwrap_or(f64::NAN));
+            self.step_bias.with_label_values(&labels).set(s.bias.unwrap_or(f64::NAN));
+        }
     }
 
     /// Sets the served model's unmatched actuals and its per-feature drift gauges.

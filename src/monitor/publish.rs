@@ -9,7 +9,7 @@ use super::drift::{DriftReport, DriftStat, DriftTracker};
 use super::metrics::MonitorMetrics;
 use super::rolling::ErrorStats;
 use super::scoring::{KeyReport, Scoring};
-use super::snapshot::{Snapshot, SnapshotSink, WindowDef};
+use super::snapshot::{Snapshot, SnapshotSink, StepStats, WindowDef};
 use crate::alert::{Alert, AlertSink, AlertState, Details, DriftDetails, Gate, RetrainDetails, RetrainReason};
 use crate::config::MonitorConfig;
 use crate::event::{now_rfc3339, ModelRef};
@@ -186,6 +186,12 @@ fn snapshot<'a>(
         rmse: key.stats.rmse,
         mae: key.stats.mae,
         bias: key.stats.bias,
+        per_step: key
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepStats { step: i + 1, count: s.count, rmse: s.rmse, mae: s.mae, bias: s.bias })
+            .collect(),
         drift: &report.features,
         prediction_drift: report.prediction.as_ref(),
         drifted_features: &report.drifted,

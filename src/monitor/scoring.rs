@@ -58,6 +58,9 @@ struct Scored {
     model: ModelRef,
     variant: Variant,
     rolling: RollingError,
+    /// One window per horizon step, over the same count and duration: step 1 and step H are
+    /// different facts (a forecast is usually worse the further ahead it looks).
+    by_step: Vec<RollingError>,
     rmse_gate: Gate,
     above_since: Option<Instant>,
     retrain_requested: bool,
@@ -96,6 +99,8 @@ pub struct KeyReport<'a> {
     pub model: &'a ModelRef,
     pub variant: Variant,
     pub stats: ErrorStats,
+    /// The same errors split by horizon step (index 0 is step 1); empty before any join.
+    pub steps: Vec<ErrorStats>,
     /// Predictions waiting for their actual.
     pub pending: u64,
     /// Predictions whose actual never came (cumulative).
@@ -261,6 +266,7 @@ impl Scoring {
             model: model.clone(),
             variant,
             rolling: RollingError::new(self.cfg.window_count, self.cfg.window_duration),
+            by_step: Vec::new(),
             rmse_gate: Gate::new(self.cfg.alert_cooldown),
             above_since: None,
             retrain_requested: false,
@@ -333,6 +339,12 @@ impl Scoring {
         let errors: Vec<f64> = errors.collect();
         self.counters.add(&scored.model, scored.variant, &errors);
         let entries = errors.iter().filter(|e| scored.rolling.push(at, **e)).count();
+        while scored.by_step.len() < errors.len() {
+            scored.by_step.push(RollingError::new(self.cfg.window_count, self.cfg.window_duration));
+        }
+        for (window, e) in scored.by_step.iter_mut().zip(&errors) {
+            window.push(at, *e);
+        }
         scored.window_entries += entries;
         scored.window_pairs.push_back(WindowPair { entries, prediction: prediction_source, actual: actual_source });
         scored.trim_pairs();
@@ -419,6 +431,7 @@ impl Scoring {
     pub fn advance(&mut self, now_ms: i64) -> Vec<ErrorStats> {
         let advance = |k: &mut Scored| {
             k.rolling.advance(now_ms);
+            k.by_step.iter_mut().for_each(|w| w.advance(now_ms));
             k.trim_pairs();
             k.rolling.snapshot()
         };
@@ -435,6 +448,7 @@ impl Scoring {
             model: &k.model,
             variant: k.variant,
             stats: *stats,
+            steps: k.by_step.iter().map(RollingError::snapshot).collect(),
             pending: pending.get(&(i as u16)).copied().unwrap_or(0),
             expired: self.expired_by_key.get(&(i as u16)).copied().unwrap_or(0),
         })

@@ -25,10 +25,24 @@ pub struct Snapshot<'a> {
     pub rmse: Option<f64>,
     pub mae: Option<f64>,
     pub bias: Option<f64>,
+    /// The same errors by horizon step, step 1 first; absent before any join.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_step: Vec<StepStats>,
     /// The served model's drift, repeated in every variant's snapshot.
     pub drift: &'a BTreeMap<String, DriftStat>,
     pub prediction_drift: Option<&'a DriftStat>,
     pub drifted_features: &'a [String],
+}
+
+/// The rolling error of one horizon step.
+#[derive(Debug, Serialize)]
+pub struct StepStats {
+    /// 1 for the nearest step.
+    pub step: usize,
+    pub count: usize,
+    pub rmse: Option<f64>,
+    pub mae: Option<f64>,
+    pub bias: Option<f64>,
 }
 
 /// The rolling error window a snapshot's numbers cover.
@@ -101,6 +115,7 @@ mod tests {
             rmse: Some(1.5),
             mae: Some(1.0),
             bias: Some(-0.5),
+            per_step: vec![StepStats { step: 1, count: 2, rmse: Some(1.5), mae: Some(1.0), bias: Some(-0.5) }],
             drift: &drift,
             prediction_drift: None,
             drifted_features: &[],
@@ -108,7 +123,7 @@ mod tests {
         let json = serde_json::to_string(&snapshot).expect("serializes");
         assert_eq!(
             json,
-            r#"{"model":{"name":"m","version":"1"},"variant":"primary","at":"2024-01-01T00:00:00Z","window":{"duration_s":3600.0,"max_samples":10000},"joined":2,"pending":1,"expired":0,"unmatched_actuals":3,"rmse":1.5,"mae":1.0,"bias":-0.5,"drift":{},"prediction_drift":null,"drifted_features":[]}"#
+            r#"{"model":{"name":"m","version":"1"},"variant":"primary","at":"2024-01-01T00:00:00Z","window":{"duration_s":3600.0,"max_samples":10000},"joined":2,"pending":1,"expired":0,"unmatched_actuals":3,"rmse":1.5,"mae":1.0,"bias":-0.5,"per_step":[{"step":1,"count":2,"rmse":1.5,"mae":1.0,"bias":-0.5}],"drift":{},"prediction_drift":null,"drifted_features":[]}"#
         );
     }
 }
