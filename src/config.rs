@@ -290,6 +290,15 @@ impl WindowsConfig {
     }
 }
 
+/// How the monitor joins actuals to forecasts (`monitor.join_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinBy {
+    #[default]
+    Id,
+    Time,
+}
+
 /// A/B and shadow variants next to the primary model (`model.version`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -501,6 +510,10 @@ impl Default for ProcessingConfig {
 pub struct MonitorConfig {
     /// Run the monitor inside `streamcast run` (`--role` overrides).
     pub enabled: bool,
+    /// How actuals find their forecasts: by event `id` (an actual carries all H values), or by
+    /// time (an actual is one observed value of a series at a timestamp, scored against step h
+    /// of every forecast issued h steps earlier; the bundle must declare `frequency`).
+    pub join_by: JoinBy,
     /// How long either side of a join waits for the other.
     #[serde(with = "humantime_serde")]
     pub join_ttl: Duration,
@@ -550,6 +563,7 @@ impl Default for MonitorConfig {
     fn default() -> Self {
         MonitorConfig {
             enabled: true,
+            join_by: JoinBy::Id,
             join_ttl: Duration::from_secs(24 * 3600),
             max_pending: 1_000_000,
             max_pending_bytes: 256 << 20,

@@ -67,6 +67,7 @@ impl RunError {
             }
             RunError::Pipeline(PipelineError::Cluster(e)) => cluster(e),
             RunError::Monitor(crate::monitor::MonitorError::Cluster(e)) => cluster(e),
+            RunError::Monitor(crate::monitor::MonitorError::NoFrequency(_)) => true,
             RunError::Pipeline(_) | RunError::ThreadStopped(_) | RunError::ShutdownTimedOut(_) => false,
         }
     }

@@ -48,6 +48,19 @@ fn batch_reference(root: &Path, events: &[Value]) -> HashMap<String, Value> {
     jsonl(&output).into_iter().map(|p| (p["timestamp"].as_str().unwrap().to_string(), p)).collect()
 }
 
+/// One series of the fixture: 50 consecutive weeks. A few of its events carry their own window,
+/// which never touches the series' state; here every event is an observation.
+fn observations(series: &str) -> Vec<Value> {
+    jsonl(&repo().join("tests/fixtures/co2-gru/events.jsonl"))
+        .into_iter()
+        .filter(|e| e["series_id"] == series)
+        .map(|mut e| {
+            e.as_object_mut().unwrap().remove("window");
+            e
+        })
+        .collect()
+}
+
 fn sample(metrics: &str, case: &str) -> f64 {
     let prefix = format!("streamcast_window_observations_total{{case=\"{case}\"}} ");
     metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
@@ -56,16 +69,7 @@ fn sample(metrics: &str, case: &str) -> f64 {
 #[test]
 fn shuffled_duplicated_gapped_and_late_observations_follow_event_time() {
     let root = weekly_root();
-    // Series s-0 of the fixture: 50 consecutive weeks. A few of its events carry their own
-    // window, which never touches the series' state; here every event is an observation.
-    let series: Vec<Value> = jsonl(&repo().join("tests/fixtures/co2-gru/events.jsonl"))
-        .into_iter()
-        .filter(|e| e["series_id"] == "s-0")
-        .map(|mut e| {
-            e.as_object_mut().unwrap().remove("window");
-            e
-        })
-        .collect();
+    let series = observations("s-0");
     assert_eq!(series.len(), 50);
     // The clean series has a real two-week gap (weeks 20 and 21 never arrive).
     let clean: Vec<Value> =
@@ -152,4 +156,83 @@ fn shuffled_duplicated_gapped_and_late_observations_follow_event_time() {
     assert_eq!(common::metric_value(&metrics, "streamcast_events_rejected_total{kind=\"late_observation\"}"), 1.0);
     let status = worker.terminate(Duration::from_secs(30));
     assert!(status.success(), "{}", worker.log_text());
+}
+
+/// `monitor.join_by = "time"`: actuals are `{series_id, timestamp, actual}` with no id, and each
+/// one scores step h of the forecast issued h weeks earlier. Every step's RMSE, MAE and bias in
+/// the snapshot equal a computation here that aligns the forecasts read back from `predictions`
+/// with the observed values by target time.
+#[test]
+fn actuals_addressed_by_time_are_scored_step_by_step() {
+    let root = weekly_root();
+    let series = observations("s-1");
+    // Events send features as an object or as an array in the bundle's order (co2 first).
+    let co2 = |e: &Value| e["features"].get("co2").or_else(|| e["features"].get(0)).and_then(Value::as_f64).unwrap();
+    let topics = Topics::create(2);
+    let extra = "[monitor]\njoin_by = \"time\"\npublish_interval = \"500ms\"\nmin_joined = 1\n";
+    let config = common::with_model_root(&topics.config("co2-gru", "latest", extra), root.path(), "1h");
+    let worker = Worker::start(&config);
+    send_keyed(&topics.input, &series.iter().map(|e| ("s-1".to_string(), e.to_string())).collect::<Vec<_>>());
+    let actuals: Vec<(String, String)> = series
+        .iter()
+        .map(|e| {
+            let a = serde_json::json!({"series_id": "s-1", "timestamp": e["timestamp"], "actual": co2(e)});
+            ("s-1".to_string(), a.to_string())
+        })
+        .collect();
+    send_keyed(&topics.actuals, &actuals);
+
+    let mut predictions = Reader::new(&topics.predictions);
+    assert!(predictions.read_until(Duration::from_secs(120), |r| r.len() >= series.len()), "{}", worker.log_text());
+    // The independent alignment: forecast i, step h targets week i + h.
+    let observed: Vec<f64> = series.iter().map(co2).collect();
+    let week_of: HashMap<String, usize> =
+        series.iter().enumerate().map(|(i, e)| (e["timestamp"].as_str().unwrap().to_string(), i)).collect();
+    let mut errors: Vec<Vec<f64>> = vec![Vec::new(); 4];
+    for record in &predictions.records {
+        let p = record.json();
+        let i = week_of[p["timestamp"].as_str().unwrap()];
+        for (h, value) in p["prediction"].as_array().unwrap().iter().enumerate() {
+            if let Some(actual) = observed.get(i + h + 1) {
+                errors[h].push(value.as_f64().unwrap() - actual);
+            }
+        }
+    }
+    let joined: usize = errors.iter().map(Vec::len).sum();
+    assert_eq!(joined, 49 + 48 + 47 + 46);
+
+    let mut metrics = Reader::new(&topics.metrics);
+    let found = metrics.read_until(Duration::from_secs(60), |r| r.iter().any(|x| x.json()["joined"] == joined));
+    assert!(
+        found,
+        "no snapshot with {joined} joined: {:?}\n{}",
+        metrics.records.last().map(|r| r.json()),
+        worker.log_text()
+    );
+    let snap = metrics.records.iter().map(|r| r.json()).find(|s| s["joined"] == joined).unwrap();
+    let close = |what: &str, got: &Value, want: f64| {
+        let got = got.as_f64().unwrap_or_else(|| panic!("{what}: {got}"));
+        assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{what}: {got} against {want}");
+    };
+    for (h, e) in errors.iter().enumerate() {
+        let n = e.len() as f64;
+        let step = &snap["per_step"][h];
+        assert_eq!(step["count"].as_u64(), Some(e.len() as u64), "{snap}");
+        close(&format!("step {} rmse", h + 1), &step["rmse"], (e.iter().map(|x| x * x).sum::<f64>() / n).sqrt());
+        close(&format!("step {} mae", h + 1), &step["mae"], e.iter().map(|x| x.abs()).sum::<f64>() / n);
+        close(&format!("step {} bias", h + 1), &step["bias"], e.iter().sum::<f64>() / n);
+        eprintln!("step {}: RMSE {:.4} over {} forecasts", h + 1, step["rmse"], e.len());
+    }
+}
+
+/// Joining by time needs the bundle's step: without one, start-up stops with exit 2 naming both.
+#[test]
+fn join_by_time_without_a_frequency_stops_start_up() {
+    let topics = Topics::create(1);
+    let mut worker = Worker::start(&topics.config("co2-mlp", "1", "[monitor]\njoin_by = \"time\"\n"));
+    let status = common::wait_exit(&mut worker.child, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("still running:\n{}", worker.log_text()));
+    let log = worker.log_text();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("monitor.join_by") && log.contains("frequency"), "{log}");
 }

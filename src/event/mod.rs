@@ -572,6 +572,9 @@ fn is_zero(n: &u32) -> bool {
 /// An `actuals` message; `actual` may be a bare number when the horizon is 1.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Actual {
+    /// The event id of the forecast it judges; empty (absent) for an actual addressed by time
+    /// (`monitor.join_by = "time"`).
+    #[serde(default)]
     pub id: String,
     pub series_id: String,
     pub timestamp: String,

@@ -35,6 +35,9 @@ pub struct Source {
 pub struct WaitingPrediction {
     pub key: u16,
     pub values: Vec<f64>,
+    /// The horizon step (0 = step 1) of `values[0]`: 0 for a whole forecast joined by id, h - 1
+    /// for step h of a forecast joined by time.
+    pub first_step: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -308,7 +311,7 @@ mod tests {
     use super::*;
 
     fn p(v: f64) -> WaitingPrediction {
-        WaitingPrediction { key: 0, values: vec![v] }
+        WaitingPrediction { key: 0, values: vec![v], first_step: 0 }
     }
 
     fn src(offset: i64) -> Source {

@@ -40,7 +40,7 @@ use rdkafka::producer::BaseProducer;
 
 use crate::alert::AlertSink;
 use crate::bundle::Bundle;
-use crate::config::Config;
+use crate::config::{Config, JoinBy};
 use crate::event::{FeatureSchema, ModelRef};
 use crate::kafka::{client_config, ClusterError};
 use crate::shutdown::Shutdown;
@@ -55,6 +55,9 @@ use snapshot::SnapshotSink;
 pub enum MonitorError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// `monitor.join_by = "time"` needs the step that turns an issue time into target times.
+    #[error("monitor.join_by = \"time\" needs the served bundle to declare `frequency` (bundle {0} does not)")]
+    NoFrequency(String),
 }
 
 /// Starts the monitor thread.
@@ -72,6 +75,9 @@ pub fn spawn(
     let producer: BaseProducer = client_config(config).create().map_err(ClusterError::Client)?;
     let m = &bundle.manifest;
     let model = ModelRef { name: m.name.clone(), version: m.version.clone() };
+    if cfg.join_by == JoinBy::Time && m.frequency.is_none() {
+        return Err(MonitorError::NoFrequency(format!("{} version {}", m.name, m.version)));
+    }
     let threshold = run::threshold_for(cfg, &bundle);
     let metrics = MonitorMetrics::register(registry);
     let snapshots = SnapshotSink::new(producer, config.topics.metrics.clone());

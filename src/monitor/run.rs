@@ -254,9 +254,14 @@ pub fn threshold_for(cfg: &MonitorConfig, bundle: &crate::bundle::Bundle) -> Opt
 
 impl Start {
     pub fn scoring(&self) -> Scoring {
-        Scoring::new(&self.cfg, self.model.clone(), self.threshold, self.shadow, self.variants.clone())
+        let scoring = Scoring::new(&self.cfg, self.model.clone(), self.threshold, self.shadow, self.variants.clone())
             .with_rejected_counter(self.rejected.clone())
-            .with_error_counters(self.error_counters.clone())
+            .with_error_counters(self.error_counters.clone());
+        let m = &self.bundle.manifest;
+        match (self.cfg.join_by, m.frequency) {
+            (crate::config::JoinBy::Time, Some(step)) => scoring.with_time_join(step, m.horizon),
+            _ => scoring,
+        }
     }
 
     pub fn drift(&self) -> DriftTracker {

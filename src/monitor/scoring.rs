@@ -132,6 +132,29 @@ pub struct Scoring {
     counters: super::metrics::ErrorCounters,
     /// RMSE gate states read back from the alerts topic, for keys not created yet.
     resumed: HashMap<(ModelRef, Variant), ResumedGate>,
+    /// `monitor.join_by = "time"`: the series' step and the served horizon.
+    time: Option<TimeJoin>,
+}
+
+/// Joining by time: step h of a forecast issued at t waits under (series, t + h·step, h), and an
+/// actual observed at T is offered under (series, T, h) for every h. Each (step, actual) pair
+/// is then one entry of the ordinary join, with its TTL, memory cap, duplicate handling and
+/// commit watermark.
+#[derive(Debug, Clone, Copy)]
+struct TimeJoin {
+    step_ms: i64,
+    horizon: usize,
+}
+
+/// The join id of step `h` (1-based) targeting `target_ms` of `series`. The unit separator
+/// cannot appear in a JSON-decoded series id without an escape, and an escaped one would still
+/// only collide with itself.
+fn time_id(series: &str, target_ms: i64, h: usize) -> String {
+    format!("{series}\u{1f}{target_ms}\u{1f}{h}")
+}
+
+fn millis(timestamp: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(timestamp).ok().map(|t| t.timestamp_millis())
 }
 
 /// An RMSE gate as the published alerts left it.
@@ -172,6 +195,7 @@ impl Scoring {
             freed: Vec::new(),
             counters: super::metrics::ErrorCounters::unregistered(),
             resumed: HashMap::new(),
+            time: None,
         };
         // The served model's primary variant always has a snapshot, so drift is published even
         // before any prediction has been read.
@@ -222,6 +246,14 @@ impl Scoring {
     }
 
     /// Counts `rejection` in `streamcast_monitor_rejected_total` (the registered counter).
+    /// Joins actuals by time instead of id: `step` is the bundle's `frequency`, `horizon` the
+    /// steps of its forecasts.
+    pub fn with_time_join(mut self, step: Duration, horizon: usize) -> Scoring {
+        let step_ms = i64::try_from(step.as_millis()).unwrap_or(i64::MAX).max(1);
+        self.time = Some(TimeJoin { step_ms, horizon: horizon.max(1) });
+        self
+    }
+
     pub fn with_rejected_counter(mut self, rejected: prometheus::IntCounterVec) -> Scoring {
         self.rejected = rejected;
         self
@@ -290,16 +322,43 @@ impl Scoring {
     /// Offers a prediction from the predictions topic (primary or candidate).
     pub fn offer_prediction(&mut self, p: Prediction, src: Source, now: Instant) {
         let Some(key) = self.key_of(&p.model, p.variant, now) else { return };
-        let offer = self.join.offer_prediction(&p.id, WaitingPrediction { key, values: p.prediction }, src, now);
-        self.score(offer);
+        self.offer_to(false, key, p, src, now);
     }
 
     /// Offers a prediction from the shadow topic.
     pub fn offer_shadow_prediction(&mut self, p: Prediction, src: Source, now: Instant) {
         let Some(key) = self.key_of(&p.model, Variant::Shadow, now) else { return };
-        let Some(j) = self.shadow_join.as_mut() else { return };
-        let offer = j.offer_prediction(&p.id, WaitingPrediction { key, values: p.prediction }, src, now);
-        self.score(offer);
+        if self.shadow_join.is_some() {
+            self.offer_to(true, key, p, src, now);
+        }
+    }
+
+    /// Offers a forecast to the main or the shadow join: whole, by id, or step by step, by time.
+    fn offer_to(&mut self, shadow: bool, key: u16, p: Prediction, src: Source, now: Instant) {
+        let time = self.time;
+        let mut offers = Vec::new();
+        {
+            let join = if shadow { self.shadow_join.as_mut().expect("checked by the caller") } else { &mut self.join };
+            match time {
+                None => {
+                    let waiting = WaitingPrediction { key, values: p.prediction, first_step: 0 };
+                    offers.push(join.offer_prediction(&p.id, waiting, src, now));
+                }
+                Some(t) => {
+                    let Some(issued) = millis(&p.timestamp) else {
+                        return self.reject(Rejection::UnparsablePrediction);
+                    };
+                    for (i, value) in p.prediction.iter().enumerate() {
+                        let target = issued.saturating_add(t.step_ms.saturating_mul(i as i64 + 1));
+                        let waiting = WaitingPrediction { key, values: vec![*value], first_step: i };
+                        offers.push(join.offer_prediction(&time_id(&p.series_id, target, i + 1), waiting, src, now));
+                    }
+                }
+            }
+        }
+        for offer in offers {
+            self.score(offer);
+        }
     }
 
     /// Offers an actual to both joins; an empty one or one with a non-finite value is refused
@@ -311,12 +370,27 @@ impl Scoring {
         if a.actual.iter().any(|v| !v.is_finite()) {
             return self.reject(Rejection::NonFinite);
         }
-        if let Some(j) = self.shadow_join.as_mut() {
-            let offer = j.offer_actual(&a.id, a.actual.clone(), src, now);
+        let ids: Vec<String> = match self.time {
+            // Joined by id, an actual without one cannot meet its forecast.
+            None if a.id.is_empty() => return self.reject(Rejection::UnparsableActual),
+            None => vec![a.id],
+            Some(t) => {
+                // One observed value at one time; any other length is not an observation.
+                if a.actual.len() != 1 {
+                    return self.reject(Rejection::WrongLength);
+                }
+                let Some(at) = millis(&a.timestamp) else { return self.reject(Rejection::UnparsableActual) };
+                (1..=t.horizon).map(|h| time_id(&a.series_id, at, h)).collect()
+            }
+        };
+        for id in &ids {
+            if let Some(j) = self.shadow_join.as_mut() {
+                let offer = j.offer_actual(id, a.actual.clone(), src, now);
+                self.score(offer);
+            }
+            let offer = self.join.offer_actual(id, a.actual.clone(), src, now);
             self.score(offer);
         }
-        let offer = self.join.offer_actual(&a.id, a.actual, src, now);
-        self.score(offer);
     }
 
     fn score(&mut self, offer: Offer) {
@@ -339,10 +413,11 @@ impl Scoring {
         let errors: Vec<f64> = errors.collect();
         self.counters.add(&scored.model, scored.variant, &errors);
         let entries = errors.iter().filter(|e| scored.rolling.push(at, **e)).count();
-        while scored.by_step.len() < errors.len() {
+        let first = prediction.first_step;
+        while scored.by_step.len() < first + errors.len() {
             scored.by_step.push(RollingError::new(self.cfg.window_count, self.cfg.window_duration));
         }
-        for (window, e) in scored.by_step.iter_mut().zip(&errors) {
+        for (window, e) in scored.by_step[first..].iter_mut().zip(&errors) {
             window.push(at, *e);
         }
         scored.window_entries += entries;
