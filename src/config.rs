@@ -514,6 +514,10 @@ pub struct MonitorConfig {
     /// time (an actual is one observed value of a series at a timestamp, scored against step h
     /// of every forecast issued h steps earlier; the bundle must declare `frequency`).
     pub join_by: JoinBy,
+    /// The observations on `input_data` are the actuals (join_by = "time", and the bundle's
+    /// target is one of its features): no separate actuals pipeline. The actuals topic is then
+    /// not scored.
+    pub actuals_from_input: bool,
     /// How long either side of a join waits for the other.
     #[serde(with = "humantime_serde")]
     pub join_ttl: Duration,
@@ -564,6 +568,7 @@ impl Default for MonitorConfig {
         MonitorConfig {
             enabled: true,
             join_by: JoinBy::Id,
+            actuals_from_input: false,
             join_ttl: Duration::from_secs(24 * 3600),
             max_pending: 1_000_000,
             max_pending_bytes: 256 << 20,

@@ -67,7 +67,9 @@ impl RunError {
             }
             RunError::Pipeline(PipelineError::Cluster(e)) => cluster(e),
             RunError::Monitor(crate::monitor::MonitorError::Cluster(e)) => cluster(e),
-            RunError::Monitor(crate::monitor::MonitorError::NoFrequency(_)) => true,
+            RunError::Monitor(
+                crate::monitor::MonitorError::NoFrequency(_) | crate::monitor::MonitorError::ActualsFromInput(_),
+            ) => true,
             RunError::Pipeline(_) | RunError::ThreadStopped(_) | RunError::ShutdownTimedOut(_) => false,
         }
     }

@@ -61,6 +61,12 @@ fn observations(series: &str) -> Vec<Value> {
         .collect()
 }
 
+/// An event's co2: its features come as an object or as an array in the bundle's order (co2
+/// first).
+fn co2(e: &Value) -> f64 {
+    e["features"].get("co2").or_else(|| e["features"].get(0)).and_then(Value::as_f64).unwrap()
+}
+
 fn sample(metrics: &str, case: &str) -> f64 {
     let prefix = format!("streamcast_window_observations_total{{case=\"{case}\"}} ");
     metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
@@ -166,8 +172,6 @@ fn shuffled_duplicated_gapped_and_late_observations_follow_event_time() {
 fn actuals_addressed_by_time_are_scored_step_by_step() {
     let root = weekly_root();
     let series = observations("s-1");
-    // Events send features as an object or as an array in the bundle's order (co2 first).
-    let co2 = |e: &Value| e["features"].get("co2").or_else(|| e["features"].get(0)).and_then(Value::as_f64).unwrap();
     let topics = Topics::create(2);
     let extra = "[monitor]\njoin_by = \"time\"\npublish_interval = \"500ms\"\nmin_joined = 1\n";
     let config = common::with_model_root(&topics.config("co2-gru", "latest", extra), root.path(), "1h");
@@ -182,10 +186,15 @@ fn actuals_addressed_by_time_are_scored_step_by_step() {
         .collect();
     send_keyed(&topics.actuals, &actuals);
 
+    assert_steps_match(&topics, &worker, &series, &series.iter().map(co2).collect::<Vec<_>>());
+}
+
+/// Reads the predictions of `series` back, aligns forecast i's step h with `observed[i + h]`,
+/// and checks every step's RMSE, MAE and bias in a snapshot against that alignment.
+fn assert_steps_match(topics: &Topics, worker: &Worker, series: &[Value], observed: &[f64]) {
     let mut predictions = Reader::new(&topics.predictions);
     assert!(predictions.read_until(Duration::from_secs(120), |r| r.len() >= series.len()), "{}", worker.log_text());
     // The independent alignment: forecast i, step h targets week i + h.
-    let observed: Vec<f64> = series.iter().map(co2).collect();
     let week_of: HashMap<String, usize> =
         series.iter().enumerate().map(|(i, e)| (e["timestamp"].as_str().unwrap().to_string(), i)).collect();
     let mut errors: Vec<Vec<f64>> = vec![Vec::new(); 4];
@@ -223,6 +232,25 @@ fn actuals_addressed_by_time_are_scored_step_by_step() {
         close(&format!("step {} bias", h + 1), &step["bias"], e.iter().sum::<f64>() / n);
         eprintln!("step {}: RMSE {:.4} over {} forecasts", h + 1, step["rmse"], e.len());
     }
+}
+
+/// `monitor.actuals_from_input`: no actuals topic at all. The co2 observations on `input_data`
+/// score the forecasts (as the worker read them: f32); a stray record on the actuals topic is
+/// not scored.
+#[test]
+fn the_input_stream_is_its_own_ground_truth() {
+    let root = weekly_root();
+    let series = observations("s-2");
+    let topics = Topics::create(2);
+    let extra =
+        "[monitor]\njoin_by = \"time\"\nactuals_from_input = true\npublish_interval = \"500ms\"\nmin_joined = 1\n";
+    let config = common::with_model_root(&topics.config("co2-gru", "latest", extra), root.path(), "1h");
+    let worker = Worker::start(&config);
+    let stray = serde_json::json!({"series_id": "s-2", "timestamp": series[10]["timestamp"], "actual": 0.0});
+    send_keyed(&topics.actuals, &[("s-2".to_string(), stray.to_string())]);
+    send_keyed(&topics.input, &series.iter().map(|e| ("s-2".to_string(), e.to_string())).collect::<Vec<_>>());
+    let observed: Vec<f64> = series.iter().map(|e| f64::from(co2(e) as f32)).collect();
+    assert_steps_match(&topics, &worker, &series, &observed);
 }
 
 /// Joining by time needs the bundle's step: without one, start-up stops with exit 2 naming both.

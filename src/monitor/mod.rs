@@ -58,6 +58,9 @@ pub enum MonitorError {
     /// `monitor.join_by = "time"` needs the step that turns an issue time into target times.
     #[error("monitor.join_by = \"time\" needs the served bundle to declare `frequency` (bundle {0} does not)")]
     NoFrequency(String),
+    /// `monitor.actuals_from_input` needs the time join and a target among the features.
+    #[error("monitor.actuals_from_input needs {0}")]
+    ActualsFromInput(String),
 }
 
 /// Starts the monitor thread.
@@ -77,6 +80,15 @@ pub fn spawn(
     let model = ModelRef { name: m.name.clone(), version: m.version.clone() };
     if cfg.join_by == JoinBy::Time && m.frequency.is_none() {
         return Err(MonitorError::NoFrequency(format!("{} version {}", m.name, m.version)));
+    }
+    if cfg.actuals_from_input && cfg.join_by != JoinBy::Time {
+        return Err(MonitorError::ActualsFromInput("monitor.join_by = \"time\"".into()));
+    }
+    if cfg.actuals_from_input && !m.features.contains(&m.target.name) {
+        return Err(MonitorError::ActualsFromInput(format!(
+            "the bundle's target `{}` to be one of its features ({:?})",
+            m.target.name, m.features
+        )));
     }
     let threshold = run::threshold_for(cfg, &bundle);
     let metrics = MonitorMetrics::register(registry);

@@ -287,6 +287,9 @@ pub struct Monitor {
     seen: Option<(String, u32)>,
     /// Versions whose bundle could not be loaded: not tried again.
     unloadable: Vec<String>,
+    /// `monitor.actuals_from_input`: the index of the target among the bundle's features, whose
+    /// observed values on `input_data` are the actuals (the actuals topic is then not scored).
+    target: Option<usize>,
 }
 
 impl Monitor {
@@ -299,6 +302,9 @@ impl Monitor {
     ) -> Monitor {
         let publish_interval = start.cfg.publish_interval;
         let (drift, scoring) = (start.drift(), start.scoring());
+        let m = &start.bundle.manifest;
+        let target =
+            start.cfg.actuals_from_input.then(|| m.features.iter().position(|f| *f == m.target.name)).flatten();
         Monitor {
             start,
             alerts_reader,
@@ -311,6 +317,7 @@ impl Monitor {
             next: HashMap::new(),
             seen: None,
             unloadable: Vec::new(),
+            target,
         }
     }
 
@@ -414,13 +421,16 @@ impl Monitor {
                 };
                 self.scoring.offer_shadow_prediction(p, src, now);
             }
+            // With the input stream as ground truth, the actuals topic is not scored: the same
+            // observation would otherwise count twice.
+            Some(TopicRole::Actuals) if self.target.is_some() => {}
             Some(TopicRole::Actuals) => {
                 let Ok(a) = serde_json::from_slice::<Actual>(payload) else {
                     return self.scoring.reject(Rejection::UnparsableActual);
                 };
                 self.scoring.offer_actual(a, src, now);
             }
-            Some(TopicRole::Input) => self.on_input(payload),
+            Some(TopicRole::Input) => self.on_input(payload, src, now),
             None => {}
         }
     }
@@ -467,7 +477,7 @@ impl Monitor {
         }
     }
 
-    fn on_input(&mut self, payload: &[u8]) {
+    fn on_input(&mut self, payload: &[u8], src: Source, now: Instant) {
         // Malformed events are the worker's to dead-letter; the monitor just skips them.
         let Ok(e) = InputEvent::decode(payload, &self.schema) else { return };
         let width = self.schema.width();
@@ -476,6 +486,17 @@ impl Monitor {
             EventValues::Window(w) => &w[w.len() - width..],
         };
         self.drift.push_features(row);
+        // An observation of the target is the actual of the steps that forecast it. (An event
+        // carrying its own window states no observation of its own time.)
+        if let (Some(i), EventValues::Observation(v)) = (self.target, &e.values) {
+            let actual = Actual {
+                id: String::new(),
+                series_id: e.series_id,
+                timestamp: e.timestamp,
+                actual: vec![f64::from(v[i])],
+            };
+            self.scoring.offer_actual(actual, src, now);
+        }
     }
 
     /// Commits, per partition, the lowest offset whose record still waits in a join.
@@ -486,6 +507,8 @@ impl Monitor {
                 Some(TopicRole::Predictions) => self.scoring.predictions_commit_point(*partition, next),
                 Some(TopicRole::Shadow) => self.scoring.shadow_commit_point(*partition, next),
                 Some(TopicRole::Actuals) => self.scoring.actuals_commit_point(*partition, next),
+                // Input observations waiting as actuals hold the input's watermark too.
+                Some(TopicRole::Input) if self.target.is_some() => self.scoring.actuals_commit_point(*partition, next),
                 Some(TopicRole::Input) | None => next,
             };
             let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset));
