@@ -133,6 +133,13 @@ impl fmt::Display for Summary {
                     num("rmse"),
                     num("mae")
                 )?;
+                if let Some(steps) = snap["per_step"].as_array().filter(|s| s.len() > 1) {
+                    let rmse: Vec<String> = steps
+                        .iter()
+                        .map(|s| s["rmse"].as_f64().map_or("n/a".to_string(), |v| format!("{v:.3}")))
+                        .collect();
+                    writeln!(f, "  RMSE by step        {} (step 1 first)", rmse.join(" / "))?;
+                }
                 if let Some(drift) = snap["drift"].as_object() {
                     for (feature, d) in drift {
                         let flagged =
@@ -200,6 +207,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     let bundle = Bundle::load(&bundle::resolve(&options.models, &options.model, "latest")?)?;
     let features = bundle.manifest.features.clone();
     let target = features.iter().position(|f| *f == bundle.manifest.target.name);
+    let horizon = bundle.manifest.horizon.max(1);
     let shift = match &bundle.manifest.scaler {
         crate::normalize::ScalerSpec::Standard { std, .. } => std[0],
         crate::normalize::ScalerSpec::Minmax { min, max } => max[0] - min[0],
@@ -273,7 +281,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     let servers_for_blocking = servers.clone();
     let opts = options.clone();
     let summary = tokio::task::spawn_blocking(move || {
-        drive(&servers_for_blocking, &opts, &features, target, shift, &rows, deadline)
+        drive(&servers_for_blocking, &opts, &features, (target, horizon), shift, &rows, deadline)
     })
     .await
     .expect("the demo driver does not panic")?;
@@ -296,7 +304,7 @@ fn drive(
     servers: &str,
     options: &DemoOptions,
     features: &[String],
-    target: Option<usize>,
+    (target, horizon): (Option<usize>, usize),
     shift: f64,
     rows: &[Row],
     deadline: Instant,
@@ -361,17 +369,19 @@ fn drive(
             }
             send_waiting(&producer, BaseRecord::to("input_data").key(series.as_str()).payload(payload.as_str()))?;
             summary.events_in += 1;
-            // The truth for the previous event of this series arrives only now (one step late):
-            // the model forecasts the next observation of its target.
-            if let (Some(t), true) = (target, i > 0) {
+            // The truth for the event H steps back arrives only now, once all H steps it
+            // forecast have been observed (H = 1: the previous event, one step late).
+            if let (Some(t), true) = (target, i >= horizon) {
                 use std::fmt::Write as _;
+                let observed: Vec<f64> =
+                    (0..horizon).map(|k| rows[(s * stride + i - horizon + 1 + k) % rows.len()].values[t]).collect();
                 actual.clear();
                 let _ = write!(
                     actual,
                     r#"{{"id":"demo-{s}-{:05}","series_id":"{series}","timestamp":"{}","actual":{}}}"#,
-                    i - 1,
+                    i - horizon,
                     row.timestamp,
-                    row.values[t]
+                    serde_json::to_string(&observed).expect("finite floats")
                 );
                 send_waiting(&producer, BaseRecord::to("actuals").key(series.as_str()).payload(actual.as_str()))?;
                 summary.actuals_in += 1;
