@@ -69,7 +69,7 @@ CONFIG_KEYS: dict[str, set[str] | None] = {
     "cache": {"enabled", "max_entries"},
     "processing": {"guarantee", "shutdown_timeout", "passthrough"},
     "monitor": {
-        "enabled", "join_by", "actuals_from_input", "join_ttl", "max_pending", "window_count", "window_duration", "publish_interval",
+        "enabled", "join_by", "actuals_from_input", "mase_season", "join_ttl", "max_pending", "window_count", "window_duration", "publish_interval",
         "rmse_threshold", "rmse_threshold_ratio", "min_joined", "drift_sample_size", "drift_min_samples",
         "drift_alpha", "drift_ks_threshold", "drift_psi_threshold", "drift_bins", "retrain_after",
         "retrain_schedule", "alert_cooldown",

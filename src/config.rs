@@ -518,6 +518,9 @@ pub struct MonitorConfig {
     /// target is one of its features): no separate actuals pipeline. The actuals topic is then
     /// not scored.
     pub actuals_from_input: bool,
+    /// Joined by time: the season, in steps, of the seasonal-naive forecast that MASE compares
+    /// with (1: the last observed value; 52 for weekly data with a yearly cycle).
+    pub mase_season: usize,
     /// How long either side of a join waits for the other.
     #[serde(with = "humantime_serde")]
     pub join_ttl: Duration,
@@ -569,6 +572,7 @@ impl Default for MonitorConfig {
             enabled: true,
             join_by: JoinBy::Id,
             actuals_from_input: false,
+            mase_season: 1,
             join_ttl: Duration::from_secs(24 * 3600),
             max_pending: 1_000_000,
             max_pending_bytes: 256 << 20,

@@ -177,6 +177,10 @@ fn actuals_addressed_by_time_are_scored_step_by_step() {
     let config = common::with_model_root(&topics.config("co2-gru", "latest", extra), root.path(), "1h");
     let worker = Worker::start(&config);
     send_keyed(&topics.input, &series.iter().map(|e| ("s-1".to_string(), e.to_string())).collect::<Vec<_>>());
+    // The actuals come once the forecasts are out, in time order, as a real feed would: each
+    // then finds the observation the naive forecast uses, and MASE covers every pair.
+    let mut out = Reader::new(&topics.predictions);
+    assert!(out.read_until(Duration::from_secs(120), |r| r.len() >= series.len()), "{}", worker.log_text());
     let actuals: Vec<(String, String)> = series
         .iter()
         .map(|e| {
@@ -190,7 +194,8 @@ fn actuals_addressed_by_time_are_scored_step_by_step() {
 }
 
 /// Reads the predictions of `series` back, aligns forecast i's step h with `observed[i + h]`,
-/// and checks every step's RMSE, MAE and bias in a snapshot against that alignment.
+/// and checks every step's RMSE, MAE, bias and MASE (against the naive forecast: the value
+/// observed at issue time, `observed[i]`) in a snapshot against that alignment.
 fn assert_steps_match(topics: &Topics, worker: &Worker, series: &[Value], observed: &[f64]) {
     let mut predictions = Reader::new(&topics.predictions);
     assert!(predictions.read_until(Duration::from_secs(120), |r| r.len() >= series.len()), "{}", worker.log_text());
@@ -198,12 +203,14 @@ fn assert_steps_match(topics: &Topics, worker: &Worker, series: &[Value], observ
     let week_of: HashMap<String, usize> =
         series.iter().enumerate().map(|(i, e)| (e["timestamp"].as_str().unwrap().to_string(), i)).collect();
     let mut errors: Vec<Vec<f64>> = vec![Vec::new(); 4];
+    let mut naive: Vec<Vec<f64>> = vec![Vec::new(); 4];
     for record in &predictions.records {
         let p = record.json();
         let i = week_of[p["timestamp"].as_str().unwrap()];
         for (h, value) in p["prediction"].as_array().unwrap().iter().enumerate() {
             if let Some(actual) = observed.get(i + h + 1) {
                 errors[h].push(value.as_f64().unwrap() - actual);
+                naive[h].push(observed[i] - actual);
             }
         }
     }
@@ -230,7 +237,10 @@ fn assert_steps_match(topics: &Topics, worker: &Worker, series: &[Value], observ
         close(&format!("step {} rmse", h + 1), &step["rmse"], (e.iter().map(|x| x * x).sum::<f64>() / n).sqrt());
         close(&format!("step {} mae", h + 1), &step["mae"], e.iter().map(|x| x.abs()).sum::<f64>() / n);
         close(&format!("step {} bias", h + 1), &step["bias"], e.iter().sum::<f64>() / n);
-        eprintln!("step {}: RMSE {:.4} over {} forecasts", h + 1, step["rmse"], e.len());
+        let naive_mae = naive[h].iter().map(|x| x.abs()).sum::<f64>() / n;
+        let mase = e.iter().map(|x| x.abs()).sum::<f64>() / n / naive_mae;
+        close(&format!("step {} mase", h + 1), &step["mase"], mase);
+        eprintln!("step {}: RMSE {:.4}, MASE {} over {} forecasts", h + 1, step["rmse"], step["mase"], e.len());
     }
 }
 

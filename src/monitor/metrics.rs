@@ -102,6 +102,7 @@ pub struct MonitorMetrics {
     step_rmse: GaugeVec,
     step_mae: GaugeVec,
     step_bias: GaugeVec,
+    step_mase: GaugeVec,
     /// The most steps any key has reported, so a removed key's step gauges can all go.
     steps_seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     joined: IntGaugeVec,
@@ -140,6 +141,11 @@ impl MonitorMetrics {
             step_bias: g(
                 "streamcast_monitor_step_bias",
                 "Rolling mean of prediction minus actual of one horizon step (target units).",
+                step,
+            ),
+            step_mase: g(
+                "streamcast_monitor_step_mase",
+                "MASE of one horizon step against the seasonal-naive forecast (joined by time).",
                 step,
             ),
             steps_seen: Default::default(),
@@ -195,7 +201,7 @@ impl MonitorMetrics {
         for g in [&self.rmse, &self.mae, &self.ks, &self.psi, &self.p_value] {
             g.reset();
         }
-        for g in [&self.step_rmse, &self.step_mae, &self.step_bias] {
+        for g in [&self.step_rmse, &self.step_mae, &self.step_bias, &self.step_mase] {
             g.reset();
         }
         for g in [&self.joined, &self.pending, &self.expired, &self.unmatched] {
@@ -215,7 +221,7 @@ impl MonitorMetrics {
         for step in 1..=self.steps_seen.load(std::sync::atomic::Ordering::Relaxed) {
             let step = step.to_string();
             let labels = [labels[0], labels[1], labels[2], step.as_str()];
-            for g in [&self.step_rmse, &self.step_mae, &self.step_bias] {
+            for g in [&self.step_rmse, &self.step_mae, &self.step_bias, &self.step_mase] {
                 let _ = g.remove_label_values(&labels);
             }
         }
@@ -236,6 +242,9 @@ impl MonitorMetrics {
             self.step_rmse.with_label_values(&labels).set(s.rmse.unwrap_or(f64::NAN));
             self.step_mae.with_label_values(&labels).set(s.mae.unwrap_or(f64::NAN));
             self.step_bias.with_label_values(&labels).set(s.bias.unwrap_or(f64::NAN));
+            if let Some(mase) = key.mase.get(i).copied().flatten() {
+                self.step_mase.with_label_values(&labels).set(mase);
+            }
         }
     }
 

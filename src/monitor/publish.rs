@@ -190,7 +190,14 @@ fn snapshot<'a>(
             .steps
             .iter()
             .enumerate()
-            .map(|(i, s)| StepStats { step: i + 1, count: s.count, rmse: s.rmse, mae: s.mae, bias: s.bias })
+            .map(|(i, s)| StepStats {
+                step: i + 1,
+                count: s.count,
+                rmse: s.rmse,
+                mae: s.mae,
+                bias: s.bias,
+                mase: key.mase.get(i).copied().flatten(),
+            })
             .collect(),
         drift: &report.features,
         prediction_drift: report.prediction.as_ref(),

@@ -3,7 +3,10 @@
 //! retraining request, and applies the rollback/promotion rule to the configured candidate.
 
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
+
+use lru::LruCache;
 
 use super::join::{JoinBuffer, Offer, Side, Source, WaitingPrediction};
 use super::rolling::{ErrorStats, RollingError};
@@ -17,6 +20,12 @@ use crate::event::{Actual, ModelRef, Prediction, Variant};
 /// At most this many model version × variant keys are tracked at once; a key idle for the
 /// rolling window and the join TTL frees its slot for a new one.
 const MAX_KEYS: usize = 64;
+/// Series whose recent observations are kept for MASE's naive forecast (least recently observed
+/// dropped). With [`HISTORY_SLACK`] this bounds the history at about 42 MiB.
+const MAX_HISTORY_SERIES: usize = 10_000;
+/// Observations kept per series beyond the naive lags (see `TimeJoin::history_len`): a leader
+/// reading a backlog may meet a series' actuals this far ahead of its forecasts.
+const HISTORY_SLACK: usize = 256;
 
 /// Errors beyond this magnitude are refused as overflow: their square (≤ 1e300) and any sum of
 /// up to 1e8 of them stay finite, so the rolling sums can neither overflow nor turn NaN.
@@ -61,6 +70,9 @@ struct Scored {
     /// One window per horizon step, over the same count and duration: step 1 and step H are
     /// different facts (a forecast is usually worse the further ahead it looks).
     by_step: Vec<RollingError>,
+    /// Per step, the model's errors and the seasonal-naive forecast's on the same targets
+    /// (joined by time, where the naive forecast's observation was seen): MASE is their MAE ratio.
+    mase: Vec<(RollingError, RollingError)>,
     rmse_gate: Gate,
     above_since: Option<Instant>,
     retrain_requested: bool,
@@ -101,6 +113,8 @@ pub struct KeyReport<'a> {
     pub stats: ErrorStats,
     /// The same errors split by horizon step (index 0 is step 1); empty before any join.
     pub steps: Vec<ErrorStats>,
+    /// Per step, MASE against the seasonal-naive forecast (joined by time only).
+    pub mase: Vec<Option<f64>>,
     /// Predictions waiting for their actual.
     pub pending: u64,
     /// Predictions whose actual never came (cumulative).
@@ -134,6 +148,9 @@ pub struct Scoring {
     resumed: HashMap<(ModelRef, Variant), ResumedGate>,
     /// `monitor.join_by = "time"`: the series' step and the served horizon.
     time: Option<TimeJoin>,
+    /// Joined by time: each series' recent observed values `(time, value)`, oldest first, for
+    /// the seasonal-naive forecast that MASE compares with.
+    history: LruCache<String, VecDeque<(i64, f64)>>,
 }
 
 /// Joining by time: step h of a forecast issued at t waits under (series, t + h·step, h), and an
@@ -144,6 +161,25 @@ pub struct Scoring {
 struct TimeJoin {
     step_ms: i64,
     horizon: usize,
+    /// The seasonal-naive forecast's season, in steps (`monitor.mase_season`; 1: the last value).
+    season: usize,
+}
+
+impl TimeJoin {
+    /// How far back the seasonal-naive forecast of step `h` (1-based) looks from its target:
+    /// `season · ceil(h / season)` steps, so it only uses what was observed at issue time.
+    fn naive_lag_ms(&self, h: usize) -> i64 {
+        let m = self.season.max(1);
+        (m * h.div_ceil(m)) as i64 * self.step_ms
+    }
+
+    /// Observations a series keeps: every step's naive lag, plus slack for actuals that arrive
+    /// ahead of the forecasts they judge (a backlog read faster on one topic than the other).
+    /// A naive observation no longer held leaves its pair out of MASE.
+    fn history_len(&self) -> usize {
+        let m = self.season.max(1);
+        m * self.horizon.div_ceil(m) + 1 + HISTORY_SLACK
+    }
 }
 
 /// The join id of step `h` (1-based) targeting `target_ms` of `series`. The unit separator
@@ -196,6 +232,7 @@ impl Scoring {
             counters: super::metrics::ErrorCounters::unregistered(),
             resumed: HashMap::new(),
             time: None,
+            history: LruCache::new(NonZeroUsize::new(MAX_HISTORY_SERIES).expect("non-zero")),
         };
         // The served model's primary variant always has a snapshot, so drift is published even
         // before any prediction has been read.
@@ -250,7 +287,7 @@ impl Scoring {
     /// steps of its forecasts.
     pub fn with_time_join(mut self, step: Duration, horizon: usize) -> Scoring {
         let step_ms = i64::try_from(step.as_millis()).unwrap_or(i64::MAX).max(1);
-        self.time = Some(TimeJoin { step_ms, horizon: horizon.max(1) });
+        self.time = Some(TimeJoin { step_ms, horizon: horizon.max(1), season: self.cfg.mase_season });
         self
     }
 
@@ -299,6 +336,7 @@ impl Scoring {
             variant,
             rolling: RollingError::new(self.cfg.window_count, self.cfg.window_duration),
             by_step: Vec::new(),
+            mase: Vec::new(),
             rmse_gate: Gate::new(self.cfg.alert_cooldown),
             above_since: None,
             retrain_requested: false,
@@ -342,7 +380,7 @@ impl Scoring {
             match time {
                 None => {
                     let waiting = WaitingPrediction { key, values: p.prediction, first_step: 0 };
-                    offers.push(join.offer_prediction(&p.id, waiting, src, now));
+                    offers.push((join.offer_prediction(&p.id, waiting, src, now), None));
                 }
                 Some(t) => {
                     let Some(issued) = millis(&p.timestamp) else {
@@ -351,14 +389,24 @@ impl Scoring {
                     for (i, value) in p.prediction.iter().enumerate() {
                         let target = issued.saturating_add(t.step_ms.saturating_mul(i as i64 + 1));
                         let waiting = WaitingPrediction { key, values: vec![*value], first_step: i };
-                        offers.push(join.offer_prediction(&time_id(&p.series_id, target, i + 1), waiting, src, now));
+                        let offer = join.offer_prediction(&time_id(&p.series_id, target, i + 1), waiting, src, now);
+                        offers.push((offer, Some((target, i + 1))));
                     }
                 }
             }
         }
-        for offer in offers {
-            self.score(offer);
+        for (offer, at) in offers {
+            let reference = at.and_then(|(target, h)| self.naive(&p.series_id, target, h));
+            self.score(offer, reference);
         }
+    }
+
+    /// Joined by time: the seasonal-naive forecast of step `h` targeting `target_ms`, if that
+    /// observation of the series was seen.
+    fn naive(&self, series: &str, target_ms: i64, h: usize) -> Option<f64> {
+        let t = self.time?;
+        let at = target_ms.checked_sub(t.naive_lag_ms(h))?;
+        self.history.peek(series)?.iter().rev().find(|(time, _)| *time == at).map(|(_, v)| *v)
     }
 
     /// Offers an actual to both joins; an empty one or one with a non-finite value is refused
@@ -370,30 +418,39 @@ impl Scoring {
         if a.actual.iter().any(|v| !v.is_finite()) {
             return self.reject(Rejection::NonFinite);
         }
-        let ids: Vec<String> = match self.time {
+        let ids: Vec<(String, Option<f64>)> = match self.time {
             // Joined by id, an actual without one cannot meet its forecast.
             None if a.id.is_empty() => return self.reject(Rejection::UnparsableActual),
-            None => vec![a.id],
+            None => vec![(a.id, None)],
             Some(t) => {
                 // One observed value at one time; any other length is not an observation.
                 if a.actual.len() != 1 {
                     return self.reject(Rejection::WrongLength);
                 }
                 let Some(at) = millis(&a.timestamp) else { return self.reject(Rejection::UnparsableActual) };
-                (1..=t.horizon).map(|h| time_id(&a.series_id, at, h)).collect()
+                let ids =
+                    (1..=t.horizon).map(|h| (time_id(&a.series_id, at, h), self.naive(&a.series_id, at, h))).collect();
+                let held = self.history.get_or_insert_mut(a.series_id.clone(), VecDeque::new);
+                held.push_back((at, a.actual[0]));
+                if held.len() > t.history_len() {
+                    held.pop_front();
+                }
+                ids
             }
         };
-        for id in &ids {
+        for (id, reference) in &ids {
             if let Some(j) = self.shadow_join.as_mut() {
                 let offer = j.offer_actual(id, a.actual.clone(), src, now);
-                self.score(offer);
+                self.score(offer, *reference);
             }
             let offer = self.join.offer_actual(id, a.actual.clone(), src, now);
-            self.score(offer);
+            self.score(offer, *reference);
         }
     }
 
-    fn score(&mut self, offer: Offer) {
+    /// Scores a join; `reference` is the seasonal-naive forecast of a time-joined step, when
+    /// known, for MASE.
+    fn score(&mut self, offer: Offer, reference: Option<f64>) {
         let Offer::Joined { prediction, actual, sources: [prediction_source, actual_source] } = offer else { return };
         // One value per horizon step: anything else is not this forecast's actual.
         if prediction.values.len() != actual.len() {
@@ -419,6 +476,16 @@ impl Scoring {
         }
         for (window, e) in scored.by_step[first..].iter_mut().zip(&errors) {
             window.push(at, *e);
+        }
+        // MASE pairs the model's error with the seasonal-naive forecast's on the same target.
+        if let (Some(naive), [error]) = (reference, errors.as_slice()) {
+            while scored.mase.len() <= first {
+                let window = || RollingError::new(self.cfg.window_count, self.cfg.window_duration);
+                scored.mase.push((window(), window()));
+            }
+            let (model, baseline) = &mut scored.mase[first];
+            model.push(at, *error);
+            baseline.push(at, naive - actual[0]);
         }
         scored.window_entries += entries;
         scored.window_pairs.push_back(WindowPair { entries, prediction: prediction_source, actual: actual_source });
@@ -507,6 +574,10 @@ impl Scoring {
         let advance = |k: &mut Scored| {
             k.rolling.advance(now_ms);
             k.by_step.iter_mut().for_each(|w| w.advance(now_ms));
+            k.mase.iter_mut().for_each(|(m, b)| {
+                m.advance(now_ms);
+                b.advance(now_ms);
+            });
             k.trim_pairs();
             k.rolling.snapshot()
         };
@@ -524,6 +595,14 @@ impl Scoring {
             variant: k.variant,
             stats: *stats,
             steps: k.by_step.iter().map(RollingError::snapshot).collect(),
+            mase: k
+                .mase
+                .iter()
+                .map(|(m, b)| match (m.snapshot().mae, b.snapshot().mae) {
+                    (Some(m), Some(b)) if b > 0.0 => Some(m / b),
+                    _ => None,
+                })
+                .collect(),
             pending: pending.get(&(i as u16)).copied().unwrap_or(0),
             expired: self.expired_by_key.get(&(i as u16)).copied().unwrap_or(0),
         })

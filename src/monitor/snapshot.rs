@@ -43,6 +43,9 @@ pub struct StepStats {
     pub rmse: Option<f64>,
     pub mae: Option<f64>,
     pub bias: Option<f64>,
+    /// MAE over the seasonal-naive forecast's MAE on the same targets (joined by time only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mase: Option<f64>,
 }
 
 /// The rolling error window a snapshot's numbers cover.
@@ -115,7 +118,14 @@ mod tests {
             rmse: Some(1.5),
             mae: Some(1.0),
             bias: Some(-0.5),
-            per_step: vec![StepStats { step: 1, count: 2, rmse: Some(1.5), mae: Some(1.0), bias: Some(-0.5) }],
+            per_step: vec![StepStats {
+                step: 1,
+                count: 2,
+                rmse: Some(1.5),
+                mae: Some(1.0),
+                bias: Some(-0.5),
+                mase: None,
+            }],
             drift: &drift,
             prediction_drift: None,
             drifted_features: &[],
