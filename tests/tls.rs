@@ -429,18 +429,22 @@ fn tls_mistakes_stop_start_up_with_exit_2_naming_the_cause() {
     refused(&toml_lines(&props), "a TLS client on a plaintext listener", Some("do-not-print-me"));
 }
 
+/// `--print-config` with `props` in `[kafka]` lists `key` but never the `secret` it holds.
+fn print_config_redacts(props: &[(&str, String)], key: &str, secret: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("streamcast.toml");
+    std::fs::write(&path, worker_config(&toml_lines(props), "print", "co2-mlp")).unwrap();
+    let out = Command::new(common::bin()).args(["run", "--print-config", "--config"]).arg(&path).output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && printed.contains(key), "{printed}");
+    assert!(!printed.contains(secret), "--print-config printed the value of {key}:\n{printed}");
+}
+
 #[test]
 fn sasl_scram_and_plain_predict_and_a_wrong_password_exits_2() {
     let ssl = TlsCluster::start(Front::Sasl { tls: true });
     let scram512 = ssl.sasl_properties("SASL_SSL", "SCRAM-SHA-512", PASSWORD);
-    // `--print-config` redacts the password.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("streamcast.toml");
-    std::fs::write(&path, worker_config(&toml_lines(&scram512), "sasl-print", "co2-mlp")).unwrap();
-    let out = Command::new(common::bin()).args(["run", "--print-config", "--config"]).arg(&path).output().unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && printed.contains("sasl.password"), "{printed}");
-    assert!(!printed.contains(PASSWORD), "--print-config printed the password:\n{printed}");
+    print_config_redacts(&scram512, "sasl.password", PASSWORD);
 
     predict_and_stop(&scram512, "sasl-scram512", "zstd", &[PASSWORD]);
     predict_and_stop(&ssl.sasl_properties("SASL_SSL", "PLAIN", PASSWORD), "sasl-plain", "lz4", &[PASSWORD]);
@@ -463,13 +467,7 @@ fn sasl_scram_and_plain_predict_and_a_wrong_password_exits_2() {
 fn oauthbearer_oidc_predicts_and_a_wrong_client_secret_exits_2() {
     let cluster = TlsCluster::start(Front::Sasl { tls: true });
     let oidc = cluster.oidc_properties(PASSWORD);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("streamcast.toml");
-    std::fs::write(&path, worker_config(&toml_lines(&oidc), "oidc-print", "co2-mlp")).unwrap();
-    let out = Command::new(common::bin()).args(["run", "--print-config", "--config"]).arg(&path).output().unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && printed.contains("sasl.oauthbearer.client.secret"), "{printed}");
-    assert!(!printed.contains(PASSWORD), "--print-config printed the client secret:\n{printed}");
+    print_config_redacts(&oidc, "sasl.oauthbearer.client.secret", PASSWORD);
 
     predict_and_stop(&oidc, "oidc", "zstd", &[PASSWORD]);
     let wrong = "secret-wrong-5c19e2";

@@ -190,14 +190,7 @@ fn snapshot<'a>(
             .steps
             .iter()
             .enumerate()
-            .map(|(i, s)| StepStats {
-                step: i + 1,
-                count: s.count,
-                rmse: s.rmse,
-                mae: s.mae,
-                bias: s.bias,
-                mase: key.mase.get(i).copied().flatten(),
-            })
+            .map(|(i, s)| StepStats { step: i + 1, stats: *s, mase: key.mase.get(i).copied().flatten() })
             .collect(),
         drift: &report.features,
         prediction_drift: report.prediction.as_ref(),

@@ -8,6 +8,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::Serialize;
 
 use super::drift::DriftStat;
+use super::rolling::ErrorStats;
 use crate::config::MonitorConfig;
 use crate::event::{ModelRef, Variant};
 
@@ -39,10 +40,9 @@ pub struct Snapshot<'a> {
 pub struct StepStats {
     /// 1 for the nearest step.
     pub step: usize,
-    pub count: usize,
-    pub rmse: Option<f64>,
-    pub mae: Option<f64>,
-    pub bias: Option<f64>,
+    /// `count`, `rmse`, `mae` and `bias`, as for all steps together.
+    #[serde(flatten)]
+    pub stats: ErrorStats,
     /// MAE over the seasonal-naive forecast's MAE on the same targets (joined by time only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mase: Option<f64>,
@@ -120,10 +120,7 @@ mod tests {
             bias: Some(-0.5),
             per_step: vec![StepStats {
                 step: 1,
-                count: 2,
-                rmse: Some(1.5),
-                mae: Some(1.0),
-                bias: Some(-0.5),
+                stats: ErrorStats { count: 2, rmse: Some(1.5), mae: Some(1.0), bias: Some(-0.5) },
                 mase: None,
             }],
             drift: &drift,
