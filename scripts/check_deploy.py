@@ -74,6 +74,7 @@ CONFIG_KEYS: dict[str, set[str] | None] = {
         "drift_alpha", "drift_ks_threshold", "drift_psi_threshold", "drift_bins", "retrain_after",
         "retrain_schedule", "alert_cooldown",
     },
+    "intervals": {"enabled", "level", "method", "aci_gamma", "min_residuals", "coverage_window", "coverage_band"},
     "http": {"listen", "max_body_bytes"},
     "telemetry": {"log_format", "log_level"},
 }

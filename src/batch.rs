@@ -225,6 +225,8 @@ impl Writer {
                     warmup: p.warmup,
                     gap_filled: p.gap_filled,
                     fallback: false,
+                    // Batch prediction has no monitor to calibrate against.
+                    interval: None,
                 }
                 .encode(&mut self.buf);
                 self.buf.push(b'\n');

@@ -59,6 +59,8 @@ pub struct Config {
     #[serde(default)]
     pub monitor: MonitorConfig,
     #[serde(default)]
+    pub intervals: IntervalsConfig,
+    #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -595,6 +597,52 @@ impl Default for MonitorConfig {
     }
 }
 
+/// How the monitor calibrates prediction intervals (`intervals.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntervalMethod {
+    /// Split conformal: the `level` quantile of the recent absolute errors of each step.
+    #[default]
+    Split,
+    /// Adaptive conformal inference: the quantile's level moves after every judged interval,
+    /// down after a hit and up after a miss, so coverage comes back after a shift.
+    Aci,
+}
+
+/// Calibrated prediction intervals: the monitor turns each step's recent errors into a half
+/// width; every worker replica reads it from `model_metrics` and puts it around its forecasts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntervalsConfig {
+    /// Predictions carry `interval` (calibrated, or saying that it is not yet).
+    pub enabled: bool,
+    /// The nominal coverage of the interval.
+    pub level: f64,
+    pub method: IntervalMethod,
+    /// ACI's step size γ: how fast the level reacts to misses.
+    pub aci_gamma: f64,
+    /// Errors a step needs in its window before its interval counts as calibrated.
+    pub min_residuals: usize,
+    /// Judged intervals per step that empirical coverage is computed over.
+    pub coverage_window: usize,
+    /// `interval_coverage` fires when a step's coverage leaves `level ± coverage_band`.
+    pub coverage_band: f64,
+}
+
+impl Default for IntervalsConfig {
+    fn default() -> Self {
+        IntervalsConfig {
+            enabled: true,
+            level: 0.9,
+            method: IntervalMethod::Split,
+            aci_gamma: 0.05,
+            min_residuals: 30,
+            coverage_window: 200,
+            coverage_band: 0.05,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -874,6 +922,11 @@ impl Config {
             ("monitor.drift_min_samples", m.drift_min_samples >= 1 && m.drift_min_samples <= m.drift_sample_size),
             ("monitor.drift_alpha", m.drift_alpha > 0.0 && m.drift_alpha < 1.0),
             ("monitor.drift_bins", m.drift_bins >= 2),
+            ("intervals.level", self.intervals.level > 0.0 && self.intervals.level < 1.0),
+            ("intervals.aci_gamma", self.intervals.aci_gamma > 0.0 && self.intervals.aci_gamma <= 1.0),
+            ("intervals.min_residuals", self.intervals.min_residuals >= 1),
+            ("intervals.coverage_window", self.intervals.coverage_window >= 1),
+            ("intervals.coverage_band", self.intervals.coverage_band > 0.0 && self.intervals.coverage_band < 1.0),
         ] {
             if !ok {
                 return Err(ConfigError::key(key, "is out of range (see the README's monitor section)"));

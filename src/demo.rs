@@ -64,6 +64,8 @@ pub struct Summary {
     pub malformed_in: usize,
     pub predictions_out: usize,
     pub warmup_predictions: usize,
+    /// Predictions that carried a calibrated interval.
+    pub calibrated_predictions: usize,
     pub dlq_out: usize,
     pub dlq_kinds: BTreeMap<String, usize>,
     pub elapsed: Duration,
@@ -139,6 +141,20 @@ impl fmt::Display for Summary {
                         .map(|s| s["rmse"].as_f64().map_or("n/a".to_string(), |v| format!("{v:.3}")))
                         .collect();
                     writeln!(f, "  RMSE by step        {} (step 1 first)", rmse.join(" / "))?;
+                }
+                if let Some(steps) = snap["per_step"].as_array().filter(|_| snap["interval"].is_object()) {
+                    let each = |key: &str| -> String {
+                        let v = steps.iter().map(|s| s["interval"][key].as_f64());
+                        v.map(|v| v.map_or("n/a".to_string(), |v| format!("{v:.3}"))).collect::<Vec<_>>().join(" / ")
+                    };
+                    let level = snap["interval"]["level"].as_f64().unwrap_or(f64::NAN) * 100.0;
+                    writeln!(
+                        f,
+                        "  {level:.0} % intervals      {} of {} predictions calibrated",
+                        self.calibrated_predictions, self.predictions_out
+                    )?;
+                    writeln!(f, "    coverage by step  {} (last judged intervals)", each("coverage"))?;
+                    writeln!(f, "    half width        {}", each("half_width"))?;
                 }
                 if let Some(drift) = snap["drift"].as_object() {
                     for (feature, d) in drift {
@@ -244,7 +260,7 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         max_batch_size = 64
         max_wait_ms = 2
         [monitor]
-        publish_interval = "1s"
+        publish_interval = "500ms"
         drift_sample_size = {drift_sample}
         drift_min_samples = 300
         min_joined = 50
@@ -428,6 +444,7 @@ fn drain(reader: &BaseConsumer, summary: &mut Summary, first_wait: Duration) {
             if let Some(p) = m.payload().and_then(|b| serde_json::from_slice::<Prediction>(b).ok()) {
                 summary.predictions_out += 1;
                 summary.warmup_predictions += usize::from(p.warmup);
+                summary.calibrated_predictions += usize::from(p.interval.as_ref().is_some_and(|i| i.calibrated));
                 summary.latencies_ms.push(p.latency_ms);
             }
         } else {

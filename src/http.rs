@@ -199,6 +199,7 @@ async fn predict(State(s): State<AppState>, body: Result<Bytes, BytesRejection>)
                 warmup: false,
                 gap_filled: 0,
                 fallback: scored.fallback,
+                interval: scored.interval,
             }),
             Ok(Err(reason)) => {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, "inference_error", reason, batch.then_some(i))

@@ -13,23 +13,6 @@ use std::time::Duration;
 use common::{jsonl, repo, send_keyed, Reader, Topics, Worker};
 use serde_json::Value;
 
-/// A model root holding co2-gru version 1 with `frequency` declared.
-fn weekly_root() -> tempfile::TempDir {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("co2-gru/1");
-    std::fs::create_dir_all(&dir).unwrap();
-    let shipped = repo().join("models/co2-gru/1");
-    for entry in std::fs::read_dir(&shipped).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-    }
-    let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bundle.json")).unwrap()).unwrap();
-    manifest["frequency"] = "7d".into();
-    manifest["frequency_tolerance"] = "1d".into();
-    std::fs::write(dir.join("bundle.json"), manifest.to_string()).unwrap();
-    root
-}
-
 /// `streamcast predict` over `events` (in that order) with linear gap filling: predictions by
 /// timestamp.
 fn batch_reference(root: &Path, events: &[Value]) -> HashMap<String, Value> {
@@ -74,7 +57,7 @@ fn sample(metrics: &str, case: &str) -> f64 {
 
 #[test]
 fn shuffled_duplicated_gapped_and_late_observations_follow_event_time() {
-    let root = weekly_root();
+    let root = common::weekly_co2_gru_root();
     let series = observations("s-0");
     assert_eq!(series.len(), 50);
     // The clean series has a real two-week gap (weeks 20 and 21 never arrive).
@@ -170,7 +153,7 @@ fn shuffled_duplicated_gapped_and_late_observations_follow_event_time() {
 /// with the observed values by target time.
 #[test]
 fn actuals_addressed_by_time_are_scored_step_by_step() {
-    let root = weekly_root();
+    let root = common::weekly_co2_gru_root();
     let series = observations("s-1");
     let topics = Topics::create(2);
     let extra = "[monitor]\njoin_by = \"time\"\npublish_interval = \"500ms\"\nmin_joined = 1\n";
@@ -249,7 +232,7 @@ fn assert_steps_match(topics: &Topics, worker: &Worker, series: &[Value], observ
 /// not scored.
 #[test]
 fn the_input_stream_is_its_own_ground_truth() {
-    let root = weekly_root();
+    let root = common::weekly_co2_gru_root();
     let series = observations("s-2");
     let topics = Topics::create(2);
     let extra =

@@ -30,10 +30,11 @@ pub enum AlertKind {
     FallbackActive,
     ExecutionProviderFallback,
     ModelRejected,
+    IntervalCoverage,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 9] = [
+    pub const ALL: [AlertKind; 10] = [
         AlertKind::RmseAboveThreshold,
         AlertKind::FeatureDrift,
         AlertKind::PredictionDrift,
@@ -43,6 +44,7 @@ impl AlertKind {
         AlertKind::FallbackActive,
         AlertKind::ExecutionProviderFallback,
         AlertKind::ModelRejected,
+        AlertKind::IntervalCoverage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +58,7 @@ impl AlertKind {
             AlertKind::FallbackActive => "fallback_active",
             AlertKind::ExecutionProviderFallback => "execution_provider_fallback",
             AlertKind::ModelRejected => "model_rejected",
+            AlertKind::IntervalCoverage => "interval_coverage",
         }
     }
 }
@@ -95,6 +98,27 @@ pub struct RmseDetails {
     pub mae: Option<f64>,
     pub count: usize,
     pub threshold: f64,
+}
+
+/// `interval_coverage`: the intervals served for some horizon step held their actual less often
+/// than `level − band` over the recent judged ones (firing), or every step is back (resolved).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoverageDetails {
+    pub state: AlertState,
+    pub level: f64,
+    pub band: f64,
+    /// The steps below the band (1 = the nearest); empty when resolved.
+    pub below: Vec<usize>,
+    /// Every step with enough judged intervals.
+    pub steps: Vec<StepCoverage>,
+}
+
+/// One step's empirical coverage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepCoverage {
+    pub step: usize,
+    pub coverage: f64,
+    pub judged: usize,
 }
 
 /// `feature_drift` (with `feature`) and `prediction_drift` (without): served values against the
@@ -232,6 +256,7 @@ pub enum Details {
     FallbackActive(FallbackDetails),
     ExecutionProviderFallback(ProviderFallbackDetails),
     ModelRejected(RejectedDetails),
+    IntervalCoverage(CoverageDetails),
 }
 
 impl Details {
@@ -246,6 +271,7 @@ impl Details {
             Details::FallbackActive(_) => AlertKind::FallbackActive,
             Details::ExecutionProviderFallback(_) => AlertKind::ExecutionProviderFallback,
             Details::ModelRejected(_) => AlertKind::ModelRejected,
+            Details::IntervalCoverage(_) => AlertKind::IntervalCoverage,
         }
     }
 
@@ -258,6 +284,7 @@ impl Details {
             Details::FallbackActive(d) => serde_json::to_value(d),
             Details::ExecutionProviderFallback(d) => serde_json::to_value(d),
             Details::ModelRejected(d) => serde_json::to_value(d),
+            Details::IntervalCoverage(d) => serde_json::to_value(d),
         };
         v.expect("alert details are plain data and always serialize")
     }
@@ -274,6 +301,7 @@ impl Details {
             AlertKind::FallbackActive => Details::FallbackActive(de(v)?),
             AlertKind::ExecutionProviderFallback => Details::ExecutionProviderFallback(de(v)?),
             AlertKind::ModelRejected => Details::ModelRejected(de(v)?),
+            AlertKind::IntervalCoverage => Details::IntervalCoverage(de(v)?),
         })
     }
 }
@@ -463,6 +491,20 @@ mod tests {
                     requested: "auto".into(),
                     using: "cpu".into(),
                     reason: "CUDA provider library not found".into(),
+                }),
+            ),
+            Alert::new(
+                m.clone(),
+                p,
+                Details::IntervalCoverage(CoverageDetails {
+                    state: AlertState::Firing,
+                    level: 0.9,
+                    band: 0.05,
+                    below: vec![2],
+                    steps: vec![
+                        StepCoverage { step: 1, coverage: 0.88, judged: 200 },
+                        StepCoverage { step: 2, coverage: 0.7, judged: 200 },
+                    ],
                 }),
             ),
             Alert::new(

@@ -536,6 +536,32 @@ pub struct PredictionOut<'a> {
     /// failed the batch); `model` then names the fallback.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fallback: bool,
+    /// The calibrated interval (`intervals.enabled`), or that there is none yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<IntervalOut<'a>>,
+}
+
+/// The interval a prediction carries (`interval` in `predictions`).
+#[derive(Debug, Serialize)]
+pub struct IntervalOut<'a> {
+    pub level: f64,
+    pub calibrated: bool,
+    /// Per step, only when calibrated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lower: Option<&'a [f64]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upper: Option<&'a [f64]>,
+}
+
+/// A prediction's interval as consumers read it back (the monitor judges coverage with it).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct IntervalIn {
+    pub level: f64,
+    pub calibrated: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lower: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upper: Vec<f64>,
 }
 
 impl PredictionOut<'_> {
@@ -563,6 +589,8 @@ pub struct Prediction {
     pub gap_filled: u32,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fallback: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<IntervalIn>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -713,6 +741,7 @@ mod tests {
             warmup: false,
             gap_filled: 0,
             fallback: false,
+            interval: None,
         };
         let mut buf = Vec::new();
         p.encode(&mut buf);

@@ -38,6 +38,9 @@ pub struct WaitingPrediction {
     /// The horizon step (0 = step 1) of `values[0]`: 0 for a whole forecast joined by id, h - 1
     /// for step h of a forecast joined by time.
     pub first_step: usize,
+    /// The interval the forecast was served with, per value of `values` (`(lower, upper)`);
+    /// empty when it carried none, or an uncalibrated one.
+    pub bounds: Vec<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,7 +98,7 @@ const SCORED_OVERHEAD: usize = 80;
 
 fn waiting_cost(id: &str, w: &Waiting) -> usize {
     let values = match w {
-        Waiting::Prediction(p) => p.values.len(),
+        Waiting::Prediction(p) => p.values.len() + 2 * p.bounds.len(),
         Waiting::Actual(a) => a.len(),
     };
     id.len() + values * 8 + ENTRY_OVERHEAD
@@ -311,7 +314,7 @@ mod tests {
     use super::*;
 
     fn p(v: f64) -> WaitingPrediction {
-        WaitingPrediction { key: 0, values: vec![v], first_step: 0 }
+        WaitingPrediction { key: 0, values: vec![v], first_step: 0, bounds: Vec::new() }
     }
 
     fn src(offset: i64) -> Source {

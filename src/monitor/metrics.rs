@@ -103,6 +103,8 @@ pub struct MonitorMetrics {
     step_mae: GaugeVec,
     step_bias: GaugeVec,
     step_mase: GaugeVec,
+    step_interval_half_width: GaugeVec,
+    step_interval_coverage: GaugeVec,
     /// The most steps any key has reported, so a removed key's step gauges can all go.
     steps_seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     joined: IntGaugeVec,
@@ -146,6 +148,16 @@ impl MonitorMetrics {
             step_mase: g(
                 "streamcast_monitor_step_mase",
                 "MASE of one horizon step against the seasonal-naive forecast (joined by time).",
+                step,
+            ),
+            step_interval_half_width: g(
+                "streamcast_monitor_step_interval_half_width",
+                "Calibrated half width of one horizon step's prediction interval (target units).",
+                step,
+            ),
+            step_interval_coverage: g(
+                "streamcast_monitor_step_interval_coverage",
+                "Share of one horizon step's recent intervals that held their actual.",
                 step,
             ),
             steps_seen: Default::default(),
@@ -196,12 +208,24 @@ impl MonitorMetrics {
         self.leader.set(i64::from(leads));
     }
 
+    /// The gauges labelled by horizon step.
+    fn step_gauges(&self) -> [&GaugeVec; 6] {
+        [
+            &self.step_rmse,
+            &self.step_mae,
+            &self.step_bias,
+            &self.step_mase,
+            &self.step_interval_half_width,
+            &self.step_interval_coverage,
+        ]
+    }
+
     /// Removes every per-model gauge (the leader's are the group's).
     pub fn clear(&self) {
         for g in [&self.rmse, &self.mae, &self.ks, &self.psi, &self.p_value] {
             g.reset();
         }
-        for g in [&self.step_rmse, &self.step_mae, &self.step_bias, &self.step_mase] {
+        for g in self.step_gauges() {
             g.reset();
         }
         for g in [&self.joined, &self.pending, &self.expired, &self.unmatched] {
@@ -221,7 +245,7 @@ impl MonitorMetrics {
         for step in 1..=self.steps_seen.load(std::sync::atomic::Ordering::Relaxed) {
             let step = step.to_string();
             let labels = [labels[0], labels[1], labels[2], step.as_str()];
-            for g in [&self.step_rmse, &self.step_mae, &self.step_bias, &self.step_mase] {
+            for g in self.step_gauges() {
                 let _ = g.remove_label_values(&labels);
             }
         }
@@ -244,6 +268,10 @@ impl MonitorMetrics {
             self.step_bias.with_label_values(&labels).set(s.bias.unwrap_or(f64::NAN));
             if let Some(mase) = key.mase.get(i).copied().flatten() {
                 self.step_mase.with_label_values(&labels).set(mase);
+            }
+            if let Some(interval) = key.intervals.get(i) {
+                self.step_interval_half_width.with_label_values(&labels).set(interval.half_width.unwrap_or(f64::NAN));
+                self.step_interval_coverage.with_label_values(&labels).set(interval.coverage.unwrap_or(f64::NAN));
             }
         }
     }

@@ -105,8 +105,9 @@ pub fn spawn(
         rejected: metrics.rejected(),
         error_counters: metrics.errors(),
         model_root: config.model.root.clone(),
+        intervals: config.intervals.clone(),
     };
-    let publisher = Publisher::new(cfg, model, &features, snapshots, metrics, alerts);
+    let publisher = Publisher::new(cfg, model, &features, snapshots, metrics, alerts).with_intervals(&config.intervals);
     let monitor = Monitor::new(start, run::alerts_reader(config)?, topics, schema, publisher);
     tracing::info!(group = %run::group_id(config), threshold, "Monitor started.");
     Ok(std::thread::Builder::new()

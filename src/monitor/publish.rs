@@ -9,14 +9,16 @@ use super::drift::{DriftReport, DriftStat, DriftTracker};
 use super::metrics::MonitorMetrics;
 use super::rolling::ErrorStats;
 use super::scoring::{KeyReport, Scoring};
-use super::snapshot::{Snapshot, SnapshotSink, StepStats, WindowDef};
+use super::snapshot::{IntervalDef, Snapshot, SnapshotSink, StepStats, WindowDef};
 use crate::alert::{Alert, AlertSink, AlertState, Details, DriftDetails, Gate, RetrainDetails, RetrainReason};
-use crate::config::MonitorConfig;
+use crate::config::{IntervalsConfig, MonitorConfig};
 use crate::event::{now_rfc3339, ModelRef};
 
 /// Publishes the monitor's findings; holds the gates of the served model's alerts.
 pub struct Publisher {
     cfg: MonitorConfig,
+    /// Calibrated intervals, when on: their settings go into every snapshot.
+    intervals: Option<IntervalsConfig>,
     /// The served model.
     model: ModelRef,
     snapshots: SnapshotSink,
@@ -39,6 +41,7 @@ impl Publisher {
     ) -> Publisher {
         Publisher {
             cfg: cfg.clone(),
+            intervals: None,
             model,
             snapshots,
             metrics,
@@ -47,6 +50,12 @@ impl Publisher {
             prediction_gate: Gate::new(cfg.alert_cooldown),
             last_schedule: Instant::now(),
         }
+    }
+
+    /// Describes the interval calibration in every snapshot.
+    pub fn with_intervals(mut self, cfg: &IntervalsConfig) -> Publisher {
+        self.intervals = cfg.enabled.then(|| cfg.clone());
+        self
     }
 
     /// Evaluates drift and the rolling errors as of `now`, and publishes what they show.
@@ -61,6 +70,7 @@ impl Publisher {
             self.metrics.remove_key(&model, variant);
         }
         alerts.extend(scoring.rmse_alerts(&stats, now));
+        alerts.extend(scoring.coverage_alerts(now));
         self.snapshots_and_gauges(scoring, &stats, &report, &at);
         alerts.extend(scoring.decide(&stats));
         for a in alerts {
@@ -161,7 +171,8 @@ impl Publisher {
         let unmatched_actuals = scoring.unmatched_actuals();
         for key in scoring.reports(stats) {
             self.metrics.set_key(&key);
-            self.snapshots.send(&snapshot(&key, &self.cfg, at, unmatched_actuals, report));
+            let intervals = self.intervals.as_ref();
+            self.snapshots.send(&snapshot(&key, &self.cfg, intervals, at, unmatched_actuals, report));
         }
         self.metrics.set_model(&self.model.name, unmatched_actuals, &report.features);
     }
@@ -170,6 +181,7 @@ impl Publisher {
 fn snapshot<'a>(
     key: &KeyReport<'a>,
     cfg: &MonitorConfig,
+    intervals: Option<&IntervalsConfig>,
     at: &'a str,
     unmatched_actuals: u64,
     report: &'a DriftReport,
@@ -190,8 +202,14 @@ fn snapshot<'a>(
             .steps
             .iter()
             .enumerate()
-            .map(|(i, s)| StepStats { step: i + 1, stats: *s, mase: key.mase.get(i).copied().flatten() })
+            .map(|(i, s)| StepStats {
+                step: i + 1,
+                stats: *s,
+                mase: key.mase.get(i).copied().flatten(),
+                interval: key.intervals.get(i).copied(),
+            })
             .collect(),
+        interval: intervals.map(|c| IntervalDef { level: c.level, method: c.method, coverage_band: c.coverage_band }),
         drift: &report.features,
         prediction_drift: report.prediction.as_ref(),
         drifted_features: &report.drifted,

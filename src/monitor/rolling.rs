@@ -162,6 +162,11 @@ impl RollingError {
         self.entries.len()
     }
 
+    /// The errors in the window, oldest first.
+    pub fn errors(&self) -> impl Iterator<Item = f64> + '_ {
+        self.entries.iter().map(|&(_, e)| e)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

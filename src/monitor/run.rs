@@ -240,6 +240,7 @@ pub struct Start {
     pub error_counters: super::metrics::ErrorCounters,
     /// Where the served model's other versions are (`model.root`).
     pub model_root: std::path::PathBuf,
+    pub intervals: crate::config::IntervalsConfig,
 }
 
 /// How many primary predictions in a row must carry another version before the monitor follows
@@ -256,7 +257,8 @@ impl Start {
     pub fn scoring(&self) -> Scoring {
         let scoring = Scoring::new(&self.cfg, self.model.clone(), self.threshold, self.shadow, self.variants.clone())
             .with_rejected_counter(self.rejected.clone())
-            .with_error_counters(self.error_counters.clone());
+            .with_error_counters(self.error_counters.clone())
+            .with_intervals(&self.intervals);
         let m = &self.bundle.manifest;
         match (self.cfg.join_by, m.frequency) {
             (crate::config::JoinBy::Time, Some(step)) => scoring.with_time_join(step, m.horizon),

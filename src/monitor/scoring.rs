@@ -10,12 +10,15 @@ use lru::LruCache;
 
 use super::join::{JoinBuffer, Offer, Side, Source, WaitingPrediction};
 use super::rolling::{ErrorStats, RollingError};
+use super::snapshot::StepInterval;
 use crate::alert::{
     Alert, AlertState, DecisionSource, Details, Gate, RetrainDetails, RetrainEvidence, RetrainReason, RmseDetails,
     Transition, VariantScore,
 };
-use crate::config::{MonitorConfig, VariantsConfig};
+use crate::alert::{CoverageDetails, StepCoverage};
+use crate::config::{IntervalMethod, IntervalsConfig, MonitorConfig, VariantsConfig};
 use crate::event::{Actual, ModelRef, Prediction, Variant};
+use crate::interval::{conformal_quantile, Aci, Coverage};
 
 /// At most this many model version × variant keys are tracked at once; a key idle for the
 /// rolling window and the join TTL frees its slot for a new one.
@@ -73,6 +76,11 @@ struct Scored {
     /// Per step, the model's errors and the seasonal-naive forecast's on the same targets
     /// (joined by time, where the naive forecast's observation was seen): MASE is their MAE ratio.
     mase: Vec<(RollingError, RollingError)>,
+    /// Per step, whether the intervals served were hit (`intervals.coverage_window` of them).
+    coverage: Vec<Coverage>,
+    /// Per step, ACI's level (`intervals.method = "aci"`).
+    aci: Vec<Aci>,
+    coverage_gate: Gate,
     rmse_gate: Gate,
     above_since: Option<Instant>,
     retrain_requested: bool,
@@ -115,6 +123,8 @@ pub struct KeyReport<'a> {
     pub steps: Vec<ErrorStats>,
     /// Per step, MASE against the seasonal-naive forecast (joined by time only).
     pub mase: Vec<Option<f64>>,
+    /// Per step, the calibrated interval and its coverage (`intervals.enabled`).
+    pub intervals: Vec<StepInterval>,
     /// Predictions waiting for their actual.
     pub pending: u64,
     /// Predictions whose actual never came (cumulative).
@@ -151,6 +161,8 @@ pub struct Scoring {
     /// Joined by time: each series' recent observed values `(time, value)`, oldest first, for
     /// the seasonal-naive forecast that MASE compares with.
     history: LruCache<String, VecDeque<(i64, f64)>>,
+    /// Calibrated intervals, when on.
+    intervals: Option<IntervalsConfig>,
 }
 
 /// Joining by time: step h of a forecast issued at t waits under (series, t + h·step, h), and an
@@ -233,6 +245,7 @@ impl Scoring {
             resumed: HashMap::new(),
             time: None,
             history: LruCache::new(NonZeroUsize::new(MAX_HISTORY_SERIES).expect("non-zero")),
+            intervals: None,
         };
         // The served model's primary variant always has a snapshot, so drift is published even
         // before any prediction has been read.
@@ -291,6 +304,12 @@ impl Scoring {
         self
     }
 
+    /// Calibrates intervals from each step's errors and judges the intervals served.
+    pub fn with_intervals(mut self, cfg: &IntervalsConfig) -> Scoring {
+        self.intervals = cfg.enabled.then(|| cfg.clone());
+        self
+    }
+
     pub fn with_rejected_counter(mut self, rejected: prometheus::IntCounterVec) -> Scoring {
         self.rejected = rejected;
         self
@@ -337,6 +356,9 @@ impl Scoring {
             rolling: RollingError::new(self.cfg.window_count, self.cfg.window_duration),
             by_step: Vec::new(),
             mase: Vec::new(),
+            coverage: Vec::new(),
+            aci: Vec::new(),
+            coverage_gate: Gate::new(self.cfg.alert_cooldown),
             rmse_gate: Gate::new(self.cfg.alert_cooldown),
             above_since: None,
             retrain_requested: false,
@@ -379,16 +401,19 @@ impl Scoring {
             let join = if shadow { self.shadow_join.as_mut().expect("checked by the caller") } else { &mut self.join };
             match time {
                 None => {
-                    let waiting = WaitingPrediction { key, values: p.prediction, first_step: 0 };
+                    let bounds = served_bounds(&p);
+                    let waiting = WaitingPrediction { key, values: p.prediction, first_step: 0, bounds };
                     offers.push((join.offer_prediction(&p.id, waiting, src, now), None));
                 }
                 Some(t) => {
                     let Some(issued) = millis(&p.timestamp) else {
                         return self.reject(Rejection::UnparsablePrediction);
                     };
+                    let bounds = served_bounds(&p);
                     for (i, value) in p.prediction.iter().enumerate() {
                         let target = issued.saturating_add(t.step_ms.saturating_mul(i as i64 + 1));
-                        let waiting = WaitingPrediction { key, values: vec![*value], first_step: i };
+                        let bounds = bounds.get(i).map(|b| vec![*b]).unwrap_or_default();
+                        let waiting = WaitingPrediction { key, values: vec![*value], first_step: i, bounds };
                         let offer = join.offer_prediction(&time_id(&p.series_id, target, i + 1), waiting, src, now);
                         offers.push((offer, Some((target, i + 1))));
                     }
@@ -486,6 +511,19 @@ impl Scoring {
             let (model, baseline) = &mut scored.mase[first];
             model.push(at, *error);
             baseline.push(at, naive - actual[0]);
+        }
+        // Coverage of the interval the forecast was served with, and ACI's reaction to it.
+        if let Some(cfg) = &self.intervals {
+            for (i, ((lower, upper), a)) in prediction.bounds.iter().zip(&actual).enumerate() {
+                let step = first + i;
+                while scored.coverage.len() <= step {
+                    scored.coverage.push(Coverage::new(cfg.coverage_window));
+                    scored.aci.push(Aci::new(cfg.level, cfg.aci_gamma));
+                }
+                let covered = *lower <= *a && *a <= *upper;
+                scored.coverage[step].push(covered);
+                scored.aci[step].update(covered);
+            }
         }
         scored.window_entries += entries;
         scored.window_pairs.push_back(WindowPair { entries, prediction: prediction_source, actual: actual_source });
@@ -590,9 +628,14 @@ impl Scoring {
         if let Some(j) = &self.shadow_join {
             pending.extend(j.pending_by_key());
         }
+        let mut scratch = Vec::new();
         self.keys.iter().zip(stats).enumerate().map(move |(i, (k, stats))| KeyReport {
             model: &k.model,
             variant: k.variant,
+            intervals: match &self.intervals {
+                Some(cfg) => k.intervals(cfg, &mut scratch),
+                None => Vec::new(),
+            },
             stats: *stats,
             steps: k.by_step.iter().map(RollingError::snapshot).collect(),
             mase: k
@@ -618,6 +661,13 @@ impl Scoring {
             alerts.extend(k.retrain_request(stats, threshold, self.cfg.retrain_after, now));
         }
         alerts
+    }
+
+    /// Updates every key's coverage gate; returns the `interval_coverage` alerts it raised.
+    pub fn coverage_alerts(&mut self, now: Instant) -> Vec<Alert> {
+        let Some(cfg) = &self.intervals else { return Vec::new() };
+        let min = self.cfg.min_joined.min(cfg.coverage_window).max(1);
+        self.keys.iter_mut().filter_map(|k| k.coverage_alert(cfg, min, now)).collect()
     }
 
     /// Applies the rollback/promotion rule to the configured primary and candidate, once.
@@ -711,8 +761,67 @@ impl Scored {
         Some(self.alert(Details::RetrainRequested(d)))
     }
 
+    /// Each step's calibrated half width (the conformal quantile of its window's absolute errors)
+    /// and coverage. `scratch` is reused across keys.
+    fn intervals(&self, cfg: &IntervalsConfig, scratch: &mut Vec<f64>) -> Vec<StepInterval> {
+        let aci = cfg.method == IntervalMethod::Aci;
+        (0..self.by_step.len())
+            .map(|step| {
+                let window = &self.by_step[step];
+                scratch.clear();
+                scratch.extend(window.errors().map(f64::abs));
+                let level = match self.aci.get(step) {
+                    Some(a) if aci => a.level(),
+                    _ => cfg.level,
+                };
+                let half_width =
+                    if scratch.len() >= cfg.min_residuals { conformal_quantile(scratch, level, aci) } else { None };
+                let coverage = self.coverage.get(step);
+                StepInterval {
+                    half_width,
+                    residuals: window.len(),
+                    level,
+                    coverage: coverage.and_then(Coverage::rate),
+                    judged: coverage.map_or(0, Coverage::len),
+                }
+            })
+            .collect()
+    }
+
+    /// Feeds the coverage gate: it fires when a step with at least `min` judged intervals covers
+    /// less than `level − band`, and resolves when every judged step is back within the band.
+    /// Too wide an interval (coverage above the band) is shown in snapshots but does not page:
+    /// it is conservative, not wrong, and ACI passes through it after every recovery.
+    fn coverage_alert(&mut self, cfg: &IntervalsConfig, min: usize, now: Instant) -> Option<Alert> {
+        let steps: Vec<StepCoverage> = self
+            .coverage
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.len() >= min)
+            .filter_map(|(i, c)| Some(StepCoverage { step: i + 1, coverage: c.rate()?, judged: c.len() }))
+            .collect();
+        let floor = cfg.level - cfg.coverage_band;
+        let firing = steps.iter().any(|s| s.coverage < floor);
+        let clear = !steps.is_empty() && !firing;
+        let state = AlertState::of(self.coverage_gate.update(firing, clear, now))?;
+        let below = steps.iter().filter(|s| s.coverage < floor).map(|s| s.step).collect();
+        let d = CoverageDetails { state, level: cfg.level, band: cfg.coverage_band, below, steps };
+        Some(self.alert(Details::IntervalCoverage(d)))
+    }
+
     fn alert(&self, details: Details) -> Alert {
         Alert::new(self.model.clone(), Some(self.variant), details)
+    }
+}
+
+/// The interval a forecast was served with, as `(lower, upper)` per step; empty when it carried
+/// none, an uncalibrated one, or bounds that do not match its horizon.
+fn served_bounds(p: &Prediction) -> Vec<(f64, f64)> {
+    match &p.interval {
+        Some(i) if i.calibrated && i.lower.len() == p.prediction.len() && i.upper.len() == p.prediction.len() => {
+            i.lower.iter().copied().zip(i.upper.iter().copied()).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -724,6 +833,7 @@ fn rmse_details(state: AlertState, stats: &ErrorStats, threshold: f64) -> RmseDe
 mod tests {
     use super::*;
     use crate::alert::AlertKind;
+    use crate::event::IntervalIn;
 
     fn model() -> ModelRef {
         ModelRef { name: "m".into(), version: "1".into() }
@@ -742,6 +852,7 @@ mod tests {
             warmup: false,
             gap_filled: 0,
             fallback: false,
+            interval: None,
         }
     }
 
@@ -885,5 +996,47 @@ mod tests {
         let stats = s.advance(chrono::Utc::now().timestamp_millis());
         let pending: Vec<_> = s.reports(&stats).map(|k| (k.variant, k.pending, k.expired)).collect();
         assert_eq!(pending, [(Variant::Primary, 1, 0), (Variant::Shadow, 2, 0)]);
+    }
+
+    #[test]
+    fn coverage_of_served_intervals_fires_resolves_and_calibrates() {
+        let cfg = MonitorConfig { min_joined: 5, alert_cooldown: Duration::ZERO, ..MonitorConfig::default() };
+        let intervals = IntervalsConfig { coverage_window: 10, min_residuals: 9, ..IntervalsConfig::default() };
+        let mut s = Scoring::new(&cfg, model(), None, false, VariantsConfig::default()).with_intervals(&intervals);
+        let now = Instant::now();
+        let offer = |s: &mut Scoring, i: i64, error: f64| {
+            let mut p = prediction(&format!("e{i}"), 10.0);
+            p.interval = Some(IntervalIn { level: 0.9, calibrated: true, lower: vec![9.0], upper: vec![11.0] });
+            s.offer_prediction(p, at(2 * i), now);
+            s.offer_actual(actual(&format!("e{i}"), 10.0 - error), at(2 * i + 1), now);
+        };
+        // Ten misses (|error| 2..=11): coverage 0, below the band.
+        for i in 0..10 {
+            offer(&mut s, i, (i + 2) as f64);
+        }
+        let fired = s.coverage_alerts(now);
+        let Some(Details::IntervalCoverage(d)) = fired.first().map(|a| &a.details) else { panic!("{fired:?}") };
+        assert_eq!(
+            (d.state, d.below.as_slice(), d.steps[0].coverage, d.steps[0].judged),
+            (AlertState::Firing, &[1][..], 0.0, 10)
+        );
+        // The split-conformal half width over the ten errors: ⌈11 · 0.9⌉ = 10th smallest = 11.
+        let stats = s.advance(chrono::Utc::now().timestamp_millis());
+        let report = s.reports(&stats).next().unwrap();
+        assert_eq!((report.intervals[0].half_width, report.intervals[0].residuals), (Some(11.0), 10));
+        // Ten hits fill the coverage window: resolved once.
+        for i in 10..20 {
+            offer(&mut s, i, 0.5);
+        }
+        assert_eq!(kinds(&s.coverage_alerts(now)), [AlertKind::IntervalCoverage]);
+        assert!(s.coverage_alerts(now).is_empty(), "resolved once");
+        // A forecast that carried no interval (or an uncalibrated one) is not judged.
+        let mut p = prediction("bare", 10.0);
+        p.interval = Some(IntervalIn { level: 0.9, calibrated: false, lower: Vec::new(), upper: Vec::new() });
+        s.offer_prediction(p, at(100), now);
+        s.offer_actual(actual("bare", 0.0), at(101), now);
+        let stats = s.advance(chrono::Utc::now().timestamp_millis());
+        let report = s.reports(&stats).next().unwrap();
+        assert_eq!((report.intervals[0].coverage, report.intervals[0].judged), (Some(1.0), 10));
     }
 }

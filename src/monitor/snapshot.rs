@@ -29,6 +29,9 @@ pub struct Snapshot<'a> {
     /// The same errors by horizon step, step 1 first; absent before any join.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_step: Vec<StepStats>,
+    /// How intervals are calibrated (`intervals.enabled`); each step's in `per_step`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<IntervalDef>,
     /// The served model's drift, repeated in every variant's snapshot.
     pub drift: &'a BTreeMap<String, DriftStat>,
     pub prediction_drift: Option<&'a DriftStat>,
@@ -46,6 +49,35 @@ pub struct StepStats {
     /// MAE over the seasonal-naive forecast's MAE on the same targets (joined by time only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mase: Option<f64>,
+    /// The step's calibrated interval and its coverage (`intervals.enabled`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<StepInterval>,
+}
+
+/// The interval settings a snapshot's calibration follows.
+#[derive(Debug, Serialize)]
+pub struct IntervalDef {
+    /// The nominal coverage; workers serve a calibration only at their own configured level.
+    pub level: f64,
+    pub method: crate::config::IntervalMethod,
+    pub coverage_band: f64,
+}
+
+/// One step's calibration: what workers put around forecasts, and how it has done.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StepInterval {
+    /// The conformal quantile of the window's absolute errors: the interval is the forecast
+    /// ± this. `null` until the window holds `intervals.min_residuals` errors (and, for the
+    /// split rule, enough for the level: ⌈(n + 1)·level⌉ ≤ n).
+    pub half_width: Option<f64>,
+    /// Errors in the window the quantile was taken over.
+    pub residuals: usize,
+    /// The level the quantile was taken at: the nominal one, or ACI's current one.
+    pub level: f64,
+    /// Share of the last judged intervals that held their actual.
+    pub coverage: Option<f64>,
+    /// Judged intervals that `coverage` is over.
+    pub judged: usize,
 }
 
 /// The rolling error window a snapshot's numbers cover.
@@ -122,7 +154,9 @@ mod tests {
                 step: 1,
                 stats: ErrorStats { count: 2, rmse: Some(1.5), mae: Some(1.0), bias: Some(-0.5) },
                 mase: None,
+                interval: None,
             }],
+            interval: None,
             drift: &drift,
             prediction_drift: None,
             drifted_features: &[],

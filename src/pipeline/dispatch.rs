@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use super::publish::Publisher;
 use super::{Origin, RequestOrigin, Scored, StreamOrigin};
-use crate::event::{now_rfc3339, ModelRef, PredictionOut, RejectKind, Variant};
+use crate::event::{now_rfc3339, IntervalIn, IntervalOut, ModelRef, PredictionOut, RejectKind, Variant};
 use crate::inference::batcher::RowStatus;
 use crate::inference::{BatchOutcome, InferenceError, Job, JobSink};
+use crate::interval::{CalibrationTable, SharedCalibration};
 use crate::telemetry::events::{BatchPublished, InternalEvent};
 use crate::telemetry::Metrics;
 
@@ -23,36 +24,77 @@ struct Row<'a> {
     produced_at: &'a str,
 }
 
+/// Puts the monitor's calibrated interval around forecasts (`intervals.enabled`).
+pub struct Intervals {
+    shared: SharedCalibration,
+    level: f64,
+    /// The table as of the current batch: read once per batch, not per row.
+    table: Arc<CalibrationTable>,
+    /// Reused bounds of the row being encoded.
+    lower: Vec<f64>,
+    upper: Vec<f64>,
+}
+
+impl Intervals {
+    pub fn new(shared: SharedCalibration, level: f64) -> Intervals {
+        Intervals { table: shared.current(), shared, level, lower: Vec::new(), upper: Vec::new() }
+    }
+
+    fn refresh(&mut self) {
+        self.table = self.shared.current();
+    }
+
+    /// The interval of `prediction` by `model` × `variant`; `lower`/`upper` hold its bounds.
+    fn of(&mut self, model: &ModelRef, variant: Variant, prediction: &[f32]) -> IntervalOut<'_> {
+        let calibrated = match self.table.get(model, variant) {
+            Some(c) => c.bounds(prediction, &mut self.lower, &mut self.upper),
+            None => false,
+        };
+        IntervalOut {
+            level: self.level,
+            calibrated,
+            lower: calibrated.then_some(self.lower.as_slice()),
+            upper: calibrated.then_some(self.upper.as_slice()),
+        }
+    }
+}
+
 /// Publishes streamed events' predictions and dead letters.
 pub struct StreamPublisher {
     publisher: Publisher,
     metrics: Arc<Metrics>,
     /// Reused for every encoded prediction.
     buf: Vec<u8>,
+    intervals: Option<Intervals>,
 }
 
 impl StreamPublisher {
-    pub fn new(publisher: Publisher, metrics: Arc<Metrics>) -> StreamPublisher {
-        StreamPublisher { publisher, metrics, buf: Vec::with_capacity(512) }
+    pub fn new(publisher: Publisher, metrics: Arc<Metrics>, intervals: Option<Intervals>) -> StreamPublisher {
+        StreamPublisher { publisher, metrics, buf: Vec::with_capacity(512), intervals }
     }
 
     fn publish(&mut self, mut o: StreamOrigin, row: Row<'_>) {
         let latency = o.received.elapsed();
         let latency_ms = latency.as_secs_f64() * 1e3;
-        let prediction = |prediction, model, variant, fallback| PredictionOut {
-            id: &o.id,
-            series_id: &o.series_id,
-            timestamp: &o.timestamp,
-            prediction,
-            model,
-            variant,
-            latency_ms,
-            produced_at: row.produced_at,
-            warmup: o.warmup,
-            gap_filled: o.gap_filled,
-            fallback,
+        let mut intervals = self.intervals.as_mut();
+        let mut encode = |prediction: &[f32], model, variant, fallback, buf: &mut Vec<u8>| {
+            PredictionOut {
+                id: &o.id,
+                series_id: &o.series_id,
+                timestamp: &o.timestamp,
+                prediction,
+                model,
+                variant,
+                latency_ms,
+                produced_at: row.produced_at,
+                warmup: o.warmup,
+                gap_filled: o.gap_filled,
+                fallback,
+                interval: intervals.as_mut().map(|i| i.of(model, variant, prediction)),
+            }
+            .encode(buf)
         };
-        prediction(row.prediction, row.model, row.variant, row.fallback).encode(&mut self.buf);
+        encode(row.prediction, row.model, row.variant, row.fallback, &mut self.buf);
         if !self.publisher.fits(o.series_id.len(), self.buf.len()) {
             // Only a huge horizon gets here (ids are bounded at decoding): dead-letter the event
             // rather than have the producer refuse the prediction.
@@ -71,7 +113,7 @@ impl StreamPublisher {
         drop(send);
         self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
         if let Some((model, values)) = row.shadow {
-            prediction(values, model, Variant::Shadow, false).encode(&mut self.buf);
+            encode(values, model, Variant::Shadow, false, &mut self.buf);
             // Its primary prediction fitted, and it is the same size but for the variant name.
             self.publisher.shadow(&o.series_id, &self.buf);
             self.metrics.predictions.with_label_values(&[Variant::Shadow.as_str()]).inc();
@@ -155,6 +197,9 @@ impl Dispatcher {
         };
         // One timestamp per batch: every prediction of a batch is produced at the same moment.
         let produced_at = now_rfc3339();
+        if let Some(i) = self.stream.intervals.as_mut() {
+            i.refresh();
+        }
         for (i, (job, prediction)) in outcome.jobs.drain(..).zip(predictions.chunks_exact(h)).enumerate() {
             let (model, variant) = match (job.candidate, outcome.candidate) {
                 (true, Some(candidate)) => (candidate, Variant::Candidate),
@@ -180,12 +225,24 @@ impl Dispatcher {
                     }
                     published.by_fallback += u64::from(fallback);
                 }
-                Origin::Request(r) => r.answer(Ok(Scored {
-                    prediction: prediction.to_vec(),
-                    model: model.clone(),
-                    produced_at: produced_at.clone(),
-                    fallback,
-                })),
+                Origin::Request(r) => {
+                    let interval = self.stream.intervals.as_mut().map(|i| {
+                        let out = i.of(model, variant, prediction);
+                        IntervalIn {
+                            level: out.level,
+                            calibrated: out.calibrated,
+                            lower: out.lower.map(<[f64]>::to_vec).unwrap_or_default(),
+                            upper: out.upper.map(<[f64]>::to_vec).unwrap_or_default(),
+                        }
+                    });
+                    r.answer(Ok(Scored {
+                        prediction: prediction.to_vec(),
+                        model: model.clone(),
+                        produced_at: produced_at.clone(),
+                        fallback,
+                        interval,
+                    }))
+                }
             }
         }
         published.emit(&self.metrics);

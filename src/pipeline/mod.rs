@@ -68,6 +68,8 @@ pub struct Scored {
     pub produced_at: String,
     /// Served by the fallback rather than the selected model.
     pub fallback: bool,
+    /// The calibrated interval, when intervals are on.
+    pub interval: Option<crate::event::IntervalIn>,
 }
 
 /// A `/predict` event waiting for its prediction. It holds one of the gate's permits until
@@ -286,6 +288,10 @@ impl Worker {
         if variants.shadow.is_some() {
             wanted.push(&config.topics.shadow);
         }
+        // The monitor's calibration arrives in its snapshots.
+        if config.intervals.enabled {
+            wanted.push(&config.topics.metrics);
+        }
         require_topics(&consumer, &wanted, config)?;
         // The cluster just answered; statistics keep this current from here on.
         health.broker_up.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -312,7 +318,16 @@ impl Worker {
         let scorer = build_scorer(config, primary, variants, &alerts, &metrics)
             .map_models(|m| m.with_reloads(reloads_rx).with_controls(controls_rx));
         let batcher = Batcher::new(scorer, BatchingOptions::from(&config.batching));
-        let mut sink = Dispatcher::new(StreamPublisher::new(publisher.clone(), metrics.clone()), metrics.clone());
+        let intervals = if config.intervals.enabled {
+            let shared = crate::interval::SharedCalibration::default();
+            // Ends with the shutdown signal; nothing waits for it (it only reads).
+            crate::interval::spawn_follower(config, shared.clone(), shutdown.clone()).map_err(ClusterError::Client)?;
+            Some(dispatch::Intervals::new(shared, config.intervals.level))
+        } else {
+            None
+        };
+        let stream = StreamPublisher::new(publisher.clone(), metrics.clone(), intervals);
+        let mut sink = Dispatcher::new(stream, metrics.clone());
         let inference_thread = std::thread::Builder::new()
             .name("streamcast-inference".into())
             .spawn(move || batcher.run(jobs_rx, &mut sink))

@@ -546,3 +546,21 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A model root holding co2-gru version 1 (window 16, H = 4) declaring a weekly `frequency`.
+pub fn weekly_co2_gru_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("co2-gru/1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = repo().join("models/co2-gru/1");
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("bundle.json")).unwrap()).unwrap();
+    manifest["frequency"] = "7d".into();
+    manifest["frequency_tolerance"] = "1d".into();
+    std::fs::write(dir.join("bundle.json"), manifest.to_string()).unwrap();
+    root
+}
