@@ -39,6 +39,10 @@ whole wait even when data is there; Kafka does not):
      or p99 over 250 ms), or to 90 % of what the producer loop sustained; each step is printed,
      and streamcast runs at the rate passthrough held. "p99 added over passthrough" is streamcast's
      p99 minus passthrough's at the same rate, on the same broker.
+BENCH_FORECAST (default 1; 0 skips it) adds what the forecasting features cost: streamcast on
+co2-gru observation events on a weekly grid per series (BENCH_FORECAST_EVENTS, 200000; the median
+of BENCH_FORECAST_REPEATS, 3, interleaved runs), backlog only, without intervals or
+event-time windows, with calibrated intervals, with event-time windows, and with both.
 The bench's producers use linger.ms 5. BENCH_TLS=1 adds streamcast co2-mlp (observation events)
 over TLS ("co2-mlp-tls"): nisshi cannot serve TLS, so a second nisshi (NISSHI) sits behind the
 tests' TLS-terminating proxy (tests/e2e/tls_proxy.py, single-threaded Python asyncio) with a
@@ -86,6 +90,8 @@ SATURATED_MS = 250
 ABORT_S = 1.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TIMESTAMP = "2026-11-26T19:00:00Z"
+GRID_START = 0  # 1970-01-01, a Thursday: weekly steps from there
+WEEK_S = 7 * 86400
 
 
 def selection() -> tuple:
@@ -117,13 +123,15 @@ class Events:
     in a scrambled order per series; window events carry `window` consecutive rows (and the last
     one as `features`)."""
 
-    def __init__(self, form: str, window: int):
-        self.form, self.window = form, window
+    def __init__(self, form: str, window: int, grid: bool = False):
+        self.form, self.window, self.grid = form, window, grid
         self._windows: dict = {}
 
     def __call__(self, i: int, prefix: str) -> tuple:
         series = f"s-{i % 200}"
-        head = f'{{"id":"{prefix}-{i}","series_id":"{series}","timestamp":"{TIMESTAMP}","features":'
+        # On a grid, each series' events are consecutive weeks (event-time windows need that).
+        ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(GRID_START + (i // 200) * WEEK_S)) if self.grid else TIMESTAMP
+        head = f'{{"id":"{prefix}-{i}","series_id":"{series}","timestamp":"{ts}","features":'
         if self.form == "observation":
             return series, (head + ROW_JSON[(i * 7 + (i % 200) * 31) % len(DATA)] + "}").encode()
         start = (i * 7 + (i % 200) * 31) % (len(DATA) - self.window + 1)
@@ -157,7 +165,7 @@ def delete_topics(names: dict) -> None:
             print(f"bench: could not delete a topic: {e}", file=sys.stderr)
 
 
-def config(names: dict, model: str, passthrough: bool) -> str:
+def config(names: dict, model: str, passthrough: bool, extra: str = "", root: Path | None = None) -> str:
     return f"""
 [kafka]
 "bootstrap.servers" = "{BOOT}"
@@ -174,7 +182,7 @@ actuals = "{names['act']}"
 metrics = "{names['met']}"
 alerts = "{names['alr']}"
 [model]
-root = "{ROOT / 'models'}"
+root = "{root or ROOT / 'models'}"
 name = "{model}"
 version = "1"
 execution_provider = "cpu"
@@ -185,13 +193,13 @@ listen = ""
 [telemetry]
 log_format = "text"
 log_level = "warn"
-"""
+{extra}"""
 
 
-def start_worker(worker: str, names: dict, model: str, log: Path) -> subprocess.Popen:
+def start_worker(worker: str, names: dict, model: str, log: Path, extra: str = "", root: Path | None = None) -> subprocess.Popen:
     if worker in ("streamcast", "passthrough"):
         cfg = Path(tempfile.mkstemp(suffix=".toml")[1])
-        cfg.write_text(config(names, model, worker == "passthrough"))
+        cfg.write_text(config(names, model, worker == "passthrough", extra, root))
         # --role worker: the monitor side task would add its own reads to the worker's CPU figures.
         cmd = [str(BIN), "run", "--role", "worker", "--config", str(cfg)]
     else:
@@ -252,7 +260,8 @@ def quantile(xs: list, p: float) -> float:
 
 # -- the phases of a case -----------------------------------------------------------------------
 def warm_up(rig: "Rig") -> None:
-    key, value = rig.events(0, "warm")
+    # Index -1: on a grid, the week before every backlog event of its series.
+    key, value = rig.events(-1, "warm")
     rig.prod.produce(rig.topic, key=key, value=value)
     rig.prod.flush(30)
     deadline = time.monotonic() + 120
@@ -444,9 +453,10 @@ def high_rate(rig: "Rig", result: dict, group: dict) -> None:
 class Rig:
     """One worker on fresh topics, warmed up, with the bench's producer and reader."""
 
-    def __init__(self, worker: str, model: str, form: str, tag: str):
-        self.worker, self.model, self.tag = worker, model, tag
-        self.events = Events(form, bundle_window(model))
+    def __init__(self, worker: str, model: str, form: str, tag: str, extra: str = "", root: Path | None = None,
+                 grid: bool = False):
+        self.worker, self.model, self.tag, self.extra, self.root = worker, model, tag, extra, root
+        self.events = Events(form, bundle_window(model), grid)
         self.log = ROOT / ".bench" / f"{tag}.log"
         self.log.write_text("")
         self.prod = Producer({"bootstrap.servers": BOOT, **SECURITY, "linger.ms": 5, "queue.buffering.max.messages": 2000000,
@@ -458,7 +468,7 @@ class Rig:
         self.names = create_topics(self.tag)
         self.topic = self.names["in"]
         self.c = reader(self.names["pred"])
-        self.proc = start_worker(self.worker, self.names, self.model, self.log)
+        self.proc = start_worker(self.worker, self.names, self.model, self.log, self.extra, self.root)
         warm_up(self)
 
     def stop(self) -> None:
@@ -642,6 +652,75 @@ def summarize(model: str, form: str, cases: dict, group: dict) -> tuple:
     return lines, r
 
 
+# -- forecasting features: what intervals and event-time windows cost ----------------------------
+FORECAST_MODEL = "co2-gru"
+FORECAST_N = int(env("BENCH_FORECAST_EVENTS", "200000"))
+FORECAST_REPEATS = int(env("BENCH_FORECAST_REPEATS", "3"))
+
+
+def forecast_cases() -> list:
+    """streamcast alone, co2-gru observation events on a weekly grid per series, backlog only:
+    the path without intervals or event-time windows, then with calibrated intervals (a
+    calibration snapshot is published to the metrics topic first, so every prediction carries
+    bounds), with event-time windows (a copy of the bundle declaring `frequency = 7d`), and both."""
+    weekly = Path(tempfile.mkdtemp(prefix="bench-weekly-"))
+    src = ROOT / "models" / FORECAST_MODEL / "1"
+    dst = weekly / FORECAST_MODEL / "1"
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((dst / "bundle.json").read_text())
+    manifest["frequency"] = "7d"
+    (dst / "bundle.json").write_text(json.dumps(manifest))
+    horizon = manifest["horizon"]
+    off, on = "[intervals]\nenabled = false\n", "[intervals]\nenabled = true\n"
+    variants = [("current path", off, None), ("+ intervals", on, None), ("+ event-time windows", off, weekly),
+                ("+ both", on, weekly)]
+    runs: dict = {name: [] for name, _, _ in variants}
+    # Interleaved repeats, each variant's median reported: one drain is a few hundred 10 ms CPU
+    # ticks, and the machine's other load moves a single run by several percent.
+    for r in range(FORECAST_REPEATS):
+        for name, extra, root in variants:
+            tag = f"forecast-{name.strip('+ ').replace(' ', '-')}-{r}"
+            print(f"bench: {tag} ...", file=sys.stderr, flush=True)
+            rig = Rig("streamcast", FORECAST_MODEL, "observation", tag, extra, root, grid=True)
+            try:
+                rig.start()
+                if "enabled = true" in extra:
+                    snap = {"model": {"name": FORECAST_MODEL, "version": "1"}, "variant": "primary",
+                            "interval": {"level": 0.9, "method": "split", "coverage_band": 0.05},
+                            "per_step": [{"step": h + 1, "interval": {"half_width": 0.5 + 0.1 * h}} for h in range(horizon)]}
+                    rig.prod.produce(rig.names["met"], key=FORECAST_MODEL, value=json.dumps(snap).encode())
+                    rig.prod.flush(30)
+                    time.sleep(2)
+                figures, values = backlog(rig, FORECAST_N)
+                calibrated = sum(1 for v in values if (orjson.loads(v).get("interval") or {}).get("calibrated"))
+                runs[name].append({**figures, "calibrated_intervals": calibrated})
+                del values
+            finally:
+                rig.stop()
+    out = []
+    for name, figures in runs.items():
+        by_cpu = sorted(figures, key=lambda f: f["cpu_ms_per_1000_events"])
+        median = by_cpu[len(by_cpu) // 2]
+        out.append({"variant": name, **median, "cpu_ms_per_1000_events_runs": [f["cpu_ms_per_1000_events"] for f in figures]})
+    return out
+
+
+def forecast_report(cases: list) -> list:
+    base = cases[0].get("cpu_ms_per_1000_events")
+    lines = [f"forecasting features: streamcast, {FORECAST_MODEL}, observation events on a weekly grid "
+             f"(backlog {FORECAST_N}; median of {FORECAST_REPEATS} interleaved runs by CPU)",
+             f"  {'variant':<24}{'events/s':>10}{'CPU ms/1k':>11}{'vs current':>12}{'calibrated':>12}  runs (CPU ms/1k)"]
+    for c in cases:
+        cpu = c.get("cpu_ms_per_1000_events")
+        runs = ", ".join(fmt(x, ".2f") for x in c["cpu_ms_per_1000_events_runs"])
+        lines.append(f"  {c['variant']:<24}{fmt(c.get('events_per_s'), ',.0f'):>10}{fmt(cpu, '.2f'):>11}"
+                     f"{fmt(ratio(cpu, base), '.2f'):>12}{c['calibrated_intervals']:>12,}  {runs}")
+    lines.append("  (acceptance: each at most 1.10 of the current path's CPU per 1,000 events)")
+    return lines
+
+
 def main() -> None:
     (ROOT / ".bench").mkdir(exist_ok=True)
     workers, models, forms, tls = selection()
@@ -659,6 +738,10 @@ def main() -> None:
             lines, ratios = summarize(model, form, cases, group)
             summaries.append({"model": model, "form": form, **ratios})
             report += lines + [""]
+    if env("BENCH_FORECAST", "1") not in ("", "0"):
+        forecast = forecast_cases()
+        results.append({"case": "forecast", "variants": forecast})
+        report += forecast_report(forecast) + [""]
     stop = []
     if tls:
         try:

@@ -26,6 +26,9 @@ use crate::shutdown::Shutdown;
 /// Snapshots read back per `model_metrics` partition at start-up: the newest calibration of the
 /// served versions is among them unless far more than this many keys share a partition.
 const TAIL_RECORDS: i64 = 1_000;
+/// How long the follower's fetches wait for a snapshot: the calibration is at most this much
+/// staler than the monitor's last publish, and an idle follower makes ten fetches a second.
+const FETCH_WAIT_MS: u32 = 100;
 
 /// The split-conformal quantile of `scores` at `level`: the ⌈(n + 1)·level⌉-th smallest.
 ///
@@ -127,10 +130,11 @@ pub struct Calibration {
 }
 
 impl Calibration {
-    /// Writes `point ± half width` into `lower` and `upper` (cleared first); `false`, with both
-    /// empty, unless every step of `point` is calibrated: a partial interval would be read as a
-    /// whole one.
-    pub fn bounds(&self, point: &[f32], lower: &mut Vec<f64>, upper: &mut Vec<f64>) -> bool {
+    /// Writes `point ± half width` into `lower` and `upper` (cleared first), in f32 like the
+    /// forecast itself (a relative rounding of 6e-8, and half the bytes on the wire of an f64);
+    /// `false`, with both empty, unless every step of `point` is calibrated: a partial interval
+    /// would be read as a whole one.
+    pub fn bounds(&self, point: &[f32], lower: &mut Vec<f32>, upper: &mut Vec<f32>) -> bool {
         lower.clear();
         upper.clear();
         if self.half_widths.len() < point.len() {
@@ -142,8 +146,8 @@ impl Calibration {
                 upper.clear();
                 return false;
             };
-            lower.push(f64::from(*p) - w);
-            upper.push(f64::from(*p) + w);
+            lower.push((f64::from(*p) - w) as f32);
+            upper.push((f64::from(*p) + w) as f32);
         }
         true
     }
@@ -244,7 +248,10 @@ pub fn spawn_follower(
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, KafkaError> {
     // Assigned, never subscribed: every replica reads every partition, and nothing is committed.
-    let cc = crate::kafka::reader_config(config, "calibration");
+    let mut cc = crate::kafka::reader_config(config, "calibration");
+    // A snapshot every few seconds needs no fast fetch loop: with a short `fetch.wait.max.ms`
+    // (tuned for the data path) this idle reader alone would cost a measurable share of a core.
+    cc.set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string());
     let consumer: BaseConsumer = cc.create()?;
     crate::kafka::assign_all(&consumer, &config.topics.metrics, Offset::OffsetTail(TAIL_RECORDS))?;
     let level = config.intervals.level;

@@ -548,9 +548,9 @@ pub struct IntervalOut<'a> {
     pub calibrated: bool,
     /// Per step, only when calibrated.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lower: Option<&'a [f64]>,
+    pub lower: Option<&'a [f32]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upper: Option<&'a [f64]>,
+    pub upper: Option<&'a [f32]>,
 }
 
 /// A prediction's interval as consumers read it back (the monitor judges coverage with it).

@@ -31,8 +31,8 @@ pub struct Intervals {
     /// The table as of the current batch: read once per batch, not per row.
     table: Arc<CalibrationTable>,
     /// Reused bounds of the row being encoded.
-    lower: Vec<f64>,
-    upper: Vec<f64>,
+    lower: Vec<f32>,
+    upper: Vec<f32>,
 }
 
 impl Intervals {
@@ -231,8 +231,8 @@ impl Dispatcher {
                         IntervalIn {
                             level: out.level,
                             calibrated: out.calibrated,
-                            lower: out.lower.map(<[f64]>::to_vec).unwrap_or_default(),
-                            upper: out.upper.map(<[f64]>::to_vec).unwrap_or_default(),
+                            lower: out.lower.map(|v| v.iter().map(|x| f64::from(*x)).collect()).unwrap_or_default(),
+                            upper: out.upper.map(|v| v.iter().map(|x| f64::from(*x)).collect()).unwrap_or_default(),
                         }
                     });
                     r.answer(Ok(Scored {
