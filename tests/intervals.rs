@@ -363,4 +363,20 @@ fn every_replica_serves_the_leaders_calibration() {
     }
     // Both replicas were assigned partitions before anything was sent, and two members share
     // three partitions: the probes on every partition reached both.
+
+    // `/predict` on either replica answers with the same interval.
+    let mut probe = observation("http-probe", 900, &weeks[900]);
+    probe["window"] = weeks[885..=900].iter().map(features).collect();
+    for r in &mut replicas {
+        let port = r.http_port();
+        let (status, body) = common::http(port, "POST", "/predict", probe.to_string().as_bytes());
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["interval"]["calibrated"], true, "{answer}");
+        for (h, w) in widths.iter().enumerate() {
+            let point = answer["prediction"][h].as_f64().unwrap();
+            let upper = answer["interval"]["upper"][h].as_f64().unwrap();
+            assert!((upper - (point + w)).abs() <= 1e-6 * point.abs(), "{answer}: step {} against ± {w}", h + 1);
+        }
+    }
 }
