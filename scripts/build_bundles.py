@@ -22,6 +22,10 @@ Outputs (relative to the repository root):
     models/co2-gru/1/{model.onnx,bundle.json}   ONNX GRU + ridge readout, [N,16,3] -> [N,4]
     models/co2-nbeats/1/{model.onnx,bundle.json} N-BEATS-style block, 1.09 M parameters,
                                                  flat [N,156] -> [N,4] (`--only co2-nbeats`)
+    models/co2-quantile/1/{model.onnx,bundle.json} linear quantile regression, weekly
+                                                 `frequency`, flat [N,48] -> [N,4,3] quantiles
+                                                 0.05/0.5/0.95 (`--only co2-quantile`)
+    tests/fixtures/co2-quantile/{events,expected}.jsonl
     tests/fixtures/co2-mlp/{events,expected}.jsonl
     tests/fixtures/co2-gru/{events,expected}.jsonl
     tests/fixtures/poison.jsonl
@@ -102,6 +106,14 @@ NBEATS_SEED = 0
 NBEATS_ALPHA = 1e-3
 NBEATS_EPOCHS = 200
 NBEATS_MAX_BYTES = 8_000_000
+
+# The sample quantile bundle, co2-quantile: one linear quantile regression (scikit-learn's
+# QuantileRegressor, no penalty) per horizon step and level on 16-week standardized windows.
+QUANTILE_WINDOW = 16
+QUANTILE_HORIZON = 4
+QUANTILE_LEVELS = [0.05, 0.5, 0.95]
+QUANTILE_FIXTURE_START = 1900  # a validation stretch of the series
+QUANTILE_FIXTURE_EVENTS = 120
 
 
 # ---------------------------------------------------------------------------
@@ -499,16 +511,11 @@ def build_gru(data: Data):
 # bundle.json
 
 
-def make_bundle(data: Data, model, meta: dict) -> tuple[dict, dict]:
-    t, h, layout = meta["window"], meta["horizon"], meta["layout"]
-    mean, std, t_mean, t_std = data.scalers()
-    sess = session(model.SerializeToString())
-    _, xw, yw, tr, va = data.windows(t, h)
-    pred = run_model(sess, to_model_input(xw, mean, std, layout)).astype(np.float64) * t_std[0] + t_mean[0]
-    assert pred.shape == yw.shape, (pred.shape, yw.shape)
+def point_metrics(pred: np.ndarray, xw: np.ndarray, yw: np.ndarray, tr: np.ndarray, va: np.ndarray) -> dict:
+    """Validation RMSE/MAE of point forecasts `pred` [M, H], against the last-value forecast."""
     err = pred[va] - yw[va]
-    naive = np.repeat(xw[va][:, -1, :1], h, axis=1) - yw[va]
-    metrics = {
+    naive = np.repeat(xw[va][:, -1, :1], yw.shape[1], axis=1) - yw[va]
+    return {
         "rmse": float(np.sqrt(np.mean(err**2))),
         "mae": float(np.mean(np.abs(err))),
         "rmse_per_step": np.sqrt(np.mean(err**2, axis=0)).tolist(),
@@ -518,6 +525,123 @@ def make_bundle(data: Data, model, meta: dict) -> tuple[dict, dict]:
         "train_windows": int(tr.sum()),
         "validation_windows": int(va.sum()),
     }
+
+
+def build_quantile(data: Data):
+    """co2-quantile: per step h and level tau a linear quantile regression of the standardized
+    co2 h weeks ahead on the flat standardized window; ONNX MatMul + Add + Reshape to
+    [N, H, Q]. Returns the model, its bundle.json and the fitted regressors (for the fixtures,
+    whose expectations scikit-learn computes itself)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from sklearn.linear_model import QuantileRegressor
+
+    t, h, levels = QUANTILE_WINDOW, QUANTILE_HORIZON, QUANTILE_LEVELS
+    q, f = len(levels), len(FEATURES)
+    mean, std, t_mean, t_std = data.scalers()
+    _, xw, yw, tr, va = data.windows(t, h)
+    x = to_model_input(xw, mean, std, "flat").astype(np.float64)
+    z = (yw - t_mean[0]) / t_std[0]
+    regs = [[QuantileRegressor(quantile=tau, alpha=0.0, solver="highs").fit(x[tr], z[tr, step]) for tau in levels]
+            for step in range(h)]
+    w = np.stack([r.coef_ for row in regs for r in row], axis=1).astype(np.float32)  # [T*F, H*Q]
+    b = np.array([r.intercept_ for row in regs for r in row], dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "w"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["flat"]),
+            helper.make_node("Reshape", ["flat", "shape"], ["output"]),
+        ],
+        "co2-quantile",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", t * f])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", h, q])],
+        initializer=[
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(b, "b"),
+            numpy_helper.from_array(np.array([-1, h, q], dtype=np.int64), "shape"),
+        ],
+    )
+    model = finalize_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]),
+        f"co2-quantile v1: linear quantile regression per step and level {levels} (scikit-learn QuantileRegressor, "
+        f"alpha=0, highs); input [N,{t * f}] flat time-major standardized, output [N,{h},{q}] standardized co2.",
+    )
+    onnx.checker.check_model(model, full_check=True)
+    sess = session(model.SerializeToString())
+
+    def predict(raw_windows: np.ndarray) -> np.ndarray:
+        """Denormalized [M, H, Q] from the model, each step's quantiles sorted."""
+        out = run_model(sess, to_model_input(raw_windows, mean, std, "flat")).astype(np.float64)
+        return np.sort(out * t_std[0] + t_mean[0], axis=2)
+
+    pred = predict(xw)
+    med = pred[:, :, levels.index(0.5)]
+    covered = np.mean((pred[va, :, 0] <= yw[va]) & (yw[va] <= pred[va, :, -1]), axis=0)
+    pinball = [float(np.mean(np.maximum(tau * (yw[va] - pred[va, :, j]), (tau - 1) * (yw[va] - pred[va, :, j]))))
+               for j, tau in enumerate(levels)]
+    metrics = {**point_metrics(med, xw, yw, tr, va), "coverage_90_per_step": covered.tolist(), "pinball": pinball}
+    train_raw = data.raw[: data.n_train]
+    ref_rows = evenly(len(train_raw), REFERENCE_MAX)
+    ref_features = {name: [r6(v) for v in train_raw[ref_rows, i]] for i, name in enumerate(FEATURES)}
+    train_med = med[tr][:, 0]
+    golden = []
+    val_idx = np.flatnonzero(va)
+    for j in val_idx[evenly(len(val_idx), N_GOLDEN)]:
+        window = [[r9(v) for v in row] for row in xw[j]]
+        golden.append({"window": window, "prediction": [r9(v) for v in predict(np.array([window]))[0].ravel()]})
+    bundle = {
+        "name": "co2-quantile",
+        "version": "1",
+        "created_at": CREATED_AT,
+        "features": list(FEATURES),
+        "window": t,
+        "horizon": h,
+        "frequency": "7d",
+        "quantiles": levels,
+        "input": {"name": "input", "layout": "flat"},
+        "output": {"name": "output"},
+        "scaler": {"kind": "standard", "mean": r9_list(mean), "std": r9_list(std)},
+        "target": {"name": TARGET, "scaler": {"kind": "standard", "mean": r9_list(t_mean), "std": r9_list(t_std)}},
+        "reference": {"features": ref_features, "predictions": [r6(v) for v in train_med[evenly(len(train_med), REFERENCE_MAX)]]},
+        "validation": {"rmse": r9(metrics["rmse"]), "mae": r9(metrics["mae"])},
+        "golden": golden,
+    }
+    return model, bundle, metrics, regs
+
+
+def write_quantile_fixtures(root: Path, data: Data, regs) -> dict:
+    """One weekly series of consecutive validation weeks, as observations; the expected
+    quantiles come from scikit-learn's own `predict` on the same (left-padded) windows, each
+    step's sorted, with the 0.5 level as the point forecast."""
+    t, levels = QUANTILE_WINDOW, QUANTILE_LEVELS
+    mean, std, t_mean, t_std = data.scalers()
+    rows = range(QUANTILE_FIXTURE_START, QUANTILE_FIXTURE_START + QUANTILE_FIXTURE_EVENTS)
+    events, expected = [], []
+    for i, row in enumerate(rows):
+        events.append({"id": f"co2-quantile-e-{i:06d}", "series_id": "q-0", "timestamp": data.dates[row],
+                       "features": dict(zip(FEATURES, (float(v) for v in data.raw[row])))})
+        held = data.raw[max(QUANTILE_FIXTURE_START, row - t + 1) : row + 1]
+        window = np.concatenate([np.repeat(held[:1], t - len(held), axis=0), held])
+        # The worker feeds float32: the same rounding before scikit-learn's float64 arithmetic.
+        x = ((window - mean) / std).astype(np.float32).astype(np.float64).reshape(1, -1)
+        values = np.sort(np.array([[r.predict(x)[0] for r in row_regs] for row_regs in regs]) * t_std[0] + t_mean[0], axis=1)
+        expected.append({"id": events[-1]["id"], "timestamp": data.dates[row], "warmup": len(held) < t,
+                         "prediction": [float(v) for v in values[:, levels.index(0.5)]],
+                         "quantiles": {"levels": levels, "values": values.tolist()}})
+    out = root / "tests" / "fixtures" / "co2-quantile"
+    dump_jsonl(out / "events.jsonl", events)
+    dump_jsonl(out / "expected.jsonl", expected)
+    return {"events": len(events), "warmup": sum(e["warmup"] for e in expected)}
+
+
+def make_bundle(data: Data, model, meta: dict) -> tuple[dict, dict]:
+    t, h, layout = meta["window"], meta["horizon"], meta["layout"]
+    mean, std, t_mean, t_std = data.scalers()
+    sess = session(model.SerializeToString())
+    _, xw, yw, tr, va = data.windows(t, h)
+    pred = run_model(sess, to_model_input(xw, mean, std, layout)).astype(np.float64) * t_std[0] + t_mean[0]
+    assert pred.shape == yw.shape, (pred.shape, yw.shape)
+    metrics = point_metrics(pred, xw, yw, tr, va)
 
     train_raw = data.raw[: data.n_train]
     ref_rows = evenly(len(train_raw), REFERENCE_MAX)
@@ -593,7 +717,9 @@ class FixtureWorker:
         if self.b["input"]["layout"] == "flat":
             z = z.reshape(1, -1)
         (y,) = self.sess.run([self.b["output"]["name"]], {self.b["input"]["name"]: z})
-        return [float(v) * self.y_std + self.y_mean for v in y[0]]
+        # A quantile bundle's [H, Q] output is served step-major, each step's values sorted.
+        out = np.sort(y[0], axis=-1).ravel() if "quantiles" in self.b else y[0]
+        return [float(v) * self.y_std + self.y_mean for v in out]
 
     def handle(self, event: dict) -> dict:
         if "window" in event:
@@ -743,7 +869,8 @@ def verify_bundle(bundle_dir: Path) -> float:
     assert inp.name == b["input"]["name"] and out.name == b["output"]["name"]
     want_in = [t * f] if b["input"]["layout"] == "flat" else [t, f]
     assert inp.shape[1:] == want_in and inp.type == "tensor(float)", inp
-    assert out.shape[1:] == [h] and out.type == "tensor(float)", out
+    want_out = [h, len(b["quantiles"])] if "quantiles" in b else [h]
+    assert out.shape[1:] == want_out and out.type == "tensor(float)", out
     worker = FixtureWorker(bundle_dir)
     worst = 0.0
     for g in b["golden"]:
@@ -770,7 +897,7 @@ def main() -> int:
     )
     ap.add_argument(
         "--only",
-        choices=["co2-nbeats"],
+        choices=["co2-nbeats", "co2-quantile"],
         help="build only this bundle (the large one trains for minutes; the others are unchanged)",
     )
     args = ap.parse_args()
@@ -788,7 +915,8 @@ def main() -> int:
         for version in MLP_VERSIONS:
             built.append(build_mlp(data, version))
         built.append(build_gru(data))
-    built.append(build_nbeats(data))
+    if args.only in (None, "co2-nbeats"):
+        built.append(build_nbeats(data))
 
     report = []
     for model, meta, info in built:
@@ -797,12 +925,17 @@ def main() -> int:
         report.append((d, bundle, metrics, info))
 
     fixtures = {}
+    if args.only in (None, "co2-quantile"):
+        model, bundle, metrics, regs = build_quantile(data)
+        d = write_bundle(root, model, bundle)
+        report.append((d, bundle, metrics, {"kind": "quantile", "levels": QUANTILE_LEVELS,
+                                            "coverage_90_per_step": [round(c, 3) for c in metrics["coverage_90_per_step"]],
+                                            "pinball": [round(p, 4) for p in metrics["pinball"]]}))
+        fixtures["co2-quantile"] = write_quantile_fixtures(root, data, regs)
     n_poison = 0
     if args.only is None:
-        fixtures = {
-            "co2-mlp": write_fixtures(root, data, "co2-mlp", seed=11),
-            "co2-gru": write_fixtures(root, data, "co2-gru", seed=12),
-        }
+        fixtures["co2-mlp"] = write_fixtures(root, data, "co2-mlp", seed=11)
+        fixtures["co2-gru"] = write_fixtures(root, data, "co2-gru", seed=12)
         n_poison = write_poison(root, data)
 
     print()

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::event::{now_rfc3339, EventValues, FeatureSchema, InputEvent, PredictionOut, Variant};
+use crate::event::{now_rfc3339, EventValues, FeatureSchema, InputEvent, PredictionOut, QuantilesOut, Variant};
 use crate::inference::{InferenceError, Model};
 use crate::table::{Body, Defaults, FeatureForm, Features, FileFormat, InputFormat, Table, TableError, DEFAULT_SERIES};
 use crate::window::{EventTime, EventTimePolicy, WindowStore};
@@ -166,11 +166,21 @@ fn flush(
         return Ok(());
     }
     model.predict(inputs, pending.len(), outputs)?;
-    let h = model.horizon();
+    let h = model.width();
     let produced_at = now_rfc3339();
     let model_ref = model.model_ref().clone();
-    for (p, prediction) in pending.iter().zip(outputs.chunks_exact(h)) {
-        writer.row(p, prediction, &model_ref, &produced_at)?;
+    let levels = model.quantiles().map(<[f64]>::to_vec);
+    let mut point = Vec::new();
+    for (p, row) in pending.iter().zip(outputs.chunks_exact(h)) {
+        let quantiles = levels.as_deref().map(|levels| QuantilesOut { levels, values: row });
+        let prediction = match &quantiles {
+            Some(q) => {
+                q.median_into(&mut point);
+                &point[..]
+            }
+            None => row,
+        };
+        writer.row(p, prediction, quantiles, &model_ref, &produced_at)?;
         summary.predicted += 1;
         summary.warmup += u64::from(p.warmup);
     }
@@ -208,6 +218,7 @@ impl Writer {
         &mut self,
         p: &Pending,
         prediction: &[f32],
+        quantiles: Option<QuantilesOut<'_>>,
         model: &crate::event::ModelRef,
         produced_at: &str,
     ) -> Result<(), BatchError> {
@@ -227,6 +238,7 @@ impl Writer {
                     fallback: false,
                     // Batch prediction has no monitor to calibrate against.
                     interval: None,
+                    quantiles,
                 }
                 .encode(&mut self.buf);
                 self.buf.push(b'\n');

@@ -104,6 +104,10 @@ pub struct Manifest {
     /// How far a timestamp may sit from its step and still count as it; half a step when absent.
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub frequency_tolerance: Option<std::time::Duration>,
+    /// The model outputs these quantile levels (strictly increasing, 0.5 among them): its output
+    /// is `[N, horizon, Q]`, and the 0.5 quantile is the point forecast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantiles: Option<Vec<f64>>,
     pub input: InputSpec,
     pub output: OutputSpec,
     pub scaler: ScalerSpec,
@@ -120,16 +124,33 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Whether `other` scores the same windows as this bundle: the same features, window and
-    /// horizon. The error names this bundle's shape and `other`'s.
+    /// Whether `other` scores the same windows as this bundle: the same features, window,
+    /// horizon and quantiles. The error names this bundle's shape and `other`'s.
     pub fn check_same_shape(&self, other: &Manifest) -> Result<(), String> {
-        if other.features == self.features && other.window == self.window && other.horizon == self.horizon {
+        if other.features == self.features
+            && other.window == self.window
+            && other.horizon == self.horizon
+            && other.quantiles == self.quantiles
+        {
             return Ok(());
         }
         Err(format!(
-            "the served model's features {:?}, window {} and horizon {} (this bundle has {:?}, {} and {})",
-            self.features, self.window, self.horizon, other.features, other.window, other.horizon
+            "the served model's features {:?}, window {}, horizon {} and quantiles {:?} (this bundle has {:?}, {}, {} and {:?})",
+            self.features,
+            self.window,
+            self.horizon,
+            self.quantiles,
+            other.features,
+            other.window,
+            other.horizon,
+            other.quantiles
         ))
+    }
+
+    /// Values per window the model outputs: `horizon`, times the quantile levels for a quantile
+    /// bundle (step-major: step 1's quantiles first).
+    pub fn width(&self) -> usize {
+        self.horizon * self.quantiles.as_ref().map_or(1, Vec::len)
     }
 }
 
@@ -188,6 +209,15 @@ impl Bundle {
             }
             _ => {}
         }
+        if let Some(q) = &m.quantiles {
+            let increasing = q.windows(2).all(|w| w[0] < w[1]);
+            if q.is_empty() || !increasing || q.iter().any(|v| !(*v > 0.0 && *v < 1.0)) || !q.contains(&0.5) {
+                return Err(field(
+                    "quantiles",
+                    "must be strictly increasing levels between 0 and 1, 0.5 among them (the point forecast)".into(),
+                ));
+            }
+        }
         if m.input.name.is_empty() || m.output.name.is_empty() {
             return Err(field("input.name/output.name", "must not be empty".into()));
         }
@@ -196,6 +226,9 @@ impl Bundle {
             ScalerSpec::Standard { mean, .. } => mean.len(),
             ScalerSpec::Minmax { min, .. } => min.len(),
         };
+        if m.quantiles.is_some() && target_cols != 1 {
+            return Err(field("target.scaler", format!("has {target_cols} columns; a quantile bundle takes 1")));
+        }
         if target_cols != 1 && target_cols != m.horizon {
             return Err(field(
                 "target.scaler",
@@ -222,8 +255,8 @@ impl Bundle {
                     format!("must be {} rows of {} values", m.window, m.features.len()),
                 ));
             }
-            if g.prediction.len() != m.horizon {
-                return Err(field(&format!("golden[{i}].prediction"), format!("must hold {} values", m.horizon)));
+            if g.prediction.len() != m.width() {
+                return Err(field(&format!("golden[{i}].prediction"), format!("must hold {} values", m.width())));
             }
             if g.window.iter().flatten().chain(&g.prediction).any(|v| !v.is_finite()) {
                 return Err(field(&format!("golden[{i}]"), "holds a non-finite value".into()));

@@ -200,6 +200,8 @@ async fn predict(State(s): State<AppState>, body: Result<Bytes, BytesRejection>)
                 gap_filled: 0,
                 fallback: scored.fallback,
                 interval: scored.interval,
+                // `/predict` answers with the point forecast and its interval only.
+                quantiles: None,
             }),
             Ok(Err(reason)) => {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, "inference_error", reason, batch.then_some(i))

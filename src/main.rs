@@ -509,6 +509,12 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
             println!("features:   {}", m.features.join(", "));
             println!("window:     {} steps, layout {:?}, input `{}`", m.window, m.input.layout, m.input.name);
             println!("horizon:    {} (output `{}`, target `{}`)", m.horizon, m.output.name, m.target.name);
+            if let Some(q) = &m.quantiles {
+                println!("quantiles:  {q:?} (output [N, {}, {}]; 0.5 is the point forecast)", m.horizon, q.len());
+            }
+            if let Some(f) = m.frequency {
+                println!("frequency:  {f:?} (event-time windows)");
+            }
             if let Some(v) = &m.validation {
                 println!("validation: rmse {:.4}, mae {:.4}", v.rmse, v.mae);
             }

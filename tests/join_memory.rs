@@ -13,7 +13,7 @@ fn rss_bytes() -> u64 {
 }
 
 fn p(v: f64) -> WaitingPrediction {
-    WaitingPrediction { key: 0, values: vec![v], first_step: 0, bounds: Vec::new() }
+    WaitingPrediction { key: 0, values: vec![v], first_step: 0, bounds: Vec::new(), quantiles: Vec::new() }
 }
 
 fn src(offset: i64) -> Source {

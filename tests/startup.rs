@@ -106,7 +106,7 @@ fn print_config_redacts_secrets() {
 
 #[test]
 fn shipped_bundles_validate() {
-    for (name, version) in [("co2-mlp", "1"), ("co2-mlp", "2"), ("co2-gru", "1")] {
+    for (name, version) in [("co2-mlp", "1"), ("co2-mlp", "2"), ("co2-gru", "1"), ("co2-quantile", "1")] {
         let (code, out, err) = run(&["models", "validate", name, version], None);
         assert_eq!(code, Some(0), "{name}/{version}: {err}");
         assert!(out.contains("golden cases match"), "{out}");
@@ -117,6 +117,12 @@ fn shipped_bundles_validate() {
     let (code, out, _) = run(&["models", "inspect", "co2-gru"], None);
     assert_eq!(code, Some(0));
     assert!(out.contains("layout Sequence") && out.contains("horizon:    4"), "{out}");
+    let (code, out, _) = run(&["models", "inspect", "co2-quantile"], None);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("quantiles:  [0.05, 0.5, 0.95] (output [N, 4, 3]") && out.contains("frequency:  604800s"),
+        "{out}"
+    );
 }
 
 /// Copies the shipped co2-mlp v1 bundle, lets `edit` break its manifest, and validates it.

@@ -539,6 +539,53 @@ pub struct PredictionOut<'a> {
     /// The calibrated interval (`intervals.enabled`), or that there is none yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<IntervalOut<'a>>,
+    /// A quantile bundle's quantiles (absent for the fallback's rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantiles: Option<QuantilesOut<'a>>,
+}
+
+/// A quantile bundle's forecast as `predictions` carries it:
+/// `{"levels": [Q], "values": [[Q values] for each step]}`, each step's values increasing.
+#[derive(Debug, Clone, Copy)]
+pub struct QuantilesOut<'a> {
+    pub levels: &'a [f64],
+    /// Step-major: step 1's `levels.len()` values first.
+    pub values: &'a [f32],
+}
+
+impl Serialize for QuantilesOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Steps<'a>(&'a [f32], usize);
+        impl Serialize for Steps<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.chunks_exact(self.1.max(1)))
+            }
+        }
+        let mut s = serializer.serialize_struct("QuantilesOut", 2)?;
+        s.serialize_field("levels", self.levels)?;
+        s.serialize_field("values", &Steps(self.values, self.levels.len()))?;
+        s.end()
+    }
+}
+
+impl QuantilesOut<'_> {
+    /// The point forecast of a quantile row: each step's 0.5 quantile, into `point` (cleared
+    /// first). Bundle validation guarantees that 0.5 is one of the levels.
+    pub fn median_into(&self, point: &mut Vec<f32>) {
+        point.clear();
+        let q = self.levels.len().max(1);
+        let median = self.levels.iter().position(|l| *l == 0.5).unwrap_or(q / 2);
+        point.extend(self.values.chunks_exact(q).map(|step| step[median]));
+    }
+}
+
+/// A prediction's quantiles as consumers read them back (the monitor's pinball loss).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct QuantilesIn {
+    pub levels: Vec<f64>,
+    /// Per step, the value at each level.
+    pub values: Vec<Vec<f64>>,
 }
 
 /// The interval a prediction carries (`interval` in `predictions`).
@@ -591,6 +638,8 @@ pub struct Prediction {
     pub fallback: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<IntervalIn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantiles: Option<QuantilesIn>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -742,6 +791,7 @@ mod tests {
             gap_filled: 0,
             fallback: false,
             interval: None,
+            quantiles: None,
         };
         let mut buf = Vec::new();
         p.encode(&mut buf);

@@ -57,7 +57,12 @@ pub struct BatchOutcome<'a, O> {
     /// Per job, when `result` is `Ok`: who served it.
     pub rows: &'a [RowStatus],
     pub model: &'a ModelRef,
+    /// Values per job in `result` (and `shadow`): the forecast steps, times the quantile levels
+    /// of a quantile bundle.
     pub horizon: usize,
+    /// A quantile bundle's levels: each row is then `horizon / Q` steps of `Q` increasing
+    /// quantiles, the 0.5 level being the point forecast.
+    pub quantiles: Option<&'a [f64]>,
     pub inference_time: Duration,
     /// Cache hits and misses of this batch (both zero without a cache).
     pub cache_hits: u64,

@@ -30,9 +30,11 @@ impl FallbackModel {
         }
     }
 
-    pub fn horizon(&self) -> usize {
+    /// Values per window it outputs: a bundle's [`Model::width`]; a naive forecast's horizon
+    /// (one value per step, even next to a quantile primary).
+    pub fn width(&self) -> usize {
         match self {
-            FallbackModel::Bundle(m) => m.horizon(),
+            FallbackModel::Bundle(m) => m.width(),
             FallbackModel::Naive(n) => n.horizon,
         }
     }

@@ -103,8 +103,20 @@ impl Model {
         self.bundle.manifest.horizon
     }
 
+    /// Values per window in [`Model::predict`]'s output: the horizon, times the quantile levels
+    /// of a quantile bundle.
+    pub fn width(&self) -> usize {
+        self.bundle.manifest.width()
+    }
+
+    /// A quantile bundle's levels.
+    pub fn quantiles(&self) -> Option<&[f64]> {
+        self.bundle.manifest.quantiles.as_deref()
+    }
+
     /// Scores `n` raw windows (`n · T · F` values, each window time-major) and writes `n · H`
-    /// de-normalized predictions to `out` (cleared first). A non-finite prediction fails the call.
+    /// de-normalized predictions to `out` (cleared first); a quantile bundle writes `n · H · Q`,
+    /// each step's quantiles in increasing order. A non-finite prediction fails the call.
     pub fn predict(&mut self, raw: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), InferenceError> {
         self.predict_rows(raw, n, out)?;
         if out.iter().any(|v| !v.is_finite()) {
@@ -117,7 +129,7 @@ impl Model {
     /// judge row by row (the streaming path fails only the rows they belong to).
     pub fn predict_rows(&mut self, raw: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), InferenceError> {
         let m = &self.bundle.manifest;
-        let (t, f, h) = (m.window, m.features.len(), m.horizon);
+        let (t, f, h) = (m.window, m.features.len(), m.width());
         if raw.len() != n * t * f {
             return Err(InferenceError::Shape(format!("{} input values for {n} windows of {t}x{f}", raw.len())));
         }
@@ -142,10 +154,21 @@ impl Model {
             .ok_or_else(|| InferenceError::Shape(format!("output `{}` missing from the run", m.output.name)))?;
         let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| InferenceError::Run(e.to_string()))?;
         if data.len() != n * h || shape.first().copied() != Some(n as i64) {
-            return Err(InferenceError::Shape(format!("output shape {shape:?}; expected [{n}, {h}]")));
+            let want = match &m.quantiles {
+                Some(q) => format!("[{n}, {}, {}]", m.horizon, q.len()),
+                None => format!("[{n}, {h}]"),
+            };
+            return Err(InferenceError::Shape(format!("output shape {shape:?}; expected {want}")));
         }
         out.extend_from_slice(data);
         self.bundle.target_scaler.denormalize(out);
+        if let Some(q) = &m.quantiles {
+            // Separately fitted quantiles can cross; sorting each step's values is the monotone
+            // rearrangement (Chernozhukov et al., 2010), never worse in pinball loss.
+            for step in out.chunks_exact_mut(q.len()) {
+                step.sort_unstable_by(f32::total_cmp);
+            }
+        }
         Ok(())
     }
 
@@ -168,7 +191,11 @@ impl Model {
             Layout::Sequence => vec![-1, t, f],
         };
         check_tensor("input", input.dtype(), &want_in).map_err(invalid)?;
-        check_tensor("output", output.dtype(), &[-1, h]).map_err(invalid)?;
+        let want_out: Vec<i64> = match &m.quantiles {
+            Some(q) => vec![-1, h, q.len() as i64],
+            None => vec![-1, h],
+        };
+        check_tensor("output", output.dtype(), &want_out).map_err(invalid)?;
         Ok(())
     }
 

@@ -166,9 +166,14 @@ impl ModelSet {
         self.candidate().is_some() || self.shadow.is_some()
     }
 
-    /// Forecast steps of the primary, when there is one.
-    pub fn horizon(&self) -> Option<usize> {
-        self.primary.as_ref().map(Model::horizon)
+    /// Values per window the primary outputs (see [`Model::width`]), when there is one.
+    pub fn width(&self) -> Option<usize> {
+        self.primary.as_ref().map(Model::width)
+    }
+
+    /// The primary's quantile levels, when it is a quantile bundle.
+    pub fn quantiles(&self) -> Option<&[f64]> {
+        self.primary.as_ref().and_then(Model::quantiles)
     }
 
     pub fn primary_ref(&self) -> Option<&ModelRef> {

@@ -139,10 +139,11 @@ impl Scorer {
         }
     }
 
-    fn horizon(&self) -> usize {
-        match (self.models.horizon(), &self.guard) {
+    /// Values per row of a batch's output: the primary's width, or the fallback's without one.
+    fn width(&self) -> usize {
+        match (self.models.width(), &self.guard) {
             (Some(h), _) => h,
-            (None, Some(g)) => g.fallback.horizon(),
+            (None, Some(g)) => g.fallback.width(),
             (None, None) => unreachable!("a scorer without a primary always has a fallback"),
         }
     }
@@ -153,7 +154,7 @@ impl Scorer {
         sink.batch_started();
         let start = Instant::now();
         let (hits0, misses0) = self.cache_counts();
-        let (n, h) = (batch.len(), self.horizon());
+        let (n, h) = (batch.len(), self.width());
         let use_primary =
             self.models.primary().is_some() && self.guard.as_mut().is_none_or(|g| g.breaker.allow_primary(start));
         let mut primary_time = Duration::ZERO;
@@ -199,6 +200,7 @@ impl Scorer {
                 (None, None) => unreachable!("a scorer without a primary always has a fallback"),
             },
             horizon: h,
+            quantiles: self.models.quantiles(),
             inference_time,
             cache_hits: hits1 - hits0,
             cache_misses: misses1 - misses0,
@@ -248,11 +250,18 @@ impl Scorer {
             }
         }
         self.outputs.resize(batch.len() * h, f32::NAN);
+        // A naive fallback next to a quantile primary gives one value per step: it stands for
+        // every quantile of its step (the dispatcher then publishes no quantiles for the row).
+        let fw = g.fallback.width();
+        let per_step = h / fw.max(1);
         match self.group.predict(&mut g.fallback) {
             Ok(_) => {
-                for (i, out) in self.group.scattered(h) {
+                for (i, out) in self.group.scattered(fw) {
                     if out.iter().all(|v| v.is_finite()) {
-                        self.outputs[i * h..(i + 1) * h].copy_from_slice(out);
+                        let row = &mut self.outputs[i * h..(i + 1) * h];
+                        for (chunk, v) in row.chunks_exact_mut(per_step).zip(out) {
+                            chunk.fill(*v);
+                        }
                         self.rows[i] = RowStatus::Fallback;
                     }
                 }

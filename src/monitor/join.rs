@@ -41,6 +41,9 @@ pub struct WaitingPrediction {
     /// The interval the forecast was served with, per value of `values` (`(lower, upper)`);
     /// empty when it carried none, or an uncalibrated one.
     pub bounds: Vec<(f64, f64)>,
+    /// A quantile bundle's forecast: per value of `values`, one value per quantile level;
+    /// empty otherwise.
+    pub quantiles: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +101,7 @@ const SCORED_OVERHEAD: usize = 80;
 
 fn waiting_cost(id: &str, w: &Waiting) -> usize {
     let values = match w {
-        Waiting::Prediction(p) => p.values.len() + 2 * p.bounds.len(),
+        Waiting::Prediction(p) => p.values.len() + 2 * p.bounds.len() + p.quantiles.len(),
         Waiting::Actual(a) => a.len(),
     };
     id.len() + values * 8 + ENTRY_OVERHEAD
@@ -314,7 +317,7 @@ mod tests {
     use super::*;
 
     fn p(v: f64) -> WaitingPrediction {
-        WaitingPrediction { key: 0, values: vec![v], first_step: 0, bounds: Vec::new() }
+        WaitingPrediction { key: 0, values: vec![v], first_step: 0, bounds: Vec::new(), quantiles: Vec::new() }
     }
 
     fn src(offset: i64) -> Source {

@@ -9,7 +9,7 @@ use super::drift::{DriftReport, DriftStat, DriftTracker};
 use super::metrics::MonitorMetrics;
 use super::rolling::ErrorStats;
 use super::scoring::{KeyReport, Scoring};
-use super::snapshot::{IntervalDef, Snapshot, SnapshotSink, StepStats, WindowDef};
+use super::snapshot::{IntervalDef, Pinball, Snapshot, SnapshotSink, StepStats, WindowDef};
 use crate::alert::{Alert, AlertSink, AlertState, Details, DriftDetails, Gate, RetrainDetails, RetrainReason};
 use crate::config::{IntervalsConfig, MonitorConfig};
 use crate::event::{now_rfc3339, ModelRef};
@@ -210,6 +210,7 @@ fn snapshot<'a>(
             })
             .collect(),
         interval: intervals.map(|c| IntervalDef { level: c.level, method: c.method, coverage_band: c.coverage_band }),
+        pinball: key.pinball.iter().map(|&(level, count, loss)| Pinball { level, count, loss }).collect(),
         drift: &report.features,
         prediction_drift: report.prediction.as_ref(),
         drifted_features: &report.drifted,

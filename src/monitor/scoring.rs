@@ -81,6 +81,10 @@ struct Scored {
     /// Per step, ACI's level (`intervals.method = "aci"`).
     aci: Vec<Aci>,
     coverage_gate: Gate,
+    /// A quantile bundle's levels (from its first prediction) and, per level, the rolling mean
+    /// pinball loss (kept as the window's "bias": the mean of the losses pushed).
+    levels: Vec<f64>,
+    pinball: Vec<RollingError>,
     rmse_gate: Gate,
     above_since: Option<Instant>,
     retrain_requested: bool,
@@ -125,6 +129,8 @@ pub struct KeyReport<'a> {
     pub mase: Vec<Option<f64>>,
     /// Per step, the calibrated interval and its coverage (`intervals.enabled`).
     pub intervals: Vec<StepInterval>,
+    /// A quantile bundle's pinball loss per level: `(level, losses in the window, mean)`.
+    pub pinball: Vec<(f64, usize, Option<f64>)>,
     /// Predictions waiting for their actual.
     pub pending: u64,
     /// Predictions whose actual never came (cumulative).
@@ -359,6 +365,8 @@ impl Scoring {
             coverage: Vec::new(),
             aci: Vec::new(),
             coverage_gate: Gate::new(self.cfg.alert_cooldown),
+            levels: Vec::new(),
+            pinball: Vec::new(),
             rmse_gate: Gate::new(self.cfg.alert_cooldown),
             above_since: None,
             retrain_requested: false,
@@ -396,13 +404,22 @@ impl Scoring {
     /// Offers a forecast to the main or the shadow join: whole, by id, or step by step, by time.
     fn offer_to(&mut self, shadow: bool, key: u16, p: Prediction, src: Source, now: Instant) {
         let time = self.time;
+        let quantiles = served_quantiles(&p);
+        if let Some(q) = &p.quantiles {
+            let scored = &mut self.keys[key as usize];
+            if scored.levels.is_empty() && !quantiles.is_empty() {
+                scored.levels = q.levels.clone();
+                let window = || RollingError::new(self.cfg.window_count, self.cfg.window_duration);
+                scored.pinball = q.levels.iter().map(|_| window()).collect();
+            }
+        }
         let mut offers = Vec::new();
         {
             let join = if shadow { self.shadow_join.as_mut().expect("checked by the caller") } else { &mut self.join };
             match time {
                 None => {
                     let bounds = served_bounds(&p);
-                    let waiting = WaitingPrediction { key, values: p.prediction, first_step: 0, bounds };
+                    let waiting = WaitingPrediction { key, values: p.prediction, first_step: 0, bounds, quantiles };
                     offers.push((join.offer_prediction(&p.id, waiting, src, now), None));
                 }
                 Some(t) => {
@@ -413,7 +430,9 @@ impl Scoring {
                     for (i, value) in p.prediction.iter().enumerate() {
                         let target = issued.saturating_add(t.step_ms.saturating_mul(i as i64 + 1));
                         let bounds = bounds.get(i).map(|b| vec![*b]).unwrap_or_default();
-                        let waiting = WaitingPrediction { key, values: vec![*value], first_step: i, bounds };
+                        let q = p.quantiles.as_ref().map_or(0, |q| q.levels.len());
+                        let quantiles = quantiles.get(i * q..(i + 1) * q).map(<[f64]>::to_vec).unwrap_or_default();
+                        let waiting = WaitingPrediction { key, values: vec![*value], first_step: i, bounds, quantiles };
                         let offer = join.offer_prediction(&time_id(&p.series_id, target, i + 1), waiting, src, now);
                         offers.push((offer, Some((target, i + 1))));
                     }
@@ -511,6 +530,16 @@ impl Scoring {
             let (model, baseline) = &mut scored.mase[first];
             model.push(at, *error);
             baseline.push(at, naive - actual[0]);
+        }
+        // Pinball loss of each quantile level against the actual.
+        let q = scored.levels.len();
+        if q > 0 && prediction.quantiles.len() == q * actual.len() {
+            for (values, a) in prediction.quantiles.chunks_exact(q).zip(&actual) {
+                for ((window, tau), value) in scored.pinball.iter_mut().zip(&scored.levels).zip(values) {
+                    let d = a - value;
+                    window.push(at, if d >= 0.0 { tau * d } else { (tau - 1.0) * d });
+                }
+            }
         }
         // Coverage of the interval the forecast was served with, and ACI's reaction to it.
         if let Some(cfg) = &self.intervals {
@@ -612,6 +641,7 @@ impl Scoring {
         let advance = |k: &mut Scored| {
             k.rolling.advance(now_ms);
             k.by_step.iter_mut().for_each(|w| w.advance(now_ms));
+            k.pinball.iter_mut().for_each(|w| w.advance(now_ms));
             k.mase.iter_mut().for_each(|(m, b)| {
                 m.advance(now_ms);
                 b.advance(now_ms);
@@ -632,6 +662,15 @@ impl Scoring {
         self.keys.iter().zip(stats).enumerate().map(move |(i, (k, stats))| KeyReport {
             model: &k.model,
             variant: k.variant,
+            pinball: k
+                .levels
+                .iter()
+                .zip(&k.pinball)
+                .map(|(level, w)| {
+                    let s = w.snapshot();
+                    (*level, s.count, s.bias)
+                })
+                .collect(),
             intervals: match &self.intervals {
                 Some(cfg) => k.intervals(cfg, &mut scratch),
                 None => Vec::new(),
@@ -814,6 +853,19 @@ impl Scored {
     }
 }
 
+/// A quantile forecast's values, step-major, when they match its horizon and levels; else empty.
+fn served_quantiles(p: &Prediction) -> Vec<f64> {
+    match &p.quantiles {
+        Some(q)
+            if q.values.len() == p.prediction.len()
+                && q.values.iter().all(|step| step.len() == q.levels.len() && step.iter().all(|v| v.is_finite())) =>
+        {
+            q.values.iter().flatten().copied().collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// The interval a forecast was served with, as `(lower, upper)` per step; empty when it carried
 /// none, an uncalibrated one, or bounds that do not match its horizon.
 fn served_bounds(p: &Prediction) -> Vec<(f64, f64)> {
@@ -853,6 +905,7 @@ mod tests {
             gap_filled: 0,
             fallback: false,
             interval: None,
+            quantiles: None,
         }
     }
 

@@ -32,6 +32,9 @@ pub struct Snapshot<'a> {
     /// How intervals are calibrated (`intervals.enabled`); each step's in `per_step`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<IntervalDef>,
+    /// A quantile bundle's pinball loss per level, over all steps of the joined pairs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pinball: Vec<Pinball>,
     /// The served model's drift, repeated in every variant's snapshot.
     pub drift: &'a BTreeMap<String, DriftStat>,
     pub prediction_drift: Option<&'a DriftStat>,
@@ -52,6 +55,16 @@ pub struct StepStats {
     /// The step's calibrated interval and its coverage (`intervals.enabled`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<StepInterval>,
+}
+
+/// One quantile level's mean pinball loss, ρ_τ(y − q) = max(τ·(y − q), (τ − 1)·(y − q)).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Pinball {
+    pub level: f64,
+    /// Losses in the window (one per joined step).
+    pub count: usize,
+    /// Their mean, target units; null when none.
+    pub loss: Option<f64>,
 }
 
 /// The interval settings a snapshot's calibration follows.
@@ -157,6 +170,7 @@ mod tests {
                 interval: None,
             }],
             interval: None,
+            pinball: Vec::new(),
             drift: &drift,
             prediction_drift: None,
             drifted_features: &[],

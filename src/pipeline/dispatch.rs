@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::publish::Publisher;
 use super::{Origin, RequestOrigin, Scored, StreamOrigin};
-use crate::event::{now_rfc3339, IntervalIn, IntervalOut, ModelRef, PredictionOut, RejectKind, Variant};
+use crate::event::{now_rfc3339, IntervalIn, IntervalOut, ModelRef, PredictionOut, QuantilesOut, RejectKind, Variant};
 use crate::inference::batcher::RowStatus;
 use crate::inference::{BatchOutcome, InferenceError, Job, JobSink};
 use crate::interval::{CalibrationTable, SharedCalibration};
@@ -19,8 +19,10 @@ struct Row<'a> {
     model: &'a ModelRef,
     variant: Variant,
     fallback: bool,
-    /// The shadow's model and its prediction for this row.
-    shadow: Option<(&'a ModelRef, &'a [f32])>,
+    /// A quantile bundle's quantiles of this row (none for the fallback's rows).
+    quantiles: Option<QuantilesOut<'a>>,
+    /// The shadow's model and its prediction for this row (with its quantiles).
+    shadow: Option<(&'a ModelRef, &'a [f32], Option<QuantilesOut<'a>>)>,
     produced_at: &'a str,
 }
 
@@ -77,7 +79,7 @@ impl StreamPublisher {
         let latency = o.received.elapsed();
         let latency_ms = latency.as_secs_f64() * 1e3;
         let mut intervals = self.intervals.as_mut();
-        let mut encode = |prediction: &[f32], model, variant, fallback, buf: &mut Vec<u8>| {
+        let mut encode = |prediction: &[f32], quantiles, model, variant, fallback, buf: &mut Vec<u8>| {
             PredictionOut {
                 id: &o.id,
                 series_id: &o.series_id,
@@ -91,10 +93,11 @@ impl StreamPublisher {
                 gap_filled: o.gap_filled,
                 fallback,
                 interval: intervals.as_mut().map(|i| i.of(model, variant, prediction)),
+                quantiles,
             }
             .encode(buf)
         };
-        encode(row.prediction, row.model, row.variant, row.fallback, &mut self.buf);
+        encode(row.prediction, row.quantiles, row.model, row.variant, row.fallback, &mut self.buf);
         if !self.publisher.fits(o.series_id.len(), self.buf.len()) {
             // Only a huge horizon gets here (ids are bounded at decoding): dead-letter the event
             // rather than have the producer refuse the prediction.
@@ -112,8 +115,8 @@ impl StreamPublisher {
         self.publisher.prediction(o.token, &o.series_id, &self.buf, traceparent.as_deref());
         drop(send);
         self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
-        if let Some((model, values)) = row.shadow {
-            encode(values, model, Variant::Shadow, false, &mut self.buf);
+        if let Some((model, values, quantiles)) = row.shadow {
+            encode(values, quantiles, model, Variant::Shadow, false, &mut self.buf);
             // Its primary prediction fitted, and it is the same size but for the variant name.
             self.publisher.shadow(&o.series_id, &self.buf);
             self.metrics.predictions.with_label_values(&[Variant::Shadow.as_str()]).inc();
@@ -140,11 +143,14 @@ impl RequestOrigin {
 pub struct Dispatcher {
     stream: StreamPublisher,
     metrics: Arc<Metrics>,
+    /// A quantile row's point forecast (its 0.5 quantiles), and the shadow's; reused.
+    point: Vec<f32>,
+    shadow_point: Vec<f32>,
 }
 
 impl Dispatcher {
     pub fn new(stream: StreamPublisher, metrics: Arc<Metrics>) -> Dispatcher {
-        Dispatcher { stream, metrics }
+        Dispatcher { stream, metrics, point: Vec::new(), shadow_point: Vec::new() }
     }
 
     fn fail(&self, origin: Origin, reason: &str) {
@@ -214,10 +220,32 @@ impl Dispatcher {
                 }
                 (RowStatus::Model, _) => (model, false),
             };
+            // A quantile row: its point forecast is each step's 0.5 quantile. A fallback's row
+            // repeats one value per step and publishes no quantiles.
+            let quantiles = outcome.quantiles.map(|levels| QuantilesOut { levels, values: prediction });
+            let prediction = match &quantiles {
+                Some(q) => {
+                    q.median_into(&mut self.point);
+                    &self.point[..]
+                }
+                None => prediction,
+            };
+            let quantiles = quantiles.filter(|_| !fallback);
             match job.origin {
                 Origin::Stream(o) => {
-                    let shadow = outcome.shadow.map(|(m, values)| (m, &values[i * h..(i + 1) * h]));
-                    let row = Row { prediction, model, variant, fallback, shadow, produced_at: &produced_at };
+                    let shadow = outcome.shadow.map(|(m, values)| {
+                        let values = &values[i * h..(i + 1) * h];
+                        match outcome.quantiles {
+                            Some(levels) => {
+                                let q = QuantilesOut { levels, values };
+                                q.median_into(&mut self.shadow_point);
+                                (m, &self.shadow_point[..], Some(q))
+                            }
+                            None => (m, values, None),
+                        }
+                    });
+                    let row =
+                        Row { prediction, quantiles, model, variant, fallback, shadow, produced_at: &produced_at };
                     self.stream.publish(o, row);
                     match variant {
                         Variant::Candidate => published.candidate += 1,
