@@ -607,6 +607,10 @@ pub enum IntervalMethod {
     /// Adaptive conformal inference: the quantile's level moves after every judged interval,
     /// down after a hit and up after a miss, so coverage comes back after a shift.
     Aci,
+    /// Conformalized quantile regression, for a quantile bundle with the levels (1 ∓ level)/2:
+    /// its own band, widened (or narrowed) by the `level` quantile of how far actuals fell
+    /// outside it.
+    Cqr,
 }
 
 /// Calibrated prediction intervals: the monitor turns each step's recent errors into a half

@@ -55,6 +55,19 @@ pub fn conformal_quantile(scores: &mut [f64], level: f64, saturate: bool) -> Opt
     Some(*q)
 }
 
+/// For CQR at `level`: the indices of the quantile levels (1 − level)/2 and (1 + level)/2 among a
+/// quantile bundle's `levels`, when both are there.
+pub fn cqr_band(levels: &[f64], level: f64) -> Option<(usize, usize)> {
+    let find = |target: f64| levels.iter().position(|l| (l - target).abs() < 1e-9);
+    Some((find((1.0 - level) / 2.0)?, find((1.0 + level) / 2.0)?))
+}
+
+/// CQR's conformity score of one step: how far the actual fell outside the band `[lo, hi]`
+/// (negative when inside).
+pub fn cqr_score(lo: f64, hi: f64, actual: f64) -> f64 {
+    (lo - actual).max(actual - hi)
+}
+
 /// Adaptive conformal inference (Gibbs and Candès, 2021) for one horizon step:
 /// αₜ₊₁ = αₜ + γ·(α − missₜ). A miss lowers α (a wider interval), a hit raises it slowly, and the
 /// long-run miss rate is α whatever the errors do.
@@ -130,24 +143,27 @@ pub struct Calibration {
 }
 
 impl Calibration {
-    /// Writes `point ± half width` into `lower` and `upper` (cleared first), in f32 like the
-    /// forecast itself (a relative rounding of 6e-8, and half the bytes on the wire of an f64);
-    /// `false`, with both empty, unless every step of `point` is calibrated: a partial interval
-    /// would be read as a whole one.
-    pub fn bounds(&self, point: &[f32], lower: &mut Vec<f32>, upper: &mut Vec<f32>) -> bool {
+    /// Writes `[lo − half width, hi + half width]` per step into `lower` and `upper` (cleared
+    /// first), `band` giving each step's `(lo, hi)`: the point twice (split, ACI) or the quantile
+    /// band (CQR). In f32 like the forecast itself (a relative rounding of 6e-8, and half the
+    /// bytes on the wire of an f64). `false`, with both empty, unless every step is calibrated:
+    /// a partial interval would be read as a whole one.
+    pub fn bounds(&self, band: &[(f32, f32)], lower: &mut Vec<f32>, upper: &mut Vec<f32>) -> bool {
         lower.clear();
         upper.clear();
-        if self.half_widths.len() < point.len() {
+        if self.half_widths.len() < band.len() {
             return false;
         }
-        for (p, w) in point.iter().zip(&self.half_widths) {
+        for ((lo, hi), w) in band.iter().zip(&self.half_widths) {
             let Some(w) = w else {
                 lower.clear();
                 upper.clear();
                 return false;
             };
-            lower.push((f64::from(*p) - w) as f32);
-            upper.push((f64::from(*p) + w) as f32);
+            // A CQR correction may be negative, but never past the band's middle.
+            let w = w.max(-f64::from(hi - lo) / 2.0);
+            lower.push((f64::from(*lo) - w) as f32);
+            upper.push((f64::from(*hi) + w) as f32);
         }
         true
     }
@@ -236,7 +252,7 @@ pub fn parse_snapshot(payload: &[u8], level: f64) -> Option<Calibration> {
     let half_widths = s
         .per_step
         .iter()
-        .map(|step| step.interval.as_ref().and_then(|i| i.half_width).filter(|w| w.is_finite() && *w >= 0.0))
+        .map(|step| step.interval.as_ref().and_then(|i| i.half_width).filter(|w| w.is_finite()))
         .collect();
     Some(Calibration { model: s.model, variant: s.variant, half_widths })
 }
@@ -321,12 +337,20 @@ mod tests {
         let model = ModelRef { name: "m".into(), version: "1".into() };
         let c = Calibration { model, variant: Variant::Primary, half_widths: vec![Some(1.0), Some(2.5)] };
         let (mut lo, mut hi) = (Vec::new(), Vec::new());
-        assert!(c.bounds(&[10.0, 20.0], &mut lo, &mut hi));
+        assert!(c.bounds(&[(10.0, 10.0), (20.0, 20.0)], &mut lo, &mut hi));
         assert_eq!((lo.as_slice(), hi.as_slice()), (&[9.0, 17.5][..], &[11.0, 22.5][..]));
         let partial = Calibration { half_widths: vec![Some(1.0), None], ..c.clone() };
-        assert!(!partial.bounds(&[10.0, 20.0], &mut lo, &mut hi));
+        assert!(!partial.bounds(&[(10.0, 10.0), (20.0, 20.0)], &mut lo, &mut hi));
         assert!(lo.is_empty() && hi.is_empty());
-        assert!(!c.bounds(&[1.0, 2.0, 3.0], &mut lo, &mut hi), "a longer forecast than calibrated");
+        assert!(!c.bounds(&[(1.0, 1.0); 3], &mut lo, &mut hi), "a longer forecast than calibrated");
+        // CQR: around a band, and a negative correction stops at the band's middle.
+        let cqr = Calibration { half_widths: vec![Some(-0.5), Some(-3.0)], ..c.clone() };
+        assert!(cqr.bounds(&[(9.0, 11.0), (18.0, 22.0)], &mut lo, &mut hi));
+        assert_eq!((lo.as_slice(), hi.as_slice()), (&[9.5, 20.0][..], &[10.5, 20.0][..]));
+        assert_eq!(cqr_band(&[0.05, 0.5, 0.95], 0.9), Some((0, 2)));
+        assert_eq!(cqr_band(&[0.1, 0.5, 0.9], 0.9), None);
+        assert_eq!(cqr_score(9.0, 11.0, 12.5), 1.5);
+        assert_eq!(cqr_score(9.0, 11.0, 10.0), -1.0);
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub enum RunError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Monitor(#[from] crate::monitor::MonitorError),
+    /// `intervals.method = "cqr"` with a bundle that does not output the band it needs.
+    #[error("intervals.method = \"cqr\" needs {0}")]
+    Cqr(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
     #[error(transparent)]
@@ -60,7 +63,7 @@ impl RunError {
             matches!(e, ClusterError::MissingTopics(_) | ClusterError::Client(_) | ClusterError::Refused { .. })
         };
         match self {
-            RunError::Bundle(_) | RunError::Listen { .. } | RunError::Otel(_) => true,
+            RunError::Bundle(_) | RunError::Listen { .. } | RunError::Otel(_) | RunError::Cqr(_) => true,
             RunError::Load(LoadError::Bundle(_) | LoadError::Fallback(_)) => true,
             RunError::Load(LoadError::Inference(e)) => {
                 matches!(e, InferenceError::Bundle(_) | InferenceError::Cuda(_) | InferenceError::Runtime(_))
@@ -72,6 +75,32 @@ impl RunError {
             ) => true,
             RunError::Pipeline(_) | RunError::ThreadStopped(_) | RunError::ShutdownTimedOut(_) => false,
         }
+    }
+}
+
+/// CQR builds intervals around the served bundle's quantiles (1 ∓ level)/2: refuses a bundle
+/// without them before anything starts.
+fn check_cqr(config: &Config, bundle: &Bundle) -> Result<(), RunError> {
+    let i = &config.intervals;
+    if !i.enabled || i.method != crate::config::IntervalMethod::Cqr {
+        return Ok(());
+    }
+    let m = &bundle.manifest;
+    match &m.quantiles {
+        Some(levels) if crate::interval::cqr_band(levels, i.level).is_some() => Ok(()),
+        levels => Err(RunError::Cqr(format!(
+            "a quantile bundle with the levels {} and {} (intervals.level = {}); {} version {} has {}",
+            // Rounded for the message: (1 - 0.9) / 2 prints as 0.04999999999999999.
+            ((1.0 - i.level) / 2.0 * 1e9).round() / 1e9,
+            ((1.0 + i.level) / 2.0 * 1e9).round() / 1e9,
+            i.level,
+            m.name,
+            m.version,
+            match levels {
+                Some(l) => format!("{l:?}"),
+                None => "no `quantiles`".into(),
+            }
+        ))),
     }
 }
 
@@ -143,6 +172,7 @@ async fn start_worker(
     let cfg = config.clone();
     let primary = blocking(move || loader::load_primary(&cfg)).await?;
     let bundle = primary.bundle();
+    check_cqr(config, &bundle)?;
     let (cfg, b) = (config.clone(), bundle.clone());
     let variants = blocking(move || loader::load_variants(&cfg, &b)).await?;
     let served = served_models(&primary, &variants, &config.topics.shadow);
@@ -287,6 +317,7 @@ pub async fn start(
     let (worker, served, model, provider, bundle) = if role == Role::Monitor {
         let dir = bundle::resolve(&config.model.root, &config.model.name, &config.model.version)?;
         let bundle = Arc::new(Bundle::load(&dir)?);
+        check_cqr(config, &bundle)?;
         let m = &bundle.manifest;
         let model = ModelRef { name: m.name.clone(), version: m.version.clone() };
         let cpu = ProviderReport { provider: Provider::Cpu, fallback_reason: None };

@@ -92,10 +92,46 @@ fn judged(
 
 /// The split-conformal half width over `errors` at `level`, as numpy would take it.
 fn conformal(errors: &[f64], level: f64) -> Option<f64> {
-    let mut a: Vec<f64> = errors.iter().map(|e| e.abs()).collect();
+    conformal_scores(&errors.iter().map(|e| e.abs()).collect::<Vec<_>>(), level)
+}
+
+/// The ⌈(n + 1)·level⌉-th smallest of `scores` (signed, for CQR).
+fn conformal_scores(scores: &[f64], level: f64) -> Option<f64> {
+    let mut a = scores.to_vec();
     a.sort_by(f64::total_cmp);
     let k = ((a.len() as f64 + 1.0) * level).ceil() as usize;
     (k >= 1 && k <= a.len()).then(|| a[k - 1])
+}
+
+/// A worker serving the whole series, and what it served.
+struct Served {
+    worker: Worker,
+    predictions: Vec<Value>,
+    week_of: HashMap<String, usize>,
+    judged: Vec<Vec<(usize, bool)>>,
+}
+
+/// Streams every week of the shipped series through a worker on `config` (paced, so the
+/// calibration keeps up) and checks that the 90 % intervals served over the second half of the
+/// stream covered within 0.85–0.95 on every step.
+fn serve_whole_series(topics: &Topics, config: &str, weeks: &[Week]) -> Served {
+    let n = weeks.len();
+    let worker = Worker::start(config);
+    let stream: Vec<Value> = weeks.iter().enumerate().map(|(i, w)| observation("co2", i, w)).collect();
+    send_paced(&topics.input, "co2", &stream, 10);
+    let mut predictions = Reader::new(&topics.predictions);
+    assert!(predictions.read_until(Duration::from_secs(120), |r| r.len() >= n), "{}", worker.log_text());
+    let predictions: Vec<Value> = predictions.records.iter().map(|r| r.json()).collect();
+    let week_of: HashMap<String, usize> = weeks.iter().enumerate().map(|(i, w)| (w.timestamp.clone(), i)).collect();
+    let judged = judged(&predictions, &week_of, |t| weeks.get(t).map(observed));
+    for (h, steps) in judged.iter().enumerate() {
+        let second: Vec<bool> = steps.iter().filter(|(t, _)| *t >= n / 2).map(|(_, c)| *c).collect();
+        let coverage = second.iter().filter(|c| **c).count() as f64 / second.len() as f64;
+        eprintln!("step {}: coverage {coverage:.3} over {} intervals of the second half", h + 1, second.len());
+        assert!(second.len() > n / 2 - 10, "step {}: only {} calibrated intervals", h + 1, second.len());
+        assert!((0.85..=0.95).contains(&coverage), "step {}: coverage {coverage}", h + 1);
+    }
+    Served { worker, predictions, week_of, judged }
 }
 
 #[test]
@@ -109,24 +145,7 @@ fn intervals_cover_the_co2_series_and_follow_the_conformal_rule() {
         "[monitor]\njoin_by = \"time\"\nactuals_from_input = true\npublish_interval = \"100ms\"\nmin_joined = 1\n\
                  [intervals]\nlevel = 0.9\nmin_residuals = 30\n";
     let config = common::with_model_root(&topics.config("co2-gru", "latest", extra), root.path(), "1h");
-    let worker = Worker::start(&config);
-    let stream: Vec<Value> = weeks.iter().enumerate().map(|(i, w)| observation("co2", i, w)).collect();
-    send_paced(&topics.input, "co2", &stream, 10);
-
-    let mut predictions = Reader::new(&topics.predictions);
-    assert!(predictions.read_until(Duration::from_secs(120), |r| r.len() >= n), "{}", worker.log_text());
-    let predictions: Vec<Value> = predictions.records.iter().map(|r| r.json()).collect();
-    let week_of: HashMap<String, usize> = weeks.iter().enumerate().map(|(i, w)| (w.timestamp.clone(), i)).collect();
-
-    // Coverage over the second half of the stream, step by step, from the served bounds.
-    let judged = judged(&predictions, &week_of, |t| weeks.get(t).map(observed));
-    for (h, steps) in judged.iter().enumerate() {
-        let second: Vec<bool> = steps.iter().filter(|(t, _)| *t >= n / 2).map(|(_, c)| *c).collect();
-        let coverage = second.iter().filter(|c| **c).count() as f64 / second.len() as f64;
-        eprintln!("step {}: coverage {coverage:.3} over {} intervals of the second half", h + 1, second.len());
-        assert!(second.len() > n / 2 - 10, "step {}: only {} calibrated intervals", h + 1, second.len());
-        assert!((0.85..=0.95).contains(&coverage), "step {}: coverage {coverage}", h + 1);
-    }
+    let Served { worker, predictions, week_of, judged } = serve_whole_series(&topics, &config, &weeks);
 
     // Every forecast's errors against what was observed h weeks later.
     let mut errors = vec![Vec::new(); H];
@@ -139,15 +158,8 @@ fn intervals_cover_the_co2_series_and_follow_the_conformal_rule() {
         }
     }
     // Once everything has joined, the monitor's half widths are the rule over all of them.
-    let mut metrics = Reader::new(&topics.metrics);
     let complete = |s: &Value| (0..H).all(|h| s["per_step"][h]["count"].as_u64() == Some(errors[h].len() as u64));
-    assert!(
-        metrics.read_until(Duration::from_secs(60), |r| r.iter().any(|x| complete(&x.json()))),
-        "no complete snapshot: {:?}\n{}",
-        metrics.records.last().map(|r| r.json()),
-        worker.log_text()
-    );
-    let snapshot = metrics.records.iter().map(|r| r.json()).find(complete).unwrap();
+    let snapshot = common::snapshot_where(&topics.metrics, &worker, complete);
     assert_eq!(snapshot["interval"], json!({"level": 0.9, "method": "split", "coverage_band": 0.05}));
     let mut widths = Vec::new();
     for (h, e) in errors.iter().enumerate() {
@@ -379,4 +391,72 @@ fn every_replica_serves_the_leaders_calibration() {
             assert!((upper - (point + w)).abs() <= 1e-6 * point.abs(), "{answer}: step {} against ± {w}", h + 1);
         }
     }
+}
+
+/// CQR around a quantile bundle's own band: the shipped co2-quantile (levels 0.05/0.5/0.95,
+/// weekly) serves the whole co2 series with `intervals.method = "cqr"`. Intervals are
+/// `[q0.05 − w, q0.95 + w]`, w the ⌈(n + 1)·0.9⌉-th smallest score max(q0.05 − y, y − q0.95):
+/// coverage over the second half is in the band for every step, and once everything has joined
+/// the monitor's w equals the rule recomputed here and later forecasts carry exactly that.
+#[test]
+fn cqr_intervals_widen_the_quantile_band_to_cover() {
+    let weeks = weeks();
+    let topics = Topics::create(1);
+    let extra =
+        "[monitor]\njoin_by = \"time\"\nactuals_from_input = true\npublish_interval = \"100ms\"\nmin_joined = 1\n\
+                 [intervals]\nmethod = \"cqr\"\n";
+    let Served { worker, predictions, week_of, .. } =
+        serve_whole_series(&topics, &topics.config("co2-quantile", "1", extra), &weeks);
+    // The scores of every forecast step against what was observed.
+    let band = |p: &Value, h: usize| {
+        let v = &p["quantiles"]["values"][h];
+        (v[0].as_f64().unwrap(), v[2].as_f64().unwrap())
+    };
+    let mut scores = vec![Vec::new(); H];
+    for p in &predictions {
+        let i = week_of[p["timestamp"].as_str().unwrap()];
+        for (h, s) in scores.iter_mut().enumerate() {
+            if let Some(w) = weeks.get(i + h + 1) {
+                let (lo, hi) = band(p, h);
+                s.push((lo - observed(w)).max(observed(w) - hi));
+            }
+        }
+    }
+    let complete =
+        |s: &Value| (0..H).all(|h| s["per_step"][h]["interval"]["residuals"].as_u64() == Some(scores[h].len() as u64));
+    let snapshot = common::snapshot_where(&topics.metrics, &worker, complete);
+    assert_eq!(snapshot["interval"]["method"], "cqr");
+    let widths: Vec<f64> = scores.iter().map(|s| conformal_scores(s, LEVEL).unwrap()).collect();
+    for (h, want) in widths.iter().enumerate() {
+        let got = snapshot["per_step"][h]["interval"]["half_width"].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "step {}: {got} against {want}", h + 1);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let mut probe = observation("probe", 1000, &weeks[1000]);
+    probe["window"] = weeks[985..=1000].iter().map(features).collect();
+    send_keyed(&topics.input, &[("probe".to_string(), probe.to_string())]);
+    let mut out = Reader::new(&topics.predictions);
+    assert!(out.read_until(Duration::from_secs(60), |r| r.iter().any(|x| x.json()["series_id"] == "probe")));
+    let p = out.records.iter().map(|r| r.json()).find(|p| p["series_id"] == "probe").unwrap();
+    assert_eq!(p["interval"]["calibrated"], true, "{p}");
+    for (h, w) in widths.iter().enumerate() {
+        let (lo, hi) = band(&p, h);
+        let (got_lo, got_hi) =
+            (p["interval"]["lower"][h].as_f64().unwrap(), p["interval"]["upper"][h].as_f64().unwrap());
+        assert!((got_lo - (lo - w)).abs() <= 1e-6 * lo.abs(), "step {}: lower {got_lo} against {lo} - {w}", h + 1);
+        assert!((got_hi - (hi + w)).abs() <= 1e-6 * hi.abs(), "step {}: upper {got_hi} against {hi} + {w}", h + 1);
+    }
+}
+
+/// CQR needs a quantile bundle with the band's levels: co2-gru has none, and start-up stops with
+/// exit 2 naming the setting.
+#[test]
+fn cqr_without_the_quantile_band_stops_start_up() {
+    let topics = Topics::create(1);
+    let mut worker = Worker::start(&topics.config("co2-gru", "1", "[intervals]\nmethod = \"cqr\"\n"));
+    let status = common::wait_exit(&mut worker.child, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("still running:\n{}", worker.log_text()));
+    let log = worker.log_text();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("intervals.method") && log.contains("0.05") && log.contains("no `quantiles`"), "{log}");
 }

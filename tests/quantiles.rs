@@ -70,15 +70,8 @@ fn a_quantile_bundle_serves_ordered_quantiles_and_the_monitor_scores_its_pinball
     }
     let joined = losses[0].len();
     assert_eq!(joined, (n - 1) + (n - 2) + (n - 3) + (n - 4));
-    let mut metrics = Reader::new(&topics.metrics);
     let complete = |s: &Value| s["pinball"][0]["count"].as_u64() == Some(joined as u64);
-    assert!(
-        metrics.read_until(Duration::from_secs(60), |r| r.iter().any(|x| complete(&x.json()))),
-        "no snapshot with {joined} pinball losses: {:?}\n{}",
-        metrics.records.last().map(|r| r.json()),
-        worker.log_text()
-    );
-    let snapshot = metrics.records.iter().map(|r| r.json()).find(complete).unwrap();
+    let snapshot = common::snapshot_where(&topics.metrics, &worker, complete);
     for (j, tau) in LEVELS.iter().enumerate() {
         let entry = &snapshot["pinball"][j];
         assert_eq!(entry["level"], *tau);

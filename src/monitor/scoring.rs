@@ -85,6 +85,9 @@ struct Scored {
     /// pinball loss (kept as the window's "bias": the mean of the losses pushed).
     levels: Vec<f64>,
     pinball: Vec<RollingError>,
+    /// Per step, CQR's conformity scores (`intervals.method = "cqr"`): how far each actual fell
+    /// outside the served quantile band, over the same window as the errors.
+    cqr: Vec<RollingError>,
     rmse_gate: Gate,
     above_since: Option<Instant>,
     retrain_requested: bool,
@@ -367,6 +370,7 @@ impl Scoring {
             coverage_gate: Gate::new(self.cfg.alert_cooldown),
             levels: Vec::new(),
             pinball: Vec::new(),
+            cqr: Vec::new(),
             rmse_gate: Gate::new(self.cfg.alert_cooldown),
             above_since: None,
             retrain_requested: false,
@@ -541,6 +545,20 @@ impl Scoring {
                 }
             }
         }
+        // CQR's conformity scores, when the interval is built around the quantile band.
+        let band = self
+            .intervals
+            .as_ref()
+            .filter(|c| c.method == IntervalMethod::Cqr)
+            .and_then(|c| crate::interval::cqr_band(&scored.levels, c.level));
+        if let Some((lo, hi)) = band.filter(|_| prediction.quantiles.len() == q * actual.len()) {
+            for (i, (values, a)) in prediction.quantiles.chunks_exact(q).zip(&actual).enumerate() {
+                while scored.cqr.len() <= first + i {
+                    scored.cqr.push(RollingError::new(self.cfg.window_count, self.cfg.window_duration));
+                }
+                scored.cqr[first + i].push(at, crate::interval::cqr_score(values[lo], values[hi], *a));
+            }
+        }
         // Coverage of the interval the forecast was served with, and ACI's reaction to it.
         if let Some(cfg) = &self.intervals {
             for (i, ((lower, upper), a)) in prediction.bounds.iter().zip(&actual).enumerate() {
@@ -642,6 +660,7 @@ impl Scoring {
             k.rolling.advance(now_ms);
             k.by_step.iter_mut().for_each(|w| w.advance(now_ms));
             k.pinball.iter_mut().for_each(|w| w.advance(now_ms));
+            k.cqr.iter_mut().for_each(|w| w.advance(now_ms));
             k.mase.iter_mut().for_each(|(m, b)| {
                 m.advance(now_ms);
                 b.advance(now_ms);
@@ -804,11 +823,20 @@ impl Scored {
     /// and coverage. `scratch` is reused across keys.
     fn intervals(&self, cfg: &IntervalsConfig, scratch: &mut Vec<f64>) -> Vec<StepInterval> {
         let aci = cfg.method == IntervalMethod::Aci;
+        let empty = RollingError::new(0, Duration::ZERO);
         (0..self.by_step.len())
             .map(|step| {
-                let window = &self.by_step[step];
                 scratch.clear();
-                scratch.extend(window.errors().map(f64::abs));
+                // CQR: the signed scores against the served band; otherwise absolute errors.
+                let window = if cfg.method == IntervalMethod::Cqr {
+                    let w = self.cqr.get(step).unwrap_or(&empty);
+                    scratch.extend(w.errors());
+                    w
+                } else {
+                    let w = &self.by_step[step];
+                    scratch.extend(w.errors().map(f64::abs));
+                    w
+                };
                 let level = match self.aci.get(step) {
                     Some(a) if aci => a.level(),
                     _ => cfg.level,

@@ -30,27 +30,46 @@ struct Row<'a> {
 pub struct Intervals {
     shared: SharedCalibration,
     level: f64,
+    /// CQR (`intervals.method = "cqr"`): the band's lower and upper quantile indices, of `Q`.
+    cqr: Option<(usize, usize, usize)>,
     /// The table as of the current batch: read once per batch, not per row.
     table: Arc<CalibrationTable>,
-    /// Reused bounds of the row being encoded.
+    /// Reused per row: what the interval is built around, and its bounds.
+    band: Vec<(f32, f32)>,
     lower: Vec<f32>,
     upper: Vec<f32>,
 }
 
 impl Intervals {
-    pub fn new(shared: SharedCalibration, level: f64) -> Intervals {
-        Intervals { table: shared.current(), shared, level, lower: Vec::new(), upper: Vec::new() }
+    /// `cqr`: the quantile band's `(lower index, upper index, Q)` under CQR.
+    pub fn new(shared: SharedCalibration, level: f64, cqr: Option<(usize, usize, usize)>) -> Intervals {
+        let table = shared.current();
+        Intervals { table, shared, level, cqr, band: Vec::new(), lower: Vec::new(), upper: Vec::new() }
     }
 
     fn refresh(&mut self) {
         self.table = self.shared.current();
     }
 
-    /// The interval of `prediction` by `model` × `variant`; `lower`/`upper` hold its bounds.
-    fn of(&mut self, model: &ModelRef, variant: Variant, prediction: &[f32]) -> IntervalOut<'_> {
+    /// The interval of `prediction` (with its `quantiles`, step-major) by `model` × `variant`;
+    /// `lower`/`upper` hold its bounds. Under CQR a row without quantiles (the fallback's) has
+    /// none: the calibration is of the quantile band.
+    fn of(
+        &mut self,
+        model: &ModelRef,
+        variant: Variant,
+        prediction: &[f32],
+        quantiles: Option<&[f32]>,
+    ) -> IntervalOut<'_> {
+        self.band.clear();
+        match (self.cqr, quantiles) {
+            (Some((lo, hi, q)), Some(values)) => self.band.extend(values.chunks_exact(q).map(|s| (s[lo], s[hi]))),
+            (Some(_), None) => {}
+            (None, _) => self.band.extend(prediction.iter().map(|p| (*p, *p))),
+        }
         let calibrated = match self.table.get(model, variant) {
-            Some(c) => c.bounds(prediction, &mut self.lower, &mut self.upper),
-            None => false,
+            Some(c) if !self.band.is_empty() => c.bounds(&self.band, &mut self.lower, &mut self.upper),
+            _ => false,
         };
         IntervalOut {
             level: self.level,
@@ -79,24 +98,25 @@ impl StreamPublisher {
         let latency = o.received.elapsed();
         let latency_ms = latency.as_secs_f64() * 1e3;
         let mut intervals = self.intervals.as_mut();
-        let mut encode = |prediction: &[f32], quantiles, model, variant, fallback, buf: &mut Vec<u8>| {
-            PredictionOut {
-                id: &o.id,
-                series_id: &o.series_id,
-                timestamp: &o.timestamp,
-                prediction,
-                model,
-                variant,
-                latency_ms,
-                produced_at: row.produced_at,
-                warmup: o.warmup,
-                gap_filled: o.gap_filled,
-                fallback,
-                interval: intervals.as_mut().map(|i| i.of(model, variant, prediction)),
-                quantiles,
-            }
-            .encode(buf)
-        };
+        let mut encode =
+            |prediction: &[f32], quantiles: Option<QuantilesOut<'_>>, model, variant, fallback, buf: &mut Vec<u8>| {
+                PredictionOut {
+                    id: &o.id,
+                    series_id: &o.series_id,
+                    timestamp: &o.timestamp,
+                    prediction,
+                    model,
+                    variant,
+                    latency_ms,
+                    produced_at: row.produced_at,
+                    warmup: o.warmup,
+                    gap_filled: o.gap_filled,
+                    fallback,
+                    interval: intervals.as_mut().map(|i| i.of(model, variant, prediction, quantiles.map(|q| q.values))),
+                    quantiles,
+                }
+                .encode(buf)
+            };
         encode(row.prediction, row.quantiles, row.model, row.variant, row.fallback, &mut self.buf);
         if !self.publisher.fits(o.series_id.len(), self.buf.len()) {
             // Only a huge horizon gets here (ids are bounded at decoding): dead-letter the event
@@ -255,7 +275,7 @@ impl Dispatcher {
                 }
                 Origin::Request(r) => {
                     let interval = self.stream.intervals.as_mut().map(|i| {
-                        let out = i.of(model, variant, prediction);
+                        let out = i.of(model, variant, prediction, quantiles.map(|q| q.values));
                         IntervalIn {
                             level: out.level,
                             calibrated: out.calibrated,

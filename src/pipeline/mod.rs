@@ -322,7 +322,13 @@ impl Worker {
             let shared = crate::interval::SharedCalibration::default();
             // Ends with the shutdown signal; nothing waits for it (it only reads).
             crate::interval::spawn_follower(config, shared.clone(), shutdown.clone()).map_err(ClusterError::Client)?;
-            Some(dispatch::Intervals::new(shared, config.intervals.level))
+            let cqr = match (config.intervals.method, &manifest.quantiles) {
+                (crate::config::IntervalMethod::Cqr, Some(levels)) => {
+                    crate::interval::cqr_band(levels, config.intervals.level).map(|(lo, hi)| (lo, hi, levels.len()))
+                }
+                _ => None,
+            };
+            Some(dispatch::Intervals::new(shared, config.intervals.level, cqr))
         } else {
             None
         };

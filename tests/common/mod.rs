@@ -564,3 +564,12 @@ pub fn weekly_co2_gru_root() -> tempfile::TempDir {
     std::fs::write(dir.join("bundle.json"), manifest.to_string()).unwrap();
     root
 }
+
+/// Reads the metrics topic `topic` until a snapshot satisfies `done` (60 s at most) and returns
+/// it; fails with the last snapshot read and `worker`'s log.
+pub fn snapshot_where(topic: &str, worker: &Worker, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut metrics = Reader::new(topic);
+    let found = metrics.read_until(Duration::from_secs(60), |r| r.iter().any(|x| done(&x.json())));
+    assert!(found, "no such snapshot: {:?}\n{}", metrics.records.last().map(|r| r.json()), worker.log_text());
+    metrics.records.iter().map(|r| r.json()).find(|s| done(s)).unwrap()
+}
