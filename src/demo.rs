@@ -135,7 +135,7 @@ impl fmt::Display for Summary {
                     num("rmse"),
                     num("mae")
                 )?;
-                if let Some(steps) = snap["per_step"].as_array().filter(|s| s.len() > 1) {
+                if let Some(steps) = snap["per_step"].as_array() {
                     let rmse: Vec<String> = steps
                         .iter()
                         .map(|s| s["rmse"].as_f64().map_or("n/a".to_string(), |v| format!("{v:.3}")))
