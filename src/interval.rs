@@ -1,13 +1,15 @@
 //! Calibrated prediction intervals, online: the conformal rule, adaptive conformal inference,
-//! empirical coverage, and how every worker replica learns the monitor's calibration.
+//! CQR's scores, empirical coverage, and how every worker replica learns the monitor's
+//! calibration.
 //!
 //! The monitor leader joins forecasts to what was later observed, so it alone holds each horizon
 //! step's recent errors. At every publish it turns them into a half width per step (split
-//! conformal, or ACI's moving level) and writes it in the `model_metrics` snapshot of that model
-//! version × variant. Every worker replica follows that topic ([`spawn_follower`]) and puts
-//! `point ± half width` around its forecasts, so all replicas serve the same interval whichever
-//! of them scored the event. Until a step has enough errors, a prediction says that its interval
-//! is not calibrated and carries no bounds: an interval is never invented.
+//! conformal, ACI's moving level, or CQR's correction of a quantile band) and writes it in the
+//! `model_metrics` snapshot of that model version × variant. Every worker replica follows that
+//! topic ([`spawn_follower`]) and puts `point ± half width` (CQR: `[lo − w, hi + w]`) around its
+//! forecasts, so all replicas serve the same interval whichever of them scored the event. Until a
+//! step has enough errors, a prediction says that its interval is not calibrated and carries no
+//! bounds: an interval is never invented.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;

@@ -22,8 +22,8 @@
 //! - [`pipeline`]: consumer loop, offset tracking, dispatch by origin, producer and dead letters.
 //! - [`alert`]: typed `alerts` messages, damping (gate), and the one alert sink.
 //! - [`monitor`]: the side task: actuals join, rolling error, drift, alerts, retraining triggers.
-//! - [`interval`]: calibrated prediction intervals: the conformal rule, ACI, coverage, and the
-//!   follower that brings the monitor's calibration to every worker replica.
+//! - [`interval`]: calibrated prediction intervals: the conformal rule, ACI, CQR, coverage, and
+//!   the follower that brings the monitor's calibration to every worker replica.
 //! - [`decisions`]: label-driven rollback/promotion of the A/B candidate: the rule, and the
 //!   follower that applies published decisions on every replica.
 //! - [`produce`]: `streamcast produce`: send a CSV/Parquet/JSONL file (and delayed actuals) to Kafka.

@@ -7,7 +7,8 @@
 //! - [`stats`]: KS test, PSI, multiple-testing correction, bounded samples.
 //! - [`drift`]: per-feature drift verdicts.
 //! - [`scoring`]: the joins, rolling error per model version × variant, RMSE gates, performance
-//!   retraining and the A/B decision.
+//!   retraining and the A/B decision; interval calibration, coverage and its gate, and a quantile
+//!   bundle's pinball loss.
 //! - [`publish`]: one publish: alerts, snapshots, gauges.
 //! - [`snapshot`]: the `model_metrics` message and its producer.
 //! - [`metrics`]: the Prometheus gauges.
