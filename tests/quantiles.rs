@@ -80,4 +80,17 @@ fn a_quantile_bundle_serves_ordered_quantiles_and_the_monitor_scores_its_pinball
         assert!(close(got, want, 1e-9), "level {tau}: pinball {got} against {want}");
         eprintln!("level {tau}: pinball loss {got:.4} over {joined} joined steps");
     }
+    // The same in Prometheus: `streamcast_monitor_pinball_loss{..., quantile="τ"}`.
+    let mut worker = worker;
+    let text = common::http_get(worker.http_port(), "/metrics");
+    for (j, tau) in LEVELS.iter().enumerate() {
+        let label = format!("quantile=\"{tau}\"");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("streamcast_monitor_pinball_loss{") && l.contains(&label))
+            .unwrap_or_else(|| panic!("no pinball gauge for {tau}:\n{text}"));
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        let want = snapshot["pinball"][j]["loss"].as_f64().unwrap();
+        assert!(close(value, want, 1e-9), "{line} against the snapshot's {want}");
+    }
 }

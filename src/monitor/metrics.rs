@@ -105,6 +105,8 @@ pub struct MonitorMetrics {
     step_mase: GaugeVec,
     step_interval_half_width: GaugeVec,
     step_interval_coverage: GaugeVec,
+    /// A quantile bundle's mean pinball loss per level (label `quantile`).
+    pinball: GaugeVec,
     /// The most steps any key has reported, so a removed key's step gauges can all go.
     steps_seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     joined: IntGaugeVec,
@@ -159,6 +161,11 @@ impl MonitorMetrics {
                 "streamcast_monitor_step_interval_coverage",
                 "Share of one horizon step's recent intervals that held their actual.",
                 step,
+            ),
+            pinball: g(
+                "streamcast_monitor_pinball_loss",
+                "A quantile bundle's rolling mean pinball loss at one quantile level (target units).",
+                &["model", "version", "variant", "quantile"],
             ),
             steps_seen: Default::default(),
             joined: i("streamcast_monitor_joined", "Joined values in the rolling window.", key),
@@ -222,7 +229,7 @@ impl MonitorMetrics {
 
     /// Removes every per-model gauge (the leader's are the group's).
     pub fn clear(&self) {
-        for g in [&self.rmse, &self.mae, &self.ks, &self.psi, &self.p_value] {
+        for g in [&self.rmse, &self.mae, &self.ks, &self.psi, &self.p_value, &self.pinball] {
             g.reset();
         }
         for g in self.step_gauges() {
@@ -242,6 +249,9 @@ impl MonitorMetrics {
         for g in [&self.joined, &self.pending, &self.expired] {
             let _ = g.remove_label_values(&labels);
         }
+        // Its levels are not known here: every key's pinball gauges go, and the publish that
+        // removes a key sets the live keys' again right after.
+        self.pinball.reset();
         for step in 1..=self.steps_seen.load(std::sync::atomic::Ordering::Relaxed) {
             let step = step.to_string();
             let labels = [labels[0], labels[1], labels[2], step.as_str()];
@@ -273,6 +283,11 @@ impl MonitorMetrics {
                 self.step_interval_half_width.with_label_values(&labels).set(interval.half_width.unwrap_or(f64::NAN));
                 self.step_interval_coverage.with_label_values(&labels).set(interval.coverage.unwrap_or(f64::NAN));
             }
+        }
+        for (level, _, loss) in &key.pinball {
+            let level = level.to_string();
+            let labels = [labels[0], labels[1], labels[2], level.as_str()];
+            self.pinball.with_label_values(&labels).set(loss.unwrap_or(f64::NAN));
         }
     }
 
