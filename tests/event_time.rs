@@ -250,10 +250,6 @@ fn the_input_stream_is_its_own_ground_truth() {
 #[test]
 fn join_by_time_without_a_frequency_stops_start_up() {
     let topics = Topics::create(1);
-    let mut worker = Worker::start(&topics.config("co2-mlp", "1", "[monitor]\njoin_by = \"time\"\n"));
-    let status = common::wait_exit(&mut worker.child, Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("still running:\n{}", worker.log_text()));
-    let log = worker.log_text();
-    assert_eq!(status.code(), Some(2), "{log}");
+    let log = Worker::start(&topics.config("co2-mlp", "1", "[monitor]\njoin_by = \"time\"\n")).setup_failure();
     assert!(log.contains("monitor.join_by") && log.contains("frequency"), "{log}");
 }

@@ -88,6 +88,8 @@ struct Scored {
     /// Per step, CQR's conformity scores (`intervals.method = "cqr"`): how far each actual fell
     /// outside the served quantile band, over the same window as the errors.
     cqr: Vec<RollingError>,
+    /// Under CQR, the indices of the band's levels among `levels` (set with them).
+    cqr_band: Option<(usize, usize)>,
     rmse_gate: Gate,
     above_since: Option<Instant>,
     retrain_requested: bool,
@@ -371,6 +373,7 @@ impl Scoring {
             levels: Vec::new(),
             pinball: Vec::new(),
             cqr: Vec::new(),
+            cqr_band: None,
             rmse_gate: Gate::new(self.cfg.alert_cooldown),
             above_since: None,
             retrain_requested: false,
@@ -415,6 +418,11 @@ impl Scoring {
                 scored.levels = q.levels.clone();
                 let window = || RollingError::new(self.cfg.window_count, self.cfg.window_duration);
                 scored.pinball = q.levels.iter().map(|_| window()).collect();
+                scored.cqr_band = self
+                    .intervals
+                    .as_ref()
+                    .filter(|c| c.method == IntervalMethod::Cqr)
+                    .and_then(|c| crate::interval::cqr_band(&q.levels, c.level));
             }
         }
         let mut offers = Vec::new();
@@ -546,12 +554,7 @@ impl Scoring {
             }
         }
         // CQR's conformity scores, when the interval is built around the quantile band.
-        let band = self
-            .intervals
-            .as_ref()
-            .filter(|c| c.method == IntervalMethod::Cqr)
-            .and_then(|c| crate::interval::cqr_band(&scored.levels, c.level));
-        if let Some((lo, hi)) = band.filter(|_| prediction.quantiles.len() == q * actual.len()) {
+        if let Some((lo, hi)) = scored.cqr_band.filter(|_| prediction.quantiles.len() == q * actual.len()) {
             for (i, (values, a)) in prediction.quantiles.chunks_exact(q).zip(&actual).enumerate() {
                 while scored.cqr.len() <= first + i {
                     scored.cqr.push(RollingError::new(self.cfg.window_count, self.cfg.window_duration));

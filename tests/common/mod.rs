@@ -452,6 +452,16 @@ impl Worker {
         v["addr"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap()
     }
 
+    /// Waits (60 s at most) for a worker that must refuse to start: asserts exit code 2 (a setup
+    /// error) and returns its log, for the caller to check what it named.
+    pub fn setup_failure(&mut self) -> String {
+        let status = wait_exit(&mut self.child, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("still running:\n{}", self.log_text()));
+        let log = self.log_text();
+        assert_eq!(status.code(), Some(2), "{log}");
+        log
+    }
+
     pub fn kill_hard(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
