@@ -62,7 +62,7 @@ CONFIG_KEYS: dict[str, set[str] | None] = {
     "consumer": {"group_id", "max_in_flight", "auto_offset_reset"},
     "topics": {"input", "predictions", "actuals", "dlq", "metrics", "alerts", "shadow"},
     "variants": {"candidate", "shadow"},
-    "model": {"root", "name", "version", "execution_provider", "intra_threads", "watch_interval"},
+    "model": {"root", "cache_dir", "name", "version", "execution_provider", "intra_threads", "watch_interval"},
     "batching": {"max_batch_size", "max_wait_ms"},
     "validation": {"max_message_bytes", "reject_unknown_features"},
     "windows": {"max_series", "rebuild_max_records", "rebuild_timeout", "duplicates", "gaps", "max_fill_steps"},

@@ -27,6 +27,8 @@ pub enum BundleError {
     Manifest { path: PathBuf, field: String, message: String },
     #[error("bundle {dir}: {message}")]
     Invalid { dir: PathBuf, message: String },
+    #[error("bundle {dir}: model.onnx has sha256 {actual}, but bundle.json's `model_sha256` says {expected} (a corrupted or half-finished upload?)")]
+    Checksum { dir: PathBuf, expected: String, actual: String },
     #[error("bundle {dir}: golden case {case} step {step}: expected {expected}, model gives {got} (tolerance 1e-4)")]
     Golden { dir: PathBuf, case: usize, step: usize, expected: f64, got: f64 },
 }
@@ -110,11 +112,15 @@ pub struct Manifest {
     pub quantiles: Option<Vec<f64>>,
     pub input: InputSpec,
     pub output: OutputSpec,
+    /// Lowercase hex SHA-256 of `model.onnx`. When present, a bundle whose model file differs is
+    /// refused: a corrupted or half-finished copy is caught before ONNX Runtime sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
     pub scaler: ScalerSpec,
     pub target: TargetSpec,
     #[serde(default)]
     pub reference: Reference,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<ValidationMetrics>,
     #[serde(default)]
     pub golden: Vec<GoldenCase>,
@@ -172,6 +178,19 @@ impl Bundle {
         let model = dir.join("model.onnx");
         if !model.is_file() {
             return Err(BundleError::Invalid { dir: dir.into(), message: "model.onnx is missing".into() });
+        }
+        if let Some(expected) = &manifest.model_sha256 {
+            if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(BundleError::Manifest {
+                    path,
+                    field: "model_sha256".into(),
+                    message: "must be 64 hex digits (the SHA-256 of model.onnx)".into(),
+                });
+            }
+            let actual = file_sha256(&model)?;
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(BundleError::Checksum { dir: dir.into(), expected: expected.clone(), actual });
+            }
         }
         Bundle::from_manifest(dir, manifest)
     }
@@ -276,6 +295,24 @@ impl Bundle {
     pub fn input_len(&self) -> usize {
         self.manifest.window * self.manifest.features.len()
     }
+}
+
+/// Lowercase hex SHA-256 of a file, read in blocks (a large model is not held twice in memory).
+pub fn file_sha256(path: &Path) -> Result<String, BundleError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let io = |source| BundleError::Io { path: path.into(), source };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut block = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut block).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&block[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn scaler_field(name: &str, e: ScalerError, field: &impl Fn(&str, String) -> BundleError) -> BundleError {

@@ -170,9 +170,13 @@ pub enum ExecutionProviderChoice {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Model root holding `<name>/<version>/{model.onnx,bundle.json}`.
+    /// Model root holding `<name>/<version>/{model.onnx,bundle.json}`: a directory, or object
+    /// storage (`s3://bucket/prefix`, `gs://`, `az://`, `file://`), pulled into `cache_dir`.
     #[serde(default = "default_model_root")]
     pub root: PathBuf,
+    /// Where versions from an object-storage root are kept locally (unused for a directory root).
+    #[serde(default = "default_model_cache_dir")]
+    pub cache_dir: PathBuf,
     /// Bundle name (a directory under `root`).
     pub name: String,
     /// `latest` (highest version, numeric-aware) or a pinned version.
@@ -192,6 +196,9 @@ pub struct ModelConfig {
 
 fn default_model_root() -> PathBuf {
     PathBuf::from("models")
+}
+fn default_model_cache_dir() -> PathBuf {
+    PathBuf::from("/tmp/streamcast/models")
 }
 fn default_version() -> String {
     "latest".into()
@@ -820,6 +827,19 @@ impl Config {
             || self.model.version.starts_with('.')
         {
             return Err(ConfigError::key("model.version", "must be `latest` or a plain version directory name"));
+        }
+        let root = self.model.root.to_string_lossy();
+        if root.contains("://") && !crate::model_store::is_remote(&self.model.root) {
+            return Err(ConfigError::key(
+                "model.root",
+                format!("`{root}` has an unsupported scheme (s3://, gs://, az://, abfs(s)://, file:// or a directory)"),
+            ));
+        }
+        if crate::model_store::is_remote(&self.model.root) && self.model.cache_dir.as_os_str().is_empty() {
+            return Err(ConfigError::key(
+                "model.cache_dir",
+                "must name a local directory for an object-storage model.root",
+            ));
         }
         if self.model.intra_threads == 0 {
             return Err(ConfigError::key("model.intra_threads", "must be at least 1"));

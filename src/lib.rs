@@ -12,6 +12,8 @@
 //! - [`event`]: InputEvent / Prediction / Actual types mirroring `schemas/`; decode errors;
 //!   `event::scan`, the one-pass decoder for valid events (serde decodes the rest).
 //! - [`bundle`]: model bundles: load, validate, resolve `latest`, stay inside the root.
+//! - [`builder`]: `streamcast models build`: a bundle from an ONNX file, its scaler and a
+//!   reference CSV, staged, validated and then published.
 //! - [`normalize`]: scalers; pure, in-place transforms.
 //! - [`window`]: bounded per-series window state.
 //! - [`inference`]: ONNX Runtime loading, model sessions, the model set (primary, candidate,
@@ -27,6 +29,8 @@
 //! - [`decisions`]: label-driven rollback/promotion of the A/B candidate: the rule, and the
 //!   follower that applies published decisions on every replica.
 //! - [`produce`]: `streamcast produce`: send a CSV/Parquet/JSONL file (and delayed actuals) to Kafka.
+//! - [`model_store`]: model roots in object storage (S3, GCS, Azure, `file://`), pulled into a
+//!   local cache that everything else reads as a directory root.
 //! - [`registry`]: watches the model root; validates and hands new versions to the inference thread.
 //! - [`serve`]: `streamcast run`: wires the model, pipeline, HTTP server and signals.
 //! - [`served`]: what `/models` shows, kept current on reloads and decisions.
@@ -41,6 +45,7 @@
 
 pub mod alert;
 pub mod batch;
+pub mod builder;
 pub mod bundle;
 pub mod config;
 pub mod decisions;
@@ -52,6 +57,7 @@ pub mod inference;
 pub mod interval;
 pub mod kafka;
 pub mod loader;
+pub mod model_store;
 pub mod monitor;
 pub mod normalize;
 pub mod otel;

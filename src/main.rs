@@ -169,8 +169,14 @@ enum ModelsCommand {
     },
     /// Show a bundle's manifest summary.
     Inspect(ModelRefArgs),
-    /// Fully validate a bundle: manifest, ONNX signature and golden cases.
-    Validate(ModelRefArgs),
+    /// Fully validate a bundle: manifest, checksum, ONNX signature, golden cases, and a full batch.
+    Validate(ValidateArgs),
+    /// Make a bundle from an ONNX file, its scaler as JSON and a reference CSV, then validate it.
+    ///
+    /// The new version is staged, validated like `models validate`, and only then moved to
+    /// ROOT/NAME/VERSION. Pass `--golden` with predictions from the training framework so that
+    /// an export that changed the numbers is refused.
+    Build(BuildArgs),
     /// Promote the configured A/B candidate to primary on every replica (operator decision).
     ///
     /// Publishes a `model_promoted` alert; each worker's decision follower applies it between two
@@ -201,6 +207,83 @@ struct GpuCheckArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    #[command(flatten)]
+    model: ModelRefArgs,
+    /// Also score one batch of this many windows, the worker's `batching.max_batch_size`
+    /// (a model exported with a fixed batch axis fails here, not at start-up).
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// The exported model: one float32 input, [N, T*F] or [N, T, F], and one output [N, H].
+    #[arg(long)]
+    onnx: PathBuf,
+    /// The input scaler as JSON: {"kind": "standard", "mean": [..], "std": [..]} or
+    /// {"kind": "minmax", "min": [..], "max": [..]}, one value per feature.
+    #[arg(long)]
+    scaler: PathBuf,
+    /// The target scaler in the same form (1 or H columns); default: the input scaler's column
+    /// for the target feature.
+    #[arg(long)]
+    target_scaler: Option<PathBuf>,
+    /// Training rows of one series in time order, with a header: a column per feature. Gives the
+    /// drift reference and the windows for reference predictions.
+    #[arg(long)]
+    reference: PathBuf,
+    /// Golden cases from the training framework, JSON Lines of {"window": [[..]], "prediction": [..]}.
+    /// Without it they are computed with ONNX Runtime from the reference windows.
+    #[arg(long)]
+    golden: Option<PathBuf>,
+    #[arg(long)]
+    name: String,
+    /// Default: one more than the highest numeric version under ROOT/NAME.
+    #[arg(long)]
+    version: Option<String>,
+    #[arg(long, default_value = "models")]
+    root: PathBuf,
+    /// Feature columns in model order (comma-separated). Default: every reference column except
+    /// timestamp, series_id and id.
+    #[arg(long, value_delimiter = ',')]
+    features: Option<Vec<String>>,
+    /// The predicted feature. Default: the first feature.
+    #[arg(long)]
+    target: Option<String>,
+    /// Observations per model input (T).
+    #[arg(long)]
+    window: usize,
+    /// Values per prediction. Default: the model's declared output width.
+    #[arg(long)]
+    horizon: Option<usize>,
+    /// `flat` ([N, T*F], time-major) or `sequence` ([N, T, F]). Default: from the input's rank.
+    #[arg(long, value_parser = parse_layout)]
+    layout: Option<streamcast::bundle::Layout>,
+    /// The series' step ("7d", "1h"), for event-time windows.
+    #[arg(long, value_parser = humantime_duration)]
+    frequency: Option<std::time::Duration>,
+    /// Golden cases computed with ONNX Runtime when --golden is not given.
+    #[arg(long, default_value_t = 5)]
+    golden_count: usize,
+    /// The batch validated before publishing (the worker's `batching.max_batch_size`).
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+}
+
+fn parse_layout(s: &str) -> Result<streamcast::bundle::Layout, String> {
+    match s {
+        "flat" => Ok(streamcast::bundle::Layout::Flat),
+        "sequence" => Ok(streamcast::bundle::Layout::Sequence),
+        other => Err(format!("`{other}` is not a layout: flat or sequence")),
+    }
+}
+
+fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime_serde::re::humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]
@@ -266,6 +349,8 @@ fn is_usage_error(error: &anyhow::Error) -> bool {
         e.is::<ConfigError>()
             || e.is::<UsageError>()
             || e.is::<bundle::BundleError>()
+            || e.downcast_ref::<streamcast::builder::BuildError>()
+                .is_some_and(|e| !matches!(e, streamcast::builder::BuildError::Write { .. }))
             || e.downcast_ref::<RunError>().is_some_and(RunError::is_setup_error)
             || e.downcast_ref::<streamcast::inference::InferenceError>().is_some_and(|e| {
                 matches!(
@@ -530,15 +615,52 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
         ModelsCommand::Rollback(args) => decide(args, streamcast::decisions::Decision::Rollback),
         ModelsCommand::GpuCheck(args) => gpu_check(args),
         ModelsCommand::Validate(args) => {
-            let dir = bundle_dir(&args)?;
+            let dir = bundle_dir(&args.model)?;
             let b = Bundle::load(&dir)?;
             let golden = b.manifest.golden.len();
-            let model = Model::load(b, SessionOptions::default())?;
+            let checksum = if b.manifest.model_sha256.is_some() { "checksum matches, " } else { "no checksum, " };
+            let mut model = Model::load(b, SessionOptions::default())?;
+            model.check_batch(args.batch_size.max(1))?;
             println!(
-                "ok: {} version {} ({} golden cases match within 1e-4)",
+                "ok: {} version {} ({checksum}{golden} golden cases match within 1e-4, alone and in a batch of {})",
                 model.model_ref().name,
                 model.model_ref().version,
-                golden
+                args.batch_size.max(1)
+            );
+            Ok(())
+        }
+        ModelsCommand::Build(a) => {
+            let built = streamcast::builder::build(&streamcast::builder::BuildOptions {
+                onnx: a.onnx,
+                scaler: a.scaler,
+                target_scaler: a.target_scaler,
+                reference: a.reference,
+                golden: a.golden,
+                root: a.root,
+                name: a.name,
+                version: a.version,
+                features: a.features,
+                target: a.target,
+                window: a.window,
+                horizon: a.horizon,
+                layout: a.layout,
+                frequency: a.frequency,
+                golden_count: a.golden_count,
+                batch_size: a.batch_size.max(1),
+            })?;
+            if !built.framework_golden {
+                eprintln!(
+                    "note: the {} golden cases were computed by ONNX Runtime from this export: they guard later \
+                     changes, not the export itself. Pass --golden with your framework's own predictions.",
+                    built.golden
+                );
+            }
+            println!(
+                "ok: wrote {} ({} golden cases, reference from {} windows; validated with a batch of {})",
+                built.dir.display(),
+                built.golden,
+                built.reference_windows,
+                a.batch_size.max(1)
             );
             Ok(())
         }

@@ -33,6 +33,8 @@ pub struct Served {
     pub failed: bool,
     /// `/readyz`'s "the primary is loaded", set once a reload replaces a primary that failed.
     pub loaded: Arc<std::sync::atomic::AtomicBool>,
+    /// The object-storage root the local one mirrors: each tick pulls newer versions first.
+    pub store: Option<Arc<crate::model_store::RemoteRoot>>,
 }
 
 /// Starts the watcher when `model.version = "latest"` and `model.watch_interval` is non-zero.
@@ -65,6 +67,7 @@ pub fn spawn(
         warm_batch: config.batching.max_batch_size,
         served,
         rejected,
+        store_failing: false,
     };
     Some(
         std::thread::Builder::new()
@@ -83,6 +86,8 @@ struct Watcher {
     served: Served,
     /// (version, modification times) of refused bundles, so they are not reloaded every tick.
     rejected: HashSet<(String, Option<SystemTime>, Option<SystemTime>)>,
+    /// The last pull from object storage failed (warned once until one succeeds).
+    store_failing: bool,
 }
 
 impl Watcher {
@@ -96,6 +101,7 @@ impl Watcher {
     ) {
         while !shutdown.is_triggered() {
             sleep_unless(&shutdown, self.interval);
+            self.pull_newer();
             let Ok(versions) = bundle::list_versions(&self.root, &self.name) else { continue };
             // `latest` is the highest version that validates: newest first, and a refused one
             // does not hide an older valid one that arrived with it.
@@ -131,6 +137,27 @@ impl Watcher {
                     }
                 }
             }
+        }
+    }
+
+    /// Pulls what the watcher may switch to from an object-storage root: newer versions, and
+    /// the served one while it is the one that failed. An unreachable store is logged and the
+    /// next tick tries again; the cache keeps serving what it has.
+    fn pull_newer(&mut self) {
+        use crate::model_store::Select;
+        let Some(store) = &self.served.store else { return };
+        let served = self.served.model.version.clone();
+        let mut result = store.sync(&self.name, Select::NewerThan(&served));
+        if self.served.failed && result.is_ok() {
+            result = store.sync(&self.name, Select::Exactly(&served));
+        }
+        match result {
+            Ok(_) => self.store_failing = false,
+            Err(error) if !self.store_failing => {
+                tracing::warn!(%error, "Cannot list or pull model versions from object storage; retrying every tick.");
+                self.store_failing = true;
+            }
+            Err(_) => {}
         }
     }
 

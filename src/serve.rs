@@ -40,6 +40,8 @@ pub enum RunError {
     Listen { addr: String, source: std::io::Error },
     #[error(transparent)]
     Otel(#[from] crate::otel::OtelError),
+    #[error(transparent)]
+    ModelStore(#[from] crate::model_store::StoreError),
     #[error("the {0} thread stopped unexpectedly")]
     ThreadStopped(&'static str),
     #[error(
@@ -73,6 +75,8 @@ impl RunError {
             RunError::Monitor(
                 crate::monitor::MonitorError::NoFrequency(_) | crate::monitor::MonitorError::ActualsFromInput(_),
             ) => true,
+            // A store that cannot be reached may come back; a bad URL or an empty prefix will not.
+            RunError::ModelStore(e) => !matches!(e, crate::model_store::StoreError::Remote { .. }),
             RunError::Pipeline(_) | RunError::ThreadStopped(_) | RunError::ShutdownTimedOut(_) => false,
         }
     }
@@ -160,6 +164,44 @@ struct StartedWorker {
     bundle: Arc<Bundle>,
     candidate: Option<ModelRef>,
     primary_failed: bool,
+}
+
+/// With an object-storage `model.root`, pulls every version start-up loads into `model.cache_dir`
+/// and returns the config with the cache as its root, plus the store for the watcher and the
+/// monitor; with a directory root, the config as it is.
+async fn pull_models(config: &Config) -> Result<(Config, Option<Arc<crate::model_store::RemoteRoot>>), RunError> {
+    use crate::model_store::{RemoteRoot, Select};
+    if !crate::model_store::is_remote(&config.model.root) {
+        return Ok((config.clone(), None));
+    }
+    let cfg = config.clone();
+    let store = blocking(move || -> Result<RemoteRoot, RunError> {
+        let url = cfg.model.root.to_string_lossy().into_owned();
+        let store = RemoteRoot::open(&url, &cfg.model.cache_dir)?;
+        fn select(version: &str) -> Select<'_> {
+            if version == "latest" {
+                Select::Highest
+            } else {
+                Select::Exactly(version)
+            }
+        }
+        let name = cfg.model.name.as_str();
+        let mut wanted = vec![(name, cfg.model.version.as_str())];
+        wanted.extend(cfg.variants.candidate.as_ref().map(|c| (name, c.version.as_str())));
+        wanted.extend(cfg.variants.shadow.as_ref().map(|c| (name, c.version.as_str())));
+        if cfg.fallback.kind == crate::config::FallbackKind::Bundle {
+            wanted.push((cfg.fallback.model.as_deref().unwrap_or(name), cfg.fallback.version.as_str()));
+        }
+        for (name, version) in wanted {
+            let pulled = store.sync(name, select(version))?;
+            tracing::info!(url = %url, name, version, ?pulled, cache = %store.cache_dir().display(), "Model root in object storage: cache ready.");
+        }
+        Ok(store)
+    })
+    .await?;
+    let mut local = config.clone();
+    local.model.root = store.cache_dir().to_path_buf();
+    Ok((local, Some(Arc::new(store))))
 }
 
 /// Loads every model and starts the consumer and inference threads.
@@ -311,6 +353,8 @@ pub async fn start(
     shutdown: Shutdown,
     role: Role,
 ) -> Result<Running, RunError> {
+    let (local, store) = pull_models(config).await?;
+    let config = &local;
     let client = crate::kafka::client_config(config);
     let alerts = AlertSink::new(&client, &config.topics.alerts).map_err(|e| PipelineError::Cluster(e.into()))?;
     let alerts = Arc::new(alerts);
@@ -339,7 +383,8 @@ pub async fn start(
     let monitor = if role == Role::Monitor || (role == Role::All && config.monitor.enabled) {
         let (cfg, b, registry, a, s) =
             (config.clone(), bundle.clone(), metrics.registry.clone(), alerts.clone(), shutdown.clone());
-        Some(blocking(move || crate::monitor::spawn(&cfg, b, &registry, a, s)).await?)
+        let st = store.clone();
+        Some(blocking(move || crate::monitor::spawn(&cfg, b, &registry, a, s, st)).await?)
     } else {
         None
     };
@@ -350,6 +395,7 @@ pub async fn start(
             bundle: bundle.clone(),
             failed: *primary_failed,
             loaded: model_loaded.clone(),
+            store: store.clone(),
         };
         registry = crate::registry::spawn(
             config,

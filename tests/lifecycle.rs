@@ -20,18 +20,7 @@ fn copy_bundle(from: &Path, to: &Path, edit: impl Fn(&mut serde_json::Value)) {
 }
 
 fn events(from: usize, to: usize) -> Vec<(String, String)> {
-    let rows: Vec<Vec<f64>> = std::fs::read_to_string(repo().join("data/co2_weekly.csv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').skip(1).map(|x| x.parse().unwrap()).collect())
-        .collect();
-    (from..to)
-        .map(|i| {
-            let series = format!("h-{}", i % 4);
-            (series.clone(), event(&format!("h-{i:05}"), &series, &rows[i % rows.len()]))
-        })
-        .collect()
+    co2_events("h", from, to)
 }
 
 #[test]

@@ -195,6 +195,52 @@ impl Model {
         Ok(())
     }
 
+    /// Scores one batch of `n` windows, the golden windows repeated in turn, and checks every
+    /// row against its golden prediction: a batch axis that is fixed, or rows that influence
+    /// each other, show up here rather than in the worker's first full batch. Without golden
+    /// cases the batch still has to run and give `n` finite rows.
+    pub fn check_batch(&mut self, n: usize) -> Result<(), InferenceError> {
+        let m = &self.bundle.manifest;
+        let rows: Vec<(Vec<f32>, Option<Vec<f64>>)> = if m.golden.is_empty() {
+            vec![(vec![0.0; self.bundle.input_len()], None)]
+        } else {
+            m.golden
+                .iter()
+                .map(|g| (g.window.iter().flatten().map(|v| *v as f32).collect(), Some(g.prediction.clone())))
+                .collect()
+        };
+        let raw: Vec<f32> = (0..n).flat_map(|i| rows[i % rows.len()].0.iter().copied()).collect();
+        let mut out = Vec::new();
+        self.predict(&raw, n, &mut out).map_err(|e| match e {
+            InferenceError::Run(message) => InferenceError::Bundle(BundleError::Invalid {
+                dir: self.bundle.dir.clone(),
+                message: format!(
+                    "a batch of {n} windows failed ({message}); export the model with a dynamic batch axis \
+                     ({FIX_BATCH_AXIS})"
+                ),
+            }),
+            other => other,
+        })?;
+        let width = self.width();
+        for (i, got) in out.chunks_exact(width).enumerate() {
+            let Some(expected) = &rows[i % rows.len()].1 else { continue };
+            for (step, (got, expected)) in got.iter().zip(expected).enumerate() {
+                let got = f64::from(*got);
+                if (got - expected).abs() > 1e-4 * expected.abs().max(1.0) {
+                    return Err(InferenceError::Bundle(BundleError::Invalid {
+                        dir: self.bundle.dir.clone(),
+                        message: format!(
+                            "in a batch of {n}, row {i} (golden case {}) step {step} gives {got}, alone it gives \
+                             {expected}: the model's rows are not independent of the batch",
+                            i % rows.len()
+                        ),
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check_golden(&mut self) -> Result<(), InferenceError> {
         let cases = self.bundle.manifest.golden.clone();
         let mut out = Vec::new();
@@ -233,6 +279,36 @@ impl Model {
     }
 }
 
+/// One declared tensor of an ONNX model: its name and shape (`-1` for a dynamic axis), or no
+/// shape when it is not a float32 tensor.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    pub float32_shape: Option<Vec<i64>>,
+}
+
+/// The declared inputs and outputs of an ONNX file, read by ONNX Runtime without a bundle:
+/// `streamcast models build` infers a bundle's layout and horizon from them.
+pub fn probe(path: &std::path::Path) -> Result<(Vec<TensorInfo>, Vec<TensorInfo>), InferenceError> {
+    let env = runtime::environment()?;
+    let session = Session::builder(env)
+        .and_then(|mut b| b.commit_from_file(path))
+        .map_err(|e| InferenceError::Runtime(format!("ONNX Runtime refused {}: {e}", path.display())))?;
+    let info = |outlets: &[ort::value::Outlet]| {
+        outlets
+            .iter()
+            .map(|o| TensorInfo {
+                name: o.name().to_string(),
+                float32_shape: match o.dtype() {
+                    ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => Some(shape.to_vec()),
+                    _ => None,
+                },
+            })
+            .collect()
+    };
+    Ok((info(session.inputs()), info(session.outputs())))
+}
+
 /// Sorts each step's `q` quantile values: separately fitted quantiles can cross, and sorting is
 /// the monotone rearrangement (Chernozhukov, Fernández-Val and Galichon, 2010), which never
 /// increases the pinball loss.
@@ -242,6 +318,11 @@ fn rearrange(values: &mut [f32], q: usize) {
     }
 }
 
+/// How to export a model whose first axis is the batch, for the messages that ask for one.
+const FIX_BATCH_AXIS: &str =
+    "PyTorch: torch.onnx.export(..., dynamic_axes={\"input\": {0: \"batch\"}, \"output\": {0: \
+                              \"batch\"}}); skl2onnx: initial_types=[(\"input\", FloatTensorType([None, n]))]";
+
 /// Checks a declared tensor: float32, the expected rank, and each fixed dimension (`-1` in
 /// `want` or in the model means dynamic).
 fn check_tensor(what: &str, ty: &ValueType, want: &[i64]) -> Result<(), String> {
@@ -249,11 +330,26 @@ fn check_tensor(what: &str, ty: &ValueType, want: &[i64]) -> Result<(), String> 
         return Err(format!("{what} is not a tensor"));
     };
     if *ty != TensorElementType::Float32 {
-        return Err(format!("{what} has element type {ty:?}; streamcast feeds float32"));
+        return Err(format!(
+            "{what} has element type {ty:?}; streamcast needs float32 (skl2onnx: FloatTensorType, not \
+             DoubleTensorType; PyTorch: call module.float() and export with a float32 example)"
+        ));
     }
     let dims: &[i64] = shape;
     if dims.len() != want.len() {
-        return Err(format!("{what} has shape {dims:?}; the bundle implies {want:?} (-1 = any)"));
+        return Err(format!(
+            "{what} has shape {dims:?} (rank {}); the bundle implies {want:?}, rank {} (-1 = any; layout `flat` is \
+             [N, window*features], `sequence` is [N, window, features], and outputs are [N, horizon])",
+            dims.len(),
+            want.len()
+        ));
+    }
+    if dims[0] >= 0 {
+        return Err(format!(
+            "{what} has a fixed batch dimension {} (shape {dims:?}); the worker scores batches of any size, so \
+             export the model with a dynamic batch axis ({FIX_BATCH_AXIS})",
+            dims[0]
+        ));
     }
     for (d, w) in dims.iter().zip(want) {
         if *w >= 0 && *d >= 0 && d != w {

@@ -71,6 +71,7 @@ pub fn spawn(
     registry: &Registry,
     alerts: Arc<AlertSink>,
     shutdown: Shutdown,
+    store: Option<Arc<crate::model_store::RemoteRoot>>,
 ) -> Result<JoinHandle<()>, MonitorError> {
     let cfg = &config.monitor;
     let topics = Topics::new(config);
@@ -106,6 +107,7 @@ pub fn spawn(
         rejected: metrics.rejected(),
         error_counters: metrics.errors(),
         model_root: config.model.root.clone(),
+        store,
         intervals: config.intervals.clone(),
     };
     let publisher = Publisher::new(cfg, model, &features, snapshots, metrics, alerts).with_intervals(&config.intervals);

@@ -240,6 +240,9 @@ pub struct Start {
     pub error_counters: super::metrics::ErrorCounters,
     /// Where the served model's other versions are (`model.root`).
     pub model_root: std::path::PathBuf,
+    /// The object-storage root `model_root` mirrors, if any: a version the monitor follows is
+    /// pulled first (a monitor-only process has pulled nothing else).
+    pub store: Option<std::sync::Arc<crate::model_store::RemoteRoot>>,
     pub intervals: crate::config::IntervalsConfig,
 }
 
@@ -459,6 +462,11 @@ impl Monitor {
             return;
         }
         self.seen = None;
+        if let Some(store) = &self.start.store {
+            if let Err(error) = store.sync(&model.name, crate::model_store::Select::Exactly(&model.version)) {
+                tracing::warn!(%error, version = %model.version, "Monitor cannot pull the served version.");
+            }
+        }
         let loaded = crate::bundle::resolve(&self.start.model_root, &model.name, &model.version)
             .and_then(|dir| crate::bundle::Bundle::load(&dir));
         match loaded {

@@ -518,6 +518,23 @@ pub fn ids_of(records: &[Record]) -> HashMap<String, usize> {
 }
 
 /// A synthetic InputEvent for window-1 style tests: `features` as an array.
+/// Events `from..to` of the shipped weekly CO₂ series, keyed by series: ids `PREFIX-00042`,
+/// four series `PREFIX-0` … `PREFIX-3` taking turns, wrapping round the series.
+pub fn co2_events(prefix: &str, from: usize, to: usize) -> Vec<(String, String)> {
+    let rows: Vec<Vec<f64>> = std::fs::read_to_string(repo().join("data/co2_weekly.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').skip(1).map(|x| x.parse().unwrap()).collect())
+        .collect();
+    (from..to)
+        .map(|i| {
+            let series = format!("{prefix}-{}", i % 4);
+            (series.clone(), event(&format!("{prefix}-{i:05}"), &series, &rows[i % rows.len()]))
+        })
+        .collect()
+}
+
 pub fn event(id: &str, series: &str, values: &[f64]) -> String {
     serde_json::json!({"id": id, "series_id": series, "timestamp": "2026-11-26T19:00:00Z", "features": values})
         .to_string()
