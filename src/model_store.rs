@@ -60,8 +60,18 @@ pub struct RemoteRoot {
     prefix: ObjectPath,
     cache: PathBuf,
     /// The store's client is async; the watcher and monitor call from their own threads, so
-    /// each pull runs on this small runtime of its own.
-    runtime: tokio::runtime::Runtime,
+    /// each pull runs on this small runtime of its own. Always `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for RemoteRoot {
+    /// The last holder may be an async task (a pinned version starts no watcher): dropping a
+    /// runtime there would panic, so it is shut down in the background.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for RemoteRoot {
@@ -97,7 +107,7 @@ impl RemoteRoot {
             .enable_all()
             .build()
             .map_err(|source| StoreError::Cache { path: cache.into(), source })?;
-        Ok(RemoteRoot { url: url.into(), store, prefix, cache: cache.into(), runtime })
+        Ok(RemoteRoot { url: url.into(), store, prefix, cache: cache.into(), runtime: Some(runtime) })
     }
 
     /// The local directory that mirrors the root: use it as the model root.
@@ -113,7 +123,8 @@ impl RemoteRoot {
     /// returns the versions pulled. A version without `bundle.json` is still uploading and is
     /// left alone.
     pub fn sync(&self, name: &str, select: Select<'_>) -> Result<Vec<String>, StoreError> {
-        self.runtime.block_on(self.sync_async(name, select))
+        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
+        runtime.block_on(self.sync_async(name, select))
     }
 
     async fn sync_async(&self, name: &str, select: Select<'_>) -> Result<Vec<String>, StoreError> {

@@ -73,7 +73,11 @@ fn events(from: usize, to: usize) -> Vec<(String, String)> {
 }
 
 fn s3_config(topics: &Topics, cache: &Path) -> String {
-    with_model_root(&topics.config("co2-mlp", "latest", ""), Path::new("s3://models/team"), "300ms").replace(
+    s3_config_with(topics, cache, "")
+}
+
+fn s3_config_with(topics: &Topics, cache: &Path, extra: &str) -> String {
+    with_model_root(&topics.config("co2-mlp", "latest", extra), Path::new("s3://models/team"), "300ms").replace(
         "root = \"s3://models/team\"",
         &format!("root = \"s3://models/team\"\ncache_dir = \"{}\"", cache.display()),
     )
@@ -189,4 +193,27 @@ fn an_unusable_object_store_root_stops_start_up_naming_it() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let log = Worker::start_with(&s3_config(&topics, cache.path()), &env).setup_failure();
     assert!(log.contains("no version of `co2-mlp` has a bundle.json"), "{log}");
+}
+
+#[test]
+fn a_pinned_version_is_served_from_s3_and_the_worker_stops_cleanly() {
+    let s3 = S3::start();
+    s3.put("team/co2-mlp/1", &repo().join("models/co2-mlp/1"), &[]);
+    s3.put("team/co2-mlp/2", &repo().join("models/co2-mlp/2"), &[]);
+    let topics = Topics::create(1);
+    let cache = tempfile::tempdir().unwrap();
+    // Pinned and without a monitor: no thread holds the store, so start-up's own (async) handle
+    // is the last one.
+    let config = s3_config_with(&topics, cache.path(), "[monitor]\nenabled = false\n")
+        .replace("version = \"latest\"", "version = \"1\"");
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut worker = Worker::start_with(&config, &env);
+    let mut reader = Reader::new(&topics.predictions);
+    send_keyed(&topics.input, &events(0, 50));
+    assert!(reader.read_until(Duration::from_secs(60), |r| r.len() >= 50), "{}", worker.log_text());
+    assert!(reader.records.iter().all(|r| r.json()["model"]["version"] == "1"));
+    assert!(!cache.path().join("co2-mlp/2").exists(), "only the pinned version is pulled");
+    let status = worker.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}:\n{}", worker.log_text());
 }
