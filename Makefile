@@ -106,3 +106,35 @@ bundles:
 
 clean-venv:
 	rm -rf $(VENV) .venv-gpu
+
+# The Python package that makes bundles from scikit-learn and PyTorch models (python/README.md),
+# installed into $(VENV) the way a user installs it (`pip install ./python`), again whenever its
+# sources change: tests/byom.rs runs its scikit-learn walk-through and its unit tests.
+BYOM_SOURCES := python/pyproject.toml $(wildcard python/streamcast_bundle/*.py)
+BYOM_STAMP := $(VENV)/.streamcast-bundle
+test-deps: $(BYOM_STAMP)
+$(BYOM_STAMP): $(TEST_STAMP) $(BYOM_SOURCES)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check ./python
+	touch $@
+
+# The PyTorch walk-through (tests/byom_torch.rs, ignored by `make test`) in its own virtualenv,
+# since torch is large. PyPI's torch wheel for x86_64 Linux is the CUDA build (it pulls the
+# nvidia-* wheels, a few GB); PyTorch's CPU-only index (download.pytorch.org) is not reachable
+# from every build machine, so this takes PyPI's. The test runs it on the CPU.
+TORCH_VENV := .venv-torch
+TORCH_VERSION := 2.15.0
+TORCH_STAMP := $(TORCH_VENV)/.torch-$(TORCH_VERSION)
+$(TORCH_STAMP):
+	$(PYTHON) -m venv $(TORCH_VENV)
+	echo '*' > $(TORCH_VENV)/.gitignore
+	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy==2.4.6 onnx==1.23.2 onnxruntime==$(ORT_VERSION)
+	touch $@
+TORCH_BYOM_STAMP := $(TORCH_VENV)/.streamcast-bundle
+$(TORCH_BYOM_STAMP): $(TORCH_STAMP) $(BYOM_SOURCES)
+	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check ./python
+	touch $@
+
+.PHONY: test-torch
+test-torch: ort cmake test-deps broker $(TORCH_BYOM_STAMP)
+	cargo build $(CARGO_FLAGS) --tests --bins
+	STREAMCAST_TORCH_PYTHON=$(CURDIR)/$(TORCH_VENV)/bin/python NISSHI=$(NISSHI) scripts/with-broker.sh cargo test $(CARGO_FLAGS) --test byom_torch -- --ignored --test-threads=1

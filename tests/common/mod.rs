@@ -6,6 +6,8 @@
 //! (found on PATH or where `make broker` installs it) for the rest of the test binary.
 #![allow(dead_code)]
 
+pub mod byom;
+
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::TcpListener;
