@@ -28,7 +28,7 @@ fn a_scikit_learn_bundle_serves_scikit_learns_own_predictions_and_hot_reloads_th
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("models");
     let t0 = Instant::now();
-    let (events_path, expected_path) = walkthrough(&python(), SCRIPT, &root, dir.path());
+    let (events_path, expected_path) = walkthrough(&python(), SCRIPT, &[], &root, dir.path());
     eprintln!("walk-through: {:.1} s", t0.elapsed().as_secs_f64());
     let manifest = check_bundle_files(&root, NAME, "1");
     assert_eq!(manifest["input"]["layout"], "flat");
@@ -53,7 +53,7 @@ fn a_scikit_learn_bundle_serves_scikit_learns_own_predictions_and_hot_reloads_th
     // Serve and watch: building again into the served root publishes version 2, which the
     // worker picks up between batches.
     let dir2 = tempfile::tempdir().unwrap();
-    let (_, expected2_path) = walkthrough(&python(), SCRIPT, &root, dir2.path());
+    let (_, expected2_path) = walkthrough(&python(), SCRIPT, &[], &root, dir2.path());
     check_bundle_files(&root, NAME, "2");
     let port = worker.http_port();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -87,6 +87,26 @@ fn a_scikit_learn_bundle_serves_scikit_learns_own_predictions_and_hot_reloads_th
         .collect();
     let worst2 = serve_and_compare(&topics, &worker, &probe, &expected2, (NAME, "2"));
     eprintln!("version 2 (same recipe, rebuilt): max |worker - scikit-learn| = {worst2:.3e}");
+}
+
+/// The scaler as a step of a scikit-learn Pipeline (over the flat window), exported into the
+/// ONNX graph: the bundle's own scaler is the identity, and the numbers still match.
+#[test]
+fn a_scikit_learn_pipeline_with_its_scaler_inside_serves_its_own_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("models");
+    let (events_path, expected_path) = walkthrough(&python(), SCRIPT, &["--pipeline"], &root, dir.path());
+    let name = "co2-sklearn-pipeline";
+    let manifest = check_bundle_files(&root, name, "1");
+    assert_eq!(manifest["scaler"]["mean"], serde_json::json!([0.0, 0.0, 0.0]), "identity: {}", manifest["scaler"]);
+    assert_eq!(manifest["scaler"]["std"], serde_json::json!([1.0, 1.0, 1.0]), "identity: {}", manifest["scaler"]);
+    let events = jsonl(&events_path);
+    let expected: HashMap<String, Value> =
+        jsonl(&expected_path).into_iter().map(|e| (e["id"].as_str().unwrap().to_string(), e)).collect();
+    let topics = Topics::create(2);
+    let worker = Worker::start(&with_model_root(&topics.config(name, "latest", ""), &root, "0s"));
+    let worst = serve_and_compare(&topics, &worker, &events, &expected, (name, "1"));
+    eprintln!("scikit-learn Pipeline: {} predictions, max |worker - scikit-learn| = {worst:.3e}", events.len());
 }
 
 #[test]

@@ -39,7 +39,7 @@ fn a_pytorch_bundle_serves_pytorchs_own_predictions() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("models");
     let t0 = Instant::now();
-    let (events_path, expected_path) = walkthrough(&python(), SCRIPT, &root, dir.path());
+    let (events_path, expected_path) = walkthrough(&python(), SCRIPT, &[], &root, dir.path());
     eprintln!("walk-through: {:.1} s", t0.elapsed().as_secs_f64());
     let manifest = check_bundle_files(&root, NAME, "1");
     assert_eq!(manifest["input"]["layout"], "sequence");

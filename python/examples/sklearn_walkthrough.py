@@ -13,6 +13,9 @@
 4. Train an MLPRegressor on normalized, flattened (time-major) windows.
 5. from_sklearn(...) exports it to ONNX, writes models-byom/co2-sklearn/<version>/ and checks it
    with `streamcast models validate` (golden cases must reproduce scikit-learn's predictions).
+   With --pipeline, the model is instead a scikit-learn Pipeline (StandardScaler over the flat
+   window, then the MLPRegressor) trained on raw windows, and from_sklearn gets scaler=None: the
+   normalization lives inside the ONNX graph and streamcast's own scaler is the identity.
 6. Write ~200 validation windows as input events (the stateless form: each event carries its own
    window) and scikit-learn's own predictions for them, to compare with what the worker serves.
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.neural_network import MLPRegressor
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from streamcast_bundle import from_sklearn
@@ -69,7 +73,10 @@ def main() -> None:
     ap.add_argument("--expected", type=Path, required=True, help="JSONL of scikit-learn's predictions to write")
     ap.add_argument("--streamcast", help="streamcast binary for the validation (default: found in the repo or on PATH)")
     ap.add_argument("--data", type=Path, default=REPO / "data" / "co2_weekly.csv")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="train a Pipeline(StandardScaler, MLPRegressor) on raw windows; the bundle's scaler is the identity")
     args = ap.parse_args()
+    name = NAME + "-pipeline" if args.pipeline else NAME
 
     # 1-2. Data, split, scalers fitted on training rows only.
     stamps, raw = load(args.data)
@@ -87,7 +94,15 @@ def main() -> None:
         return scaler.transform(w.reshape(-1, len(FEATURES))).reshape(len(w), -1)
 
     # 4. Train.
-    model = MLPRegressor(hidden_layer_sizes=(16,), alpha=1e-2, max_iter=3000, tol=1e-7, n_iter_no_change=50, random_state=0)
+    mlp = MLPRegressor(hidden_layer_sizes=(16,), alpha=1e-2, max_iter=3000, tol=1e-7, n_iter_no_change=50, random_state=0)
+    if args.pipeline:
+        # The scaler is a step of the model: it sees raw flattened windows, one column per
+        # (step, feature), and is exported into the ONNX graph with the MLP.
+        model = Pipeline([("scale", StandardScaler()), ("mlp", mlp)])
+        model_input = lambda w: w.reshape(len(w), -1)  # noqa: E731 - raw, flattened time-major
+        scaler = None
+    else:
+        model = mlp
     model.fit(model_input(x[train]), target_scaler.transform(y[train]).ravel())
 
     def predict(w: np.ndarray) -> np.ndarray:
@@ -105,7 +120,7 @@ def main() -> None:
         scaler,
         x[train],  # raw training windows: the drift reference and the golden cases come from them
         root=args.root,
-        name=NAME,
+        name=name,
         features=FEATURES,
         window=WINDOW,
         horizon=HORIZON,
@@ -113,7 +128,7 @@ def main() -> None:
         target_scaler=target_scaler,
         validation={"rmse": rmse, "mae": mae},
         metadata={"recipe": {"script": "python/examples/sklearn_walkthrough.py", "data": "data/co2_weekly.csv",
-                             "train_rows": n_train, "model": "MLPRegressor((16,), alpha=1e-2, random_state=0)"}},
+                             "train_rows": n_train, "model": repr(model)}},
         streamcast=args.streamcast,
     )
     print(f"bundle: {bundle_dir}")

@@ -14,7 +14,7 @@ use super::{bin, repo, send_keyed, Reader, Topics, Worker};
 
 /// Runs a walk-through script: the bundle goes under `root`, the events and the framework's own
 /// predictions to `out/events.jsonl` and `out/expected.jsonl`, which are returned.
-pub fn walkthrough(python: &Path, script: &str, root: &Path, out: &Path) -> (PathBuf, PathBuf) {
+pub fn walkthrough(python: &Path, script: &str, args: &[&str], root: &Path, out: &Path) -> (PathBuf, PathBuf) {
     let (events, expected) = (out.join("events.jsonl"), out.join("expected.jsonl"));
     let run = Command::new(python)
         .arg(repo().join(script))
@@ -25,6 +25,7 @@ pub fn walkthrough(python: &Path, script: &str, root: &Path, out: &Path) -> (Pat
         .arg("--expected")
         .arg(&expected)
         .args(["--streamcast", bin()])
+        .args(args)
         .current_dir(repo())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
