@@ -107,6 +107,14 @@ bundles:
 clean-venv:
 	rm -rf $(VENV) .venv-gpu
 
+# Azurite (Microsoft's Azure Storage emulator, from npm) for tests/object_store.rs's az:// root.
+AZURITE_VERSION := 3.35.0
+AZURITE_STAMP := $(VENV)/.azurite-$(AZURITE_VERSION)
+test-deps: $(AZURITE_STAMP)
+$(AZURITE_STAMP): $(ORT_STAMP)
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/node azurite@$(AZURITE_VERSION)
+	touch $@
+
 # The Python package that makes bundles from scikit-learn and PyTorch models (python/README.md),
 # installed into $(VENV) the way a user installs it (`pip install ./python`), again whenever its
 # sources change: tests/byom.rs runs its scikit-learn walk-through and its unit tests.

@@ -220,12 +220,12 @@ pub fn build(o: &BuildOptions) -> Result<Built, BuildError> {
             picked.iter().flat_map(|&s| series[s..s + o.window].iter().flatten().map(|v| *v as f32)).collect();
         let mut predicted = Vec::new();
         model.predict(&raw, picked.len(), &mut predicted)?;
-        let rows = evenly(series.len(), REFERENCE_MAX);
+        let sampled = evenly(series.len(), REFERENCE_MAX);
         manifest.reference = Reference {
             features: features
                 .iter()
                 .enumerate()
-                .map(|(j, name)| (name.clone(), rows.iter().map(|&r| series[r][j]).collect()))
+                .map(|(j, name)| (name.clone(), sampled.iter().map(|&r| series[r][j]).collect()))
                 .collect(),
             predictions: predicted.chunks_exact(horizon).map(|p| f64::from(p[0])).collect(),
         };

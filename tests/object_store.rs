@@ -217,3 +217,52 @@ fn a_pinned_version_is_served_from_s3_and_the_worker_stops_cleanly() {
     let status = worker.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status}:\n{}", worker.log_text());
 }
+
+/// Azure Blob Storage through Azurite (Microsoft's emulator, from npm), with Azure's own Python
+/// SDK as the uploader: the same pull path as S3, another cloud's protocol and auth.
+#[test]
+fn a_bundle_in_azure_blob_storage_is_served() {
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let azurite = repo().join(".venv/node/node_modules/.bin/azurite-blob");
+    let mut server = Command::new(&azurite)
+        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--skipApiVersionCheck", "--silent"])
+        .arg("--location")
+        .arg(data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {} (make test-deps installs it): {e}", azurite.display()));
+    let upload = || {
+        Command::new(repo().join(".venv/bin/python"))
+            .arg(repo().join("tests/e2e/azblob.py"))
+            .args(["put", &port.to_string(), "models", "team/co2-mlp/1"])
+            .arg(repo().join("models/co2-mlp/1"))
+            .output()
+            .unwrap()
+    };
+    // Azurite takes a moment to listen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut out = upload();
+    while !out.status.success() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        out = upload();
+    }
+    assert!(out.status.success(), "upload to Azurite failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let topics = Topics::create(1);
+    let cache = tempfile::tempdir().unwrap();
+    let config = s3_config(&topics, cache.path()).replace("s3://models/team", "az://models/team");
+    let url = format!("http://127.0.0.1:{port}");
+    let env = [("AZURE_STORAGE_USE_EMULATOR", "true"), ("AZURITE_BLOB_STORAGE_URL", url.as_str())];
+    let mut worker = Worker::start_with(&config, &env);
+    let mut reader = Reader::new(&topics.predictions);
+    send_keyed(&topics.input, &events(0, 50));
+    let done = reader.read_until(Duration::from_secs(60), |r| r.len() >= 50);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(done, "{}", worker.log_text());
+    assert!(reader.records.iter().all(|r| r.json()["model"]["version"] == "1"));
+    assert!(cache.path().join("co2-mlp/1/.source").is_file(), "pulled from Azurite into the cache");
+    worker.terminate(Duration::from_secs(20));
+}
