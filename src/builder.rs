@@ -93,6 +93,20 @@ pub fn build(o: &BuildOptions) -> Result<Built, BuildError> {
     if o.window == 0 {
         return Err(argument("--window", "must be at least 1"));
     }
+    // Both become directory names under the root (and must match bundle.schema.json).
+    let plain = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    if !plain(&o.name) {
+        return Err(argument(
+            "--name",
+            "must be a plain name: letters, digits, `.`, `_` and `-`, not starting with a dot",
+        ));
+    }
+    if let Some(v) = o.version.as_deref().filter(|v| !plain(v) || *v == "latest") {
+        return Err(argument("--version", format!("`{v}` is not a plain version name (and `latest` is reserved)")));
+    }
     let scaler = read_scaler(&o.scaler)?;
     let (columns, rows) = read_reference(&o.reference)?;
     let features = match &o.features {
@@ -213,7 +227,6 @@ pub fn build(o: &BuildOptions) -> Result<Built, BuildError> {
 
         // Score the reference windows with the staged bundle (signature checked, no golden yet).
         let mut model = Model::load(Bundle::load(&staging)?, SessionOptions::default())?;
-        let f = features.len();
         let n_windows = series.len() - o.window + 1;
         let picked = evenly(n_windows, REFERENCE_MAX);
         let raw: Vec<f32> =
@@ -239,7 +252,6 @@ pub fn build(o: &BuildOptions) -> Result<Built, BuildError> {
                 })
                 .collect(),
         };
-        debug_assert!(manifest.golden.iter().all(|g| g.window.iter().all(|r| r.len() == f)));
         write_manifest(&staging, &manifest)?;
 
         // The checks `models validate` makes, on the final files.

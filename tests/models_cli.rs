@@ -160,6 +160,11 @@ fn models_build_stages_validates_and_publishes_a_bundle_that_serves_its_golden_n
     assert!(stderr(&out).contains("computed by ONNX Runtime"), "it says where golden cases came from");
     assert!(root.join("mine/2/bundle.json").is_file());
 
+    // A name or version that would leave the root.
+    let out = build(&["--window", "24", "--version", "../escape"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--version"), "{}", stderr(&out));
+
     // Golden cases that the export does not reproduce: refused, and nothing is published.
     let wrong: Vec<String> = shipped["golden"]
         .as_array()
