@@ -7,6 +7,7 @@ import datetime as _dt
 import errno
 import hashlib
 import json
+import functools
 import math
 import os
 import platform
@@ -214,19 +215,57 @@ def validate(bundle_dir, *, streamcast=None, max_batch_size: int = 256) -> None:
 # versions and publication
 
 
-def _numeric_versions(root, name: str) -> list:
+def compare_versions(a: str, b: str) -> int:
+    """streamcast's version order (`latest`): runs of digits compare as numbers, everything else
+    byte by byte; so 2 < 10 < 10a and 1.9 < 1.10. Returns -1, 0 or 1."""
+    x, y = a.encode(), b.encode()
+    i = j = 0
+    while True:
+        if i == len(x) or j == len(y):
+            return (i < len(x)) - (j < len(y))
+        if chr(x[i]).isdigit() and chr(y[j]).isdigit():
+            ei, ej = i, j
+            while ei < len(x) and chr(x[ei]).isdigit():
+                ei += 1
+            while ej < len(y) and chr(y[ej]).isdigit():
+                ej += 1
+            na, nb = x[i:ei].lstrip(b"0"), y[j:ej].lstrip(b"0")
+            if (len(na), na) != (len(nb), nb):
+                return -1 if (len(na), na) < (len(nb), nb) else 1
+            i, j = ei, ej
+        else:
+            if x[i] != y[j]:
+                return -1 if x[i] < y[j] else 1
+            i, j = i + 1, j + 1
+
+
+def version_key(v: str):
+    """A sort key for `compare_versions`."""
+    return functools.cmp_to_key(compare_versions)(v)
+
+
+def versions(root, name: str) -> list:
+    """The version directories of ``root/name`` in streamcast's order (hidden ones skipped)."""
     d = Path(root) / name
     if not d.is_dir():
         return []
-    return [int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()]
+    return sorted((p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")), key=version_key)
 
 
 def next_version(root, name: str) -> str:
-    """``"1"`` when ``root/name`` holds no numeric version, else the highest numeric version + 1.
-    Non-numeric version directories (``1.2``, ``v3``) are not counted."""
+    """``"1"`` when ``root/name`` holds no version, else the highest version + 1 — in streamcast's
+    own order, so that the new version is what `latest` picks. When the highest version is not a
+    plain number (``2.0``, ``v3``) there is no safe next number: pass ``version=`` instead."""
     _check_name(name, "name")
-    found = _numeric_versions(root, name)
-    return str(max(found) + 1) if found else "1"
+    found = versions(root, name)
+    if not found:
+        return "1"
+    if not found[-1].isdigit():
+        raise BundleError(
+            f"cannot number the version after `{found[-1]}` (the highest under {Path(root) / name}): "
+            "pass version= with a name that sorts above it"
+        )
+    return str(int(found[-1]) + 1)
 
 
 def _fsync_dir(path: Path) -> None:

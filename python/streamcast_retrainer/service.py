@@ -32,15 +32,30 @@ class Failure(Exception):
 
 
 def version_key(v: str):
-    """Numeric-aware order, as streamcast's `latest`."""
-    return (0, int(v), "") if v.isdigit() else (1, 0, v)
+    """Numeric-aware order, exactly as streamcast's `latest` (the builder's port of it)."""
+    from streamcast_bundle.core import version_key as key
+
+    return key(v)
 
 
 def versions(root: Path, name: str) -> list[str]:
-    d = root / name
-    if not d.is_dir():
-        return []
-    return sorted((p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")), key=version_key)
+    from streamcast_bundle.core import versions as listed
+
+    return listed(root, name)
+
+
+def answered_by(root: Path, name: str, newer: list[str], request: dict) -> str | None:
+    """The newer version this service published for `request` (its bundle's
+    `metadata.retrained.request` names the same time and version), if any."""
+    for v in reversed(newer):
+        try:
+            meta = json.loads((root / name / v / "bundle.json").read_text()).get("metadata") or {}
+        except (OSError, ValueError):
+            continue
+        asked = (meta.get("retrained") or {}).get("request") or {}
+        if asked.get("at") == request["at"] and str(asked.get("version")) == str(request["model"]["version"]):
+            return v
+    return None
 
 
 def _json_safe(v):
@@ -106,7 +121,9 @@ class Retrainer:
             alert = json.loads(payload)
             kind, model = alert["kind"], alert["model"]
             name, version = model["name"], str(model["version"])
-        except (ValueError, KeyError, TypeError):
+            if kind == "retrain_requested":
+                ident, at = A.request_identity(alert), D.parse_time(alert["at"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None  # the topic is shared: not an alert we understand
         if name != self.s.model_name:
             return None
@@ -115,7 +132,6 @@ class Retrainer:
             return None
         if kind != "retrain_requested":
             return None
-        ident = A.request_identity(alert)
         fields = {"model": name, "version": version, "request_at": alert["at"]}
         if ident in self.handled:
             _log(logging.INFO, "Retraining request already handled; skipped.", **fields)
@@ -123,18 +139,21 @@ class Retrainer:
         if alert.get("variant") not in ("primary", None):
             _log(logging.INFO, "Retraining request about a non-primary variant; skipped.", variant=alert.get("variant"), **fields)
             return None
-        try:
-            age = time.time() - D.parse_time(alert["at"])
-        except ValueError:
-            return None
+        age = time.time() - at
         if age > self.s.max_request_age_s:
             _log(logging.INFO, "Retraining request too old; skipped.", age_s=round(age, 1), **fields)
             return None
         newer = [v for v in versions(self.s.model_root, name) if version_key(v) > version_key(version)]
         if newer:
-            # A newer version is there (this service's answer to this very request before a
-            # restart, or an operator's): hot reload serves it; retraining the old one is moot.
-            _log(logging.INFO, "Retraining request superseded by a newer version; skipped.", newer=newer[-1], **fields)
+            # This service's own answer to this very request (published before a restart): done.
+            # Any other newer version (an operator's, or one of ours rolled back): retraining from
+            # the requested version could publish above a better one, so this reference service
+            # skips, loudly; answer such a request by hand or adapt the rule.
+            mine = answered_by(self.s.model_root, name, newer, alert)
+            if mine is not None:
+                _log(logging.INFO, "Retraining request already answered by a published version; skipped.", published=mine, **fields)
+            else:
+                _log(logging.WARNING, "Retraining request about an older version than the newest in the model root; skipped.", newest=newer[-1], **fields)
             self.handled.add(ident)
             return None
         _log(logging.WARNING, "Retraining requested.", reason=(alert.get("details") or {}).get("reason"), **fields)
@@ -149,7 +168,18 @@ class Retrainer:
         details["duration_s"] = round(time.monotonic() - started, 3)
         out = A.outcome(kind_out, alert, {k: _json_safe(v) for k, v in details.items()})
         self.validator.check(out)
-        self.producer.send(out)
+        # The outcome is the service's answer: retry a broker hiccup rather than lose it. Should
+        # it still fail, the exception stops the service before the request's offset is
+        # committed, and a restart finds the request again.
+        for attempt in range(5):
+            try:
+                self.producer.send(out)
+                break
+            except RuntimeError as e:
+                if attempt == 4:
+                    raise
+                _log(logging.WARNING, "Outcome alert not acknowledged; retrying.", error=str(e), **fields)
+                time.sleep(2.0 * (attempt + 1))
         self.handled.add(ident)
         level = logging.WARNING if kind_out == "retrain_failed" else logging.INFO
         _log(level, f"Retraining outcome: {kind_out}.", **{k: v for k, v in out["details"].items() if k != "recipe"}, **fields)

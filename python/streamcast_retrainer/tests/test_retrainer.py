@@ -249,3 +249,26 @@ class TheSchema(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Superseded(unittest.TestCase):
+    def test_only_a_version_published_for_this_request_answers_it(self):
+        from streamcast_retrainer.service import answered_by, version_key
+
+        root = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, root)
+        request = {"kind": "retrain_requested", "model": {"name": "m", "version": "1"}, "at": "2026-12-03T10:00:00Z"}
+
+        def publish(version, asked):
+            d = root / "m" / version
+            d.mkdir(parents=True)
+            meta = {"retrained": {"request": asked}} if asked else {}
+            (d / "bundle.json").write_text(json.dumps({"metadata": meta}))
+
+        publish("2", None)  # an operator's version
+        publish("3", {"at": "2026-12-03T09:00:00Z", "version": "1"})  # an earlier episode
+        self.assertIsNone(answered_by(root, "m", ["2", "3"], request))
+        publish("4", {"at": "2026-12-03T10:00:00Z", "version": "1"})
+        self.assertEqual(answered_by(root, "m", ["2", "3", "4"], request), "4")
+        # streamcast's order, not Python's string order.
+        self.assertEqual(sorted(["10", "9", "1.10", "1.9"], key=version_key), ["1.9", "1.10", "9", "10"])
