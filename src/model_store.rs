@@ -115,10 +115,6 @@ impl RemoteRoot {
         &self.cache
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// Pulls the selected versions of `name` that are missing from the cache or changed since;
     /// returns the versions pulled. A version without `bundle.json` is still uploading and is
     /// left alone.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::byom::{check_bundle_files, serve_and_compare, unit_tests, walkthrough};
+use common::byom::{check_bundle_files, serve_and_compare, traffic, unit_tests, walkthrough};
 use common::{jsonl, repo, with_model_root, Topics, Worker};
 use serde_json::Value;
 
@@ -35,14 +35,7 @@ fn a_scikit_learn_bundle_serves_scikit_learns_own_predictions_and_hot_reloads_th
     assert!(manifest["golden"].as_array().unwrap().len() == 5, "five golden cases");
     assert!(manifest["validation"]["rmse"].as_f64().unwrap() > 0.0);
 
-    let events = jsonl(&events_path);
-    assert!(events.len() >= 150, "{} events", events.len());
-    for e in &events {
-        common::assert_schema("input_event", e);
-    }
-    let expected: HashMap<String, Value> =
-        jsonl(&expected_path).into_iter().map(|e| (e["id"].as_str().unwrap().to_string(), e)).collect();
-    assert_eq!(expected.len(), events.len());
+    let (events, expected) = traffic(&events_path, &expected_path);
 
     let topics = Topics::create(2);
     let config = with_model_root(&topics.config(NAME, "latest", ""), &root, "500ms");
@@ -100,9 +93,7 @@ fn a_scikit_learn_pipeline_with_its_scaler_inside_serves_its_own_predictions() {
     let manifest = check_bundle_files(&root, name, "1");
     assert_eq!(manifest["scaler"]["mean"], serde_json::json!([0.0, 0.0, 0.0]), "identity: {}", manifest["scaler"]);
     assert_eq!(manifest["scaler"]["std"], serde_json::json!([1.0, 1.0, 1.0]), "identity: {}", manifest["scaler"]);
-    let events = jsonl(&events_path);
-    let expected: HashMap<String, Value> =
-        jsonl(&expected_path).into_iter().map(|e| (e["id"].as_str().unwrap().to_string(), e)).collect();
+    let (events, expected) = traffic(&events_path, &expected_path);
     let topics = Topics::create(2);
     let worker = Worker::start(&with_model_root(&topics.config(name, "latest", ""), &root, "0s"));
     let worst = serve_and_compare(&topics, &worker, &events, &expected, (name, "1"));

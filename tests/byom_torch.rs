@@ -13,13 +13,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use common::byom::{check_bundle_files, serve_and_compare, unit_tests, walkthrough};
-use common::{jsonl, with_model_root, Topics, Worker};
-use serde_json::Value;
+use common::byom::{check_bundle_files, serve_and_compare, traffic, unit_tests, walkthrough};
+use common::{with_model_root, Topics, Worker};
 
 const NAME: &str = "co2-torch";
 const SCRIPT: &str = "python/examples/torch_walkthrough.py";
@@ -47,14 +45,7 @@ fn a_pytorch_bundle_serves_pytorchs_own_predictions() {
     assert_eq!(manifest["golden"].as_array().unwrap().len(), 5);
     assert!(manifest["golden"].as_array().unwrap().iter().all(|g| g["prediction"].as_array().unwrap().len() == 4));
 
-    let events = jsonl(&events_path);
-    assert!(events.len() >= 150, "{} events", events.len());
-    for e in &events {
-        common::assert_schema("input_event", e);
-    }
-    let expected: HashMap<String, Value> =
-        jsonl(&expected_path).into_iter().map(|e| (e["id"].as_str().unwrap().to_string(), e)).collect();
-    assert_eq!(expected.len(), events.len());
+    let (events, expected) = traffic(&events_path, &expected_path);
 
     let topics = Topics::create(2);
     let config = with_model_root(&topics.config(NAME, "latest", ""), &root, "0s");

@@ -51,39 +51,16 @@ fn a_new_version_takes_over_mid_stream_and_a_broken_one_is_refused() {
     assert!(rejected["details"]["reason"].as_str().unwrap().contains("golden case 0"), "{rejected}");
 
     // A valid version 3 dropped in while events flow takes over between batches.
-    let second = events(300, 3300);
-    let input = topics.input.clone();
-    let feeder = std::thread::spawn(move || {
-        for chunk in second.chunks(300) {
-            send_keyed(&input, chunk);
-            std::thread::sleep(Duration::from_millis(150));
-        }
+    feed_while(&topics.input, events(300, 3300), || {
+        copy_bundle(&shipped.join("2"), &root.path().join("co2-mlp/3"), |m| m["version"] = "3".into())
     });
-    std::thread::sleep(Duration::from_millis(400));
-    copy_bundle(&shipped.join("2"), &root.path().join("co2-mlp/3"), |m| m["version"] = "3".into());
-    feeder.join().unwrap();
     let done = reader.read_until(Duration::from_secs(60), |r| r.len() >= 3300);
     assert!(done, "{} of 3300:\n{}", reader.records.len(), worker.log_text());
     reader.settle(Duration::from_secs(2));
 
     // Exactly one prediction per id; within each partition, in offset order, the version changes
     // once, from 1 to 3 (the input has one partition, so every series saw the swap at one point).
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut versions: HashMap<i32, Vec<String>> = HashMap::new();
-    for r in &reader.records {
-        let p = r.json();
-        *seen.entry(p["id"].as_str().unwrap().to_string()).or_default() += 1;
-        let v = p["model"]["version"].as_str().unwrap().to_string();
-        let seq = versions.entry(r.partition).or_default();
-        if seq.last() != Some(&v) {
-            seq.push(v);
-        }
-    }
-    assert_eq!(seen.len(), 3300);
-    assert!(seen.values().all(|n| *n == 1), "an id was predicted twice or more");
-    for seq in versions.values() {
-        assert_eq!(seq, &vec!["1".to_string(), "3".to_string()], "versions in offset order: {versions:?}");
-    }
+    assert_one_swap(&reader.records, 3300, "1", "3");
     assert!(worker.log_text().contains("Model swapped."));
 
     // Each prediction equals what its claimed version computes for the same event history

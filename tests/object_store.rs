@@ -116,34 +116,12 @@ fn a_bundle_in_s3_is_served_a_new_upload_takes_over_and_a_corrupt_one_is_refused
 
     // A valid version 3 uploaded while events flow takes over between batches, with every id
     // predicted exactly once.
-    let second = events(300, 3300);
-    let input = topics.input.clone();
-    let feeder = std::thread::spawn(move || {
-        for chunk in second.chunks(300) {
-            send_keyed(&input, chunk);
-            std::thread::sleep(Duration::from_millis(150));
-        }
-    });
-    std::thread::sleep(Duration::from_millis(400));
-    s3.put("team/co2-mlp/3", &shipped.join("2"), &["--version", "3"]);
-    feeder.join().unwrap();
+    feed_while(&topics.input, events(300, 3300), || s3.put("team/co2-mlp/3", &shipped.join("2"), &["--version", "3"]));
     let done = reader.read_until(Duration::from_secs(60), |r| r.len() >= 3300);
     assert!(done, "{} of 3300:\n{}", reader.records.len(), worker.log_text());
     reader.settle(Duration::from_secs(2));
 
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut versions: Vec<String> = Vec::new();
-    for r in &reader.records {
-        let p = r.json();
-        *seen.entry(p["id"].as_str().unwrap().to_string()).or_default() += 1;
-        let v = p["model"]["version"].as_str().unwrap().to_string();
-        if versions.last() != Some(&v) {
-            versions.push(v);
-        }
-    }
-    assert_eq!(seen.len(), 3300, "every id predicted");
-    assert!(seen.values().all(|n| *n == 1), "an id was predicted twice or more");
-    assert_eq!(versions, ["1", "3"], "versions in offset order (one partition)");
+    assert_one_swap(&reader.records, 3300, "1", "3");
     assert!(cache.path().join("co2-mlp/3/.source").is_file());
 
     // Version 3's predictions are the shipped version 2's (the same model.onnx).

@@ -167,14 +167,7 @@ impl Retrainer {
     }
 
     fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log_text().contains(needle) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("retrainer exited ({status}) before logging {needle:?}:\n{}", self.log_text());
-            }
-            assert!(Instant::now() < deadline, "retrainer did not log {needle:?} in {timeout:?}:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_log_of("retrainer", &mut self.child, &self.log, needle, timeout);
     }
 }
 

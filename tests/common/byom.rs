@@ -114,6 +114,20 @@ pub fn serve_and_compare(
     worst
 }
 
+/// The walk-through's traffic: its input events (each valid against the input schema, at least
+/// 150 of them) and the framework's own predictions keyed by id, one per event.
+pub fn traffic(events: &Path, expected: &Path) -> (Vec<Value>, HashMap<String, Value>) {
+    let events = super::jsonl(events);
+    assert!(events.len() >= 150, "{} events", events.len());
+    for e in &events {
+        super::assert_schema("input_event", e);
+    }
+    let expected: HashMap<String, Value> =
+        super::jsonl(expected).into_iter().map(|e| (e["id"].as_str().unwrap().to_string(), e)).collect();
+    assert_eq!(expected.len(), events.len());
+    (events, expected)
+}
+
 /// Runs the package's unit tests (`python/tests`) with `python`; returns unittest's report.
 pub fn unit_tests(python: &Path) -> String {
     let out = Command::new(python)

@@ -435,14 +435,7 @@ impl Worker {
 
     /// Waits until the log holds `needle`.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log_text().contains(needle) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("worker exited ({status}) before logging {needle:?}:\n{}", self.log_text());
-            }
-            assert!(Instant::now() < deadline, "worker did not log {needle:?} in {timeout:?}:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_log_of("worker", &mut self.child, &self.log, needle, timeout);
     }
 
     /// The HTTP port the worker bound (it listens on port 0 in tests).
@@ -483,6 +476,56 @@ impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until the log file of `child` (a `who`) holds `needle`; panics with the log if the
+/// child exits first or `timeout` passes.
+pub fn wait_for_log_of(who: &str, child: &mut Child, log: &Path, needle: &str, timeout: Duration) {
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + timeout;
+    while !text().contains(needle) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{who} exited ({status}) before logging {needle:?}:\n{}", text());
+        }
+        assert!(Instant::now() < deadline, "{who} did not log {needle:?} in {timeout:?}:\n{}", text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends `events` in chunks of 300 every 150 ms and runs `during` (a new model version dropped
+/// in) 400 ms after the first chunk: the swap lands while events flow.
+pub fn feed_while(topic: &str, events: Vec<(String, String)>, during: impl FnOnce()) {
+    let input = topic.to_string();
+    let feeder = std::thread::spawn(move || {
+        for chunk in events.chunks(300) {
+            send_keyed(&input, chunk);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    during();
+    feeder.join().unwrap();
+}
+
+/// Exactly one prediction for each of `total` ids, and within each partition, in offset order,
+/// the model version changes once: `from`, then `to`.
+pub fn assert_one_swap(records: &[Record], total: usize, from: &str, to: &str) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut versions: HashMap<i32, Vec<String>> = HashMap::new();
+    for r in records {
+        let p = r.json();
+        *seen.entry(p["id"].as_str().unwrap().to_string()).or_default() += 1;
+        let v = p["model"]["version"].as_str().unwrap().to_string();
+        let seq = versions.entry(r.partition).or_default();
+        if seq.last() != Some(&v) {
+            seq.push(v);
+        }
+    }
+    assert_eq!(seen.len(), total, "every id predicted");
+    assert!(seen.values().all(|n| *n == 1), "an id was predicted twice or more");
+    for seq in versions.values() {
+        assert_eq!(seq, &[from, to], "versions in offset order: {versions:?}");
     }
 }
 
