@@ -65,32 +65,91 @@ impl LoopState {
     }
 }
 
-/// What `/readyz` knows about the consumer, written by its callbacks.
+/// What `/readyz` knows about the consumer, written by its callbacks and the data path's
+/// producer's statistics.
 #[derive(Debug, Default)]
 pub struct ConsumerHealth {
     /// Input partitions this member holds after the latest rebalance.
     pub partitions: AtomicUsize,
     /// The group handed this member an assignment at least once (possibly empty).
     pub assigned_once: AtomicBool,
-    /// A broker answered within the last statistics interval.
+    /// A broker answered within the last statistics interval, as both clients see it.
     pub broker_up: AtomicBool,
-    /// Responses received per broker at the last statistics callback.
-    responses: Mutex<HashMap<i32, u64>>,
+    /// The consumer's view: served only while the consumer polls, so it goes stale while a
+    /// revoke drains in-flight events (a stall that outlasts the session timeout does that).
+    consumer: BrokerView,
+    /// The producer's view, served by its own polling thread: unacknowledged records are
+    /// exactly what a drain waits for, so this notices the stall the consumer cannot.
+    producer: BrokerView,
 }
 
 impl ConsumerHealth {
-    /// Reads librdkafka's broker statistics: a broker is up while its connection is `UP` and it
-    /// answers. A stalled broker keeps the TCP connection `UP`, but the fetch it holds gets no
-    /// answer, so no new response in a whole statistics interval with requests waiting means down.
-    fn observe(&self, brokers: &HashMap<String, rdkafka::statistics::Broker>) {
-        let mut responses = self.responses.lock().unwrap_or_else(|e| e.into_inner());
-        let mut up = false;
-        for b in brokers.values().filter(|b| b.nodeid >= 0) {
-            let before = responses.insert(b.nodeid, b.rx);
-            let answered = before.is_none_or(|n| b.rx > n) || b.waitresp_cnt == 0;
-            up |= b.state == "UP" && answered;
+    /// The cluster answered (start-up's metadata request): both views start up.
+    pub fn mark_up(&self) {
+        self.consumer.up.store(true, Ordering::SeqCst);
+        self.producer.up.store(true, Ordering::SeqCst);
+        self.broker_up.store(true, Ordering::SeqCst);
+    }
+
+    /// The consumer's statistics callback.
+    pub fn observe_consumer(&self, stats: &rdkafka::Statistics) {
+        self.consumer.observe(stats, true);
+        self.update();
+    }
+
+    /// The data path producer's statistics callback.
+    pub fn observe_producer(&self, stats: &rdkafka::Statistics) {
+        // An idle producer may hold no connection at all; only unanswered requests judge it.
+        self.producer.observe(stats, false);
+        self.update();
+    }
+
+    fn update(&self) {
+        let up = self.consumer.up.load(Ordering::SeqCst) && self.producer.up.load(Ordering::SeqCst);
+        let was = self.broker_up.swap(up, Ordering::SeqCst);
+        if was && !up {
+            tracing::warn!(
+                "No broker answered in a statistics interval while requests wait; /readyz reports not ready."
+            );
+        } else if up && !was {
+            tracing::info!("A broker answers again.");
         }
-        self.broker_up.store(up, Ordering::SeqCst);
+    }
+}
+
+/// One client's reading of librdkafka's broker statistics.
+#[derive(Debug, Default)]
+struct BrokerView {
+    up: AtomicBool,
+    /// Responses received per broker connection (by name) at the previous callback.
+    responses: Mutex<HashMap<String, u64>>,
+}
+
+impl BrokerView {
+    /// A stalled broker keeps its TCP connections `UP`, so state alone proves nothing: the
+    /// cluster is up while some connection received a response since the previous callback, or,
+    /// when none did, while no connection has a request waiting for one (an idle cluster). The
+    /// group coordinator's logical connection counts: while a long stall holds the input
+    /// partitions paused, no fetch waits on the broker's own connection and the unanswered
+    /// heartbeat is what shows the stall. Outside a steady group that connection waits on
+    /// JoinGroup, which a healthy coordinator may hold for the whole rebalance. Without
+    /// `need_connection`, a client with no connection `UP` is not judged.
+    fn observe(&self, stats: &rdkafka::Statistics, need_connection: bool) {
+        let steady = stats.cgrp.as_ref().is_none_or(|g| g.join_state == "steady");
+        let mut responses = self.responses.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut answered, mut waiting, mut connected) = (false, false, false);
+        for b in stats.brokers.values().filter(|b| b.state == "UP" && b.source != "internal") {
+            connected = true;
+            // A connection seen for the first time has no interval to judge yet.
+            let Some(before) = responses.insert(b.name.clone(), b.rx) else { continue };
+            if b.rx > before {
+                answered = true;
+            } else if (b.waitresp_cnt > 0 || b.outbuf_cnt > 0) && (steady || b.source != "logical") {
+                waiting = true;
+            }
+        }
+        responses.retain(|name, _| stats.brokers.contains_key(name));
+        self.up.store(answered || ((connected || !need_connection) && !waiting), Ordering::SeqCst);
     }
 }
 
@@ -226,7 +285,7 @@ impl ClientContext for WorkerContext {
     }
     /// librdkafka statistics (every `statistics.interval.ms`): consumer lag per input partition.
     fn stats(&self, statistics: rdkafka::Statistics) {
-        self.health.observe(&statistics.brokers);
+        self.health.observe_consumer(&statistics);
         let Some(topic) = statistics.topics.get(&self.input_topic) else { return };
         let now_ms = chrono::Utc::now().timestamp_millis();
         let st = self.lock();
@@ -667,5 +726,77 @@ mod tests {
         );
         assert!(!(0..1000).any(|i| super::is_candidate(&format!("s{i}"), 0.0)));
         assert!((0..1000).all(|i| super::is_candidate(&format!("s{i}"), 1.0)));
+    }
+
+    /// One statistics callback: `(name, source, rx, waitresp_cnt)` per `UP` connection.
+    fn stats(join_state: &str, brokers: &[(&str, &str, u64, i64)]) -> rdkafka::Statistics {
+        // A producer has no group.
+        let cgrp = (!join_state.is_empty())
+            .then(|| rdkafka::statistics::ConsumerGroup { join_state: join_state.into(), ..Default::default() });
+        let mut s = rdkafka::Statistics { cgrp, ..Default::default() };
+        for &(name, source, rx, waitresp_cnt) in brokers {
+            let b = rdkafka::statistics::Broker {
+                name: name.into(),
+                source: source.into(),
+                state: "UP".into(),
+                rx,
+                waitresp_cnt,
+                ..Default::default()
+            };
+            s.brokers.insert(name.into(), b);
+        }
+        s
+    }
+
+    #[test]
+    fn a_stalled_broker_is_down_even_while_the_partitions_are_paused() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let health = super::ConsumerHealth::default();
+        health.mark_up();
+        let (broker, coordinator, bootstrap) = ("localhost:9092/1", "GroupCoordinator", "localhost:9092/bootstrap");
+        health.observe_consumer(&stats("steady", &[(broker, "learned", 10, 1), (coordinator, "logical", 5, 0)]));
+        assert!(health.broker_up.load(SeqCst));
+        // Fetches answered: up.
+        health.observe_consumer(&stats("steady", &[(broker, "learned", 20, 1), (coordinator, "logical", 5, 0)]));
+        assert!(health.broker_up.load(SeqCst));
+        // Stalled with the partitions paused: no fetch waits on the broker, an idle bootstrap
+        // connection is UP, and only the coordinator's heartbeat is unanswered.
+        let stalled = [(broker, "learned", 20, 0), (coordinator, "logical", 5, 1), (bootstrap, "configured", 3, 0)];
+        health.observe_consumer(&stats("steady", &stalled));
+        assert!(!health.broker_up.load(SeqCst));
+        // The same picture during a rebalance is a JoinGroup the coordinator may hold: not down.
+        health.observe_consumer(&stats("wait-join", &stalled));
+        assert!(health.broker_up.load(SeqCst));
+        // A fetch waiting a whole interval on the broker's own connection is down in any state.
+        health.observe_consumer(&stats("wait-join", &[(broker, "learned", 20, 1), (coordinator, "logical", 5, 1)]));
+        assert!(!health.broker_up.load(SeqCst));
+        // Answers again.
+        health.observe_consumer(&stats("steady", &[(broker, "learned", 21, 1), (coordinator, "logical", 6, 0)]));
+        assert!(health.broker_up.load(SeqCst));
+        // Idle and nothing waiting: up; no connection UP at all: down.
+        health.observe_consumer(&stats("steady", &[(broker, "learned", 21, 0), (coordinator, "logical", 6, 0)]));
+        assert!(health.broker_up.load(SeqCst));
+        health.observe_consumer(&stats("steady", &[]));
+        assert!(!health.broker_up.load(SeqCst));
+    }
+
+    #[test]
+    fn unacknowledged_records_show_a_stall_the_consumer_does_not_see() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let health = super::ConsumerHealth::default();
+        health.mark_up();
+        let broker = "localhost:9092/1";
+        // An idle producer with no connection yet is not judged.
+        health.observe_producer(&stats("", &[]));
+        assert!(health.broker_up.load(SeqCst));
+        health.observe_producer(&stats("", &[(broker, "learned", 4, 0)]));
+        health.observe_producer(&stats("", &[(broker, "learned", 9, 2)]));
+        assert!(health.broker_up.load(SeqCst));
+        // Produce requests unanswered for an interval while the consumer's view is stale (a
+        // revoke drains): down.
+        health.observe_producer(&stats("", &[(broker, "learned", 9, 2)]));
+        assert!(!health.broker_up.load(SeqCst));
+        health.observe_producer(&stats("", &[(broker, "learned", 12, 0)]));
+        assert!(health.broker_up.load(SeqCst));
     }
 }

@@ -267,12 +267,12 @@ impl Worker {
         // With a shadow, each event yields a second (shadow) record and report.
         let reports_per_event = if variants.shadow.is_some() { 2 } else { 1 };
         let (completions_tx, completions_rx) = sync_channel(max_in_flight * reports_per_event + 1);
+        let health = Arc::new(consumer::ConsumerHealth::default());
         let producer: Arc<Producer> = Arc::new(
             producer_config(config)
-                .create_with_context(DeliveryContext::new(completions_tx.clone(), metrics.clone()))
+                .create_with_context(DeliveryContext::new(completions_tx.clone(), metrics.clone(), health.clone()))
                 .map_err(ClusterError::Client)?,
         );
-        let health = Arc::new(consumer::ConsumerHealth::default());
         let rebuilder = rebuild::WindowRebuilder::new(config, schema.clone()).map_err(ClusterError::Client)?;
         let context = WorkerContext::new(
             LoopState::new(windows, completions_rx, rebuilder),
@@ -294,7 +294,7 @@ impl Worker {
         }
         require_topics(&consumer, &wanted, config)?;
         // The cluster just answered; statistics keep this current from here on.
-        health.broker_up.store(true, std::sync::atomic::Ordering::SeqCst);
+        health.mark_up();
         consumer.subscribe(&[&config.topics.input]).map_err(ClusterError::Client)?;
 
         let publisher = Publisher::new(

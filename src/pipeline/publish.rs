@@ -49,11 +49,17 @@ pub struct Completion {
 pub struct DeliveryContext {
     completions: SyncSender<Completion>,
     metrics: Arc<Metrics>,
+    /// Readiness reads broker liveness from this producer's statistics too.
+    health: Arc<super::consumer::ConsumerHealth>,
 }
 
 impl DeliveryContext {
-    pub fn new(completions: SyncSender<Completion>, metrics: Arc<Metrics>) -> Self {
-        DeliveryContext { completions, metrics }
+    pub fn new(
+        completions: SyncSender<Completion>,
+        metrics: Arc<Metrics>,
+        health: Arc<super::consumer::ConsumerHealth>,
+    ) -> Self {
+        DeliveryContext { completions, metrics, health }
     }
 }
 
@@ -63,6 +69,7 @@ impl ClientContext for DeliveryContext {
     }
     fn stats(&self, statistics: rdkafka::Statistics) {
         self.metrics.producer_queue_messages.set(statistics.msg_cnt as i64);
+        self.health.observe_producer(&statistics);
     }
 }
 
