@@ -97,6 +97,7 @@ $(BENCH_STAMP): $(TEST_STAMP) bench/requirements.txt
 bench: ort test-deps broker build $(BENCH_STAMP)
 	cargo build $(CARGO_FLAGS) --example ort_ceiling
 	NISSHI=$(NISSHI) scripts/with-broker.sh $(VENV)/bin/python scripts/bench.py
+	NISSHI=$(NISSHI) scripts/with-broker.sh $(VENV)/bin/python scripts/idle_cpu.py
 
 # Rebuild the sample bundles and test fixtures from the statsmodels CO2 record.
 bundles:

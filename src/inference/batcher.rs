@@ -88,7 +88,7 @@ impl From<&crate::config::BatchingConfig> for BatchingOptions {
 }
 
 /// How often an idle inference thread applies pending reloads and decisions.
-const IDLE_TICK: Duration = Duration::from_millis(100);
+const IDLE_TICK: Duration = Duration::from_millis(250);
 
 /// Collects jobs into micro-batches and hands each to its scorer.
 pub struct Batcher {

@@ -12,8 +12,9 @@
 //! serves the queue until it is empty again, one zero-timeout poll per event (a delivery report
 //! covers a whole produce batch).
 //!
-//! The alert sink uses it. The data path's producer does not yet (`pipeline/publish.rs` says
-//! why): with it there, the broker-stall chaos test failed 2 of 9 runs.
+//! The data path's producer and the alert sink use it. (Its first trial on the data path was
+//! blamed for a broker-stall chaos failure that turned out to be readiness: the consumer serves
+//! no statistics while a revoke drains, see `pipeline::consumer::ConsumerHealth`.)
 
 use std::io::{Read, Write};
 use std::ops::Deref;

