@@ -165,14 +165,15 @@ def delete_topics(names: dict) -> None:
             print(f"bench: could not delete a topic: {e}", file=sys.stderr)
 
 
-def config(names: dict, model: str, passthrough: bool, extra: str = "", root: Path | None = None) -> str:
+def config(names: dict, model: str, passthrough: bool, extra: str = "", root: Path | None = None,
+           client_defaults: bool = False, http: str = "") -> str:
+    """The worker's config; `client_defaults` keeps librdkafka's session timeout and fetch wait."""
+    # nisshi holds a fetch for the whole fetch.wait.max.ms even when data is there; Kafka does not.
+    tuned = "" if client_defaults else '"session.timeout.ms" = 30000\n"fetch.wait.max.ms" = 5\n'
     return f"""
 [kafka]
 "bootstrap.servers" = "{BOOT}"
-{"".join(f'"{k}" = "{v}"' + chr(10) for k, v in SECURITY.items())}"session.timeout.ms" = 30000
-# nisshi holds a fetch for the whole fetch.wait.max.ms even when data is there; Kafka does not.
-"fetch.wait.max.ms" = 5
-[consumer]
+{"".join(f'"{k}" = "{v}"' + chr(10) for k, v in SECURITY.items())}{tuned}[consumer]
 group_id = "bench-{names['in']}"
 [topics]
 input = "{names['in']}"
@@ -189,7 +190,7 @@ execution_provider = "cpu"
 [processing]
 passthrough = {str(passthrough).lower()}
 [http]
-listen = ""
+listen = "{http}"
 [telemetry]
 log_format = "text"
 log_level = "warn"

@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient, NewTopic
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402 - the bench's topic and config plumbing
 
-ROOT = Path(__file__).resolve().parent.parent
-BOOT = os.environ["STREAMCAST_TEST_BOOTSTRAP"]
+ROOT = bench.ROOT
 SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "30"))
 SETTLE = 20.0
 TICK = os.sysconf("SC_CLK_TCK")
@@ -39,34 +39,9 @@ def threads(pid: int) -> dict:
 
 
 def measure(role: str, work: Path) -> None:
-    names = {k: f"idle-{role}-{k}-{time.time_ns()}" for k in ["in", "pred", "dlq", "act", "met", "alr"]}
-    admin = AdminClient({"bootstrap.servers": BOOT})
-    for f in admin.create_topics([NewTopic(n, 2, 1) for n in names.values()]).values():
-        f.result(30)
+    names = bench.create_topics(f"idle-{role}")
     config = work / f"{role}.toml"
-    config.write_text(f"""
-[kafka]
-"bootstrap.servers" = "{BOOT}"
-[consumer]
-group_id = "idle-{names['in']}"
-[topics]
-input = "{names['in']}"
-predictions = "{names['pred']}"
-dlq = "{names['dlq']}"
-actuals = "{names['act']}"
-metrics = "{names['met']}"
-alerts = "{names['alr']}"
-[model]
-root = "{ROOT / 'models'}"
-name = "co2-mlp"
-version = "1"
-execution_provider = "cpu"
-[http]
-listen = "127.0.0.1:0"
-[telemetry]
-log_format = "text"
-log_level = "warn"
-""")
+    config.write_text(bench.config(names, "co2-mlp", False, client_defaults=True, http="127.0.0.1:0"))
     with open(work / f"{role}.log", "w") as log:
         proc = subprocess.Popen([str(ROOT / "target/release/streamcast"), "run", "--config", str(config), "--role", role],
                                 stdout=log, stderr=log)
@@ -80,7 +55,7 @@ log_level = "warn"
     finally:
         proc.terminate()
         proc.wait(60)
-        admin.delete_topics(list(names.values()), operation_timeout=30)
+        bench.delete_topics(names)
     wall = t1 - t0
     used = sorted(((cpu - before.get(task, (name, 0.0))[1], name) for task, (name, cpu) in after.items()), reverse=True)
     total = sum(d for d, _ in used)
