@@ -286,7 +286,8 @@ impl ClientContext for WorkerContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         crate::kafka::observe_client_error(&error, reason);
     }
-    /// librdkafka statistics (every `statistics.interval.ms`): consumer lag per input partition.
+    /// librdkafka statistics (every `statistics.interval.ms`): broker liveness for `/readyz`, and
+    /// consumer lag per input partition.
     fn stats(&self, statistics: rdkafka::Statistics) {
         self.health.observe_consumer(&statistics);
         let Some(topic) = statistics.topics.get(&self.input_topic) else { return };
