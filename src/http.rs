@@ -42,7 +42,7 @@ impl Readiness {
             r.push("the primary model is not loaded (the fallback serves)");
         }
         if let Some(c) = &self.consumer {
-            if !c.broker_up.load(Ordering::SeqCst) {
+            if !c.broker_up() {
                 r.push("no broker connection is up");
             }
             if !c.assigned_once.load(Ordering::SeqCst) {

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from streamcast_bundle.core import version_key, versions  # streamcast's own `latest` order
 
 from . import OUTCOME_KINDS, __version__
 from . import alerts as A
@@ -29,19 +30,6 @@ class Failure(Exception):
         super().__init__(message)
         self.reason = reason
         self.facts = facts
-
-
-def version_key(v: str):
-    """Numeric-aware order, exactly as streamcast's `latest` (the builder's port of it)."""
-    from streamcast_bundle.core import version_key as key
-
-    return key(v)
-
-
-def versions(root: Path, name: str) -> list[str]:
-    from streamcast_bundle.core import versions as listed
-
-    return listed(root, name)
 
 
 def answered_by(root: Path, name: str, newer: list[str], request: dict) -> str | None:

@@ -76,8 +76,6 @@ pub struct ConsumerHealth {
     pub partitions: AtomicUsize,
     /// The group handed this member an assignment at least once (possibly empty).
     pub assigned_once: AtomicBool,
-    /// A broker answered within the last statistics interval, as both clients see it.
-    pub broker_up: AtomicBool,
     /// The consumer's view: served only while the consumer polls, so it goes stale while a
     /// revoke drains in-flight events (a stall that outlasts the session timeout does that).
     consumer: BrokerView,
@@ -91,32 +89,22 @@ impl ConsumerHealth {
     pub fn mark_up(&self) {
         self.consumer.up.store(true, Ordering::SeqCst);
         self.producer.up.store(true, Ordering::SeqCst);
-        self.broker_up.store(true, Ordering::SeqCst);
+    }
+
+    /// A broker answered within the last statistics interval, as both clients see it.
+    pub fn broker_up(&self) -> bool {
+        self.consumer.up.load(Ordering::SeqCst) && self.producer.up.load(Ordering::SeqCst)
     }
 
     /// The consumer's statistics callback.
     pub fn observe_consumer(&self, stats: &rdkafka::Statistics) {
-        self.consumer.observe(stats, true);
-        self.update();
+        self.consumer.observe(stats, true, "consumer");
     }
 
     /// The data path producer's statistics callback.
     pub fn observe_producer(&self, stats: &rdkafka::Statistics) {
         // An idle producer may hold no connection at all; only unanswered requests judge it.
-        self.producer.observe(stats, false);
-        self.update();
-    }
-
-    fn update(&self) {
-        let up = self.consumer.up.load(Ordering::SeqCst) && self.producer.up.load(Ordering::SeqCst);
-        let was = self.broker_up.swap(up, Ordering::SeqCst);
-        if was && !up {
-            tracing::warn!(
-                "No broker answered in a statistics interval while requests wait; /readyz reports not ready."
-            );
-        } else if up && !was {
-            tracing::info!("A broker answers again.");
-        }
+        self.producer.observe(stats, false, "producer");
     }
 }
 
@@ -136,8 +124,9 @@ impl BrokerView {
     /// partitions paused, no fetch waits on the broker's own connection and the unanswered
     /// heartbeat is what shows the stall. Outside a steady group that connection waits on
     /// JoinGroup, which a healthy coordinator may hold for the whole rebalance. Without
-    /// `need_connection`, a client with no connection `UP` is not judged.
-    fn observe(&self, stats: &rdkafka::Statistics, need_connection: bool) {
+    /// `need_connection`, a client with no connection `UP` is not judged. `client` names it in
+    /// the log line a change of verdict writes.
+    fn observe(&self, stats: &rdkafka::Statistics, need_connection: bool, client: &'static str) {
         let steady = stats.cgrp.as_ref().is_none_or(|g| g.join_state == "steady");
         let mut responses = self.responses.lock().unwrap_or_else(|e| e.into_inner());
         let (mut answered, mut waiting, mut connected) = (false, false, false);
@@ -152,7 +141,16 @@ impl BrokerView {
             }
         }
         responses.retain(|name, _| stats.brokers.contains_key(name));
-        self.up.store(answered || ((connected || !need_connection) && !waiting), Ordering::SeqCst);
+        let up = answered || ((connected || !need_connection) && !waiting);
+        let was = self.up.swap(up, Ordering::SeqCst);
+        if was && !up {
+            tracing::warn!(
+                client,
+                "No broker answered in a statistics interval while requests wait; /readyz reports not ready."
+            );
+        } else if up && !was {
+            tracing::info!(client, "A broker answers again.");
+        }
     }
 }
 
@@ -756,53 +754,51 @@ mod tests {
 
     #[test]
     fn a_stalled_broker_is_down_even_while_the_partitions_are_paused() {
-        use std::sync::atomic::Ordering::SeqCst;
         let health = super::ConsumerHealth::default();
         health.mark_up();
         let (broker, coordinator, bootstrap) = ("localhost:9092/1", "GroupCoordinator", "localhost:9092/bootstrap");
         health.observe_consumer(&stats("steady", &[(broker, "learned", 10, 1), (coordinator, "logical", 5, 0)]));
-        assert!(health.broker_up.load(SeqCst));
+        assert!(health.broker_up());
         // Fetches answered: up.
         health.observe_consumer(&stats("steady", &[(broker, "learned", 20, 1), (coordinator, "logical", 5, 0)]));
-        assert!(health.broker_up.load(SeqCst));
+        assert!(health.broker_up());
         // Stalled with the partitions paused: no fetch waits on the broker, an idle bootstrap
         // connection is UP, and only the coordinator's heartbeat is unanswered.
         let stalled = [(broker, "learned", 20, 0), (coordinator, "logical", 5, 1), (bootstrap, "configured", 3, 0)];
         health.observe_consumer(&stats("steady", &stalled));
-        assert!(!health.broker_up.load(SeqCst));
+        assert!(!health.broker_up());
         // The same picture during a rebalance is a JoinGroup the coordinator may hold: not down.
         health.observe_consumer(&stats("wait-join", &stalled));
-        assert!(health.broker_up.load(SeqCst));
+        assert!(health.broker_up());
         // A fetch waiting a whole interval on the broker's own connection is down in any state.
         health.observe_consumer(&stats("wait-join", &[(broker, "learned", 20, 1), (coordinator, "logical", 5, 1)]));
-        assert!(!health.broker_up.load(SeqCst));
+        assert!(!health.broker_up());
         // Answers again.
         health.observe_consumer(&stats("steady", &[(broker, "learned", 21, 1), (coordinator, "logical", 6, 0)]));
-        assert!(health.broker_up.load(SeqCst));
+        assert!(health.broker_up());
         // Idle and nothing waiting: up; no connection UP at all: down.
         health.observe_consumer(&stats("steady", &[(broker, "learned", 21, 0), (coordinator, "logical", 6, 0)]));
-        assert!(health.broker_up.load(SeqCst));
+        assert!(health.broker_up());
         health.observe_consumer(&stats("steady", &[]));
-        assert!(!health.broker_up.load(SeqCst));
+        assert!(!health.broker_up());
     }
 
     #[test]
     fn unacknowledged_records_show_a_stall_the_consumer_does_not_see() {
-        use std::sync::atomic::Ordering::SeqCst;
         let health = super::ConsumerHealth::default();
         health.mark_up();
         let broker = "localhost:9092/1";
         // An idle producer with no connection yet is not judged.
         health.observe_producer(&stats("", &[]));
-        assert!(health.broker_up.load(SeqCst));
+        assert!(health.broker_up());
         health.observe_producer(&stats("", &[(broker, "learned", 4, 0)]));
         health.observe_producer(&stats("", &[(broker, "learned", 9, 2)]));
-        assert!(health.broker_up.load(SeqCst));
+        assert!(health.broker_up());
         // Produce requests unanswered for an interval while the consumer's view is stale (a
         // revoke drains): down.
         health.observe_producer(&stats("", &[(broker, "learned", 9, 2)]));
-        assert!(!health.broker_up.load(SeqCst));
+        assert!(!health.broker_up());
         health.observe_producer(&stats("", &[(broker, "learned", 12, 0)]));
-        assert!(health.broker_up.load(SeqCst));
+        assert!(health.broker_up());
     }
 }
