@@ -133,6 +133,36 @@ pub struct InputEvent {
     pub extra_features: u32,
 }
 
+/// A validated input event whose strings borrow from the message value where they can (always,
+/// on the one-pass path): what the consumer decodes, so that an event costs no string copies
+/// beyond the one [`crate::pipeline::StreamOrigin`] keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRef<'a> {
+    pub id: Cow<'a, str>,
+    pub series_id: Cow<'a, str>,
+    /// The RFC 3339 timestamp exactly as sent; it is echoed in the prediction.
+    pub timestamp: Cow<'a, str>,
+    /// The same instant in milliseconds since the Unix epoch, for event-time windows.
+    pub timestamp_ms: i64,
+    /// What the event carries: one observation, or the whole window.
+    pub values: EventValues,
+    /// How many feature names in an object were not the bundle's (ignored unless configured).
+    pub extra_features: u32,
+}
+
+impl EventRef<'_> {
+    pub fn into_owned(self) -> InputEvent {
+        InputEvent {
+            id: self.id.into_owned(),
+            series_id: self.series_id.into_owned(),
+            timestamp: self.timestamp.into_owned(),
+            timestamp_ms: self.timestamp_ms,
+            values: self.values,
+            extra_features: self.extra_features,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventValues {
     /// One observation (`features`), `F` raw values in the bundle's order.
@@ -169,16 +199,25 @@ impl InputEvent {
     /// Decodes and validates one `input_data` message value: in one pass when the event is valid
     /// and plain (`scan`), otherwise with serde, which also says why an event is refused.
     pub fn decode(bytes: &[u8], schema: &FeatureSchema) -> Result<InputEvent, DecodeError> {
+        InputEvent::decode_ref(bytes, schema).map(EventRef::into_owned)
+    }
+
+    /// [`InputEvent::decode`], with the strings left in `bytes` where they can be.
+    pub fn decode_ref<'a>(bytes: &'a [u8], schema: &FeatureSchema) -> Result<EventRef<'a>, DecodeError> {
         InputEvent::check_size(bytes, schema)?;
         match scan::decode(bytes, schema) {
             Some(event) => Ok(event),
-            None => InputEvent::decode_with_serde(bytes, schema),
+            None => InputEvent::decode_serde_ref(bytes, schema),
         }
     }
 
     /// The reference decoder: serde, in two passes. [`InputEvent::decode`] uses it for every event
     /// the one-pass decoder declines, and tests and benchmarks compare the two.
     pub fn decode_with_serde(bytes: &[u8], schema: &FeatureSchema) -> Result<InputEvent, DecodeError> {
+        InputEvent::decode_serde_ref(bytes, schema).map(EventRef::into_owned)
+    }
+
+    fn decode_serde_ref<'a>(bytes: &'a [u8], schema: &FeatureSchema) -> Result<EventRef<'a>, DecodeError> {
         InputEvent::check_size(bytes, schema)?;
         let raw: RawEvent<'_> = serde_json::from_slice(bytes).map_err(|e| {
             let mut d = json_error(bytes, &e, "event");
@@ -231,11 +270,11 @@ impl InputEvent {
                 return Err(DecodeError::new(RejectKind::MissingField, "`features` (or `window`) is required"));
             }
         };
-        Ok(InputEvent {
-            id: id.into_owned(),
-            series_id: series_id.into_owned(),
-            timestamp: timestamp.into_owned(),
+        Ok(EventRef {
+            id,
+            series_id,
             timestamp_ms: instant.timestamp_millis(),
+            timestamp,
             values,
             extra_features: extra,
         })
@@ -612,10 +651,101 @@ pub struct IntervalIn {
 }
 
 impl PredictionOut<'_> {
-    /// Encodes into `buf` (cleared first), reusing its capacity.
+    /// Encodes into `buf` (cleared first), reusing its capacity: the same bytes as serde_json
+    /// writes for the derived `Serialize` (a test holds the two together), written directly.
+    /// Every event pays for this, and serde_json's per-byte string escaping of ids, names and
+    /// timestamps that almost never need it was the encoder's largest cost.
     pub fn encode(&self, buf: &mut Vec<u8>) {
         buf.clear();
-        serde_json::to_writer(&mut *buf, self).expect("writing JSON to a Vec cannot fail; all floats are finite");
+        buf.extend_from_slice(b"{\"id\":");
+        write_str(buf, self.id);
+        buf.extend_from_slice(b",\"series_id\":");
+        write_str(buf, self.series_id);
+        buf.extend_from_slice(b",\"timestamp\":");
+        write_str(buf, self.timestamp);
+        buf.extend_from_slice(b",\"prediction\":");
+        write_f32s(buf, self.prediction);
+        buf.extend_from_slice(b",\"model\":{\"name\":");
+        write_str(buf, &self.model.name);
+        buf.extend_from_slice(b",\"version\":");
+        write_str(buf, &self.model.version);
+        buf.extend_from_slice(b"},\"variant\":\"");
+        buf.extend_from_slice(self.variant.as_str().as_bytes());
+        buf.extend_from_slice(b"\",\"latency_ms\":");
+        write_f64(buf, self.latency_ms);
+        buf.extend_from_slice(b",\"produced_at\":");
+        write_str(buf, self.produced_at);
+        if self.warmup {
+            buf.extend_from_slice(b",\"warmup\":true");
+        }
+        if self.gap_filled != 0 {
+            buf.extend_from_slice(b",\"gap_filled\":");
+            buf.extend_from_slice(itoa(self.gap_filled, &mut [0; 10]));
+        }
+        if self.fallback {
+            buf.extend_from_slice(b",\"fallback\":true");
+        }
+        // Rare and nested: serde writes these.
+        if let Some(interval) = &self.interval {
+            buf.extend_from_slice(b",\"interval\":");
+            serde_json::to_writer(&mut *buf, interval).expect("writing JSON to a Vec cannot fail");
+        }
+        if let Some(quantiles) = &self.quantiles {
+            buf.extend_from_slice(b",\"quantiles\":");
+            serde_json::to_writer(&mut *buf, quantiles).expect("writing JSON to a Vec cannot fail");
+        }
+        buf.push(b'}');
+    }
+}
+
+/// A JSON string. Ids, names and timestamps almost never hold a character JSON must escape, so
+/// one branch-free pass (which the compiler vectorizes) checks the whole string, and it is copied
+/// as is; serde_json escapes the rest.
+fn write_str(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().fold(false, |escape, b| escape | (b < 0x20) | (b == b'"') | (b == b'\\')) {
+        serde_json::to_writer(&mut *buf, s).expect("writing JSON to a Vec cannot fail");
+        return;
+    }
+    buf.push(b'"');
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(b'"');
+}
+
+/// A JSON array of f32s, shortest round-trip (what serde_json writes; `null` if not finite).
+fn write_f32s(buf: &mut Vec<u8>, values: &[f32]) {
+    let mut fmt = zmij::Buffer::new();
+    buf.push(b'[');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        if v.is_finite() {
+            buf.extend_from_slice(fmt.format_finite(*v).as_bytes());
+        } else {
+            buf.extend_from_slice(b"null");
+        }
+    }
+    buf.push(b']');
+}
+
+fn write_f64(buf: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        buf.extend_from_slice(zmij::Buffer::new().format_finite(v).as_bytes());
+    } else {
+        buf.extend_from_slice(b"null");
+    }
+}
+
+/// `n` in decimal, in the tail of `out`.
+fn itoa(mut n: u32, out: &mut [u8; 10]) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &out[i..];
+        }
     }
 }
 
@@ -799,6 +929,62 @@ mod tests {
         assert_eq!(back.prediction, vec![1.5]);
         assert_eq!(back.variant, Variant::Primary);
         assert!(!String::from_utf8(buf).unwrap().contains("warmup"));
+    }
+
+    /// The hand-written encoder against serde_json's output for the derived `Serialize`, over
+    /// every optional field and strings that must be escaped.
+    #[test]
+    fn hand_written_encoder_writes_what_serde_json_writes() {
+        let plain = ModelRef { name: "co2-mlp".into(), version: "1.2.0".into() };
+        let odd = ModelRef { name: "m\"\\\u{1}".into(), version: "v\u{e9}\u{1F600}\n".into() };
+        let lower = [1.0f32, -2.5e-8];
+        let upper = [3.25f32, 1e30];
+        let levels = [0.1, 0.5, 0.9];
+        let qvalues = [1.0f32, 2.0, 3.0, 4.0, 5.5, 6.0];
+        let ids = ["e1", "", "quote\"back\\slash", "tab\tnl\ncr\r\u{7f}\u{1f}", "caf\u{e9} \u{2028}\u{1F600}"];
+        let predictions: [&[f32]; 5] =
+            [&[], &[1.5], &[0.1, f32::NAN, f32::INFINITY, -0.0], &[1e-45, 3.4e38, 12345.678], &[7.0; 24]];
+        let intervals = [
+            None,
+            Some(IntervalOut { level: 0.9, calibrated: false, lower: None, upper: None }),
+            Some(IntervalOut { level: 0.8, calibrated: true, lower: Some(&lower), upper: Some(&upper) }),
+        ];
+        let quantiles = [None, Some(QuantilesOut { levels: &levels, values: &qvalues })];
+        let mut buf = Vec::new();
+        let mut cases = 0;
+        for (i, id) in ids.iter().enumerate() {
+            for (j, prediction) in predictions.iter().enumerate() {
+                for (k, interval) in intervals.iter().enumerate() {
+                    for (l, q) in quantiles.iter().enumerate() {
+                        let n = i + j + k + l;
+                        let p = PredictionOut {
+                            id,
+                            series_id: ids[(i + 1) % ids.len()],
+                            timestamp: ids[(i + 2) % ids.len()],
+                            prediction,
+                            model: if n % 2 == 0 { &plain } else { &odd },
+                            variant: [Variant::Primary, Variant::Candidate, Variant::Shadow][n % 3],
+                            latency_ms: [0.0, 0.123456789, 1e-7, 250.5, f64::NAN][n % 5],
+                            produced_at: "2026-12-04T04:00:00.123Z",
+                            warmup: n % 2 == 1,
+                            gap_filled: [0, 1, 4_294_967_295][n % 3],
+                            fallback: n % 4 == 3,
+                            interval: interval.as_ref().map(|v| IntervalOut { lower: v.lower, upper: v.upper, ..*v }),
+                            quantiles: *q,
+                        };
+                        p.encode(&mut buf);
+                        let expected = serde_json::to_vec(&p).unwrap();
+                        assert_eq!(
+                            String::from_utf8_lossy(&buf),
+                            String::from_utf8_lossy(&expected),
+                            "case id={i} prediction={j} interval={k} quantiles={l}"
+                        );
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 150);
     }
 
     #[test]

@@ -12,13 +12,15 @@
 //! correctly rounded, so the two paths can differ by one f32 ulp on rare inputs
 //! (`tests/decoder_fuzz.rs` checks that they agree within that).
 
-use super::{EventValues, FeatureSchema, InputEvent};
+use std::borrow::Cow;
+
+use super::{EventRef, EventValues, FeatureSchema};
 
 /// serde_json's default recursion limit: deeper input goes to the serde decoder, which refuses it.
 const MAX_DEPTH: usize = 128;
 
 /// Decodes `bytes` if it is a well-formed event in a common shape; `None` means "ask serde".
-pub(super) fn decode(bytes: &[u8], schema: &FeatureSchema) -> Option<InputEvent> {
+pub(super) fn decode<'a>(bytes: &'a [u8], schema: &FeatureSchema) -> Option<EventRef<'a>> {
     let mut s = Scanner { b: bytes, i: 0 };
     let (t, w) = (schema.window, schema.width());
     let (mut id, mut series_id, mut timestamp) = (None, None, None);
@@ -81,9 +83,9 @@ pub(super) fn decode(bytes: &[u8], schema: &FeatureSchema) -> Option<InputEvent>
     if s.i != bytes.len() {
         return None;
     }
-    let checked = |v: Option<&[u8]>| -> Option<String> {
+    let checked = |v: Option<&'a [u8]>| -> Option<Cow<'a, str>> {
         let v = v?;
-        (!v.is_empty() && v.len() <= schema.max_id_bytes).then(|| std::str::from_utf8(v).ok().map(str::to_owned))?
+        (!v.is_empty() && v.len() <= schema.max_id_bytes).then(|| std::str::from_utf8(v).ok().map(Cow::Borrowed))?
     };
     let id = checked(id)?;
     let series_id = checked(series_id)?;
@@ -94,10 +96,10 @@ pub(super) fn decode(bytes: &[u8], schema: &FeatureSchema) -> Option<InputEvent>
         (None, Some(obs)) => EventValues::Observation(obs),
         (None, None) => return None,
     };
-    Some(InputEvent {
+    Some(EventRef {
         id,
         series_id,
-        timestamp: timestamp.to_owned(),
+        timestamp: Cow::Borrowed(timestamp),
         timestamp_ms: instant.timestamp_millis(),
         values,
         extra_features: extra,

@@ -16,7 +16,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::ClientContext;
 
 use super::publish::{Completion, InputOffset, Publisher, Token};
-use super::{Origin, PipelineError, StreamOrigin};
+use super::{EventText, Origin, PipelineError, StreamOrigin};
 use crate::config::Unproducible;
 use crate::event::{EventValues, FeatureSchema, InputEvent, RejectKind};
 use crate::inference::Job;
@@ -637,7 +637,7 @@ fn handle(
         message.key(),
         traceparent.as_deref(),
     );
-    let event = match InputEvent::decode(payload, schema) {
+    let event = match InputEvent::decode_ref(payload, schema) {
         Ok(e) => e,
         Err(e) => {
             if let Some(span) = &span {
@@ -684,22 +684,19 @@ fn handle(
             (input.clone(), filled.padded, filled.gap_filled as u32)
         }
     };
+    let candidate = route.is_some_and(|share| is_candidate(&event.series_id, share));
     let origin = StreamOrigin {
         token,
         span,
-        id: event.id,
-        series_id: event.series_id,
-        timestamp: event.timestamp,
+        text: EventText::new(payload, &event.id, &event.series_id, &event.timestamp),
         warmup,
         gap_filled,
         received,
         traceparent,
-        payload: payload.to_vec(),
     };
     // The channel holds `max_in_flight` jobs and the loop stops fetching at that many events in
     // flight, so this send does not block. It fails only if the inference thread died, which
     // the worker notices when joining it; the event then stays uncommitted.
-    let candidate = route.is_some_and(|share| is_candidate(&origin.series_id, share));
     if jobs.send(Job { input: values, candidate, origin: Origin::Stream(origin) }).is_err() {
         st.fatal.get_or_insert_with(|| "the inference thread stopped".into());
     }

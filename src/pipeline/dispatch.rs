@@ -101,9 +101,9 @@ impl StreamPublisher {
         let mut encode =
             |prediction: &[f32], quantiles: Option<QuantilesOut<'_>>, model, variant, fallback, buf: &mut Vec<u8>| {
                 PredictionOut {
-                    id: &o.id,
-                    series_id: &o.series_id,
-                    timestamp: &o.timestamp,
+                    id: o.text.id(),
+                    series_id: o.text.series_id(),
+                    timestamp: o.text.timestamp(),
                     prediction,
                     model,
                     variant,
@@ -118,7 +118,7 @@ impl StreamPublisher {
                 .encode(buf)
             };
         encode(row.prediction, row.quantiles, row.model, row.variant, row.fallback, &mut self.buf);
-        if !self.publisher.fits(o.series_id.len(), self.buf.len()) {
+        if !self.publisher.fits(o.text.series_id().len(), self.buf.len()) {
             // Only a huge horizon gets here (ids are bounded at decoding): dead-letter the event
             // rather than have the producer refuse the prediction.
             let reason =
@@ -127,18 +127,19 @@ impl StreamPublisher {
             return;
         }
         // With OTLP export on, the record carries the `send` span's context (same trace).
-        let send = o.span.as_ref().map(|span| span.send(row.model, row.variant.as_str(), row.fallback, &o.series_id));
+        let send =
+            o.span.as_ref().map(|span| span.send(row.model, row.variant.as_str(), row.fallback, o.text.series_id()));
         let traceparent = match &send {
             Some(send) => Some(send.traceparent()),
             None => o.traceparent.take(),
         };
-        self.publisher.prediction(o.token, &o.series_id, &self.buf, traceparent.as_deref());
+        self.publisher.prediction(o.token, o.text.series_id(), &self.buf, traceparent.as_deref());
         drop(send);
         self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
         if let Some((model, values, quantiles)) = row.shadow {
             encode(values, quantiles, model, Variant::Shadow, false, &mut self.buf);
             // Its primary prediction fitted, and it is the same size but for the variant name.
-            self.publisher.shadow(&o.series_id, &self.buf);
+            self.publisher.shadow(o.text.series_id(), &self.buf);
             self.metrics.predictions.with_label_values(&[Variant::Shadow.as_str()]).inc();
         }
     }
@@ -148,7 +149,7 @@ impl StreamPublisher {
         if let Some(span) = &o.span {
             span.failed(kind.as_str(), reason);
         }
-        self.publisher.dead_letter(o.token, Some(o.series_id.as_bytes()), &o.payload, kind, reason);
+        self.publisher.dead_letter(o.token, Some(o.text.series_id().as_bytes()), o.text.payload(), kind, reason);
     }
 }
 

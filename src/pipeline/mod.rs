@@ -163,9 +163,7 @@ impl RequestGate {
 #[derive(Debug)]
 pub struct StreamOrigin {
     pub token: InputOffset,
-    pub id: String,
-    pub series_id: String,
-    pub timestamp: String,
+    pub text: EventText,
     pub warmup: bool,
     /// Steps of the event-time window the gap policy filled in.
     pub gap_filled: u32,
@@ -173,8 +171,50 @@ pub struct StreamOrigin {
     pub traceparent: Option<String>,
     /// The OpenTelemetry `process` span, when OTLP export is on.
     pub span: Option<crate::otel::EventSpan>,
-    /// The original message value, kept so an inference failure can be dead-lettered unchanged.
-    pub payload: Vec<u8>,
+}
+
+/// A streamed event's original message value, kept so that an inference failure can be
+/// dead-lettered unchanged, and the strings its prediction echoes, in one allocation: the
+/// consumer thread allocates it and the inference thread frees it, for every event.
+#[derive(Debug)]
+pub struct EventText {
+    bytes: Vec<u8>,
+    /// Where the value, `id`, `series_id` and `timestamp` end in `bytes`.
+    ends: [usize; 4],
+}
+
+impl EventText {
+    pub fn new(payload: &[u8], id: &str, series_id: &str, timestamp: &str) -> EventText {
+        let mut bytes = Vec::with_capacity(payload.len() + id.len() + series_id.len() + timestamp.len());
+        let mut ends = [0; 4];
+        for (end, part) in ends.iter_mut().zip([payload, id.as_bytes(), series_id.as_bytes(), timestamp.as_bytes()]) {
+            bytes.extend_from_slice(part);
+            *end = bytes.len();
+        }
+        EventText { bytes, ends }
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[..self.ends[0]]
+    }
+
+    fn part(&self, i: usize) -> &str {
+        // Copied from a `&str` in `new`, so this never fails; checking costs a few nanoseconds
+        // on ids this short and keeps the module free of `unsafe`.
+        std::str::from_utf8(&self.bytes[self.ends[i - 1]..self.ends[i]]).unwrap_or_default()
+    }
+
+    pub fn id(&self) -> &str {
+        self.part(1)
+    }
+
+    pub fn series_id(&self) -> &str {
+        self.part(2)
+    }
+
+    pub fn timestamp(&self) -> &str {
+        self.part(3)
+    }
 }
 
 /// The inference thread's scorer: the primary (or the fallback standing in for it), the
