@@ -88,11 +88,19 @@ fn is_for(key: &str, other_side: &[&str]) -> bool {
 /// override (config validation refuses those keys).
 pub fn group_consumer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
-    // Prefetch at most 16 MiB (librdkafka's default is 64 MiB): with large events the prefetch
-    // queue, not the in-flight cap, would dominate memory. Plenty for small events.
+    // The prefetch: at most 16 MiB (librdkafka's default is 64 MiB), so that with large events it
+    // is not the worker's largest allocation, and at most about one in-flight cap of events
+    // (librdkafka's default is 100 000): each prefetched message also costs about 240 bytes of
+    // librdkafka bookkeeping, which for small events outweighs the events themselves, and the
+    // worker cannot take more than its in-flight cap at once anyway. Bounds this small only work
+    // with a short refill backoff: once the queue reaches either bound librdkafka waits
+    // `fetch.queue.backoff.ms` (default 1 s) before it fetches again, however fast the queue
+    // drains, which stalled backlog drains for most of each second (README, Benchmarks).
     c.set("auto.offset.reset", &config.consumer.auto_offset_reset)
         .set("statistics.interval.ms", "5000")
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", prefetch_messages(config.consumer.max_in_flight).to_string())
+        .set("fetch.queue.backoff.ms", REFILL_BACKOFF_MS);
     for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &PRODUCER_ONLY)) {
         c.set(k, v);
     }
@@ -101,6 +109,17 @@ pub fn group_consumer_config(config: &Config) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
     c
+}
+
+/// `fetch.queue.backoff.ms` for the consumers that read whole streams (the group consumer and
+/// the monitor's): librdkafka's 1 s default idles a consumer that drains its full prefetch queue
+/// in less than a second; a 10 ms backoff costs only wake-ups, and only while the queue is full.
+pub const REFILL_BACKOFF_MS: &str = "10";
+
+/// How many events the group consumer prefetches: one in-flight cap, within the range that keeps
+/// fetches efficient (a few thousand) and librdkafka accepts (10 000 000).
+fn prefetch_messages(max_in_flight: usize) -> usize {
+    max_in_flight.clamp(1_000, 10_000_000)
 }
 
 /// The prediction producer's config: every record acknowledged by all in-sync replicas.
@@ -357,6 +376,27 @@ mod tests {
         assert!(is_for("bootstrap.servers", &PRODUCER_ONLY) && is_for("bootstrap.servers", &CONSUMER_ONLY));
         assert!(!is_for("linger.ms", &PRODUCER_ONLY));
         assert!(!is_for("fetch.wait.max.ms", &CONSUMER_ONLY));
+    }
+
+    #[test]
+    fn the_prefetch_follows_the_in_flight_cap_and_kafka_settings_override_it() {
+        let config = |kafka: &str, max_in_flight: usize| {
+            let toml = format!(
+                "[kafka]\n\"bootstrap.servers\" = \"127.0.0.1:9092\"\n{kafka}\n[consumer]\ngroup_id = \"g\"\n\
+                 max_in_flight = {max_in_flight}\n[model]\nname = \"co2-mlp\"\n"
+            );
+            group_consumer_config(&Config::from_table(toml.parse().unwrap()).unwrap())
+        };
+        let get = |c: &ClientConfig, k: &str| c.get(k).map(str::to_string);
+        let c = config("", 10_000);
+        assert_eq!(get(&c, "queued.min.messages").as_deref(), Some("10000"));
+        assert_eq!(get(&c, "queued.max.messages.kbytes").as_deref(), Some("16384"));
+        assert_eq!(get(&c, "fetch.queue.backoff.ms").as_deref(), Some("10"));
+        assert_eq!(get(&config("", 2_000), "queued.min.messages").as_deref(), Some("2000"));
+        assert_eq!(get(&config("", 10), "queued.min.messages").as_deref(), Some("1000"));
+        let c = config("\"queued.min.messages\" = 50000\n\"fetch.queue.backoff.ms\" = 100", 10_000);
+        assert_eq!(get(&c, "queued.min.messages").as_deref(), Some("50000"));
+        assert_eq!(get(&c, "fetch.queue.backoff.ms").as_deref(), Some("100"));
     }
 
     #[test]
