@@ -116,8 +116,8 @@ pub fn group_consumer_config(config: &Config) -> ClientConfig {
 /// in less than a second; a 10 ms backoff costs only wake-ups, and only while the queue is full.
 pub const REFILL_BACKOFF_MS: &str = "10";
 
-/// How many events the group consumer prefetches: one in-flight cap, within the range that keeps
-/// fetches efficient (a few thousand) and librdkafka accepts (10 000 000).
+/// How many events the group consumer prefetches: one in-flight cap, at least 1 000 (so that a
+/// tiny cap does not turn every fetch into a refill wait) and at most librdkafka's 10 000 000.
 fn prefetch_messages(max_in_flight: usize) -> usize {
     max_in_flight.clamp(1_000, 10_000_000)
 }
