@@ -111,10 +111,19 @@ pub fn group_consumer_config(config: &Config) -> ClientConfig {
     c
 }
 
-/// `fetch.queue.backoff.ms` for the consumers that read whole streams (the group consumer and
-/// the monitor's): librdkafka's 1 s default idles a consumer that drains its full prefetch queue
-/// in less than a second; a 10 ms backoff costs only wake-ups, and only while the queue is full.
-pub const REFILL_BACKOFF_MS: &str = "10";
+/// `fetch.queue.backoff.ms` for the consumers that read a stream or a long history (the group
+/// consumer, the monitor's, the window rebuild's): librdkafka's 1 s default idles a consumer that
+/// drains its full prefetch queue in less than a second; a 10 ms backoff costs only wake-ups, and
+/// only while the queue is full.
+const REFILL_BACKOFF_MS: &str = "10";
+
+/// Sets the short refill backoff on a config built by [`client_config`] or [`reader_config`],
+/// unless `[kafka]` sets one.
+pub fn refill_quickly(c: &mut ClientConfig, config: &Config) {
+    if !config.kafka.contains_key("fetch.queue.backoff.ms") {
+        c.set("fetch.queue.backoff.ms", REFILL_BACKOFF_MS);
+    }
+}
 
 /// How many events the group consumer prefetches: one in-flight cap, at least 1 000 (so that a
 /// tiny cap does not turn every fetch into a refill wait) and at most librdkafka's 10 000 000.

@@ -155,9 +155,7 @@ pub fn consumer(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000");
-    if !config.kafka.contains_key("fetch.queue.backoff.ms") {
-        cc.set("fetch.queue.backoff.ms", crate::kafka::REFILL_BACKOFF_MS);
-    }
+    crate::kafka::refill_quickly(&mut cc, config);
     let consumer: BaseConsumer<MonitorContext> =
         cc.create_with_context(MonitorContext::new(lag)).map_err(ClusterError::Client)?;
     let mut wanted = topics.subscribed();
