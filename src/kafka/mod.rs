@@ -111,14 +111,14 @@ pub fn group_consumer_config(config: &Config) -> ClientConfig {
     c
 }
 
-/// `fetch.queue.backoff.ms` for the consumers that read a stream or a long history (the group
-/// consumer, the monitor's, the window rebuild's): librdkafka's 1 s default idles a consumer that
-/// drains its full prefetch queue in less than a second; a 10 ms backoff costs only wake-ups, and
-/// only while the queue is full.
+/// `fetch.queue.backoff.ms` for every consumer (the group consumer, the monitor's, every
+/// [`reader_config`] reader): librdkafka's 1 s default idles a consumer that drains its full
+/// prefetch queue in less than a second, such as the window rebuild inside an assignment
+/// callback; a 10 ms backoff costs only wake-ups, and only while the queue is full.
 const REFILL_BACKOFF_MS: &str = "10";
 
-/// Sets the short refill backoff on a config built by [`client_config`] or [`reader_config`],
-/// unless `[kafka]` sets one.
+/// Sets the short refill backoff on a consumer config built from [`client_config`], unless
+/// `[kafka]` sets one.
 pub fn refill_quickly(c: &mut ClientConfig, config: &Config) {
     if !config.kafka.contains_key("fetch.queue.backoff.ms") {
         c.set("fetch.queue.backoff.ms", REFILL_BACKOFF_MS);
@@ -156,6 +156,7 @@ pub fn reader_config(config: &Config, purpose: &str) -> ClientConfig {
     c.set("group.id", format!("{}-{purpose}", config.consumer.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false");
+    refill_quickly(&mut c, config);
     c
 }
 
@@ -387,25 +388,34 @@ mod tests {
         assert!(!is_for("fetch.wait.max.ms", &CONSUMER_ONLY));
     }
 
+    /// A minimal valid config with `kafka` lines in `[kafka]`.
+    fn config_with(kafka: &str, max_in_flight: usize) -> Config {
+        let toml = format!(
+            "[kafka]\n\"bootstrap.servers\" = \"127.0.0.1:9092\"\n{kafka}\n[consumer]\ngroup_id = \"g\"\n\
+             max_in_flight = {max_in_flight}\n[model]\nname = \"co2-mlp\"\n"
+        );
+        Config::from_table(toml.parse().unwrap()).unwrap()
+    }
+
     #[test]
     fn the_prefetch_follows_the_in_flight_cap_and_kafka_settings_override_it() {
-        let config = |kafka: &str, max_in_flight: usize| {
-            let toml = format!(
-                "[kafka]\n\"bootstrap.servers\" = \"127.0.0.1:9092\"\n{kafka}\n[consumer]\ngroup_id = \"g\"\n\
-                 max_in_flight = {max_in_flight}\n[model]\nname = \"co2-mlp\"\n"
-            );
-            group_consumer_config(&Config::from_table(toml.parse().unwrap()).unwrap())
-        };
-        let get = |c: &ClientConfig, k: &str| c.get(k).map(str::to_string);
+        let config = |kafka: &str, max_in_flight: usize| group_consumer_config(&config_with(kafka, max_in_flight));
         let c = config("", 10_000);
-        assert_eq!(get(&c, "queued.min.messages").as_deref(), Some("10000"));
-        assert_eq!(get(&c, "queued.max.messages.kbytes").as_deref(), Some("16384"));
-        assert_eq!(get(&c, "fetch.queue.backoff.ms").as_deref(), Some("10"));
-        assert_eq!(get(&config("", 2_000), "queued.min.messages").as_deref(), Some("2000"));
-        assert_eq!(get(&config("", 10), "queued.min.messages").as_deref(), Some("1000"));
+        assert_eq!(c.get("queued.min.messages"), Some("10000"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("16384"));
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(config("", 2_000).get("queued.min.messages"), Some("2000"));
+        assert_eq!(config("", 10).get("queued.min.messages"), Some("1000"));
         let c = config("\"queued.min.messages\" = 50000\n\"fetch.queue.backoff.ms\" = 100", 10_000);
-        assert_eq!(get(&c, "queued.min.messages").as_deref(), Some("50000"));
-        assert_eq!(get(&c, "fetch.queue.backoff.ms").as_deref(), Some("100"));
+        assert_eq!(c.get("queued.min.messages"), Some("50000"));
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("100"));
+    }
+
+    #[test]
+    fn readers_refill_quickly_unless_kafka_settings_say_otherwise() {
+        let reader = |kafka: &str| reader_config(&config_with(kafka, 10_000), "rebuild");
+        assert_eq!(reader("").get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(reader("\"fetch.queue.backoff.ms\" = 250").get("fetch.queue.backoff.ms"), Some("250"));
     }
 
     #[test]

@@ -50,9 +50,6 @@ impl WindowRebuilder {
         }
         let mut cc = crate::kafka::reader_config(config, "rebuild");
         cc.set("fetch.wait.max.ms", "20");
-        // Up to `rebuild_max_records` per partition fill librdkafka's prefetch queue; the
-        // assignment callback waits on every refill.
-        crate::kafka::refill_quickly(&mut cc, config);
         Ok(Some(WindowRebuilder {
             consumer: cc.create()?,
             topic: config.topics.input.clone(),
