@@ -148,20 +148,41 @@ fn poison_messages_go_to_the_dlq_with_their_kind_and_good_events_are_predicted()
     }
 }
 
-#[test]
-fn sigkill_mid_stream_loses_nothing() {
-    let topics = Topics::create(3);
-    let n = 20_000;
+/// Produces `n` observation events for co2 bundles, ids `{prefix}-000000`.., on `series` series
+/// keyed by series id.
+fn produce_observations(topic: &str, prefix: &str, n: usize, series: usize) {
     let payloads: Vec<(String, Vec<u8>)> = (0..n)
         .map(|i| {
-            let series = format!("s-{}", i % 50);
-            let id = format!("k-{i:06}");
+            let series = format!("{prefix}-s{}", i % series);
+            let id = format!("{prefix}-{i:06}");
             (series.clone(), event(&id, &series, &[330.0 + (i % 17) as f64, 0.5, -0.5]).into_bytes())
         })
         .collect();
     let records: Vec<(Option<&str>, &[u8], &[(&str, &str)])> =
         payloads.iter().map(|(k, p)| (Some(k.as_str()), p.as_slice(), &[][..])).collect();
-    produce(&topics.input, &records);
+    produce(topic, &records);
+}
+
+/// Reads `topic` back with confluent-kafka (`tests/e2e/read_ids.py`) until `n` distinct ids or
+/// 120 s: `(distinct ids, records)`. librdkafka 2.12 (rdkafka-sys) stalls on partitions that a
+/// producer killed mid-batch wrote to nisshi 0.6.0 and reads small produce batches slowly, while
+/// the newer librdkafka in the Python client reads them.
+fn read_ids(topic: &str, n: usize) -> (usize, usize) {
+    let out = std::process::Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/e2e/read_ids.py"))
+        .args([bootstrap(), topic.to_string(), n.to_string(), "120".into()])
+        .output()
+        .expect("run tests/e2e/read_ids.py (make test installs confluent-kafka into .venv)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (seen["distinct"].as_u64().unwrap() as usize, seen["records"].as_u64().unwrap() as usize)
+}
+
+#[test]
+fn sigkill_mid_stream_loses_nothing() {
+    let topics = Topics::create(3);
+    let n = 20_000;
+    produce_observations(&topics.input, "k", n, 50);
 
     // Small batches so the first worker is still mid-stream when it is killed. Progress is read
     // from its metrics rather than from `predictions`: a reader fetching while the producer is
@@ -177,19 +198,47 @@ fn sigkill_mid_stream_loses_nothing() {
     first.kill_hard();
 
     let second = Worker::start(&config);
-    // Read back with confluent-kafka: librdkafka 2.12 (rdkafka-sys) stalls on partitions that a
-    // producer killed mid-batch wrote to nisshi 0.6.0, while the newer librdkafka in the Python
-    // client reads them. The worker's own output is what is under test here.
-    let out = std::process::Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("tests/e2e/read_ids.py"))
-        .args([bootstrap(), topics.predictions.clone(), n.to_string(), "120".into()])
-        .output()
-        .expect("run tests/e2e/read_ids.py (make test installs confluent-kafka into .venv)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let distinct = seen["distinct"].as_u64().unwrap() as usize;
+    // The worker's own output is what is under test here, so an independent client reads it.
+    let (distinct, records) = read_ids(&topics.predictions, n);
     assert_eq!(distinct, n, "after restart only {distinct} of {n} ids predicted:\n{}", second.log_text());
-    assert!(seen["records"].as_u64().unwrap() as usize >= n);
+    assert!(records >= n);
+}
+
+/// A backlog behind a busy model waits in librdkafka's prefetch, not as decoded jobs: the
+/// consumer stops handing events over once eight batches (at least 256 events) wait for the
+/// model, far below `consumer.max_in_flight`, and every event is still predicted.
+#[test]
+fn a_busy_model_holds_at_most_the_unscored_limit_of_decoded_events() {
+    let topics = Topics::create(3);
+    let n = 10_000;
+    produce_observations(&topics.input, "u", n, 200);
+
+    // Batches of 8 make the GRU the bottleneck (a model call per 8 events) while the consumer
+    // decodes far faster: the unscored limit is then max(8 × 8, 256) = 256.
+    let limit = 256.0;
+    let config = topics.config("co2-gru", "1", "[batching]\nmax_batch_size = 8\nmax_wait_ms = 1\n");
+    let mut worker = Worker::start(&config);
+    let port = worker.http_port();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (mut peak, mut peak_in_flight, mut samples) = (0.0f64, 0.0f64, 0);
+    loop {
+        let metrics = http_get(port, "/metrics");
+        peak = peak.max(metric_value(&metrics, "streamcast_unscored_events"));
+        peak_in_flight = peak_in_flight.max(metric_value(&metrics, "streamcast_in_flight_events"));
+        samples += 1;
+        if metric_value(&metrics, "streamcast_events_acknowledged_total") >= n as f64 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no drain in 120 s:\n{}", worker.log_text());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // One record per 100 ms may still be handed to a consumer at its cap (to serve callbacks).
+    assert!(peak <= limit + 8.0, "{peak} events waited for the model (limit {limit}), {samples} samples");
+    assert!(peak > 0.0, "the gauge never moved in {samples} samples:\n{}", worker.log_text());
+    eprintln!("unscored peak {peak}, in flight peak {peak_in_flight}, {samples} samples");
+    // Batches of 8 make small produce batches: the Python client reads them back in seconds.
+    let (distinct, _) = read_ids(&topics.predictions, n);
+    assert_eq!(distinct, n, "every id predicted:\n{}", worker.log_text());
 }
 
 #[test]

@@ -385,9 +385,29 @@ impl ConsumerContext for WorkerContext {
     }
 }
 
+/// The inference thread's queue, as the consumer feeds it: every job is counted as unscored.
+pub struct JobQueue {
+    tx: SyncSender<Job<Origin>>,
+    unscored: super::Unscored,
+}
+
+impl JobQueue {
+    pub fn new(tx: SyncSender<Job<Origin>>, unscored: super::Unscored) -> JobQueue {
+        JobQueue { tx, unscored }
+    }
+
+    /// Fails only if the inference thread is gone.
+    fn send(&self, job: Job<Origin>) -> Result<(), ()> {
+        self.unscored.add();
+        self.tx.send(job).map_err(|_| ())
+    }
+}
+
 /// What the consumer thread needs besides the consumer itself.
 pub struct ConsumerLoop {
-    pub jobs: SyncSender<Job<Origin>>,
+    pub jobs: JobQueue,
+    /// See [`super::Unscored::limit`].
+    pub max_unscored: usize,
     pub publisher: Publisher,
     pub schema: FeatureSchema,
     pub max_in_flight: usize,
@@ -416,6 +436,9 @@ fn commit_stored(consumer: &BaseConsumer<WorkerContext>) {
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// At a cap, how often `poll` still runs to serve rebalances and other callbacks.
 const SERVE_EVERY: Duration = Duration::from_millis(100);
+/// At the unscored limit, the longest wait for a scored batch before the loop looks again (a
+/// scored batch ends it at once).
+const MODEL_WAIT: Duration = Duration::from_millis(10);
 
 /// Backpressure by `pause`/`resume` once a cap holds: the consumer keeps polling (rebalances and
 /// other callbacks are served from `poll`) but fetches nothing.
@@ -457,6 +480,7 @@ impl ConsumerLoop {
     pub fn run(self, consumer: BaseConsumer<WorkerContext>) -> Result<(), PipelineError> {
         let ConsumerLoop {
             jobs,
+            max_unscored,
             publisher,
             schema,
             max_in_flight,
@@ -474,8 +498,9 @@ impl ConsumerLoop {
         let ctx = consumer.context();
         let mut input = Vec::new();
         let mut last_poll_error: Option<Instant> = None;
+        jobs.unscored.register_consumer();
         while !shutdown.is_triggered() {
-            {
+            let wait_for_model = {
                 let mut st = ctx.lock();
                 ctx.drain_ready(&mut st, &consumer);
                 if st.fatal.is_some() {
@@ -490,31 +515,43 @@ impl ConsumerLoop {
                     commit_stored(&consumer);
                 }
                 let (n, bytes) = (st.tracker.in_flight(), st.tracker.in_flight_bytes());
-                let full = n >= max_in_flight || bytes >= max_in_flight_bytes;
+                let unscored = jobs.unscored.get();
+                metrics.unscored.set(unscored as i64);
+                let acks_full = n >= max_in_flight || bytes >= max_in_flight_bytes;
+                let full = acks_full || unscored >= max_unscored;
                 if full {
-                    // At a cap, acknowledgements usually free room within milliseconds: wait for
-                    // them without fetching. Only a cap held for PAUSE_AFTER (a stalled broker or
-                    // model) pauses the partitions: pausing purges what was prefetched, which
-                    // costs a refetch every time.
+                    // At a cap, acknowledgements (or the model) usually free room within
+                    // milliseconds: wait for them without fetching. Only a cap held for
+                    // PAUSE_AFTER (a stalled broker or model) pauses the partitions: pausing purges
+                    // what was prefetched, which costs a refetch every time.
                     let since = *full_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= PAUSE_AFTER {
                         pause.hold(&consumer, st.assignments);
                     }
                 } else {
                     full_since = None;
-                    if n <= max_in_flight / 4 * 3 && bytes <= max_in_flight_bytes / 4 * 3 {
+                    if n <= max_in_flight / 4 * 3
+                        && bytes <= max_in_flight_bytes / 4 * 3
+                        && unscored <= max_unscored / 4 * 3
+                    {
                         pause.release(&consumer);
                     }
                 }
-                if full || pause.is_paused() {
+                if acks_full || pause.is_paused() {
                     ctx.wait_one(&mut st, Duration::from_millis(50), &consumer);
                 }
-                // At the cap (or paused), poll only to serve rebalances and other callbacks, at
-                // most every SERVE_EVERY: a record it hands over anyway is handled, so the caps
-                // are exceeded by at most one record per SERVE_EVERY until the pause holds.
-                if (full || pause.is_paused()) && last_serve.elapsed() < SERVE_EVERY {
-                    continue;
-                }
+                // Only the model holds the consumer back: wait for a scored batch (below, without
+                // the state's lock), not for a delivery report.
+                full && !acks_full && !pause.is_paused()
+            };
+            if wait_for_model {
+                jobs.unscored.wait_below(max_unscored, MODEL_WAIT);
+            }
+            // At a cap (or paused), poll only to serve rebalances and other callbacks, at most
+            // every SERVE_EVERY: a record it hands over anyway is handled, so the caps are
+            // exceeded by at most one record per SERVE_EVERY until the pause holds.
+            if (full_since.is_some() || pause.is_paused()) && last_serve.elapsed() < SERVE_EVERY {
+                continue;
             }
             let wait = if full_since.is_some() || pause.is_paused() {
                 Duration::ZERO
@@ -608,7 +645,7 @@ fn is_permanent(error: &rdkafka::error::KafkaError) -> bool {
 fn handle(
     message: &BorrowedMessage<'_>,
     st: &mut LoopState,
-    jobs: &SyncSender<Job<Origin>>,
+    jobs: &JobQueue,
     publisher: &Publisher,
     schema: &FeatureSchema,
     metrics: &Metrics,
@@ -694,9 +731,9 @@ fn handle(
         received,
         traceparent,
     };
-    // The channel holds `max_in_flight` jobs and the loop stops fetching at that many events in
-    // flight, so this send does not block. It fails only if the inference thread died, which
-    // the worker notices when joining it; the event then stays uncommitted.
+    // The channel holds the unscored limit (or `max_in_flight`, when lower) and the loop stops
+    // fetching at that many, so this send does not block. It fails only if the inference thread
+    // died, which the worker notices when joining it; the event then stays uncommitted.
     if jobs.send(Job { input: values, candidate, origin: Origin::Stream(origin) }).is_err() {
         st.fatal.get_or_insert_with(|| "the inference thread stopped".into());
     }

@@ -164,14 +164,16 @@ impl RequestOrigin {
 pub struct Dispatcher {
     stream: StreamPublisher,
     metrics: Arc<Metrics>,
+    /// Counts down the stream jobs of each batch once they are published.
+    unscored: super::Unscored,
     /// A quantile row's point forecast (its 0.5 quantiles), and the shadow's; reused.
     point: Vec<f32>,
     shadow_point: Vec<f32>,
 }
 
 impl Dispatcher {
-    pub fn new(stream: StreamPublisher, metrics: Arc<Metrics>) -> Dispatcher {
-        Dispatcher { stream, metrics, point: Vec::new(), shadow_point: Vec::new() }
+    pub fn new(stream: StreamPublisher, metrics: Arc<Metrics>, unscored: super::Unscored) -> Dispatcher {
+        Dispatcher { stream, metrics, unscored, point: Vec::new(), shadow_point: Vec::new() }
     }
 
     fn fail(&self, origin: Origin, reason: &str) {
@@ -304,7 +306,9 @@ impl JobSink<Origin> for Dispatcher {
     }
 
     fn batch(&mut self, outcome: BatchOutcome<'_, Origin>) {
+        let stream = outcome.jobs.iter().filter(|j| matches!(j.origin, Origin::Stream(_))).count();
         self.publish_batch(outcome);
+        self.unscored.scored(stream);
         self.metrics.in_flight_batches.dec();
     }
 }

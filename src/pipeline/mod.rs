@@ -9,6 +9,7 @@
 //!
 //! Every queue on the data path is bounded: by `consumer.max_in_flight` events and
 //! `consumer.max_in_flight_bytes` bytes for the stream, plus `/predict`'s `http.max_in_flight`.
+//! Of the stream's events in flight, at most [`Unscored::limit`] wait for the model.
 
 pub mod consumer;
 pub mod dispatch;
@@ -16,9 +17,10 @@ pub mod offsets;
 pub mod publish;
 pub mod rebuild;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, OnceLock};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -49,6 +51,72 @@ pub enum PipelineError {
     Delivery(String),
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
+}
+
+/// Stream events handed to the inference thread and not yet scored and published.
+///
+/// The consumer stops reading ahead once [`Unscored::limit`] of them wait, so a backlog waits
+/// for a busy model in librdkafka's prefetch (about 240 bytes of bookkeeping per event, bounded
+/// on its own) rather than as decoded jobs, each holding its value, its window and a queue slot.
+/// `consumer.max_in_flight` then only has to cover the producer's wait for acknowledgements.
+#[derive(Debug, Clone, Default)]
+pub struct Unscored(Arc<UnscoredInner>);
+
+#[derive(Debug, Default)]
+struct UnscoredInner {
+    count: AtomicUsize,
+    /// The consumer thread, once it runs: woken when a scored batch frees room.
+    consumer: OnceLock<Thread>,
+    /// The consumer is parked (or about to park) on the limit.
+    waiting: AtomicBool,
+}
+
+impl Unscored {
+    /// Eight batches: one being scored and the next ones full, with room for the consumer to be
+    /// descheduled for a few milliseconds without the model running dry (four cost co2-mlp
+    /// about a tenth of its drain rate on two busy cores). At least 256 events, so a small
+    /// `max_batch_size` does not cost a consumer wake-up per few events.
+    pub fn limit(max_batch_size: usize) -> usize {
+        max_batch_size.saturating_mul(8).max(256)
+    }
+
+    /// Called before the job is queued, so that the count never goes below zero.
+    pub fn add(&self) {
+        // Relaxed: only `scored` and `wait_below` must see each other (see there).
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` jobs were scored and published; wakes the consumer if it waits on the limit.
+    pub fn scored(&self, n: usize) {
+        // SeqCst here and in `wait_below` (a store-load pair on each side): either this thread
+        // sees `waiting` and unparks, or the consumer sees the lower count and does not park.
+        self.0.count.fetch_sub(n, Ordering::SeqCst);
+        if self.0.waiting.load(Ordering::SeqCst) {
+            if let Some(consumer) = self.0.consumer.get() {
+                consumer.unpark();
+            }
+        }
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.count.load(Ordering::Relaxed)
+    }
+
+    /// Registers the calling thread as the one `wait_below` parks.
+    pub fn register_consumer(&self) {
+        let _ = self.0.consumer.set(std::thread::current());
+    }
+
+    /// Parks the (registered) consumer until a scored batch brings the count below `limit`, or
+    /// `timeout`: a delivery report need not come first, as it does for the in-flight caps.
+    pub fn wait_below(&self, limit: usize, timeout: Duration) {
+        self.0.waiting.store(true, Ordering::SeqCst);
+        if self.0.count.load(Ordering::SeqCst) >= limit {
+            // A wake-up that came first is kept by the thread's park token.
+            std::thread::park_timeout(timeout);
+        }
+        self.0.waiting.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Where a job for the inference thread came from.
@@ -91,9 +159,9 @@ impl Drop for Permit {
 }
 
 /// Hands HTTP requests to the inference thread, through the same queue as the stream but
-/// within a share of its own (`http.max_in_flight`): the queue holds the stream's
-/// `consumer.max_in_flight` plus that share, so an admitted request always fits and never
-/// takes the stream's room.
+/// within a share of its own (`http.max_in_flight`): the queue holds the stream's share (see
+/// [`Unscored::limit`]) plus that share, so an admitted request always fits and never takes the
+/// stream's room.
 ///
 /// The sender is dropped on shutdown, so the inference thread can finish once the stream's own
 /// sender is gone too.
@@ -347,10 +415,12 @@ impl Worker {
             metrics.clone(),
             crate::kafka::max_record_bytes(config),
         );
-        // The stream's share, /predict's share, and a batch of slack for the few records a
-        // paused consumer can still be handed.
+        // The stream's share (the unscored limit, or the in-flight cap when lower), /predict's
+        // share, and a batch of slack for the few records a consumer at a cap is still handed.
+        let max_unscored = Unscored::limit(config.batching.max_batch_size);
+        let unscored = Unscored::default();
         let (jobs_tx, jobs_rx) =
-            sync_channel(max_in_flight + config.http.max_in_flight + config.batching.max_batch_size);
+            sync_channel(max_unscored.min(max_in_flight) + config.http.max_in_flight + config.batching.max_batch_size);
         let requests = Arc::new(RequestGate::new(jobs_tx.clone(), config.http.max_in_flight));
         let candidate_share = variants.candidate.as_ref().map(|(_, share)| *share);
         let (reloads, reloads_rx) = sync_channel(1);
@@ -373,13 +443,14 @@ impl Worker {
             None
         };
         let stream = StreamPublisher::new(publisher.clone(), metrics.clone(), intervals);
-        let mut sink = Dispatcher::new(stream, metrics.clone());
+        let mut sink = Dispatcher::new(stream, metrics.clone(), unscored.clone());
         let inference_thread = std::thread::Builder::new()
             .name("streamcast-inference".into())
             .spawn(move || batcher.run(jobs_rx, &mut sink))
             .expect("spawning a thread only fails when the OS is out of resources");
         let consumer_loop = ConsumerLoop {
-            jobs: jobs_tx,
+            jobs: consumer::JobQueue::new(jobs_tx, unscored),
+            max_unscored,
             publisher,
             schema,
             max_in_flight,
@@ -449,5 +520,38 @@ mod tests {
         gate.close();
         drop(rx);
         assert_eq!(gate.submit_all(vec![vec![8.0]]).unwrap_err(), GateError::Closed);
+    }
+
+    #[test]
+    fn a_scored_batch_wakes_the_consumer_waiting_on_the_unscored_limit() {
+        assert_eq!(Unscored::limit(256), 2048);
+        assert_eq!(Unscored::limit(8), 256);
+        let unscored = Unscored::default();
+        for _ in 0..300 {
+            unscored.add();
+        }
+        let waiter = {
+            let unscored = unscored.clone();
+            std::thread::spawn(move || {
+                unscored.register_consumer();
+                let start = Instant::now();
+                // Spurious wake-ups are allowed: wait as the consumer loop does, until below.
+                while unscored.get() >= 256 && start.elapsed() < Duration::from_secs(20) {
+                    unscored.wait_below(256, Duration::from_secs(10));
+                }
+                start.elapsed()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(unscored.get(), 300);
+        unscored.scored(100);
+        let waited = waiter.join().unwrap();
+        assert_eq!(unscored.get(), 200);
+        // Woken by `scored`, not by the 10 s timeout.
+        assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+        // Below the limit, nothing parks.
+        let start = Instant::now();
+        unscored.wait_below(256, Duration::from_secs(10));
+        assert!(start.elapsed() < Duration::from_secs(5));
     }
 }

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub inference_duration: Histogram,
     pub batch_size: Histogram,
     pub in_flight: IntGauge,
+    /// Of those, decoded and waiting for the model or being scored.
+    pub unscored: IntGauge,
     pub series_windows: IntGauge,
     pub series_evicted: IntCounter,
     /// Event-time windows: observations by how they were placed (`out_of_order`, `duplicate`,
@@ -153,6 +155,10 @@ impl Metrics {
                 prometheus::exponential_buckets(1.0, 2.0, 12).expect("valid buckets"),
             ),
             in_flight: gauge("streamcast_in_flight_events", "Events consumed and not yet acknowledged."),
+            unscored: gauge(
+                "streamcast_unscored_events",
+                "Events consumed and queued for the model, not yet scored and published.",
+            ),
             series_windows: gauge("streamcast_series_windows", "Series whose window state is held."),
             series_evicted: counter("streamcast_series_evicted_total", "Series windows evicted by the LRU cap."),
             window_cases: counter_vec(
