@@ -118,6 +118,7 @@ KNOWN_METRICS = {
     "streamcast_inference_duration_seconds",
     "streamcast_batch_size",
     "streamcast_in_flight_events",
+    "streamcast_unscored_events",
     "streamcast_series_windows",
     "streamcast_series_evicted_total",
     "streamcast_execution_provider",
