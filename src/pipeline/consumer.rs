@@ -406,8 +406,6 @@ impl JobQueue {
 /// What the consumer thread needs besides the consumer itself.
 pub struct ConsumerLoop {
     pub jobs: JobQueue,
-    /// See [`super::Unscored::limit`].
-    pub max_unscored: usize,
     pub publisher: Publisher,
     pub schema: FeatureSchema,
     pub max_in_flight: usize,
@@ -480,7 +478,6 @@ impl ConsumerLoop {
     pub fn run(self, consumer: BaseConsumer<WorkerContext>) -> Result<(), PipelineError> {
         let ConsumerLoop {
             jobs,
-            max_unscored,
             publisher,
             schema,
             max_in_flight,
@@ -499,6 +496,7 @@ impl ConsumerLoop {
         let mut input = Vec::new();
         let mut last_poll_error: Option<Instant> = None;
         jobs.unscored.register_consumer();
+        let max_unscored = jobs.unscored.limit();
         while !shutdown.is_triggered() {
             let wait_for_model = {
                 let mut st = ctx.lock();
@@ -545,7 +543,7 @@ impl ConsumerLoop {
                 full && !acks_full && !pause.is_paused()
             };
             if wait_for_model {
-                jobs.unscored.wait_below(max_unscored, MODEL_WAIT);
+                jobs.unscored.wait_for_room(MODEL_WAIT);
             }
             // At a cap (or paused), poll only to serve rebalances and other callbacks, at most
             // every SERVE_EVERY: a record it hands over anyway is handled, so the caps are

@@ -59,11 +59,13 @@ pub enum PipelineError {
 /// for a busy model in librdkafka's prefetch (about 240 bytes of bookkeeping per event, bounded
 /// on its own) rather than as decoded jobs, each holding its value, its window and a queue slot.
 /// `consumer.max_in_flight` then only has to cover the producer's wait for acknowledgements.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Unscored(Arc<UnscoredInner>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct UnscoredInner {
+    /// See [`Unscored::limit`].
+    limit: usize,
     count: AtomicUsize,
     /// The consumer thread, once it runs: woken when a scored batch frees room.
     consumer: OnceLock<Thread>,
@@ -72,23 +74,32 @@ struct UnscoredInner {
 }
 
 impl Unscored {
+    pub fn new(max_batch_size: usize) -> Unscored {
+        Unscored(Arc::new(UnscoredInner {
+            limit: max_batch_size.saturating_mul(8).max(256),
+            count: AtomicUsize::new(0),
+            consumer: OnceLock::new(),
+            waiting: AtomicBool::new(false),
+        }))
+    }
+
     /// Eight batches: one being scored and the next ones full, with room for the consumer to be
     /// descheduled for a few milliseconds without the model running dry (four cost co2-mlp
     /// about a tenth of its drain rate on two busy cores). At least 256 events, so a small
     /// `max_batch_size` does not cost a consumer wake-up per few events.
-    pub fn limit(max_batch_size: usize) -> usize {
-        max_batch_size.saturating_mul(8).max(256)
+    pub fn limit(&self) -> usize {
+        self.0.limit
     }
 
     /// Called before the job is queued, so that the count never goes below zero.
     pub fn add(&self) {
-        // Relaxed: only `scored` and `wait_below` must see each other (see there).
+        // Relaxed: only `scored` and `wait_for_room` must see each other (see there).
         self.0.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `n` jobs were scored and published; wakes the consumer if it waits on the limit.
     pub fn scored(&self, n: usize) {
-        // SeqCst here and in `wait_below` (a store-load pair on each side): either this thread
+        // SeqCst here and in `wait_for_room` (a store-load pair on each side): either this thread
         // sees `waiting` and unparks, or the consumer sees the lower count and does not park.
         self.0.count.fetch_sub(n, Ordering::SeqCst);
         if self.0.waiting.load(Ordering::SeqCst) {
@@ -102,16 +113,16 @@ impl Unscored {
         self.0.count.load(Ordering::Relaxed)
     }
 
-    /// Registers the calling thread as the one `wait_below` parks.
+    /// Registers the calling thread as the one `wait_for_room` parks.
     pub fn register_consumer(&self) {
         let _ = self.0.consumer.set(std::thread::current());
     }
 
-    /// Parks the (registered) consumer until a scored batch brings the count below `limit`, or
-    /// `timeout`: a delivery report need not come first, as it does for the in-flight caps.
-    pub fn wait_below(&self, limit: usize, timeout: Duration) {
+    /// Parks the (registered) consumer until a scored batch brings the count below the limit,
+    /// or `timeout`: a delivery report need not come first, as it does for the in-flight caps.
+    pub fn wait_for_room(&self, timeout: Duration) {
         self.0.waiting.store(true, Ordering::SeqCst);
-        if self.0.count.load(Ordering::SeqCst) >= limit {
+        if self.0.count.load(Ordering::SeqCst) >= self.0.limit {
             // A wake-up that came first is kept by the thread's park token.
             std::thread::park_timeout(timeout);
         }
@@ -417,10 +428,10 @@ impl Worker {
         );
         // The stream's share (the unscored limit, or the in-flight cap when lower), /predict's
         // share, and a batch of slack for the few records a consumer at a cap is still handed.
-        let max_unscored = Unscored::limit(config.batching.max_batch_size);
-        let unscored = Unscored::default();
-        let (jobs_tx, jobs_rx) =
-            sync_channel(max_unscored.min(max_in_flight) + config.http.max_in_flight + config.batching.max_batch_size);
+        let unscored = Unscored::new(config.batching.max_batch_size);
+        let (jobs_tx, jobs_rx) = sync_channel(
+            unscored.limit().min(max_in_flight) + config.http.max_in_flight + config.batching.max_batch_size,
+        );
         let requests = Arc::new(RequestGate::new(jobs_tx.clone(), config.http.max_in_flight));
         let candidate_share = variants.candidate.as_ref().map(|(_, share)| *share);
         let (reloads, reloads_rx) = sync_channel(1);
@@ -450,7 +461,6 @@ impl Worker {
             .expect("spawning a thread only fails when the OS is out of resources");
         let consumer_loop = ConsumerLoop {
             jobs: consumer::JobQueue::new(jobs_tx, unscored),
-            max_unscored,
             publisher,
             schema,
             max_in_flight,
@@ -524,9 +534,9 @@ mod tests {
 
     #[test]
     fn a_scored_batch_wakes_the_consumer_waiting_on_the_unscored_limit() {
-        assert_eq!(Unscored::limit(256), 2048);
-        assert_eq!(Unscored::limit(8), 256);
-        let unscored = Unscored::default();
+        assert_eq!(Unscored::new(256).limit(), 2048);
+        let unscored = Unscored::new(8);
+        assert_eq!(unscored.limit(), 256);
         for _ in 0..300 {
             unscored.add();
         }
@@ -537,7 +547,7 @@ mod tests {
                 let start = Instant::now();
                 // Spurious wake-ups are allowed: wait as the consumer loop does, until below.
                 while unscored.get() >= 256 && start.elapsed() < Duration::from_secs(20) {
-                    unscored.wait_below(256, Duration::from_secs(10));
+                    unscored.wait_for_room(Duration::from_secs(10));
                 }
                 start.elapsed()
             })
@@ -551,7 +561,7 @@ mod tests {
         assert!(waited < Duration::from_secs(5), "waited {waited:?}");
         // Below the limit, nothing parks.
         let start = Instant::now();
-        unscored.wait_below(256, Duration::from_secs(10));
+        unscored.wait_for_room(Duration::from_secs(10));
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 }
