@@ -85,21 +85,23 @@ fn is_for(key: &str, other_side: &[&str]) -> bool {
 }
 
 /// The inference consumer group's config: at-least-once offset handling that `[kafka]` cannot
-/// override (config validation refuses those keys).
-pub fn group_consumer_config(config: &Config) -> ClientConfig {
+/// override (config validation refuses those keys). `prefetch` is how many events librdkafka
+/// keeps fetched ahead (`queued.min.messages`; the pipeline chooses it, see
+/// `pipeline::prefetch_events`), at least 1 000 and at most librdkafka's 10 000 000.
+pub fn group_consumer_config(config: &Config, prefetch: usize) -> ClientConfig {
     let mut c = ClientConfig::new();
     // The prefetch: at most 16 MiB (librdkafka's default is 64 MiB), so that with large events it
-    // is not the worker's largest allocation, and at most about one in-flight cap of events
-    // (librdkafka's default is 100 000): each prefetched message also costs about 240 bytes of
-    // librdkafka bookkeeping, which for small events outweighs the events themselves, and the
-    // worker cannot take more than its in-flight cap at once anyway. Bounds this small only work
-    // with a short refill backoff: once the queue reaches either bound librdkafka waits
+    // is not the worker's largest allocation, and a few thousand events rather than librdkafka's
+    // 100 000: each prefetched message also costs about 240 bytes of librdkafka bookkeeping, which
+    // for small events outweighs the events themselves. At least 1 000, so that a tiny value
+    // does not turn every fetch into a refill wait. Bounds this small only work with a short
+    // refill backoff: once the queue reaches either bound librdkafka waits
     // `fetch.queue.backoff.ms` (default 1 s) before it fetches again, however fast the queue
     // drains, which stalled backlog drains for most of each second (README, Benchmarks).
     c.set("auto.offset.reset", &config.consumer.auto_offset_reset)
         .set("statistics.interval.ms", "5000")
         .set("queued.max.messages.kbytes", "16384")
-        .set("queued.min.messages", prefetch_messages(config.consumer.max_in_flight).to_string())
+        .set("queued.min.messages", prefetch.clamp(1_000, 10_000_000).to_string())
         .set("fetch.queue.backoff.ms", REFILL_BACKOFF_MS);
     for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &PRODUCER_ONLY)) {
         c.set(k, v);
@@ -123,12 +125,6 @@ pub fn refill_quickly(c: &mut ClientConfig, config: &Config) {
     if !config.kafka.contains_key("fetch.queue.backoff.ms") {
         c.set("fetch.queue.backoff.ms", REFILL_BACKOFF_MS);
     }
-}
-
-/// How many events the group consumer prefetches: one in-flight cap, at least 1 000 (so that a
-/// tiny cap does not turn every fetch into a refill wait) and at most librdkafka's 10 000 000.
-fn prefetch_messages(max_in_flight: usize) -> usize {
-    max_in_flight.clamp(1_000, 10_000_000)
 }
 
 /// The prediction producer's config: every record acknowledged by all in-sync replicas.
@@ -398,15 +394,15 @@ mod tests {
     }
 
     #[test]
-    fn the_prefetch_follows_the_in_flight_cap_and_kafka_settings_override_it() {
-        let config = |kafka: &str, max_in_flight: usize| group_consumer_config(&config_with(kafka, max_in_flight));
-        let c = config("", 10_000);
-        assert_eq!(c.get("queued.min.messages"), Some("10000"));
+    fn the_prefetch_is_clamped_and_kafka_settings_override_it() {
+        let config = |kafka: &str, prefetch: usize| group_consumer_config(&config_with(kafka, 10_000), prefetch);
+        let c = config("", 2_048);
+        assert_eq!(c.get("queued.min.messages"), Some("2048"));
         assert_eq!(c.get("queued.max.messages.kbytes"), Some("16384"));
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
-        assert_eq!(config("", 2_000).get("queued.min.messages"), Some("2000"));
         assert_eq!(config("", 10).get("queued.min.messages"), Some("1000"));
-        let c = config("\"queued.min.messages\" = 50000\n\"fetch.queue.backoff.ms\" = 100", 10_000);
+        assert_eq!(config("", usize::MAX).get("queued.min.messages"), Some("10000000"));
+        let c = config("\"queued.min.messages\" = 50000\n\"fetch.queue.backoff.ms\" = 100", 2_048);
         assert_eq!(c.get("queued.min.messages"), Some("50000"));
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some("100"));
     }

@@ -53,6 +53,22 @@ pub enum PipelineError {
     Panicked(&'static str),
 }
 
+/// How many events librdkafka keeps fetched ahead for the worker (`queued.min.messages`, which
+/// `[kafka]` may override): one [`Unscored::limit`], at most one in-flight cap. The consumer hands
+/// the model at most that many events at once, so a deeper prefetch only holds fetch responses
+/// and per-message bookkeeping longer: the in-flight cap (10 000) it was before cost 3–7 MiB more
+/// peak RSS while draining a backlog, for no drain rate (README, Benchmarks). With one limit
+/// handed over and one prefetched, the model has about sixteen batches of work while a refill is
+/// fetched. Passthrough has no model to wait for, so there the in-flight cap sets it.
+pub fn prefetch_events(config: &Config) -> usize {
+    let max_in_flight = config.consumer.max_in_flight;
+    if config.processing.passthrough {
+        max_in_flight
+    } else {
+        Unscored::limit_for(config.batching.max_batch_size).min(max_in_flight)
+    }
+}
+
 /// Stream events handed to the inference thread and not yet scored and published.
 ///
 /// The consumer stops reading ahead once [`Unscored::limit`] of them wait, so a backlog waits
@@ -76,7 +92,7 @@ struct UnscoredInner {
 impl Unscored {
     pub fn new(max_batch_size: usize) -> Unscored {
         Unscored(Arc::new(UnscoredInner {
-            limit: max_batch_size.saturating_mul(8).max(256),
+            limit: Unscored::limit_for(max_batch_size),
             count: AtomicUsize::new(0),
             consumer: OnceLock::new(),
             waiting: AtomicBool::new(false),
@@ -89,6 +105,11 @@ impl Unscored {
     /// `max_batch_size` does not cost a consumer wake-up per few events.
     pub fn limit(&self) -> usize {
         self.0.limit
+    }
+
+    /// [`Unscored::limit`] for a `batching.max_batch_size`.
+    pub fn limit_for(max_batch_size: usize) -> usize {
+        max_batch_size.saturating_mul(8).max(256)
     }
 
     /// Called before the job is queued, so that the count never goes below zero.
@@ -401,8 +422,9 @@ impl Worker {
             health.clone(),
             config.processing.unproducible,
         );
-        let consumer: BaseConsumer<WorkerContext> =
-            group_consumer_config(config).create_with_context(context).map_err(ClusterError::Client)?;
+        let consumer: BaseConsumer<WorkerContext> = group_consumer_config(config, prefetch_events(config))
+            .create_with_context(context)
+            .map_err(ClusterError::Client)?;
         let mut wanted = config.topics.worker_topics().to_vec();
         if variants.shadow.is_some() {
             wanted.push(&config.topics.shadow);
@@ -530,6 +552,21 @@ mod tests {
         gate.close();
         drop(rx);
         assert_eq!(gate.submit_all(vec![vec![8.0]]).unwrap_err(), GateError::Closed);
+    }
+
+    #[test]
+    fn the_prefetch_is_one_unscored_limit_within_the_in_flight_cap() {
+        let config = |extra: &str| {
+            let toml = format!(
+                "[kafka]\n\"bootstrap.servers\" = \"127.0.0.1:9092\"\n[consumer]\ngroup_id = \"g\"\n{extra}\n\
+                 [model]\nname = \"co2-mlp\"\n"
+            );
+            Config::from_table(toml.parse().unwrap()).unwrap()
+        };
+        assert_eq!(prefetch_events(&config("")), 2048);
+        assert_eq!(prefetch_events(&config("max_in_flight = 1500")), 1500);
+        assert_eq!(prefetch_events(&config("[batching]\nmax_batch_size = 1024")), 8192);
+        assert_eq!(prefetch_events(&config("[processing]\npassthrough = true")), 10_000);
     }
 
     #[test]
