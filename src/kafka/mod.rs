@@ -385,17 +385,17 @@ mod tests {
     }
 
     /// A minimal valid config with `kafka` lines in `[kafka]`.
-    fn config_with(kafka: &str, max_in_flight: usize) -> Config {
+    fn config_with(kafka: &str) -> Config {
         let toml = format!(
             "[kafka]\n\"bootstrap.servers\" = \"127.0.0.1:9092\"\n{kafka}\n[consumer]\ngroup_id = \"g\"\n\
-             max_in_flight = {max_in_flight}\n[model]\nname = \"co2-mlp\"\n"
+             [model]\nname = \"co2-mlp\"\n"
         );
         Config::from_table(toml.parse().unwrap()).unwrap()
     }
 
     #[test]
     fn the_prefetch_is_clamped_and_kafka_settings_override_it() {
-        let config = |kafka: &str, prefetch: usize| group_consumer_config(&config_with(kafka, 10_000), prefetch);
+        let config = |kafka: &str, prefetch: usize| group_consumer_config(&config_with(kafka), prefetch);
         let c = config("", 2_048);
         assert_eq!(c.get("queued.min.messages"), Some("2048"));
         assert_eq!(c.get("queued.max.messages.kbytes"), Some("16384"));
@@ -409,7 +409,7 @@ mod tests {
 
     #[test]
     fn readers_refill_quickly_unless_kafka_settings_say_otherwise() {
-        let reader = |kafka: &str| reader_config(&config_with(kafka, 10_000), "rebuild");
+        let reader = |kafka: &str| reader_config(&config_with(kafka), "rebuild");
         assert_eq!(reader("").get("fetch.queue.backoff.ms"), Some("10"));
         assert_eq!(reader("\"fetch.queue.backoff.ms\" = 250").get("fetch.queue.backoff.ms"), Some("250"));
     }
