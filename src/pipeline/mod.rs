@@ -61,12 +61,17 @@ pub enum PipelineError {
 /// handed over and one prefetched, the model has about sixteen batches of work while a refill is
 /// fetched. Passthrough has no model to wait for, so there the in-flight cap sets it.
 pub fn prefetch_events(config: &Config) -> usize {
-    let max_in_flight = config.consumer.max_in_flight;
     if config.processing.passthrough {
-        max_in_flight
+        config.consumer.max_in_flight
     } else {
-        Unscored::limit_for(config.batching.max_batch_size).min(max_in_flight)
+        stream_share(config)
     }
+}
+
+/// The stream's share of the inference queue: the events the consumer hands the model at once,
+/// [`Unscored::limit`], or the in-flight cap when that is lower.
+fn stream_share(config: &Config) -> usize {
+    Unscored::limit_for(config.batching.max_batch_size).min(config.consumer.max_in_flight)
 }
 
 /// Stream events handed to the inference thread and not yet scored and published.
@@ -448,12 +453,11 @@ impl Worker {
             metrics.clone(),
             crate::kafka::max_record_bytes(config),
         );
-        // The stream's share (the unscored limit, or the in-flight cap when lower), /predict's
-        // share, and a batch of slack for the few records a consumer at a cap is still handed.
+        // The stream's share, /predict's share, and a batch of slack for the few records a
+        // consumer at a cap is still handed.
         let unscored = Unscored::new(config.batching.max_batch_size);
-        let (jobs_tx, jobs_rx) = sync_channel(
-            unscored.limit().min(max_in_flight) + config.http.max_in_flight + config.batching.max_batch_size,
-        );
+        let (jobs_tx, jobs_rx) =
+            sync_channel(stream_share(config) + config.http.max_in_flight + config.batching.max_batch_size);
         let requests = Arc::new(RequestGate::new(jobs_tx.clone(), config.http.max_in_flight));
         let candidate_share = variants.candidate.as_ref().map(|(_, share)| *share);
         let (reloads, reloads_rx) = sync_channel(1);
