@@ -49,7 +49,8 @@ tests' TLS-terminating proxy (tests/e2e/tls_proxy.py, single-threaded Python asy
 throwaway CA. BENCH_CASES (the older selection: passthrough, co2-mlp, co2-gru, co2-mlp-tls) still
 works: the bundles it names become BENCH_MODELS and co2-mlp-tls turns on BENCH_TLS.
 
-Results are printed and written to .bench/results.json. This is a benchmark, not a test: the
+Results are printed and written to .bench/results.json, and the README's tables (Markdown) to
+.bench/table.md; `scripts/bench.py --table` prints those tables again from .bench/results.json. This is a benchmark, not a test: the
 broker, the bench's own Python clients and the worker share this machine's cores.
 """
 import json
@@ -70,7 +71,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "streamcast"
 PY = sys.executable
-BOOT = os.environ["STREAMCAST_TEST_BOOTSTRAP"]
+# Set by scripts/with-broker.sh; `--table` needs no broker.
+BOOT = os.environ.get("STREAMCAST_TEST_BOOTSTRAP", "")
 # librdkafka properties every client (the worker's and the bench's) adds: TLS for the TLS case.
 SECURITY: dict = {}
 env = os.environ.get
@@ -653,6 +655,44 @@ def summarize(model: str, form: str, cases: dict, group: dict) -> tuple:
     return lines, r
 
 
+def markdown(out: dict) -> str:
+    """The README's tables, from one run's results (`.bench/results.json`): each worker's figures
+    per bundle and event form, then the ratios the acceptance goals are stated in."""
+    label = {"passthrough": "passthrough", "streamcast": "**streamcast**", "tuned": "tuned Python", "seed": "seed Python"}
+    rows = ["| bundle, events | worker | events/s | CPU ms / 1k events | peak RSS MiB | idle % of a core "
+            f"| p99 ms at {RATE:,.0f}/s | p99 ms at half passthrough's rate |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    cases = [r for r in out["results"] if r.get("worker") in label and r["case"] != "co2-mlp-tls"]
+    seen = []
+    for r in cases:
+        key = (r["model"], r["form"])
+        first = key not in seen
+        seen += [key] if first else []
+        lat, high = r.get("latency") or {}, r.get("latency_high") or {}
+        p99 = fmt(lat.get("p99_ms"), ".1f")
+        if lat.get("target_rate") and lat["target_rate"] != RATE:
+            p99 += f" (at {lat['achieved_rate']:,.0f}/s)"
+        p99_high = f"{fmt(high.get('p99_ms'), '.1f')} (at {fmt(high.get('achieved_rate'), ',.0f')}/s)" if high else ""
+        bold = r["worker"] == "streamcast"
+        eps = fmt(r.get("events_per_s"), ",.0f")
+        cpu = fmt(r.get("cpu_ms_per_1000_events"), ".1f")
+        title = f"{r['model']}, {'observations' if r['form'] == 'observation' else 'windows'}" if first else ""
+        rows.append(f"| {title} | {label[r['worker']]} | {f'**{eps}**' if bold else eps} | {f'**{cpu}**' if bold else cpu} "
+                    f"| {fmt(r.get('peak_rss_mib'), '.0f')} | {fmt(r.get('idle_cpu_percent'), '.1f')} | {p99} | {p99_high} |")
+    x = lambda v, spec=".2f": fmt(v, spec)  # noqa: E731
+    ratios = ["| bundle, events | CPU per event, tuned / streamcast | events/s, streamcast / passthrough "
+              "| events/s, streamcast / tuned | events/s, streamcast / ORT's ceiling | p99 added over passthrough, ms |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for s in out.get("summary", []):
+        added = ", ".join(v for v in (fmt(s.get("p99_added_over_passthrough_ms"), "+.1f"),
+                                      fmt(s.get("p99_added_over_passthrough_high_rate_ms"), "+.1f")) if v != "-")
+        ratios.append(f"| {s['model']}, {'observations' if s['form'] == 'observation' else 'windows'} "
+                      f"| {x(s.get('tuned_cpu_per_1k_over_streamcast'), '.1f')}× | {x(s.get('streamcast_events_per_s_over_passthrough'))} "
+                      f"| {x(s.get('streamcast_events_per_s_over_tuned'))} | {x(s.get('streamcast_events_per_s_over_ort_ceiling'))} "
+                      f"| {added or '-'} |")
+    return "\n".join(rows) + "\n\n" + "\n".join(ratios) + "\n"
+
+
 # -- forecasting features: what intervals and event-time windows cost ----------------------------
 FORECAST_MODEL = "co2-gru"
 FORECAST_N = int(env("BENCH_FORECAST_EVENTS", "200000"))
@@ -723,6 +763,8 @@ def forecast_report(cases: list) -> list:
 
 
 def main() -> None:
+    if not BOOT:
+        sys.exit("bench.py: STREAMCAST_TEST_BOOTSTRAP is not set; run it under scripts/with-broker.sh (make bench)")
     (ROOT / ".bench").mkdir(exist_ok=True)
     workers, models, forms, tls = selection()
     load_at_start = os.getloadavg()
@@ -767,13 +809,18 @@ def main() -> None:
     out = {"machine": machine, "settings": settings, "results": results, "summary": summaries,
            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (ROOT / ".bench" / "results.json").write_text(json.dumps(out, indent=2))
+    (ROOT / ".bench" / "table.md").write_text(markdown(out))
     print(f"machine: {machine['cpus']} CPUs, {machine['cpu_model']}, {machine['memory_gib']} GiB; {machine['broker']}")
     print(f"events/s, CPU ms per 1,000 events and peak RSS from the preloaded backlog; idle % of one core over {IDLE_SECONDS:.0f} s;")
     print(f"p50/p99 end to end at {RATE:.0f} events/s for {SECONDS:.0f} s (seed: see notes), then at half the passthrough backlog rate")
     print()
     print("\n".join(report).rstrip())
-    print(f"written to {ROOT / '.bench' / 'results.json'}")
+    print(f"written to {ROOT / '.bench' / 'results.json'}, and the README's tables to {ROOT / '.bench' / 'table.md'}")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--table"]:
+        # The README's tables again from the last run, without running anything.
+        print(markdown(json.loads((ROOT / ".bench" / "results.json").read_text())), end="")
+    else:
+        main()

@@ -97,7 +97,7 @@ pub fn group_consumer_config(config: &Config, prefetch: usize) -> ClientConfig {
     // does not turn every fetch into a refill wait. Bounds this small only work with a short
     // refill backoff: once the queue reaches either bound librdkafka waits
     // `fetch.queue.backoff.ms` (default 1 s) before it fetches again, however fast the queue
-    // drains, which stalled backlog drains for most of each second (README, Benchmarks).
+    // drains, which stalled backlog drains for most of each second (`bench/FINDINGS.md`).
     c.set("auto.offset.reset", &config.consumer.auto_offset_reset)
         .set("statistics.interval.ms", "5000")
         .set("queued.max.messages.kbytes", "16384")

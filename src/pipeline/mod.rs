@@ -57,9 +57,9 @@ pub enum PipelineError {
 /// `[kafka]` may override): one [`Unscored::limit`], at most one in-flight cap. The consumer hands
 /// the model at most that many events at once, so a deeper prefetch only holds fetch responses
 /// and per-message bookkeeping longer: the in-flight cap (10 000) it was before cost 3–7 MiB more
-/// peak RSS while draining a backlog, for no drain rate (README, Benchmarks). With one limit
-/// handed over and one prefetched, the model has about sixteen batches of work while a refill is
-/// fetched. Passthrough has no model to wait for, so there the in-flight cap sets it.
+/// peak RSS while draining a backlog, for no drain rate (`bench/FINDINGS.md`, Memory). With one
+/// limit handed over and one prefetched, the model has about sixteen batches of work while a
+/// refill is fetched. Passthrough has no model to wait for, so there the in-flight cap sets it.
 pub fn prefetch_events(config: &Config) -> usize {
     if config.processing.passthrough {
         config.consumer.max_in_flight
