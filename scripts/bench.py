@@ -50,8 +50,9 @@ throwaway CA. BENCH_CASES (the older selection: passthrough, co2-mlp, co2-gru, c
 works: the bundles it names become BENCH_MODELS and co2-mlp-tls turns on BENCH_TLS.
 
 Results are printed and written to .bench/results.json, and the README's tables (Markdown) to
-.bench/table.md; `scripts/bench.py --table` prints those tables again from .bench/results.json. This is a benchmark, not a test: the
-broker, the bench's own Python clients and the worker share this machine's cores.
+.bench/table.md; `scripts/bench.py --table` prints those tables again from .bench/results.json.
+This is a benchmark, not a test: the broker, the bench's own Python clients and the worker share
+this machine's cores.
 """
 import json
 import os
@@ -659,8 +660,9 @@ def markdown(out: dict) -> str:
     """The README's tables, from one run's results (`.bench/results.json`): each worker's figures
     per bundle and event form, then the ratios the acceptance goals are stated in."""
     label = {"passthrough": "passthrough", "streamcast": "**streamcast**", "tuned": "tuned Python", "seed": "seed Python"}
+    rate = out.get("settings", {}).get("rate", RATE)  # the run's, not this shell's BENCH_RATE
     rows = ["| bundle, events | worker | events/s | CPU ms / 1k events | peak RSS MiB | idle % of a core "
-            f"| p99 ms at {RATE:,.0f}/s | p99 ms at half passthrough's rate |",
+            f"| p99 ms at {rate:,.0f}/s | p99 ms at half passthrough's rate |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     cases = [r for r in out["results"] if r.get("worker") in label and r["case"] != "co2-mlp-tls"]
     seen = []
@@ -670,7 +672,7 @@ def markdown(out: dict) -> str:
         seen += [key] if first else []
         lat, high = r.get("latency") or {}, r.get("latency_high") or {}
         p99 = fmt(lat.get("p99_ms"), ".1f")
-        if lat.get("target_rate") and lat["target_rate"] != RATE:
+        if lat.get("target_rate") and lat["target_rate"] != rate:
             p99 += f" (at {lat['achieved_rate']:,.0f}/s)"
         p99_high = f"{fmt(high.get('p99_ms'), '.1f')} (at {fmt(high.get('achieved_rate'), ',.0f')}/s)" if high else ""
         bold = r["worker"] == "streamcast"
