@@ -660,16 +660,17 @@ def markdown(out: dict) -> str:
     """The README's tables, from one run's results (`.bench/results.json`): each worker's figures
     per bundle and event form, then the ratios the acceptance goals are stated in."""
     label = {"passthrough": "passthrough", "streamcast": "**streamcast**", "tuned": "tuned Python", "seed": "seed Python"}
+    forms = {"observation": "observations", "window": "windows"}
     rate = out.get("settings", {}).get("rate", RATE)  # the run's, not this shell's BENCH_RATE
     rows = ["| bundle, events | worker | events/s | CPU ms / 1k events | peak RSS MiB | idle % of a core "
             f"| p99 ms at {rate:,.0f}/s | p99 ms at half passthrough's rate |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     cases = [r for r in out["results"] if r.get("worker") in label and r["case"] != "co2-mlp-tls"]
-    seen = []
+    seen = set()
     for r in cases:
         key = (r["model"], r["form"])
         first = key not in seen
-        seen += [key] if first else []
+        seen.add(key)
         lat, high = r.get("latency") or {}, r.get("latency_high") or {}
         p99 = fmt(lat.get("p99_ms"), ".1f")
         if lat.get("target_rate") and lat["target_rate"] != rate:
@@ -678,20 +679,19 @@ def markdown(out: dict) -> str:
         bold = r["worker"] == "streamcast"
         eps = fmt(r.get("events_per_s"), ",.0f")
         cpu = fmt(r.get("cpu_ms_per_1000_events"), ".1f")
-        title = f"{r['model']}, {'observations' if r['form'] == 'observation' else 'windows'}" if first else ""
+        title = f"{r['model']}, {forms[r['form']]}" if first else ""
         rows.append(f"| {title} | {label[r['worker']]} | {f'**{eps}**' if bold else eps} | {f'**{cpu}**' if bold else cpu} "
                     f"| {fmt(r.get('peak_rss_mib'), '.0f')} | {fmt(r.get('idle_cpu_percent'), '.1f')} | {p99} | {p99_high} |")
-    x = lambda v, spec=".2f": fmt(v, spec)  # noqa: E731
     ratios = ["| bundle, events | CPU per event, tuned / streamcast | events/s, streamcast / passthrough "
               "| events/s, streamcast / tuned | events/s, streamcast / ORT's ceiling | p99 added over passthrough, ms |",
               "|---|---:|---:|---:|---:|---:|"]
     for s in out.get("summary", []):
         added = ", ".join(v for v in (fmt(s.get("p99_added_over_passthrough_ms"), "+.1f"),
                                       fmt(s.get("p99_added_over_passthrough_high_rate_ms"), "+.1f")) if v != "-")
-        ratios.append(f"| {s['model']}, {'observations' if s['form'] == 'observation' else 'windows'} "
-                      f"| {x(s.get('tuned_cpu_per_1k_over_streamcast'), '.1f')}× | {x(s.get('streamcast_events_per_s_over_passthrough'))} "
-                      f"| {x(s.get('streamcast_events_per_s_over_tuned'))} | {x(s.get('streamcast_events_per_s_over_ort_ceiling'))} "
-                      f"| {added or '-'} |")
+        ratios.append(f"| {s['model']}, {forms[s['form']]} | {fmt(s.get('tuned_cpu_per_1k_over_streamcast'), '.1f')}× "
+                      f"| {fmt(s.get('streamcast_events_per_s_over_passthrough'), '.2f')} "
+                      f"| {fmt(s.get('streamcast_events_per_s_over_tuned'), '.2f')} "
+                      f"| {fmt(s.get('streamcast_events_per_s_over_ort_ceiling'), '.2f')} | {added or '-'} |")
     return "\n".join(rows) + "\n\n" + "\n".join(ratios) + "\n"
 
 

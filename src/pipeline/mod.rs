@@ -60,7 +60,7 @@ pub enum PipelineError {
 /// peak RSS while draining a backlog, for no drain rate (`bench/FINDINGS.md`, Memory). With one
 /// limit handed over and one prefetched, the model has about sixteen batches of work while a
 /// refill is fetched. Passthrough has no model to wait for, so there the in-flight cap sets it.
-pub fn prefetch_events(config: &Config) -> usize {
+fn prefetch_events(config: &Config) -> usize {
     if config.processing.passthrough {
         config.consumer.max_in_flight
     } else {
@@ -113,7 +113,7 @@ impl Unscored {
     }
 
     /// [`Unscored::limit`] for a `batching.max_batch_size`.
-    pub fn limit_for(max_batch_size: usize) -> usize {
+    fn limit_for(max_batch_size: usize) -> usize {
         max_batch_size.saturating_mul(8).max(256)
     }
 
