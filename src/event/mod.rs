@@ -204,8 +204,20 @@ impl InputEvent {
 
     /// [`InputEvent::decode`], with the strings left in `bytes` where they can be.
     pub fn decode_ref<'a>(bytes: &'a [u8], schema: &FeatureSchema) -> Result<EventRef<'a>, DecodeError> {
+        InputEvent::decode_ref_in(bytes, schema, &mut Vec::new())
+    }
+
+    /// [`InputEvent::decode_ref`], writing the model input the event carries (its window, or its
+    /// observation when the bundle's window is one step) into `spare`'s allocation, which it
+    /// takes, where the one-pass decoder accepts the event. The consumer thread hands it buffers
+    /// the inference thread gave back, so a streamed event allocates none.
+    pub fn decode_ref_in<'a>(
+        bytes: &'a [u8],
+        schema: &FeatureSchema,
+        spare: &mut Vec<f32>,
+    ) -> Result<EventRef<'a>, DecodeError> {
         InputEvent::check_size(bytes, schema)?;
-        match scan::decode(bytes, schema) {
+        match scan::decode(bytes, schema, spare) {
             Some(event) => Ok(event),
             None => InputEvent::decode_serde_ref(bytes, schema),
         }

@@ -20,7 +20,9 @@ use super::{EventRef, EventValues, FeatureSchema};
 const MAX_DEPTH: usize = 128;
 
 /// Decodes `bytes` if it is a well-formed event in a common shape; `None` means "ask serde".
-pub(super) fn decode<'a>(bytes: &'a [u8], schema: &FeatureSchema) -> Option<EventRef<'a>> {
+/// The model input (the window, or the observation of a one-step window) goes into `spare`'s
+/// allocation.
+pub(super) fn decode<'a>(bytes: &'a [u8], schema: &FeatureSchema, spare: &mut Vec<f32>) -> Option<EventRef<'a>> {
     let mut s = Scanner { b: bytes, i: 0 };
     let (t, w) = (schema.window, schema.width());
     let (mut id, mut series_id, mut timestamp) = (None, None, None);
@@ -47,7 +49,7 @@ pub(super) fn decode<'a>(bytes: &'a [u8], schema: &FeatureSchema) -> Option<Even
                 if features.is_some() {
                     return None;
                 }
-                let mut out = vec![0.0f32; w];
+                let mut out = if t == 1 { zeroed(spare, w) } else { vec![0.0f32; w] };
                 s.observation(schema, &mut out, &mut extra)?;
                 features = Some(out);
             }
@@ -55,7 +57,7 @@ pub(super) fn decode<'a>(bytes: &'a [u8], schema: &FeatureSchema) -> Option<Even
                 if window.is_some() {
                     return None;
                 }
-                let mut out = vec![0.0f32; t * w];
+                let mut out = zeroed(spare, t * w);
                 s.ws();
                 s.eat(b'[')?;
                 for step in 0..t {
@@ -104,6 +106,14 @@ pub(super) fn decode<'a>(bytes: &'a [u8], schema: &FeatureSchema) -> Option<Even
         values,
         extra_features: extra,
     })
+}
+
+/// `spare`'s allocation (which it takes), holding `n` zeros.
+fn zeroed(spare: &mut Vec<f32>, n: usize) -> Vec<f32> {
+    let mut out = std::mem::take(spare);
+    out.clear();
+    out.resize(n, 0.0);
+    out
 }
 
 fn set_once<'a>(slot: &mut Option<&'a [u8]>, value: &'a [u8]) -> Option<()> {

@@ -16,6 +16,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::ClientContext;
 
 use super::publish::{Completion, InputOffset, Publisher, Token};
+use super::spares::SpareStock;
 use super::{EventText, Origin, PipelineError, StreamOrigin};
 use crate::config::Unproducible;
 use crate::event::{EventValues, FeatureSchema, InputEvent, RejectKind};
@@ -406,6 +407,8 @@ impl JobQueue {
 /// What the consumer thread needs besides the consumer itself.
 pub struct ConsumerLoop {
     pub jobs: JobQueue,
+    /// Buffers of scored events to decode the next ones into.
+    pub spares: SpareStock,
     pub publisher: Publisher,
     pub schema: FeatureSchema,
     pub max_in_flight: usize,
@@ -478,6 +481,7 @@ impl ConsumerLoop {
     pub fn run(self, consumer: BaseConsumer<WorkerContext>) -> Result<(), PipelineError> {
         let ConsumerLoop {
             jobs,
+            mut spares,
             publisher,
             schema,
             max_in_flight,
@@ -492,11 +496,15 @@ impl ConsumerLoop {
         let mut pause = Pause::default();
         let mut full_since: Option<Instant> = None;
         let mut last_serve = Instant::now();
+        // One clock reading per round, taken after each poll and each wait: three a record cost
+        // a few per cent of the worker's CPU, and nothing here needs finer time.
+        let mut now = Instant::now();
         let ctx = consumer.context();
         let mut input = Vec::new();
         let mut last_poll_error: Option<Instant> = None;
         jobs.unscored.register_consumer();
         let max_unscored = jobs.unscored.limit();
+        let to = Route { jobs: &jobs, publisher: &publisher, schema: &schema, metrics: &metrics, candidate_share };
         while !shutdown.is_triggered() {
             let wait_for_model = {
                 let mut st = ctx.lock();
@@ -507,9 +515,9 @@ impl ConsumerLoop {
                 // Commit soon after an acknowledgement, not on librdkafka's auto-commit timer: what
                 // a SIGKILLed replica acknowledged but had not committed is re-read, and
                 // duplicated, by the partition's next owner.
-                if st.uncommitted && last_commit.elapsed() >= commit_interval {
+                if st.uncommitted && now.duration_since(last_commit) >= commit_interval {
                     st.uncommitted = false;
-                    last_commit = Instant::now();
+                    last_commit = now;
                     commit_stored(&consumer);
                 }
                 let (n, bytes) = (st.tracker.in_flight(), st.tracker.in_flight_bytes());
@@ -522,8 +530,8 @@ impl ConsumerLoop {
                     // milliseconds: wait for them without fetching. Only a cap held for
                     // PAUSE_AFTER (a stalled broker or model) pauses the partitions: pausing purges
                     // what was prefetched, which costs a refetch every time.
-                    let since = *full_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= PAUSE_AFTER {
+                    let since = *full_since.get_or_insert(now);
+                    if now.duration_since(since) >= PAUSE_AFTER {
                         pause.hold(&consumer, st.assignments);
                     }
                 } else {
@@ -537,6 +545,7 @@ impl ConsumerLoop {
                 }
                 if acks_full || pause.is_paused() {
                     ctx.wait_one(&mut st, Duration::from_millis(50), &consumer);
+                    now = Instant::now();
                 }
                 // Only the model holds the consumer back: wait for a scored batch (below, without
                 // the state's lock), not for a delivery report.
@@ -544,14 +553,18 @@ impl ConsumerLoop {
             };
             if wait_for_model {
                 jobs.unscored.wait_for_room(MODEL_WAIT);
+                now = Instant::now();
             }
             // At a cap (or paused), poll only to serve rebalances and other callbacks, at most
             // every SERVE_EVERY: a record it hands over anyway is handled, so the caps are
-            // exceeded by at most one record per SERVE_EVERY until the pause holds.
-            if (full_since.is_some() || pause.is_paused()) && last_serve.elapsed() < SERVE_EVERY {
+            // exceeded by at most one record per SERVE_EVERY until the pause holds. (Every round
+            // at a cap waited above, so `now` is fresh.)
+            let at_cap = full_since.is_some() || pause.is_paused();
+            if at_cap && now.duration_since(last_serve) < SERVE_EVERY {
                 continue;
             }
-            let wait = if full_since.is_some() || pause.is_paused() {
+            let wait = if at_cap {
+                last_serve = now;
                 Duration::ZERO
             } else if ctx.lock().awaits_commit() {
                 // Acknowledgements arrive on another thread while `poll` blocks: wake up in time
@@ -562,16 +575,17 @@ impl ConsumerLoop {
                 // it. Waking less often is most of what an idle worker costs.
                 IDLE_POLL
             };
-            last_serve = Instant::now();
-            let message = match consumer.poll(wait) {
+            let polled = consumer.poll(wait);
+            now = Instant::now();
+            let message = match polled {
                 None => continue,
                 Some(Ok(m)) => m,
                 Some(Err(error)) => {
                     // Poll errors are broker-side conditions librdkafka retries itself; log them at
                     // most once a second so a broker outage does not flood the log.
-                    if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    if last_poll_error.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1)) {
                         tracing::warn!(%error, "Consumer error.");
-                        last_poll_error = Some(Instant::now());
+                        last_poll_error = Some(now);
                     }
                     continue;
                 }
@@ -584,7 +598,7 @@ impl ConsumerLoop {
                 publisher.forward(token, message.key(), message.payload().unwrap_or_default());
                 continue;
             }
-            handle(&message, &mut st, &jobs, &publisher, &schema, &metrics, &mut input, candidate_share);
+            handle(&message, &mut st, &to, &mut spares, &mut input, now);
             metrics.in_flight.set(st.tracker.in_flight() as i64);
         }
 
@@ -639,18 +653,27 @@ fn is_permanent(error: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
-/// Validates one message and routes it: to the inference thread, or to the dead-letter topic.
+/// Where `handle` sends an event, and what it checks it against.
+struct Route<'a> {
+    jobs: &'a JobQueue,
+    publisher: &'a Publisher,
+    schema: &'a FeatureSchema,
+    metrics: &'a Metrics,
+    /// The A/B candidate's traffic share, when one is configured.
+    candidate_share: Option<f64>,
+}
+
+/// Validates one message (polled at `received`) and routes it: to the inference thread, or to
+/// the dead-letter topic. `input` is scratch space for a series window.
 fn handle(
     message: &BorrowedMessage<'_>,
     st: &mut LoopState,
-    jobs: &JobQueue,
-    publisher: &Publisher,
-    schema: &FeatureSchema,
-    metrics: &Metrics,
+    to: &Route<'_>,
+    spares: &mut SpareStock,
     input: &mut Vec<f32>,
-    route: Option<f64>,
+    received: Instant,
 ) {
-    let received = Instant::now();
+    let Route { jobs, publisher, schema, metrics, candidate_share: route } = *to;
     let token = begin(st, message.partition(), message.offset(), message.payload_len());
     if let Some(ts) = message.timestamp().to_millis() {
         st.last_timestamp.insert(token.partition, ts);
@@ -672,7 +695,8 @@ fn handle(
         message.key(),
         traceparent.as_deref(),
     );
-    let event = match InputEvent::decode_ref(payload, schema) {
+    let mut spare = spares.input();
+    let event = match InputEvent::decode_ref_in(payload, schema, &mut spare) {
         Ok(e) => e,
         Err(e) => {
             if let Some(span) = &span {
@@ -716,14 +740,16 @@ fn handle(
                 metrics.window_cases.with_label_values(&[case]).inc_by(n);
             }
             metrics.series_windows.set(st.windows.len() as i64);
-            (input.clone(), filled.padded, filled.gap_filled as u32)
+            spare.clear();
+            spare.extend_from_slice(input);
+            (spare, filled.padded, filled.gap_filled as u32)
         }
     };
     let candidate = route.is_some_and(|share| is_candidate(&event.series_id, share));
     let origin = StreamOrigin {
         token,
         span,
-        text: EventText::new(payload, &event.id, &event.series_id, &event.timestamp),
+        text: EventText::new_in(spares.text(), payload, &event.id, &event.series_id, &event.timestamp),
         warmup,
         gap_filled,
         received,

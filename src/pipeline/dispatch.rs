@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::publish::Publisher;
+use super::spares::SpareReturn;
 use super::{Origin, RequestOrigin, Scored, StreamOrigin};
 use crate::event::{now_rfc3339, IntervalIn, IntervalOut, ModelRef, PredictionOut, QuantilesOut, RejectKind, Variant};
 use crate::inference::batcher::RowStatus;
@@ -94,16 +95,17 @@ impl StreamPublisher {
         StreamPublisher { publisher, metrics, buf: Vec::with_capacity(512), intervals }
     }
 
-    fn publish(&mut self, mut o: StreamOrigin, row: Row<'_>) {
+    fn publish(&mut self, o: &mut StreamOrigin, row: Row<'_>) {
         let latency = o.received.elapsed();
         let latency_ms = latency.as_secs_f64() * 1e3;
+        let (id, series_id, timestamp) = o.text.strings();
         let mut intervals = self.intervals.as_mut();
         let mut encode =
             |prediction: &[f32], quantiles: Option<QuantilesOut<'_>>, model, variant, fallback, buf: &mut Vec<u8>| {
                 PredictionOut {
-                    id: o.text.id(),
-                    series_id: o.text.series_id(),
-                    timestamp: o.text.timestamp(),
+                    id,
+                    series_id,
+                    timestamp,
                     prediction,
                     model,
                     variant,
@@ -118,7 +120,7 @@ impl StreamPublisher {
                 .encode(buf)
             };
         encode(row.prediction, row.quantiles, row.model, row.variant, row.fallback, &mut self.buf);
-        if !self.publisher.fits(o.text.series_id().len(), self.buf.len()) {
+        if !self.publisher.fits(series_id.len(), self.buf.len()) {
             // Only a huge horizon gets here (ids are bounded at decoding): dead-letter the event
             // rather than have the producer refuse the prediction.
             let reason =
@@ -127,25 +129,24 @@ impl StreamPublisher {
             return;
         }
         // With OTLP export on, the record carries the `send` span's context (same trace).
-        let send =
-            o.span.as_ref().map(|span| span.send(row.model, row.variant.as_str(), row.fallback, o.text.series_id()));
+        let send = o.span.as_ref().map(|span| span.send(row.model, row.variant.as_str(), row.fallback, series_id));
         let traceparent = match &send {
             Some(send) => Some(send.traceparent()),
             None => o.traceparent.take(),
         };
-        self.publisher.prediction(o.token, o.text.series_id(), &self.buf, traceparent.as_deref());
+        self.publisher.prediction(o.token, series_id, &self.buf, traceparent.as_deref());
         drop(send);
         self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
         if let Some((model, values, quantiles)) = row.shadow {
             encode(values, quantiles, model, Variant::Shadow, false, &mut self.buf);
             // Its primary prediction fitted, and it is the same size but for the variant name.
-            self.publisher.shadow(o.text.series_id(), &self.buf);
+            self.publisher.shadow(series_id, &self.buf);
             self.metrics.predictions.with_label_values(&[Variant::Shadow.as_str()]).inc();
         }
     }
 
     /// Dead-letters an event that got no prediction: its original bytes.
-    fn fail(&self, o: StreamOrigin, kind: RejectKind, reason: &str) {
+    fn fail(&self, o: &StreamOrigin, kind: RejectKind, reason: &str) {
         if let Some(span) = &o.span {
             span.failed(kind.as_str(), reason);
         }
@@ -169,16 +170,23 @@ pub struct Dispatcher {
     /// A quantile row's point forecast (its 0.5 quantiles), and the shadow's; reused.
     point: Vec<f32>,
     shadow_point: Vec<f32>,
+    /// Published events' buffers, back to the consumer.
+    spares: SpareReturn,
 }
 
 impl Dispatcher {
-    pub fn new(stream: StreamPublisher, metrics: Arc<Metrics>, unscored: super::Unscored) -> Dispatcher {
-        Dispatcher { stream, metrics, unscored, point: Vec::new(), shadow_point: Vec::new() }
+    pub fn new(
+        stream: StreamPublisher,
+        metrics: Arc<Metrics>,
+        unscored: super::Unscored,
+        spares: SpareReturn,
+    ) -> Dispatcher {
+        Dispatcher { stream, metrics, unscored, point: Vec::new(), shadow_point: Vec::new(), spares }
     }
 
     fn fail(&self, origin: Origin, reason: &str) {
         match origin {
-            Origin::Stream(o) => self.stream.fail(o, RejectKind::InferenceError, reason),
+            Origin::Stream(o) => self.stream.fail(&o, RejectKind::InferenceError, reason),
             Origin::Request(r) => r.answer(Err(reason.to_string())),
         }
     }
@@ -255,7 +263,7 @@ impl Dispatcher {
             };
             let quantiles = quantiles.filter(|_| !fallback);
             match job.origin {
-                Origin::Stream(o) => {
+                Origin::Stream(mut o) => {
                     let shadow = outcome.shadow.map(|(m, values)| {
                         let values = &values[i * h..(i + 1) * h];
                         match outcome.quantiles {
@@ -269,7 +277,8 @@ impl Dispatcher {
                     });
                     let row =
                         Row { prediction, quantiles, model, variant, fallback, shadow, produced_at: &produced_at };
-                    self.stream.publish(o, row);
+                    self.stream.publish(&mut o, row);
+                    self.spares.keep(job.input, o.text.into_bytes());
                     match variant {
                         Variant::Candidate => published.candidate += 1,
                         _ => published.primary += 1,
@@ -296,6 +305,7 @@ impl Dispatcher {
                 }
             }
         }
+        self.spares.send();
         published.emit(&self.metrics);
     }
 }

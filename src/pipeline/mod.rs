@@ -6,6 +6,7 @@
 //! - [`dispatch`]: routes each scored row by origin: Kafka for the stream, a reply for HTTP.
 //! - [`publish`]: predictions, shadow predictions, dead letters, delivery reports.
 //! - [`rebuild`]: per-series windows rebuilt from a newly assigned partition's history.
+//! - [`spares`]: a scored event's buffers, handed back for the consumer to decode into.
 //!
 //! Every queue on the data path is bounded: by `consumer.max_in_flight` events and
 //! `consumer.max_in_flight_bytes` bytes for the stream, plus `/predict`'s `http.max_in_flight`.
@@ -16,6 +17,7 @@ pub mod dispatch;
 pub mod offsets;
 pub mod publish;
 pub mod rebuild;
+pub mod spares;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -279,8 +281,8 @@ pub struct StreamOrigin {
 }
 
 /// A streamed event's original message value, kept so that an inference failure can be
-/// dead-lettered unchanged, and the strings its prediction echoes, in one allocation: the
-/// consumer thread allocates it and the inference thread frees it, for every event.
+/// dead-lettered unchanged, and the strings its prediction echoes, in one allocation, which
+/// goes back to the consumer thread once the prediction is published ([`spares`]).
 #[derive(Debug)]
 pub struct EventText {
     bytes: Vec<u8>,
@@ -289,8 +291,10 @@ pub struct EventText {
 }
 
 impl EventText {
-    pub fn new(payload: &[u8], id: &str, series_id: &str, timestamp: &str) -> EventText {
-        let mut bytes = Vec::with_capacity(payload.len() + id.len() + series_id.len() + timestamp.len());
+    /// In `bytes`' allocation (a spare, see [`spares`]).
+    pub fn new_in(mut bytes: Vec<u8>, payload: &[u8], id: &str, series_id: &str, timestamp: &str) -> EventText {
+        bytes.clear();
+        bytes.reserve_exact(payload.len() + id.len() + series_id.len() + timestamp.len());
         let mut ends = [0; 4];
         for (end, part) in ends.iter_mut().zip([payload, id.as_bytes(), series_id.as_bytes(), timestamp.as_bytes()]) {
             bytes.extend_from_slice(part);
@@ -303,22 +307,22 @@ impl EventText {
         &self.bytes[..self.ends[0]]
     }
 
-    fn part(&self, i: usize) -> &str {
-        // Copied from a `&str` in `new`, so this never fails; checking costs a few nanoseconds
-        // on ids this short and keeps the module free of `unsafe`.
-        std::str::from_utf8(&self.bytes[self.ends[i - 1]..self.ends[i]]).unwrap_or_default()
-    }
-
-    pub fn id(&self) -> &str {
-        self.part(1)
+    /// `(id, series_id, timestamp)`.
+    pub fn strings(&self) -> (&str, &str, &str) {
+        // Copied from `&str`s in `new`, so this never fails; checking the three at once costs a
+        // few nanoseconds on strings this short and keeps the module free of `unsafe`.
+        let [value, id, series_id, _] = self.ends;
+        let all = std::str::from_utf8(&self.bytes[value..]).unwrap_or_default();
+        let part = |from: usize, to: usize| all.get(from - value..to - value).unwrap_or_default();
+        (part(value, id), part(id, series_id), part(series_id, self.ends[3]))
     }
 
     pub fn series_id(&self) -> &str {
-        self.part(2)
+        self.strings().1
     }
 
-    pub fn timestamp(&self) -> &str {
-        self.part(3)
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
     }
 }
 
@@ -480,13 +484,15 @@ impl Worker {
             None
         };
         let stream = StreamPublisher::new(publisher.clone(), metrics.clone(), intervals);
-        let mut sink = Dispatcher::new(stream, metrics.clone(), unscored.clone());
+        let (spares_back, spare_stock) = spares::spares(config.batching.max_batch_size);
+        let mut sink = Dispatcher::new(stream, metrics.clone(), unscored.clone(), spares_back);
         let inference_thread = std::thread::Builder::new()
             .name("streamcast-inference".into())
             .spawn(move || batcher.run(jobs_rx, &mut sink))
             .expect("spawning a thread only fails when the OS is out of resources");
         let consumer_loop = ConsumerLoop {
             jobs: consumer::JobQueue::new(jobs_tx, unscored),
+            spares: spare_stock,
             publisher,
             schema,
             max_in_flight,
