@@ -4,8 +4,8 @@
 //! [`EventText`](super::EventText). The consumer thread allocates them and the inference thread
 //! used to free them, and glibc's allocator serves that pattern badly: a chunk freed by another
 //! thread goes back to its own arena under that arena's lock, and the next allocation misses the
-//! thread cache. In a windowed co2-mlp drain that was about a tenth of the worker's CPU samples,
-//! a third of it in futex calls from the two threads contending for the consumer's arena.
+//! thread cache. In a windowed co2-mlp drain the two threads' futex calls on that lock alone were
+//! a tenth of the worker's CPU samples (`bench/FINDINGS.md`).
 //!
 //! So once an event's prediction is published, the inference thread hands both buffers back, one
 //! channel message per batch, and the consumer decodes the next events into them. Nothing waits
