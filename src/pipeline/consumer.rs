@@ -496,8 +496,8 @@ impl ConsumerLoop {
         let mut pause = Pause::default();
         let mut full_since: Option<Instant> = None;
         let mut last_serve = Instant::now();
-        // One clock reading per round, taken after each poll and each wait: three a record cost
-        // a few per cent of the worker's CPU, and nothing here needs finer time.
+        // One clock reading per round, taken after each poll and each wait: three readings per
+        // record cost a few per cent of the worker's CPU, and nothing here needs finer time.
         let mut now = Instant::now();
         let ctx = consumer.context();
         let mut input = Vec::new();
