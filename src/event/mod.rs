@@ -199,19 +199,15 @@ impl InputEvent {
     /// Decodes and validates one `input_data` message value: in one pass when the event is valid
     /// and plain (`scan`), otherwise with serde, which also says why an event is refused.
     pub fn decode(bytes: &[u8], schema: &FeatureSchema) -> Result<InputEvent, DecodeError> {
-        InputEvent::decode_ref(bytes, schema).map(EventRef::into_owned)
+        InputEvent::decode_ref(bytes, schema, &mut Vec::new()).map(EventRef::into_owned)
     }
 
-    /// [`InputEvent::decode`], with the strings left in `bytes` where they can be.
-    pub fn decode_ref<'a>(bytes: &'a [u8], schema: &FeatureSchema) -> Result<EventRef<'a>, DecodeError> {
-        InputEvent::decode_ref_in(bytes, schema, &mut Vec::new())
-    }
-
-    /// [`InputEvent::decode_ref`], writing the model input the event carries (its window, or its
-    /// observation when the bundle's window is one step) into `spare`'s allocation, which it
-    /// takes, where the one-pass decoder accepts the event. The consumer thread hands it buffers
-    /// the inference thread gave back, so a streamed event allocates none.
-    pub fn decode_ref_in<'a>(
+    /// [`InputEvent::decode`], with the strings left in `bytes` where they can be, and the model
+    /// input the event carries (its window, or its observation when the bundle's window is one
+    /// step) written into `spare`'s allocation, which it takes, where the one-pass decoder
+    /// accepts the event. The consumer thread hands it buffers the inference thread gave back,
+    /// so a streamed event allocates none.
+    pub fn decode_ref<'a>(
         bytes: &'a [u8],
         schema: &FeatureSchema,
         spare: &mut Vec<f32>,

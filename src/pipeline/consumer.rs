@@ -696,7 +696,7 @@ fn handle(
         traceparent.as_deref(),
     );
     let mut spare = spares.input();
-    let event = match InputEvent::decode_ref_in(payload, schema, &mut spare) {
+    let event = match InputEvent::decode_ref(payload, schema, &mut spare) {
         Ok(e) => e,
         Err(e) => {
             if let Some(span) = &span {

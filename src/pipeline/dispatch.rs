@@ -150,7 +150,8 @@ impl StreamPublisher {
         if let Some(span) = &o.span {
             span.failed(kind.as_str(), reason);
         }
-        self.publisher.dead_letter(o.token, Some(o.text.series_id().as_bytes()), o.text.payload(), kind, reason);
+        let series_id = o.text.strings().1;
+        self.publisher.dead_letter(o.token, Some(series_id.as_bytes()), o.text.payload(), kind, reason);
     }
 }
 

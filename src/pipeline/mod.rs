@@ -311,14 +311,10 @@ impl EventText {
     pub fn strings(&self) -> (&str, &str, &str) {
         // Copied from `&str`s in `new`, so this never fails; checking the three at once costs a
         // few nanoseconds on strings this short and keeps the module free of `unsafe`.
-        let [value, id, series_id, _] = self.ends;
+        let [value, id, series_id, end] = self.ends;
         let all = std::str::from_utf8(&self.bytes[value..]).unwrap_or_default();
         let part = |from: usize, to: usize| all.get(from - value..to - value).unwrap_or_default();
-        (part(value, id), part(id, series_id), part(series_id, self.ends[3]))
-    }
-
-    pub fn series_id(&self) -> &str {
-        self.strings().1
+        (part(value, id), part(id, series_id), part(series_id, end))
     }
 
     pub fn into_bytes(self) -> Vec<u8> {
