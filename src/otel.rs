@@ -247,15 +247,17 @@ impl Drop for EventSpan {
 }
 
 /// Opens the `process` span of a consumed record, or `None` when export is off (the common case
-/// costs one atomic load).
-pub fn process_span(
-    topic: &str,
+/// costs one atomic load). `topic` is asked for only then: librdkafka's topic name is a C string,
+/// measured and checked for UTF-8 on every call.
+pub fn process_span<'a>(
+    topic: impl FnOnce() -> &'a str,
     partition: i32,
     offset: i64,
     key: Option<&[u8]>,
     traceparent: Option<&str>,
 ) -> Option<EventSpan> {
     let t = TRACING.get()?;
+    let topic = topic();
     let parent = TraceContextPropagator::new().extract(&OneHeader(traceparent));
     let mut attributes = vec![
         KeyValue::new("messaging.system", "kafka"),

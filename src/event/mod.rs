@@ -693,11 +693,22 @@ impl PredictionOut<'_> {
         if self.fallback {
             buf.extend_from_slice(b",\"fallback\":true");
         }
-        // Rare and nested: serde writes these.
+        // On every prediction while intervals are on (the default), so written directly too.
         if let Some(interval) = &self.interval {
-            buf.extend_from_slice(b",\"interval\":");
-            serde_json::to_writer(&mut *buf, interval).expect("writing JSON to a Vec cannot fail");
+            buf.extend_from_slice(b",\"interval\":{\"level\":");
+            write_f64(buf, interval.level);
+            let calibrated: &[u8] =
+                if interval.calibrated { b",\"calibrated\":true" } else { b",\"calibrated\":false" };
+            buf.extend_from_slice(calibrated);
+            for (name, bounds) in [(&b",\"lower\":"[..], interval.lower), (&b",\"upper\":"[..], interval.upper)] {
+                if let Some(bounds) = bounds {
+                    buf.extend_from_slice(name);
+                    write_f32s(buf, bounds);
+                }
+            }
+            buf.push(b'}');
         }
+        // Rare and nested: serde writes these.
         if let Some(quantiles) = &self.quantiles {
             buf.extend_from_slice(b",\"quantiles\":");
             serde_json::to_writer(&mut *buf, quantiles).expect("writing JSON to a Vec cannot fail");

@@ -49,7 +49,9 @@ pub(super) fn decode<'a>(bytes: &'a [u8], schema: &FeatureSchema, spare: &mut Ve
                 if features.is_some() {
                     return None;
                 }
-                let mut out = if t == 1 { zeroed(spare, w) } else { vec![0.0f32; w] };
+                // Not `vec![0.0; w]`: that is calloc, which glibc serves without its per-thread
+                // cache, and this runs for every observation of a windowed model.
+                let mut out = if t == 1 { zeroed(spare, w) } else { zeroed(&mut Vec::new(), w) };
                 s.observation(schema, &mut out, &mut extra)?;
                 features = Some(out);
             }

@@ -33,13 +33,18 @@ pub struct LoopState {
     completions: Receiver<Completion>,
     fatal: Option<String>,
     /// Kafka timestamp (ms) of the last event consumed per partition, for lag in seconds.
-    last_timestamp: std::collections::HashMap<i32, i64>,
+    last_timestamp: foldhash::HashMap<i32, i64>,
     /// Rebuilds the windows of newly assigned partitions (models with `window > 1`).
     rebuilder: Option<super::rebuild::WindowRebuilder>,
     /// Bumped on every assignment, so a paused consumer pauses the new partitions too.
     assignments: u64,
     /// An offset was stored since the last commit.
     uncommitted: bool,
+    /// Per partition, the highest offset that became storable in this round of reports: stored
+    /// once per round ([`WorkerContext::drain_ready`]), not once per report, since each
+    /// `store_offset` builds a C string and looks the topic up under librdkafka's lock. At most one
+    /// entry per assigned partition.
+    to_store: Vec<(i32, i64)>,
 }
 
 impl LoopState {
@@ -62,6 +67,7 @@ impl LoopState {
             rebuilder,
             uncommitted: false,
             assignments: 0,
+            to_store: Vec::new(),
         }
     }
 }
@@ -193,7 +199,7 @@ impl WorkerContext {
     }
 
     /// Applies one delivery report: counts it and stores the offset if the done prefix advanced.
-    fn apply(&self, st: &mut LoopState, c: Completion, consumer: &BaseConsumer<WorkerContext>) {
+    fn apply(&self, st: &mut LoopState, c: Completion) {
         let at = match c.token {
             Token::Input(at) => at,
             Token::Shadow => {
@@ -217,12 +223,11 @@ impl WorkerContext {
             Ok(()) => {
                 self.metrics.events_acknowledged.inc();
                 if let Some(offset) = st.tracker.complete(at.partition, at.offset, at.generation) {
-                    // `store_offset` stores `offset + 1`, the next offset to read.
-                    match consumer.store_offset(&self.input_topic, at.partition, offset) {
-                        Ok(()) => st.uncommitted = true,
-                        Err(error) => {
-                            tracing::warn!(%error, partition = at.partition, offset, "Failed to store offset.")
-                        }
+                    // Stored when this round's reports are all applied: `drain_ready` empties
+                    // this list before it returns, so nothing else ever sees it non-empty.
+                    match st.to_store.iter_mut().find(|(p, _)| *p == at.partition) {
+                        Some(pending) => pending.1 = offset,
+                        None => st.to_store.push((at.partition, offset)),
                     }
                 }
             }
@@ -245,7 +250,14 @@ impl WorkerContext {
     /// Applies every report that has already arrived.
     fn drain_ready(&self, st: &mut LoopState, consumer: &BaseConsumer<WorkerContext>) {
         while let Ok(c) = st.completions.try_recv() {
-            self.apply(st, c, consumer);
+            self.apply(st, c);
+        }
+        for (partition, offset) in st.to_store.drain(..) {
+            // `store_offset` stores `offset + 1`, the next offset to read.
+            match consumer.store_offset(&self.input_topic, partition, offset) {
+                Ok(()) => st.uncommitted = true,
+                Err(error) => tracing::warn!(%error, partition, offset, "Failed to store offset."),
+            }
         }
     }
 
@@ -253,7 +265,7 @@ impl WorkerContext {
     fn wait_one(&self, st: &mut LoopState, timeout: Duration, consumer: &BaseConsumer<WorkerContext>) -> bool {
         match st.completions.recv_timeout(timeout) {
             Ok(c) => {
-                self.apply(st, c, consumer);
+                self.apply(st, c);
                 self.drain_ready(st, consumer);
                 true
             }
@@ -689,7 +701,7 @@ fn handle(
         .filter(|v| v.len() <= 128)
         .map(str::to_string);
     let span = crate::otel::process_span(
-        message.topic(),
+        || message.topic(),
         token.partition,
         token.offset,
         message.key(),

@@ -232,20 +232,24 @@ impl Publisher {
     }
 
     /// A shadow prediction: to the shadow topic only. It neither stores an offset nor counts as
-    /// an acknowledgement.
-    pub fn shadow(&self, key: &str, payload: &[u8]) {
+    /// an acknowledgement. `timestamp_ms` as for [`Publisher::prediction`].
+    pub fn shadow(&self, key: &str, payload: &[u8], timestamp_ms: i64) {
         let record: BaseRecord<'_, [u8], [u8], Box<Token>> =
             BaseRecord::with_opaque_to(&self.shadow_topic, Box::new(Token::Shadow))
                 .key(key.as_bytes())
-                .payload(payload);
+                .payload(payload)
+                .timestamp(timestamp_ms);
         self.send(record);
     }
 
-    pub fn prediction(&self, at: InputOffset, key: &str, payload: &[u8], traceparent: Option<&str>) {
+    /// A prediction. `timestamp_ms`, the record's timestamp, is its `produced_at`: given, it
+    /// spares librdkafka a clock reading per record.
+    pub fn prediction(&self, at: InputOffset, key: &str, payload: &[u8], traceparent: Option<&str>, timestamp_ms: i64) {
         let mut record: BaseRecord<'_, [u8], [u8], Box<Token>> =
             BaseRecord::with_opaque_to(&self.predictions_topic, Box::new(Token::Input(at)))
                 .key(key.as_bytes())
-                .payload(payload);
+                .payload(payload)
+                .timestamp(timestamp_ms);
         if let Some(tp) = traceparent {
             record =
                 record.headers(OwnedHeaders::new_with_capacity(1).insert(Header { key: TRACEPARENT, value: Some(tp) }));
