@@ -823,7 +823,12 @@ fn number_or_array<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error
 
 /// Formats a timestamp as RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    rfc3339(chrono::Utc::now())
+}
+
+/// `produced_at`'s form: RFC 3339, UTC, to the millisecond.
+pub fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]

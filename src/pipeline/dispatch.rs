@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::publish::Publisher;
 use super::spares::SpareReturn;
 use super::{Origin, RequestOrigin, Scored, StreamOrigin};
-use crate::event::{IntervalIn, IntervalOut, ModelRef, PredictionOut, QuantilesOut, RejectKind, Variant};
+use crate::event::{rfc3339, IntervalIn, IntervalOut, ModelRef, PredictionOut, QuantilesOut, RejectKind, Variant};
 use crate::inference::batcher::RowStatus;
 use crate::inference::{BatchOutcome, InferenceError, Job, JobSink};
 use crate::interval::{CalibrationTable, SharedCalibration};
@@ -42,11 +42,7 @@ struct Published {
 impl Published {
     fn now() -> Published {
         let wall = chrono::Utc::now();
-        Published {
-            at: Instant::now(),
-            produced_at: wall.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            timestamp_ms: wall.timestamp_millis(),
-        }
+        Published { at: Instant::now(), produced_at: rfc3339(wall), timestamp_ms: wall.timestamp_millis() }
     }
 }
 
