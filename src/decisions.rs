@@ -184,7 +184,7 @@ pub fn publish_operator_decision(
     let key = config.variants.decision_key().map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
     let a =
         alert(decision, &candidate, &primary, DecisionSource::Operator, Some(reason.to_string()), None, key.as_deref());
-    let sink = AlertSink::new(&crate::kafka::client_config(config), &config.topics.alerts)?;
+    let sink = AlertSink::new(&crate::kafka::producer_side_config(config), &config.topics.alerts)?;
     sink.enqueue(&a)?;
     sink.flush(Duration::from_secs(30))?;
     Ok(a)

@@ -397,7 +397,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let rt = runtime()?;
             let result = rt.block_on(async {
                 if let Some(partitions) = args.create_topics {
-                    let client = streamcast::kafka::client_config(&config);
+                    let client = streamcast::kafka::producer_side_config(&config);
                     let created =
                         streamcast::topics::create_topics(&client, &config.topics.all(), partitions, 1).await?;
                     tracing::info!(?created, "Topics created.");
@@ -432,7 +432,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Models(cmd) => models(cmd),
         Command::Topics(TopicsCommand::Create { config, partitions, replication_factor }) => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
-            let client = streamcast::kafka::client_config(&config);
+            let client = streamcast::kafka::producer_side_config(&config);
             let rt = runtime()?;
             let created = rt.block_on(streamcast::topics::create_topics(
                 &client,
@@ -466,7 +466,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let (client, topics) = match &args.config {
         Some(path) => {
             let config = Config::load(Some(path), std::env::vars())?;
-            (streamcast::kafka::client_config(&config), config.topics)
+            (streamcast::kafka::producer_side_config(&config), config.topics)
         }
         None => {
             let mut c = rdkafka::config::ClientConfig::new();

@@ -355,7 +355,7 @@ pub async fn start(
 ) -> Result<Running, RunError> {
     let (local, store) = pull_models(config).await?;
     let config = &local;
-    let client = crate::kafka::client_config(config);
+    let client = crate::kafka::producer_side_config(config);
     let alerts = AlertSink::new(&client, &config.topics.alerts).map_err(|e| PipelineError::Cluster(e.into()))?;
     let alerts = Arc::new(alerts);
     let (worker, served, model, provider, bundle) = if role == Role::Monitor {

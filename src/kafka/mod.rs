@@ -51,6 +51,17 @@ pub fn client_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// [`client_config`] without the `[kafka]` properties only consumers understand: for the side
+/// producers (alerts, the monitor's snapshots, `produce`) and admin clients, which librdkafka
+/// builds on a producer handle and which would warn about each consumer property at start-up.
+pub fn producer_side_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &CONSUMER_ONLY)) {
+        c.set(k, v);
+    }
+    c
+}
+
 /// Prefixes of librdkafka properties that only producers (or only consumers) understand. The
 /// `[kafka]` table is shared, and librdkafka warns about every property of the other side.
 const PRODUCER_ONLY: [&str; 10] = [
@@ -382,6 +393,15 @@ mod tests {
         assert!(is_for("bootstrap.servers", &PRODUCER_ONLY) && is_for("bootstrap.servers", &CONSUMER_ONLY));
         assert!(!is_for("linger.ms", &PRODUCER_ONLY));
         assert!(!is_for("fetch.wait.max.ms", &CONSUMER_ONLY));
+    }
+
+    #[test]
+    fn side_producers_get_the_shared_keys_but_no_consumer_keys() {
+        let config = config_with("\"session.timeout.ms\" = 30000\n\"fetch.wait.max.ms\" = 5\n\"client.id\" = \"sc\"");
+        let c = producer_side_config(&config);
+        assert_eq!(c.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        assert_eq!(c.get("client.id"), Some("sc"));
+        assert_eq!((c.get("session.timeout.ms"), c.get("fetch.wait.max.ms")), (None, None));
     }
 
     /// A minimal valid config with `kafka` lines in `[kafka]`.

@@ -43,7 +43,7 @@ use crate::alert::AlertSink;
 use crate::bundle::Bundle;
 use crate::config::{Config, JoinBy};
 use crate::event::{FeatureSchema, ModelRef};
-use crate::kafka::{client_config, ClusterError};
+use crate::kafka::{producer_side_config, ClusterError};
 use crate::shutdown::Shutdown;
 use election::Election;
 use metrics::MonitorMetrics;
@@ -77,7 +77,7 @@ pub fn spawn(
     let topics = Topics::new(config);
     let consumer = run::consumer(config, &topics, metrics::LagGauges::register(registry))?;
     let election = Election::join(config)?;
-    let producer: BaseProducer = client_config(config).create().map_err(ClusterError::Client)?;
+    let producer: BaseProducer = producer_side_config(config).create().map_err(ClusterError::Client)?;
     let m = &bundle.manifest;
     let model = ModelRef { name: m.name.clone(), version: m.version.clone() };
     if cfg.join_by == JoinBy::Time && m.frequency.is_none() {
