@@ -29,7 +29,11 @@ whole wait even when data is there; Kafka does not):
      backlog's predictions are compared with streamcast's for the same event ids (within 1e-4,
      and the same `warmup` flag);
   4. latency at a fixed rate: BENCH_RATE (2000) events/s for BENCH_SECONDS (10); end-to-end p50 and
-     p99, from handing an event to the producer to reading its prediction back. The seed worker
+     p99, from handing an event to the producer to reading its prediction back; and p50 and p99 to
+     the worker's produce, from handing the event over to its prediction record's timestamp (every
+     worker's producer stamps a record when it is handed over: librdkafka and kafka-python by
+     default, streamcast with the batch's `produced_at`), which leaves out the way back to the
+     bench's reader; and for streamcast its own `latency_ms` (poll to producer). The seed worker
      runs at half its own backlog rate when that is below BENCH_RATE (BENCH_SEED_RATE overrides);
   5. streamcast and passthrough only: the same at half the passthrough backlog rate of the same
      bundle and form (BENCH_HIGH_RATE overrides). When the machine cannot carry that rate end to
@@ -38,7 +42,8 @@ whole wait even when data is there; Kafka does not):
      half when queues built up (more than 1 s of events waiting, which also stops the run early,
      or p99 over 250 ms), or to 90 % of what the producer loop sustained; each step is printed,
      and streamcast runs at the rate passthrough held. "p99 added over passthrough" is streamcast's
-     p99 minus passthrough's at the same rate, on the same broker.
+     p99 minus passthrough's at the same rate, on the same broker, end to end and to the worker's
+     produce.
 BENCH_FORECAST (default 1; 0 skips it) adds what the forecasting features cost: streamcast on
 co2-gru observation events on a weekly grid per series (BENCH_FORECAST_EVENTS, 200000; the median
 of BENCH_FORECAST_REPEATS, 3, interleaved runs), backlog only, without intervals or
@@ -57,6 +62,7 @@ this machine's cores.
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -66,7 +72,7 @@ import time
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +98,7 @@ SATURATED_MS = 250
 # A latency run stops sending once this many seconds of its events are waiting for an answer.
 ABORT_S = 1.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+LATENCY_MS = re.compile(rb'"latency_ms":(-?[0-9.]+(?:[eE][-+]?[0-9]+)?)')
 TIMESTAMP = "2026-11-26T19:00:00Z"
 GRID_START = 0  # 1970-01-01, a Thursday: weekly steps from there
 WEEK_S = 7 * 86400
@@ -332,6 +339,14 @@ def latency(rig: "Rig", rate: float, seconds: float, prefix: str) -> dict:
     prod, c, topic, events = rig.prod, rig.c, rig.topic, rig.events
     sent: dict = {}
     lat: list = []
+    # Send time to the prediction record's timestamp (wall clock, milliseconds): the way in and
+    # through the worker, without the way back to this loop's reader, which shares its core with
+    # this loop's producer and is the first to fall behind at high rates.
+    to_produce: list = []
+    wall = time.time() - time.monotonic()
+    # streamcast's own `latency_ms` (poll to producer), from every 8th prediction: parsing all of
+    # them would slow this loop, the rig's bottleneck at high rates.
+    in_worker: list = []
 
     def collect(timeout: float) -> None:
         batch = consume(c, timeout)
@@ -340,6 +355,11 @@ def latency(rig: "Rig", rate: float, seconds: float, prefix: str) -> dict:
             t = sent.pop(ident(m.value()), None)
             if t is not None:
                 lat.append((now - t) * 1e3)
+                kind, stamp = m.timestamp()
+                if kind != TIMESTAMP_NOT_AVAILABLE:
+                    to_produce.append(stamp - (t + wall) * 1e3)
+                if len(lat) % 8 == 0 and (own := LATENCY_MS.search(m.value())):
+                    in_worker.append(float(own.group(1)))
 
     total = int(rate * seconds)
     limit = max(1000, rate * ABORT_S)
@@ -368,6 +388,8 @@ def latency(rig: "Rig", rate: float, seconds: float, prefix: str) -> dict:
     while sent and time.monotonic() < deadline:
         collect(0.05)
     lat.sort()
+    to_produce.sort()
+    in_worker.sort()
     return {
         "target_rate": round(rate, 1),
         "achieved_rate": round(i / sent_span, 1),
@@ -375,6 +397,10 @@ def latency(rig: "Rig", rate: float, seconds: float, prefix: str) -> dict:
         "answered": len(lat),
         "p50_ms": round(quantile(lat, 0.50), 2),
         "p99_ms": round(quantile(lat, 0.99), 2),
+        "p50_to_produce_ms": round(quantile(to_produce, 0.50), 2),
+        "p99_to_produce_ms": round(quantile(to_produce, 0.99), 2),
+        **({"p50_in_worker_ms": round(quantile(in_worker, 0.50), 2), "p99_in_worker_ms": round(quantile(in_worker, 0.99), 2)}
+           if in_worker else {}),
         **({"aborted_after_s": round(sent_span, 1)} if aborted else {}),
     }
 
@@ -613,8 +639,9 @@ def summarize(model: str, form: str, cases: dict, group: dict) -> tuple:
         "streamcast_events_per_s_over_seed": ratio(get("streamcast", "events_per_s"), get("seed", "events_per_s")),
     }
     for run, key in [("latency", "p99_added_over_passthrough_ms"), ("latency_high", "p99_added_over_passthrough_high_rate_ms")]:
-        a, b = lat("streamcast", run, "p99_ms"), lat("passthrough", run, "p99_ms")
-        r[key] = round(a - b, 2) if a is not None and b is not None else None
+        for figure, name in [("p99_ms", key), ("p99_to_produce_ms", key.replace("p99_", "p99_to_produce_"))]:
+            a, b = lat("streamcast", run, figure), lat("passthrough", run, figure)
+            r[name] = round(a - b, 2) if a is not None and b is not None else None
     want_tuned = {("co2-mlp", "window"): 5, ("co2-gru", "window"): 4}.get((model, form))
     x = r["tuned_cpu_per_1k_over_streamcast"]
     if x is not None:
@@ -635,6 +662,16 @@ def summarize(model: str, form: str, cases: dict, group: dict) -> tuple:
             line += (f", {r['p99_added_over_passthrough_high_rate_ms']:+.1f} ms at {fmt(lat('streamcast', 'latency_high', 'achieved_rate'), '.0f')}/s"
                      f" (passthrough {fmt(lat('passthrough', 'latency_high', 'achieved_rate'), '.0f')}/s)")
         lines.append(line)
+        if r["p99_to_produce_added_over_passthrough_ms"] is not None:
+            line = f"  of that to the worker's produce: {r['p99_to_produce_added_over_passthrough_ms']:+.1f} ms"
+            if r["p99_to_produce_added_over_passthrough_high_rate_ms"] is not None:
+                line += f", {r['p99_to_produce_added_over_passthrough_high_rate_ms']:+.1f} ms"
+            lines.append(line)
+    own = [lat("streamcast", run, "p99_in_worker_ms") for run in ("latency", "latency_high")]
+    r["streamcast_p99_in_worker_ms"], r["streamcast_p99_in_worker_high_rate_ms"] = own
+    if own[0] is not None:
+        lines.append("  streamcast's own p99 (`latency_ms`, poll to producer): "
+                     + ", ".join(f"{v:.1f} ms" for v in own if v is not None))
     ceiling = ort_ceiling(model) if "streamcast" in cases else None
     if ceiling:
         r["ort_ceiling_windows_per_s"] = ceiling["windows_per_s"]
@@ -683,15 +720,17 @@ def markdown(out: dict) -> str:
         rows.append(f"| {title} | {label[r['worker']]} | {f'**{eps}**' if bold else eps} | {f'**{cpu}**' if bold else cpu} "
                     f"| {fmt(r.get('peak_rss_mib'), '.0f')} | {fmt(r.get('idle_cpu_percent'), '.1f')} | {p99} | {p99_high} |")
     ratios = ["| bundle, events | CPU per event, tuned / streamcast | events/s, streamcast / passthrough "
-              "| events/s, streamcast / tuned | events/s, streamcast / ORT's ceiling | p99 added over passthrough, ms |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| events/s, streamcast / tuned | events/s, streamcast / ORT's ceiling | p99 added over passthrough, ms "
+              "| of that to the worker's produce, ms | streamcast's own p99 (`latency_ms`), ms |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    both = lambda s, key, spec: ", ".join(v for v in (fmt(s.get(key + "_ms"), spec), fmt(s.get(key + "_high_rate_ms"), spec)) if v != "-")  # noqa: E731
     for s in out.get("summary", []):
-        added = ", ".join(v for v in (fmt(s.get("p99_added_over_passthrough_ms"), "+.1f"),
-                                      fmt(s.get("p99_added_over_passthrough_high_rate_ms"), "+.1f")) if v != "-")
+        added, to_produce = both(s, "p99_added_over_passthrough", "+.1f"), both(s, "p99_to_produce_added_over_passthrough", "+.1f")
+        own = both(s, "streamcast_p99_in_worker", ".1f")
         ratios.append(f"| {s['model']}, {forms[s['form']]} | {fmt(s.get('tuned_cpu_per_1k_over_streamcast'), '.1f')}× "
                       f"| {fmt(s.get('streamcast_events_per_s_over_passthrough'), '.2f')} "
                       f"| {fmt(s.get('streamcast_events_per_s_over_tuned'), '.2f')} "
-                      f"| {fmt(s.get('streamcast_events_per_s_over_ort_ceiling'), '.2f')} | {added or '-'} |")
+                      f"| {fmt(s.get('streamcast_events_per_s_over_ort_ceiling'), '.2f')} | {added or '-'} | {to_produce or '-'} | {own or '-'} |")
     return "\n".join(rows) + "\n\n" + "\n".join(ratios) + "\n"
 
 
