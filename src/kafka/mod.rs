@@ -42,24 +42,31 @@ impl From<KafkaError> for ClusterError {
     }
 }
 
-/// Builds a librdkafka client config: streamcast's defaults, then the user's `[kafka]` table.
-pub fn client_config(config: &Config) -> ClientConfig {
+/// The user's `[kafka]` table for a consumer: every key but those only producers understand.
+/// For the monitor's consumers and the readers; the inference group's consumer adds its own
+/// settings ([`group_consumer_config`]).
+pub fn consumer_side_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
-    for (k, v) in config.kafka_properties() {
-        c.set(k, v);
-    }
+    apply_kafka_table(&mut c, config, &PRODUCER_ONLY);
     c
 }
 
-/// [`client_config`] without the `[kafka]` properties only consumers understand: for the side
-/// producers (alerts, the monitor's snapshots, `produce`) and admin clients, which librdkafka
-/// builds on a producer handle and which would warn about each consumer property at start-up.
+/// The user's `[kafka]` table for a producer: every key but those only consumers understand.
+/// For the side producers (alerts, the monitor's snapshots, `produce`) and admin clients, which
+/// librdkafka builds on a producer handle; the prediction producer adds its own settings
+/// ([`producer_config`]).
 pub fn producer_side_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
-    for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &CONSUMER_ONLY)) {
+    apply_kafka_table(&mut c, config, &CONSUMER_ONLY);
+    c
+}
+
+/// Sets the `[kafka]` table on `c`, over whatever defaults `c` holds, less the keys that only
+/// `other_side` understands (librdkafka warns about each of those at start-up).
+fn apply_kafka_table(c: &mut ClientConfig, config: &Config, other_side: &[&str]) {
+    for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, other_side)) {
         c.set(k, v);
     }
-    c
 }
 
 /// Prefixes of librdkafka properties that only producers (or only consumers) understand. The
@@ -114,9 +121,7 @@ pub fn group_consumer_config(config: &Config, prefetch: usize) -> ClientConfig {
         .set("queued.max.messages.kbytes", "16384")
         .set("queued.min.messages", prefetch.clamp(1_000, 10_000_000).to_string())
         .set("fetch.queue.backoff.ms", REFILL_BACKOFF_MS);
-    for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &PRODUCER_ONLY)) {
-        c.set(k, v);
-    }
+    apply_kafka_table(&mut c, config, &PRODUCER_ONLY);
     c.set("group.id", &config.consumer.group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
@@ -130,7 +135,7 @@ pub fn group_consumer_config(config: &Config, prefetch: usize) -> ClientConfig {
 /// callback; a 10 ms backoff costs only wake-ups, and only while the queue is full.
 const REFILL_BACKOFF_MS: &str = "10";
 
-/// Sets the short refill backoff on a consumer config built from [`client_config`], unless
+/// Sets the short refill backoff on a consumer config built from [`consumer_side_config`], unless
 /// `[kafka]` sets one.
 pub fn refill_quickly(c: &mut ClientConfig, config: &Config) {
     if !config.kafka.contains_key("fetch.queue.backoff.ms") {
@@ -144,9 +149,7 @@ pub fn producer_config(config: &Config) -> ClientConfig {
     // Idempotence: retries during a broker stall neither duplicate nor reorder predictions within
     // a partition (it implies acks=all). `[kafka]` may turn it off for a broker without it.
     c.set("linger.ms", "5").set("acks", "all").set("enable.idempotence", "true").set("statistics.interval.ms", "5000");
-    for (k, v) in config.kafka_properties().filter(|(k, _)| is_for(k, &CONSUMER_ONLY)) {
-        c.set(k, v);
-    }
+    apply_kafka_table(&mut c, config, &CONSUMER_ONLY);
     c
 }
 
@@ -159,7 +162,7 @@ pub fn max_record_bytes(config: &Config) -> usize {
 /// A consumer that is assigned partitions by hand, never subscribed and never committing:
 /// `<consumer.group_id>-<purpose>` only names the client to the broker.
 pub fn reader_config(config: &Config, purpose: &str) -> ClientConfig {
-    let mut c = client_config(config);
+    let mut c = consumer_side_config(config);
     c.set("group.id", format!("{}-{purpose}", config.consumer.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false");
@@ -396,12 +399,18 @@ mod tests {
     }
 
     #[test]
-    fn side_producers_get_the_shared_keys_but_no_consumer_keys() {
-        let config = config_with("\"session.timeout.ms\" = 30000\n\"fetch.wait.max.ms\" = 5\n\"client.id\" = \"sc\"");
-        let c = producer_side_config(&config);
-        assert_eq!(c.get("bootstrap.servers"), Some("127.0.0.1:9092"));
-        assert_eq!(c.get("client.id"), Some("sc"));
-        assert_eq!((c.get("session.timeout.ms"), c.get("fetch.wait.max.ms")), (None, None));
+    fn each_side_gets_the_shared_keys_but_not_the_other_sides() {
+        let config = config_with(
+            "\"session.timeout.ms\" = 30000\n\"fetch.wait.max.ms\" = 5\n\"client.id\" = \"sc\"\n\"linger.ms\" = 20",
+        );
+        let p = producer_side_config(&config);
+        assert_eq!((p.get("bootstrap.servers"), p.get("client.id")), (Some("127.0.0.1:9092"), Some("sc")));
+        assert_eq!(p.get("linger.ms"), Some("20"));
+        assert_eq!((p.get("session.timeout.ms"), p.get("fetch.wait.max.ms")), (None, None));
+        let c = consumer_side_config(&config);
+        assert_eq!((c.get("bootstrap.servers"), c.get("client.id")), (Some("127.0.0.1:9092"), Some("sc")));
+        assert_eq!((c.get("session.timeout.ms"), c.get("fetch.wait.max.ms")), (Some("30000"), Some("5")));
+        assert_eq!(c.get("linger.ms"), None);
     }
 
     /// A minimal valid config with `kafka` lines in `[kafka]`.

@@ -19,7 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::ClientContext;
 
 use crate::config::Config;
-use crate::kafka::{client_config, ClusterError};
+use crate::kafka::{consumer_side_config, ClusterError};
 
 /// The election group's id.
 pub fn group_id(config: &Config) -> String {
@@ -66,7 +66,7 @@ pub struct Election {
 impl Election {
     /// Joins the election group (the alerts topic must exist; the monitor checks that first).
     pub fn join(config: &Config) -> Result<Election, ClusterError> {
-        let mut cc = client_config(config);
+        let mut cc = consumer_side_config(config);
         cc.set("group.id", group_id(config))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest")

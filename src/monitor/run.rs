@@ -16,7 +16,7 @@ use super::publish::Publisher;
 use super::scoring::{Rejection, Scoring};
 use crate::config::{Config, MonitorConfig};
 use crate::event::{Actual, EventValues, FeatureSchema, InputEvent, Prediction, Variant};
-use crate::kafka::{client_config, reader_config, require_topics, ClusterError};
+use crate::kafka::{consumer_side_config, reader_config, require_topics, ClusterError};
 use crate::shutdown::Shutdown;
 
 /// What the records of a topic the monitor reads are.
@@ -150,7 +150,7 @@ pub fn consumer(
     topics: &Topics,
     lag: super::metrics::LagGauges,
 ) -> Result<BaseConsumer<MonitorContext>, ClusterError> {
-    let mut cc = client_config(config);
+    let mut cc = consumer_side_config(config);
     cc.set("group.id", group_id(config))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
