@@ -490,6 +490,10 @@ pub struct ProcessingConfig {
     /// (`streamcast_unproducible_records_total`) and commits past it; `stop` exits 1 without
     /// committing, as for any other delivery failure.
     pub unproducible: Unproducible,
+    /// Once start-up is over (the consumer's first assignment), and after each session the
+    /// registry builds, unmap the pages of ONNX Runtime's and the binary's code that hold only
+    /// the files' bytes, so that what only start-up ran stops counting in RSS (`startup_pages`).
+    pub release_startup_pages: bool,
 }
 
 /// See [`ProcessingConfig::unproducible`].
@@ -509,6 +513,7 @@ impl Default for ProcessingConfig {
             shutdown_timeout: Duration::from_secs(30),
             passthrough: false,
             unproducible: Unproducible::Skip,
+            release_startup_pages: true,
         }
     }
 }

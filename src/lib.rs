@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`config`]: typed TOML config with environment overrides; errors name the key.
 //! - [`shutdown`]: the shutdown signal shared by all threads and tasks.
+//! - [`startup_pages`]: hands the kernel back the code pages only start-up ran.
 //! - [`event`]: InputEvent / Prediction / Actual types mirroring `schemas/`; decode errors;
 //!   `event::scan`, the one-pass decoder for valid events (serde decodes the rest).
 //! - [`bundle`]: model bundles: load, validate, resolve `latest`, stay inside the root.
@@ -67,6 +68,7 @@ pub mod registry;
 pub mod serve;
 pub mod served;
 pub mod shutdown;
+pub mod startup_pages;
 pub mod table;
 pub mod telemetry;
 pub mod topics;

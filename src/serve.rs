@@ -3,10 +3,10 @@
 //! piece is started from its own config section; model loading lives in [`crate::loader`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::alert::{Alert, AlertSink, Details, ProviderFallbackDetails};
 use crate::bundle::{self, Bundle, BundleError};
@@ -19,7 +19,7 @@ use crate::loader::{self, LoadError, Primary, Variants};
 use crate::pipeline::{PipelineError, RequestGate, Worker};
 use crate::served::{ServedModel, ServedModels, SharedServedModels, Signature, Slot, Status};
 use crate::shutdown::Shutdown;
-use crate::telemetry::events::{InternalEvent, ProviderSelected};
+use crate::telemetry::events::{InternalEvent, ProviderSelected, StartupPagesReleased};
 use crate::telemetry::Metrics;
 
 /// Why the worker could not start or stopped abnormally.
@@ -52,6 +52,10 @@ pub enum RunError {
 
 /// How long start-up waits for the cluster's first answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The longest start-up is taken to last before its pages are handed back
+/// (`processing.release_startup_pages`), for a worker that waits long for its first assignment.
+const STARTUP_SETTLES: Duration = Duration::from_secs(60);
 
 /// How long a shutdown may take beyond `processing.shutdown_timeout` (thread joins, the last
 /// commit, leaving the group) before the process exits anyway, with an error.
@@ -424,6 +428,64 @@ pub async fn start(
     Ok(Running { worker, registry, decisions, monitor, model, provider, http_addr, readiness })
 }
 
+/// When to hand start-up's pages back (`processing.release_startup_pages`): once start-up is
+/// over, and again after each model version the registry builds a session for, since building
+/// one runs much of the same code.
+struct PageRelease {
+    enabled: bool,
+    /// Until the first release: when it happens even without an assignment.
+    first_by: Option<Instant>,
+    /// Registry loads and refusals seen, each a session built.
+    sessions: u64,
+}
+
+impl PageRelease {
+    fn new(config: &Config, metrics: &Metrics) -> PageRelease {
+        let enabled = config.processing.release_startup_pages;
+        PageRelease { enabled, first_by: Some(Instant::now() + STARTUP_SETTLES), sessions: Self::sessions(metrics) }
+    }
+
+    fn sessions(metrics: &Metrics) -> u64 {
+        ["loaded", "rejected"].iter().map(|r| metrics.model_reloads.with_label_values(&[r]).get()).sum()
+    }
+
+    fn due(&mut self, readiness: &Readiness, metrics: &Metrics) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        if let Some(by) = self.first_by {
+            // Start-up ends with the consumer's first assignment (the group join is start-up
+            // code too); a worker kept waiting for one still releases within STARTUP_SETTLES.
+            let assigned = readiness.consumer.as_ref().is_none_or(|c| c.assigned_once.load(Ordering::SeqCst));
+            if assigned || Instant::now() >= by {
+                self.first_by = None;
+                self.sessions = Self::sessions(metrics);
+                return true;
+            }
+            return false;
+        }
+        let sessions = Self::sessions(metrics);
+        std::mem::replace(&mut self.sessions, sessions) != sessions
+    }
+}
+
+/// Hands the pages only start-up used back to the kernel (`processing.release_startup_pages`).
+fn release_startup_pages(metrics: &Metrics) {
+    // The two files most of start-up's code comes from, both mapped until the process exits.
+    let mut files: Vec<std::path::PathBuf> = std::env::current_exe().into_iter().collect();
+    files.extend(crate::inference::runtime::loaded_library().map(Into::into));
+    match crate::startup_pages::release(&files) {
+        Ok(r) => StartupPagesReleased {
+            mappings: r.mappings,
+            refused: r.refused,
+            resident_before: r.resident_before,
+            resident_after: r.resident_after,
+        }
+        .emit(metrics),
+        Err(error) => tracing::warn!(%error, "Could not hand start-up's pages back to the kernel."),
+    }
+}
+
 /// Runs until SIGTERM/SIGINT (or a fatal error), then shuts down cleanly.
 pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
     let shutdown = Shutdown::new();
@@ -446,15 +508,20 @@ pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
         None
     };
     let registry = metrics.registry.clone();
-    let running = start(config, metrics, shutdown.clone(), role).await?;
+    let running = start(config, metrics.clone(), shutdown.clone(), role).await?;
     tracing::info!(group = %config.consumer.group_id, topic = %config.topics.input, ?role, "Worker started.");
     let mut ticks = 0u32;
+    let mut release_pages = PageRelease::new(config, &metrics);
     while !shutdown.is_triggered() && running.alive() && crate::kafka::runtime_refusal().is_none() {
         tokio::select! {
             _ = shutdown.wait() => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         ticks = ticks.wrapping_add(1);
+        if release_pages.due(&running.readiness, &metrics) {
+            let metrics = metrics.clone();
+            tokio::task::spawn_blocking(move || release_startup_pages(&metrics));
+        }
         // Label-vector families appear with their first sample: bridge newcomers every 5 s.
         if let Some(o) = otel.as_ref().filter(|_| ticks.is_multiple_of(25)) {
             o.bridge(&registry);

@@ -62,6 +62,15 @@ fn a_new_version_takes_over_mid_stream_and_a_broken_one_is_refused() {
     // once, from 1 to 3 (the input has one partition, so every series saw the swap at one point).
     assert_one_swap(&reader.records, 3300, "1", "3");
     assert!(worker.log_text().contains("Model swapped."));
+    // Start-up's pages went back to the kernel once, and again after the sessions the registry
+    // built (the refused version 2, unless start-up's release came after it, and version 3)
+    // while events flowed: the checks below cover predictions made on code mapped back in.
+    let handed_back = || worker.log_text().matches("Handed start-up's pages back").count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while handed_back() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!((2..=3).contains(&handed_back()), "{}", worker.log_text());
 
     // Each prediction equals what its claimed version computes for the same event history
     // (`streamcast predict` builds the same windows; the two versions differ).
@@ -115,4 +124,23 @@ fn auto_falls_back_to_cpu_loudly_without_cuda() {
     assert!(metrics.contains("streamcast_execution_provider{provider=\"cpu\"} 1"));
     let models: serde_json::Value = serde_json::from_str(&http_get(port, "/models")).unwrap();
     assert_eq!(models["models"][0]["execution_provider"], "cpu");
+}
+
+#[test]
+fn start_up_pages_go_back_to_the_kernel_and_the_worker_keeps_predicting() {
+    let topics = Topics::create(1);
+    let mut worker = Worker::start(&topics.config("co2-gru", "1", ""));
+    let port = worker.http_port();
+    // After the first assignment (`processing.release_startup_pages`, on by default).
+    worker.wait_for_log("Handed start-up's pages back to the kernel.", Duration::from_secs(60));
+    let released = metric_value(&http_get(port, "/metrics"), "streamcast_startup_pages_released_bytes");
+    // ONNX Runtime's session set-up alone leaves about 15 MiB of its code resident.
+    assert!(released > 8.0 * 1048576.0, "{released} bytes released:\n{}", worker.log_text());
+
+    // The code the hot path needs comes back from the files: events still become predictions.
+    let mut reader = Reader::new(&topics.predictions);
+    send_keyed(&topics.input, &events(0, 200));
+    assert!(reader.read_until(Duration::from_secs(60), |r| r.len() >= 200), "{}", worker.log_text());
+    let rows: Vec<serde_json::Value> = reader.records.iter().map(|r| r.json()).collect();
+    assert!(rows.iter().all(|p| p["prediction"].as_array().is_some_and(|v| v.len() == 4)), "{:?}", rows[0]);
 }

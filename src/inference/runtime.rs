@@ -12,6 +12,7 @@ use ort::environment::Environment;
 use super::InferenceError;
 
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+static LOADED: OnceLock<PathBuf> = OnceLock::new();
 
 /// The process-wide ONNX Runtime environment, loading the library on first use.
 pub fn environment() -> Result<&'static Environment, InferenceError> {
@@ -25,6 +26,7 @@ pub fn environment() -> Result<&'static Environment, InferenceError> {
             let builder =
                 ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
             tracing::debug!(path = %path.display(), "Loaded ONNX Runtime.");
+            let _ = LOADED.set(path);
             builder
                 .with_name("streamcast")
                 .build()
@@ -32,6 +34,11 @@ pub fn environment() -> Result<&'static Environment, InferenceError> {
         })
         .as_ref()
         .map_err(|message| InferenceError::Runtime(message.clone()))
+}
+
+/// The library [`environment`] loaded; it stays loaded for the life of the process.
+pub fn loaded_library() -> Option<&'static Path> {
+    LOADED.get().map(PathBuf::as_path)
 }
 
 /// Where the library was found (for start-up reports); `None` if it cannot be found.

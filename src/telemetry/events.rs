@@ -267,6 +267,30 @@ impl InternalEvent for PrimaryLoadFailed<'_> {
     }
 }
 
+/// The pages only start-up used were handed back to the kernel (`startup_pages`).
+pub struct StartupPagesReleased {
+    pub mappings: usize,
+    /// Mappings the kernel refused (a kernel before 5.4 refuses all of them).
+    pub refused: usize,
+    pub resident_before: u64,
+    pub resident_after: u64,
+}
+
+impl InternalEvent for StartupPagesReleased {
+    fn emit(self, metrics: &Metrics) {
+        let mib = |b: u64| (b as f64 / 1048576.0 * 10.0).round() / 10.0;
+        tracing::info!(
+            mappings = self.mappings,
+            refused = self.refused,
+            resident_before_mib = mib(self.resident_before),
+            resident_after_mib = mib(self.resident_after),
+            "Handed start-up's pages back to the kernel."
+        );
+        let shrank = self.resident_before.saturating_sub(self.resident_after);
+        metrics.startup_pages_released_bytes.set(i64::try_from(shrank).unwrap_or(i64::MAX));
+    }
+}
+
 /// The execution provider the primary's session runs on (logged when the session was built).
 pub struct ProviderSelected {
     /// `cpu` or `cuda`.
