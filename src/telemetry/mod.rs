@@ -68,7 +68,8 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     /// 1 when CUDA was asked for (`auto`) and the worker fell back to CPU.
     pub execution_provider_fallback: IntGauge,
-    /// How much the resident set shrank when start-up's pages were handed back (`startup_pages`).
+    /// How much the resident set shrank at the last hand-back of start-up's pages (`startup_pages`):
+    /// once start-up is over, then after each session the registry builds.
     pub startup_pages_released_bytes: IntGauge,
     /// Batches handed to the inference thread and not yet handed to the producer (0 or 1 per
     /// worker: one inference thread scores one batch at a time).
@@ -196,7 +197,7 @@ impl Metrics {
             ),
             startup_pages_released_bytes: gauge(
                 "streamcast_startup_pages_released_bytes",
-                "Bytes the resident set shrank by when the pages only start-up used were handed back to the kernel.",
+                "Bytes the resident set shrank by at the last hand-back of start-up's code pages to the kernel.",
             ),
             model_reloads: counter_vec(
                 "streamcast_model_reloads_total",
