@@ -19,7 +19,7 @@ use crate::loader::{self, LoadError, Primary, Variants};
 use crate::pipeline::{PipelineError, RequestGate, Worker};
 use crate::served::{ServedModel, ServedModels, SharedServedModels, Signature, Slot, Status};
 use crate::shutdown::Shutdown;
-use crate::telemetry::events::{InternalEvent, ProviderSelected, StartupPagesReleased};
+use crate::telemetry::events::{InternalEvent, ProviderSelected, StartupPagesNotReleased, StartupPagesReleased};
 use crate::telemetry::Metrics;
 
 /// Why the worker could not start or stopped abnormally.
@@ -435,13 +435,13 @@ struct PageRelease {
     enabled: bool,
     /// Until the first release: when it happens even without an assignment.
     first_by: Option<Instant>,
-    /// Registry loads and refusals seen, each a session built.
+    /// Registry loads and refusals seen: most refusals come after a session was built too (a
+    /// golden case that does not match), and a needless release costs a few minor faults.
     sessions: u64,
 }
 
 impl PageRelease {
-    fn new(config: &Config, metrics: &Metrics) -> PageRelease {
-        let enabled = config.processing.release_startup_pages;
+    fn new(enabled: bool, metrics: &Metrics) -> PageRelease {
         PageRelease { enabled, first_by: Some(Instant::now() + STARTUP_SETTLES), sessions: Self::sessions(metrics) }
     }
 
@@ -471,10 +471,10 @@ impl PageRelease {
 
 /// Hands the pages only start-up used back to the kernel (`processing.release_startup_pages`).
 fn release_startup_pages(metrics: &Metrics) {
-    // The two files most of start-up's code comes from, both mapped until the process exits.
-    let mut files: Vec<std::path::PathBuf> = std::env::current_exe().into_iter().collect();
-    files.extend(crate::inference::runtime::loaded_library().map(Into::into));
-    match crate::startup_pages::release(&files) {
+    // With the executable, the file most of start-up's code comes from; loaded for good.
+    let ort: Vec<std::path::PathBuf> =
+        crate::inference::runtime::loaded_library().map(Into::into).into_iter().collect();
+    match crate::startup_pages::release(&ort) {
         Ok(r) => StartupPagesReleased {
             mappings: r.mappings,
             refused: r.refused,
@@ -482,7 +482,7 @@ fn release_startup_pages(metrics: &Metrics) {
             resident_after: r.resident_after,
         }
         .emit(metrics),
-        Err(error) => tracing::warn!(%error, "Could not hand start-up's pages back to the kernel."),
+        Err(error) => StartupPagesNotReleased { error: &error }.emit(metrics),
     }
 }
 
@@ -511,7 +511,7 @@ pub async fn run(config: &Config, role: Role) -> Result<(), RunError> {
     let running = start(config, metrics.clone(), shutdown.clone(), role).await?;
     tracing::info!(group = %config.consumer.group_id, topic = %config.topics.input, ?role, "Worker started.");
     let mut ticks = 0u32;
-    let mut release_pages = PageRelease::new(config, &metrics);
+    let mut release_pages = PageRelease::new(config.processing.release_startup_pages, &metrics);
     while !shutdown.is_triggered() && running.alive() && crate::kafka::runtime_refusal().is_none() {
         tokio::select! {
             _ = shutdown.wait() => {}

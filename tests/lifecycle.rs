@@ -62,15 +62,15 @@ fn a_new_version_takes_over_mid_stream_and_a_broken_one_is_refused() {
     // once, from 1 to 3 (the input has one partition, so every series saw the swap at one point).
     assert_one_swap(&reader.records, 3300, "1", "3");
     assert!(worker.log_text().contains("Model swapped."));
-    // Start-up's pages went back to the kernel once, and again after the sessions the registry
-    // built (the refused version 2, unless start-up's release came after it, and version 3)
+    // Start-up's pages went back to the kernel once, and again after the versions the registry
+    // checked (the refused version 2, unless start-up's release came after it, and version 3)
     // while events flowed: the checks below cover predictions made on code mapped back in.
     let handed_back = || worker.log_text().matches("Handed start-up's pages back").count();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while handed_back() < 3 && std::time::Instant::now() < deadline {
+    while handed_back() < 2 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!((2..=3).contains(&handed_back()), "{}", worker.log_text());
+    assert!(handed_back() >= 2, "{}", worker.log_text());
 
     // Each prediction equals what its claimed version computes for the same event history
     // (`streamcast predict` builds the same windows; the two versions differ).

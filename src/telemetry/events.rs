@@ -270,7 +270,7 @@ impl InternalEvent for PrimaryLoadFailed<'_> {
 /// The pages only start-up used were handed back to the kernel (`startup_pages`).
 pub struct StartupPagesReleased {
     pub mappings: usize,
-    /// Mappings the kernel refused (a kernel before 5.4 refuses all of them).
+    /// Mappings the kernel refused (a locked mapping, or a seccomp filter).
     pub refused: usize,
     pub resident_before: u64,
     pub resident_after: u64,
@@ -288,6 +288,18 @@ impl InternalEvent for StartupPagesReleased {
         );
         let shrank = self.resident_before.saturating_sub(self.resident_after);
         metrics.startup_pages_released_bytes.set(i64::try_from(shrank).unwrap_or(i64::MAX));
+    }
+}
+
+/// Start-up's pages could not be handed back (`/proc` unreadable): the worker runs on, holding them.
+pub struct StartupPagesNotReleased<'a> {
+    pub error: &'a std::io::Error,
+}
+
+impl InternalEvent for StartupPagesNotReleased<'_> {
+    fn emit(self, _metrics: &Metrics) {
+        // The gauge stays 0, which is what went back.
+        tracing::warn!(error = %self.error, "Could not hand start-up's pages back to the kernel.");
     }
 }
 
