@@ -475,13 +475,7 @@ fn release_startup_pages(metrics: &Metrics) {
     let ort: Vec<std::path::PathBuf> =
         crate::inference::runtime::loaded_library().map(Into::into).into_iter().collect();
     match crate::startup_pages::release(&ort) {
-        Ok(r) => StartupPagesReleased {
-            mappings: r.mappings,
-            refused: r.refused,
-            resident_before: r.resident_before,
-            resident_after: r.resident_after,
-        }
-        .emit(metrics),
+        Ok(released) => StartupPagesReleased(released).emit(metrics),
         Err(error) => StartupPagesNotReleased { error: &error }.emit(metrics),
     }
 }

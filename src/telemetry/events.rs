@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::Metrics;
 use crate::alert::Decision;
 use crate::event::{ModelRef, RejectKind, Variant};
+use crate::startup_pages::Released;
 
 /// Something worth a log line and a metric.
 pub trait InternalEvent {
@@ -268,25 +269,20 @@ impl InternalEvent for PrimaryLoadFailed<'_> {
 }
 
 /// The pages only start-up used were handed back to the kernel (`startup_pages`).
-pub struct StartupPagesReleased {
-    pub mappings: usize,
-    /// Mappings the kernel refused (a locked mapping, or a seccomp filter).
-    pub refused: usize,
-    pub resident_before: u64,
-    pub resident_after: u64,
-}
+pub struct StartupPagesReleased(pub Released);
 
 impl InternalEvent for StartupPagesReleased {
     fn emit(self, metrics: &Metrics) {
+        let Released { mappings, refused, resident_before, resident_after } = self.0;
         let mib = |b: u64| (b as f64 / 1048576.0 * 10.0).round() / 10.0;
         tracing::info!(
-            mappings = self.mappings,
-            refused = self.refused,
-            resident_before_mib = mib(self.resident_before),
-            resident_after_mib = mib(self.resident_after),
+            mappings,
+            refused,
+            resident_before_mib = mib(resident_before),
+            resident_after_mib = mib(resident_after),
             "Handed start-up's pages back to the kernel."
         );
-        let shrank = self.resident_before.saturating_sub(self.resident_after);
+        let shrank = resident_before.saturating_sub(resident_after);
         metrics.startup_pages_released_bytes.set(i64::try_from(shrank).unwrap_or(i64::MAX));
     }
 }
@@ -298,7 +294,7 @@ pub struct StartupPagesNotReleased<'a> {
 
 impl InternalEvent for StartupPagesNotReleased<'_> {
     fn emit(self, _metrics: &Metrics) {
-        // The gauge stays 0, which is what went back.
+        // The gauge keeps the last hand-back's figure; nothing went back this time.
         tracing::warn!(error = %self.error, "Could not hand start-up's pages back to the kernel.");
     }
 }
