@@ -95,7 +95,7 @@ $(BENCH_STAMP): $(TEST_STAMP) bench/requirements.txt
 	touch $@
 
 bench: ort test-deps broker build $(BENCH_STAMP)
-	cargo build $(CARGO_FLAGS) --example ort_ceiling
+	cargo build $(CARGO_FLAGS) --example ort_ceiling --example loadgen
 	NISSHI=$(NISSHI) scripts/with-broker.sh $(VENV)/bin/python scripts/bench.py
 	NISSHI=$(NISSHI) scripts/with-broker.sh $(VENV)/bin/python scripts/idle_cpu.py
 
