@@ -103,9 +103,11 @@ fn event(i: usize, args: &Args, rows: &[String], out: &mut Vec<u8>) -> usize {
     series
 }
 
-/// The event index of an output record of this run: every worker writes `id` first.
+/// The event index of an output record of this run: every worker writes `id` first (the seed
+/// worker's `json.dumps` with a space after the colon).
 fn index(value: &[u8], prefix: &[u8]) -> Option<usize> {
-    let rest = value.strip_prefix(br#"{"id":""#)?.strip_prefix(prefix)?.strip_prefix(b"-")?;
+    let rest = value.strip_prefix(br#"{"id":"#)?.trim_ascii_start().strip_prefix(b"\"")?;
+    let rest = rest.strip_prefix(prefix)?.strip_prefix(b"-")?;
     let end = rest.iter().position(|&b| b == b'"')?;
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
@@ -114,7 +116,7 @@ fn index(value: &[u8], prefix: &[u8]) -> Option<usize> {
 fn own_latency(value: &[u8]) -> Option<f64> {
     const KEY: &[u8] = br#""latency_ms":"#;
     let at = value.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
-    let rest = &value[at..];
+    let rest = value[at..].trim_ascii_start();
     let end = rest.iter().position(|&b| !(b.is_ascii_digit() || b"-+.eE".contains(&b))).unwrap_or(rest.len());
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
@@ -304,6 +306,8 @@ mod tests {
         assert_eq!(index(br#"{"id":"hr0-123","x":1}"#, b"hr0"), Some(123));
         assert_eq!(index(br#"{"id":"hr1-123","x":1}"#, b"hr0"), None);
         assert_eq!(index(br#"{"id":"bl-5"}"#, b"hr"), None);
+        assert_eq!(index(br#"{"id": "lat-7", "x": 1}"#, b"lat"), Some(7));
+        assert_eq!(own_latency(br#"{"id": "a", "latency_ms": 0.5}"#), Some(0.5));
         assert_eq!(own_latency(br#"{"id":"a","latency_ms":1.25,"m":2}"#), Some(1.25));
         assert_eq!(own_latency(br#"{"id":"a"}"#), None);
     }
