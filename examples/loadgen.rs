@@ -66,6 +66,10 @@ struct Args {
     /// Stop sending once this many seconds of events are unanswered (queues are building up).
     #[arg(long, default_value_t = 1.0)]
     abort_s: f64,
+    /// Read each record's `latency_ms` (streamcast's own figure). Off for workers that write none,
+    /// such as passthrough, whose records would otherwise be scanned end to end for it.
+    #[arg(long)]
+    own_latency: bool,
     /// Print events 0..N (key, tab, value), one per line, and exit: to check them against bench.py's.
     #[arg(long)]
     dump: Option<usize>,
@@ -138,9 +142,11 @@ struct Collected {
     in_worker_ms: Vec<f64>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn read_back(
     reader: BaseConsumer,
     prefix: Vec<u8>,
+    own: bool,
     sent_ns: Arc<Vec<AtomicU64>>,
     answered: Arc<AtomicUsize>,
     done: Arc<AtomicBool>,
@@ -166,12 +172,23 @@ fn read_back(
         if let Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) = m.timestamp() {
             got.to_produce_ms.push(ms as f64 - (wall_t0_ms + sent as f64 / 1e6));
         }
-        if let Some(own) = m.payload().and_then(own_latency) {
-            got.in_worker_ms.push(own);
+        if own {
+            if let Some(v) = m.payload().and_then(own_latency) {
+                got.in_worker_ms.push(v);
+            }
         }
         answered.fetch_add(1, Ordering::Release);
     }
     got
+}
+
+/// This process's CPU time (user + system), seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given and reads nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// bench.py's `quantile`: the element at `floor(p * (n - 1))` of the sorted figures.
@@ -191,7 +208,7 @@ fn main() {
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
         .collect();
-    assert!(rows.len() > args.window, "--rows has fewer rows than the window");
+    assert!(rows.len() >= args.window, "--rows has fewer rows than the window");
     if let Some(n) = args.dump {
         let mut buf = Vec::new();
         for i in 0..n {
@@ -222,6 +239,10 @@ fn main() {
         .set("queue.buffering.max.kbytes", "2097151")
         .create()
         .expect("producer");
+    // Connected before the clock starts: the first events must not wait for the connection and
+    // the topic's metadata (over TLS that is several round trips).
+    producer.client().fetch_metadata(Some(&args.input), Duration::from_secs(10)).expect("metadata");
+    let cpu_start = cpu_seconds();
 
     let sent_ns: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let answered = Arc::new(AtomicUsize::new(0));
@@ -229,9 +250,9 @@ fn main() {
     let t0 = Instant::now();
     let wall_t0_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs_f64() * 1e3;
     let collector = {
-        let (prefix, sent_ns, answered, done) =
-            (args.prefix.clone().into_bytes(), sent_ns.clone(), answered.clone(), done.clone());
-        thread::spawn(move || read_back(reader, prefix, sent_ns, answered, done, t0, wall_t0_ms))
+        let (prefix, own, sent_ns, answered, done) =
+            (args.prefix.clone().into_bytes(), args.own_latency, sent_ns.clone(), answered.clone(), done.clone());
+        thread::spawn(move || read_back(reader, prefix, own, sent_ns, answered, done, t0, wall_t0_ms))
     };
 
     let limit = (args.rate * args.abort_s).max(1000.0) as usize;
@@ -265,7 +286,10 @@ fn main() {
         thread::sleep(next.saturating_sub(t0.elapsed()).min(tick));
     }
     let sent_span = t0.elapsed().as_secs_f64();
-    producer.flush(Duration::from_secs(30)).expect("flush");
+    if let Err(e) = producer.flush(Duration::from_secs(30)) {
+        // What was not delivered counts as unanswered, as in bench.py's Python loop.
+        eprintln!("loadgen: flush: {e}");
+    }
     let deadline = Instant::now() + Duration::from_secs_f64((i as f64 / args.rate).max(30.0));
     while answered.load(Ordering::Acquire) < i && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
@@ -286,6 +310,8 @@ fn main() {
         "p50_to_produce_ms": q(&got.to_produce_ms, 0.50),
         "p99_to_produce_ms": q(&got.to_produce_ms, 0.99),
         "load": "rust",
+        // The load's own CPU over the whole run (sending and reading back), % of one core.
+        "load_cpu_percent": ((cpu_seconds() - cpu_start) / t0.elapsed().as_secs_f64() * 1000.0).round() / 10.0,
     });
     if !got.in_worker_ms.is_empty() {
         out["p50_in_worker_ms"] = q(&got.in_worker_ms, 0.50).into();
@@ -310,5 +336,49 @@ mod tests {
         assert_eq!(own_latency(br#"{"id": "a", "latency_ms": 0.5}"#), Some(0.5));
         assert_eq!(own_latency(br#"{"id":"a","latency_ms":1.25,"m":2}"#), Some(1.25));
         assert_eq!(own_latency(br#"{"id":"a"}"#), None);
+    }
+
+    /// The bytes bench.py's `Events` builds for these rows (printed by it, with `ROW_JSON` and
+    /// `DATA` set to the four rows below).
+    #[test]
+    fn builds_the_events_bench_py_builds() {
+        let rows: Vec<String> = ["[1.5,2.0]", "[3.25,4.0]", "[5.0,6.0]", "[7.0,8.5]"].map(String::from).into();
+        let head = |i: usize, s: usize| {
+            format!(r#"{{"id":"hr1-{i}","series_id":"s-{s}","timestamp":"2026-11-26T19:00:00Z","features":"#)
+        };
+        let cases = [
+            ("observation", 0, 0, "[1.5,2.0]}"),
+            ("observation", 5, 5, "[5.0,6.0]}"),
+            ("observation", 201, 1, "[5.0,6.0]}"),
+            ("window", 0, 0, r#"[3.25,4.0],"window":[[1.5,2.0],[3.25,4.0]]}"#),
+            ("window", 5, 5, r#"[5.0,6.0],"window":[[3.25,4.0],[5.0,6.0]]}"#),
+            ("window", 201, 1, r#"[5.0,6.0],"window":[[3.25,4.0],[5.0,6.0]]}"#),
+        ];
+        let mut buf = Vec::new();
+        for (form, i, series, tail) in cases {
+            let args = Args::parse_from([
+                "loadgen",
+                "--bootstrap",
+                "b",
+                "--input",
+                "i",
+                "--output",
+                "o",
+                "--rows",
+                "r",
+                "--form",
+                form,
+                "--window",
+                "2",
+                "--prefix",
+                "hr1",
+                "--rate",
+                "1",
+                "--seconds",
+                "1",
+            ]);
+            assert_eq!(event(i, &args, &rows, &mut buf), series);
+            assert_eq!(String::from_utf8(buf.clone()).unwrap(), head(i, series) + tail, "{form} {i}");
+        }
     }
 }
