@@ -2,11 +2,12 @@
 //! and reads its output back, then prints the latency figures as one JSON line.
 //!
 //! `scripts/bench.py` used to do this in one Python loop (confluent-kafka producer and reader).
-//! At the high-rate runs (60 000–120 000 events/s) that loop took 60–90 % of one of the
-//! machine's two cores, and the broker and the worker slowed with it: most of what the bench
-//! reported as latency added by a worker was contention in the rig (`bench/FINDINGS.md`, "Where
-//! the latency at high rates goes"). Here the producer and the reader are librdkafka clients on
-//! two threads with no per-event interpreter work, so the rig takes a fraction of that.
+//! At 115 000 events/s that loop took 60–90 % of one of the machine's two cores, and the broker
+//! and the worker slowed with it, so much of what the bench reported as latency added by a worker
+//! was contention in the rig (`bench/FINDINGS.md`, "Where the latency at high rates goes"). Here
+//! the producer and the reader are librdkafka clients on two threads with no per-event
+//! interpreter work; the JSON line says what the load itself cost (`load_cpu_percent`, of one
+//! core, over the whole run).
 //!
 //! The events are byte for byte the ones `bench.py` builds (`Events`): the bench writes the CO2
 //! rows as it serializes them to `--rows`, one JSON array per line, so float formatting cannot

@@ -46,7 +46,8 @@ whole wait even when data is there; Kafka does not):
 The latency runs' load is examples/loadgen.rs: a librdkafka producer and reader on two threads,
 sending the same event bytes as this file. BENCH_LOAD=python uses the Python loop in this file
 instead (one confluent-kafka producer and reader in one loop), which took 60-90 % of a core at
-100 000 events/s and slowed the broker and the worker with it.
+115 000 events/s and slowed the broker and the worker with it. loadgen reports its own CPU
+(load_cpu_percent).
 BENCH_FORECAST (default 1; 0 skips it) adds what the forecasting features cost: streamcast on
 co2-gru observation events on a weekly grid per series (BENCH_FORECAST_EVENTS, 200000; the median
 of BENCH_FORECAST_REPEATS, 3, interleaved runs), backlog only, without intervals or
