@@ -493,6 +493,7 @@ def high_rate(model: str, form: str, cases: dict, group: dict) -> None:
         return
     group["high_rate"] = rate
     pairs: list = []
+    notes: dict = {"passthrough": [], "streamcast": []}
     for k in range(HIGH_PAIRS):
         pair = {}
         # ABBA: a drift over the pairs (the broker, the machine) does not favour either worker.
@@ -507,15 +508,15 @@ def high_rate(model: str, form: str, cases: dict, group: dict) -> None:
                 rig.stop()
             why = shortfall(pair[worker])
             if why:
-                cases[worker].setdefault("high_rate_notes", []).append(f"{worker} high-rate run {k + 1}: {why}")
+                notes[worker].append(f"{worker} high-rate run {k + 1}: {why}")
         pairs.append(pair)
     group["high_pairs"] = pairs
     for worker in ("passthrough", "streamcast"):
         runs = sorted((p[worker] for p in pairs), key=lambda run: run["p99_ms"] if run["p99_ms"] == run["p99_ms"] else float("inf"))
         cases[worker]["latency_high"] = runs[(len(runs) - 1) // 2]
         cases[worker]["latency_high_runs"] = [p[worker] for p in pairs]
-        if cases[worker].get("high_rate_notes"):
-            cases[worker]["high_rate_note"] = "; ".join(cases[worker].pop("high_rate_notes"))
+        if notes[worker]:
+            cases[worker]["high_rate_note"] = "; ".join(notes[worker])
 
 
 def median(xs: list) -> float | None:
