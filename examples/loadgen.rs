@@ -143,17 +143,25 @@ struct Collected {
     in_worker_ms: Vec<f64>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn read_back(
+/// The reader thread's side of a run: what it matches answers against, and the counters it
+/// shares with the sending loop.
+struct ReadBack {
     reader: BaseConsumer,
+    /// This run's id prefix: records without it belong to another run.
     prefix: Vec<u8>,
+    /// Parse the worker's own `latency_ms` (streamcast only).
     own: bool,
+    /// Each event's send time, nanoseconds after `t0` plus one (0: not sent yet).
     sent_ns: Arc<Vec<AtomicU64>>,
     answered: Arc<AtomicUsize>,
     done: Arc<AtomicBool>,
     t0: Instant,
+    /// `t0` on the wall clock, for the records' producer timestamps.
     wall_t0_ms: f64,
-) -> Collected {
+}
+
+fn read_back(run: ReadBack) -> Collected {
+    let ReadBack { reader, prefix, own, sent_ns, answered, done, t0, wall_t0_ms } = run;
     let mut seen = vec![false; sent_ns.len()];
     let mut got = Collected::default();
     while !done.load(Ordering::Acquire) {
@@ -251,9 +259,17 @@ fn main() {
     let t0 = Instant::now();
     let wall_t0_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs_f64() * 1e3;
     let collector = {
-        let (prefix, own, sent_ns, answered, done) =
-            (args.prefix.clone().into_bytes(), args.own_latency, sent_ns.clone(), answered.clone(), done.clone());
-        thread::spawn(move || read_back(reader, prefix, own, sent_ns, answered, done, t0, wall_t0_ms))
+        let run = ReadBack {
+            reader,
+            prefix: args.prefix.clone().into_bytes(),
+            own: args.own_latency,
+            sent_ns: sent_ns.clone(),
+            answered: answered.clone(),
+            done: done.clone(),
+            t0,
+            wall_t0_ms,
+        };
+        thread::spawn(move || read_back(run))
     };
 
     let limit = (args.rate * args.abort_s).max(1000.0) as usize;
