@@ -288,7 +288,7 @@ Swap:                  0 kB
 
     #[test]
     fn the_executables_code_is_among_its_read_only_segments() {
-        let code = release as usize;
+        let code = release as *const () as usize;
         let segments = read_only_segments(&[]);
         assert!(segments.iter().any(|s| s.contains(&code)), "{code:x} not in {segments:x?}");
     }
