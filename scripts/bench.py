@@ -38,11 +38,10 @@ whole wait even when data is there; Kafka does not):
   5. streamcast and passthrough only: the same at half of streamcast's backlog rate of the same
      bundle and form (the most this pipeline drains; BENCH_HIGH_RATE overrides), in
      BENCH_HIGH_PAIRS (3) interleaved pairs (which worker runs first alternates), each run on
-     fresh topics with a fresh worker. "p99
-     added over passthrough" is the median over the pairs of streamcast's p99 minus
-     passthrough's, end to end and to the worker's produce; every pair's difference is kept. A
-     run whose queues built up (more than 1 s of events waiting, which also stops it early, or
-     p99 over 250 ms) or whose load fell short of the rate is noted.
+     fresh topics with a fresh worker. "p99 added over passthrough" is the median over the pairs
+     of streamcast's p99 minus passthrough's, end to end and to the worker's produce; every
+     pair's difference is kept. A run whose queues built up (more than 1 s of events waiting,
+     which also stops it early, or p99 over 250 ms) or whose load fell short of the rate is noted.
 The latency runs' load is examples/loadgen.rs: a librdkafka producer and reader on two threads,
 sending the same event bytes as this file. BENCH_LOAD=python uses the Python loop in this file
 instead (one confluent-kafka producer and reader in one loop), which took 60-90 % of a core at
@@ -480,8 +479,9 @@ def shortfall(run: dict) -> str | None:
 def high_rate(model: str, form: str, cases: dict, group: dict) -> None:
     """Step 5: passthrough and streamcast at half of streamcast's backlog rate (the slower of the
     two: the most this pipeline drains), in HIGH_PAIRS interleaved pairs (which worker runs first
-    alternates), each run on fresh topics with a fresh worker. Each worker's `latency_high` is its run with the median p99, and
-    `group["high_pairs"]` keeps every pair for the medians of the differences (`summarize`)."""
+    alternates), each run on fresh topics with a fresh worker. Each worker's `latency_high` is its
+    run with the median p99, and `group["high_pairs"]` keeps every pair for the medians of the
+    differences (`summarize`)."""
     if "passthrough" not in cases or "streamcast" not in cases or HIGH_PAIRS < 1:
         for worker in ("passthrough", "streamcast"):
             if worker in cases:
