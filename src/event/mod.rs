@@ -171,6 +171,12 @@ pub enum EventValues {
     Window(Vec<f32>),
 }
 
+/// Whether a JSON text opens with an array. serde fills a struct from an array too, by position,
+/// and no message schema here allows that; every other shape serde refuses by itself.
+pub fn opens_array(bytes: &[u8]) -> bool {
+    bytes.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) == Some(&b'[')
+}
+
 #[derive(Deserialize)]
 struct RawEvent<'a> {
     #[serde(borrow, default)]
@@ -227,6 +233,10 @@ impl InputEvent {
 
     fn decode_serde_ref<'a>(bytes: &'a [u8], schema: &FeatureSchema) -> Result<EventRef<'a>, DecodeError> {
         InputEvent::check_size(bytes, schema)?;
+        // serde fills a struct from a JSON array too, by position; an event is an object.
+        if opens_array(bytes) {
+            return Err(DecodeError::new(RejectKind::InvalidJson, "an event must be a JSON object, not an array"));
+        }
         let raw: RawEvent<'_> = serde_json::from_slice(bytes).map_err(|e| {
             let mut d = json_error(bytes, &e, "event");
             // Every field of RawEvent accepts any JSON, so a data error means the value is no object.
@@ -871,6 +881,17 @@ mod tests {
             assert_eq!(e.kind, RejectKind::InvalidField);
             assert!(e.reason.contains(field) && e.reason.contains("17 bytes"), "{e}");
         }
+    }
+
+    #[test]
+    fn an_array_is_not_an_event_even_where_serde_would_fill_one() {
+        // serde_json fills a struct from an array by position; every field here is optional.
+        let array = r#" ["e1","s","2026-11-26T19:00:00Z",[12.5,3.5]]"#;
+        for e in [decode(array).unwrap_err(), InputEvent::decode_with_serde(array.as_bytes(), &schema()).unwrap_err()] {
+            assert_eq!(e.kind, RejectKind::InvalidJson, "{e}");
+            assert!(e.reason.contains("JSON object"), "{e}");
+        }
+        assert!(opens_array(b"\n\t [") && !opens_array(b" {\"a\":[1]}") && !opens_array(b""));
     }
 
     #[test]
