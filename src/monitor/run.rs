@@ -253,6 +253,22 @@ const FOLLOW_AFTER: u32 = 8;
 
 /// The RMSE alert threshold for `bundle`: `monitor.rmse_threshold`, else its validation RMSE
 /// times `rmse_threshold_ratio`.
+/// Whether the primary model itself served `p`, so its version says what is served. The fallback
+/// (`"fallback": true`) names its own model while the breaker is open; following it would reset
+/// drift and thresholds, and flip back and forth when only some replicas' breakers are open.
+fn served_by_primary(p: &Prediction) -> bool {
+    p.variant == Variant::Primary && !p.fallback
+}
+
+/// A prediction or actual record's JSON, or `None`. serde would fill a struct from an array,
+/// field by field, and no message schema allows that.
+fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Option<T> {
+    if crate::event::opens_array(payload) {
+        return None;
+    }
+    serde_json::from_slice(payload).ok()
+}
+
 pub fn threshold_for(cfg: &MonitorConfig, bundle: &crate::bundle::Bundle) -> Option<f64> {
     cfg.rmse_threshold.or_else(|| bundle.manifest.validation.as_ref().map(|v| v.rmse * cfg.rmse_threshold_ratio))
 }
@@ -410,10 +426,10 @@ impl Monitor {
         let payload = m.payload().unwrap_or_default();
         match self.topics.role(topic) {
             Some(TopicRole::Predictions) => {
-                let Ok(p) = serde_json::from_slice::<Prediction>(payload) else {
+                let Some(p) = parse::<Prediction>(payload) else {
                     return self.scoring.reject(Rejection::UnparsablePrediction);
                 };
-                if p.variant == Variant::Primary {
+                if served_by_primary(&p) {
                     self.watch_version(&p.model);
                 }
                 if let (Some(first), Variant::Primary) = (p.prediction.first(), p.variant) {
@@ -422,7 +438,7 @@ impl Monitor {
                 self.scoring.offer_prediction(p, src, now);
             }
             Some(TopicRole::Shadow) => {
-                let Ok(p) = serde_json::from_slice::<Prediction>(payload) else {
+                let Some(p) = parse::<Prediction>(payload) else {
                     return self.scoring.reject(Rejection::UnparsablePrediction);
                 };
                 self.scoring.offer_shadow_prediction(p, src, now);
@@ -431,7 +447,7 @@ impl Monitor {
             // observation would otherwise count twice.
             Some(TopicRole::Actuals) if self.target.is_some() => {}
             Some(TopicRole::Actuals) => {
-                let Ok(a) = serde_json::from_slice::<Actual>(payload) else {
+                let Some(a) = parse::<Actual>(payload) else {
                     return self.scoring.reject(Rejection::UnparsableActual);
                 };
                 self.scoring.offer_actual(a, src, now);
@@ -556,6 +572,30 @@ mod tests {
         assert_eq!(with.role(&t.input), Some(TopicRole::Input));
         assert_eq!(with.role(&t.metrics), None);
         assert_eq!(with.subscribed(), [&t.predictions, &t.actuals, &t.input, &t.shadow]);
+    }
+
+    #[test]
+    fn only_the_primary_itself_says_which_version_is_served() {
+        let json = |variant: &str, fallback: bool| {
+            let p = format!(
+                r#"{{"id":"e","series_id":"s","timestamp":"2026-11-26T19:00:00Z","prediction":[1.0],"model":{{"name":"m","version":"1"}},"variant":"{variant}","latency_ms":1.0,"produced_at":"2026-11-26T19:00:00Z","fallback":{fallback}}}"#
+            );
+            parse::<Prediction>(p.as_bytes()).expect("a valid prediction")
+        };
+        assert!(served_by_primary(&json("primary", false)));
+        assert!(!served_by_primary(&json("primary", true)));
+        assert!(!served_by_primary(&json("candidate", false)));
+    }
+
+    #[test]
+    fn an_actual_or_prediction_sent_as_an_array_is_refused() {
+        let object = br#"{"id":"e1","series_id":"s","timestamp":"2026-11-26T19:00:00Z","actual":1.5}"#;
+        assert_eq!(parse::<Actual>(object).map(|a| a.actual), Some(vec![1.5]));
+        // serde_json alone reads this array as the same actual, field by field.
+        let array = br#"["e1","s","2026-11-26T19:00:00Z",1.5]"#;
+        assert!(serde_json::from_slice::<Actual>(array).is_ok());
+        assert!(parse::<Actual>(array).is_none());
+        assert!(parse::<Prediction>(b" [\"e1\"]").is_none());
     }
 
     #[test]
