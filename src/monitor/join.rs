@@ -117,6 +117,8 @@ pub struct JoinBuffer {
     counts: JoinCounts,
     /// Estimated bytes held (ids, values, per-entry overhead), bounded by `max_bytes`.
     bytes: usize,
+    /// The part of `bytes` that remembered scored ids hold.
+    scored_bytes: usize,
     max_bytes: usize,
 }
 
@@ -131,12 +133,14 @@ impl JoinBuffer {
             ttl,
             counts: JoinCounts::default(),
             bytes: 0,
+            scored_bytes: 0,
             max_bytes: usize::MAX,
         }
     }
 
     /// Also bounds the estimated memory: past `max_bytes` the oldest waiting entries are evicted
-    /// (and counted), then the oldest remembered ids. Ids of any length then cost what they are.
+    /// (and counted), unless remembered ids hold more than half of it: then the oldest of those
+    /// go first. Ids of any length then cost what they are.
     pub fn with_max_bytes(mut self, max_bytes: usize) -> JoinBuffer {
         self.max_bytes = max_bytes;
         self
@@ -149,9 +153,18 @@ impl JoinBuffer {
 
     fn remember_scored(&mut self, id: &str) {
         self.bytes += id.len() + SCORED_OVERHEAD;
+        self.scored_bytes += id.len() + SCORED_OVERHEAD;
         if let Some((old, ())) = self.scored.push(id.to_string(), ()) {
             self.bytes -= old.len() + SCORED_OVERHEAD;
+            self.scored_bytes -= old.len() + SCORED_OVERHEAD;
         }
+    }
+
+    fn forget_oldest_scored(&mut self) -> bool {
+        let Some((id, ())) = self.scored.pop_lru() else { return false };
+        self.bytes -= id.len() + SCORED_OVERHEAD;
+        self.scored_bytes -= id.len() + SCORED_OVERHEAD;
+        true
     }
 
     fn count_evicted(&mut self, side: Side) {
@@ -161,16 +174,21 @@ impl JoinBuffer {
         }
     }
 
-    /// Evicts oldest first until the estimate is within `max_bytes`.
+    /// Evicts oldest first until the estimate is within `max_bytes`. A remembered id only stops a
+    /// duplicate being scored twice, while a waiting entry is a join still to come, so waiting
+    /// entries go first; but remembered ids may not hold more than half the bound, or after
+    /// enough joins with long ids every new entry would be the oldest waiting one, evicted as it
+    /// arrives, and nothing would join again.
     fn shrink(&mut self) {
         while self.bytes > self.max_bytes {
+            if self.scored_bytes > self.max_bytes / 2 && self.forget_oldest_scored() {
+                continue;
+            }
             if let Some((id, old)) = self.waiting.pop_lru() {
                 self.bytes -= waiting_cost(&id, &old.waiting);
                 self.untrack(side_of(&old), old.source);
                 self.count_evicted(old.waiting.side());
-            } else if let Some((id, ())) = self.scored.pop_lru() {
-                self.bytes -= id.len() + SCORED_OVERHEAD;
-            } else {
+            } else if !self.forget_oldest_scored() {
                 break;
             }
         }
@@ -385,5 +403,29 @@ mod tests {
         j.expire(t + Duration::from_secs(61), |_| {});
         assert!(j.is_empty());
         assert!(j.bytes() > 0 && j.bytes() < 11_000, "only the remembered id is left: {}", j.bytes());
+    }
+
+    #[test]
+    fn remembered_ids_give_way_before_they_crowd_out_new_joins() {
+        let t = Instant::now();
+        let mut j = JoinBuffer::new(1_000_000, Duration::from_secs(60)).with_max_bytes(1 << 20);
+        let id = |i: usize| format!("{i:06}{}", "x".repeat(1_000));
+        // Far more joined ids than the bound holds: alone they would fill it many times over.
+        for i in 0..5_000 {
+            assert_eq!(j.offer_prediction(&id(i), p(1.0), src(i as i64), t), Offer::Waiting);
+            assert!(matches!(j.offer_actual(&id(i), vec![1.0], src(i as i64), t), Offer::Joined { .. }), "{i}");
+            assert!(j.bytes() <= 1 << 20, "{} bytes held after {i}", j.bytes());
+        }
+        assert_eq!(j.counts().evicted_predictions + j.counts().evicted_actuals, 0);
+        // The newest remembered ids still catch duplicates; the oldest were let go.
+        assert_eq!(j.offer_actual(&id(4_999), vec![1.0], src(0), t), Offer::Duplicate);
+        assert_eq!(j.offer_actual(&id(0), vec![1.0], src(0), t), Offer::Waiting);
+        // Entries that wait still get at least half the bound: about 500 of these.
+        for i in 10_000..10_400 {
+            assert_eq!(j.offer_prediction(&id(i), p(1.0), src(i as i64), t), Offer::Waiting);
+        }
+        assert_eq!(j.len(), 401, "the waiting actual and 400 predictions");
+        assert_eq!(j.counts().evicted_predictions + j.counts().evicted_actuals, 0);
+        assert!(j.bytes() <= 1 << 20);
     }
 }
