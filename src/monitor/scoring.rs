@@ -719,7 +719,7 @@ impl Scoring {
         for (k, stats) in self.keys.iter_mut().zip(stats) {
             let rmse = k.rmse_alert(stats, threshold, self.cfg.min_joined, now);
             alerts.extend(rmse);
-            alerts.extend(k.retrain_request(stats, threshold, self.cfg.retrain_after, now));
+            alerts.extend(k.retrain_request(stats, threshold, self.cfg.min_joined, self.cfg.retrain_after, now));
         }
         alerts
     }
@@ -792,25 +792,39 @@ impl Scored {
         let firing = enough && rmse > threshold;
         // Hysteresis: clear only well below the threshold.
         let clear = enough && rmse < 0.9 * threshold;
-        let state = match self.rmse_gate.update(firing, clear, now) {
-            Transition::Fire => {
-                self.above_since = Some(now);
-                AlertState::Firing
-            }
-            Transition::Resolve => {
-                self.above_since = None;
-                self.retrain_requested = false;
-                AlertState::Resolved
-            }
+        let transition = self.rmse_gate.update(firing, clear, now);
+        if transition == Transition::Resolve {
+            self.retrain_requested = false;
+        }
+        // The retraining clock counts time spent above the threshold. The alert stays on down to
+        // 0.9× of it (hysteresis), but a reading at or under the threshold restarts the clock;
+        // too few pairs to judge (a reload's old version draining away) hold it.
+        if enough && !firing {
+            self.above_since = None;
+        } else if firing && self.rmse_gate.is_active() && self.above_since.is_none() {
+            self.above_since = Some(now);
+        }
+        let state = match transition {
+            Transition::Fire => AlertState::Firing,
+            Transition::Resolve => AlertState::Resolved,
             Transition::None => return None,
         };
         Some(self.alert(Details::RmseAboveThreshold(rmse_details(state, stats, threshold))))
     }
 
-    /// Requests retraining once the RMSE alert has fired for `after`; once per firing.
-    fn retrain_request(&mut self, stats: &ErrorStats, threshold: f64, after: Duration, now: Instant) -> Option<Alert> {
+    /// Requests retraining once the RMSE has stayed above the threshold, with the alert on, for
+    /// `after`, and is above it now; once per firing.
+    fn retrain_request(
+        &mut self,
+        stats: &ErrorStats,
+        threshold: f64,
+        min_joined: usize,
+        after: Duration,
+        now: Instant,
+    ) -> Option<Alert> {
         let since = self.above_since?;
-        if self.retrain_requested || now.duration_since(since) < after {
+        let above = stats.count >= min_joined && stats.rmse.is_some_and(|r| r > threshold);
+        if self.retrain_requested || !above || now.duration_since(since) < after {
             return None;
         }
         self.retrain_requested = true;
@@ -971,6 +985,24 @@ mod tests {
         assert!(s.rmse_alerts(&stats, t0 + Duration::from_secs(30)).is_empty());
         assert_eq!(kinds(&s.rmse_alerts(&stats, t0 + Duration::from_secs(60))), [AlertKind::RetrainRequested]);
         assert!(s.rmse_alerts(&stats, t0 + Duration::from_secs(120)).is_empty());
+    }
+
+    #[test]
+    fn retraining_waits_for_the_error_to_stay_above_the_threshold() {
+        let cfg = MonitorConfig { min_joined: 2, retrain_after: Duration::from_secs(60), ..MonitorConfig::default() };
+        let mut s = Scoring::new(&cfg, model(), Some(1.0), false, VariantsConfig::default());
+        let stats = |count, rmse| [ErrorStats { count, rmse: Some(rmse), mae: Some(rmse), bias: Some(0.0) }];
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert_eq!(kinds(&s.rmse_alerts(&stats(10, 2.0), at(0))), [AlertKind::RmseAboveThreshold]);
+        // 0.95× keeps the alert on (it clears under 0.9×) but restarts the retraining clock.
+        assert!(s.rmse_alerts(&stats(10, 0.95), at(30)).is_empty());
+        assert!(s.rmse_alerts(&stats(10, 0.95), at(90)).is_empty(), "not above for 60 s");
+        assert!(s.rmse_alerts(&stats(10, 2.0), at(100)).is_empty(), "the clock starts again here");
+        // Too few pairs to judge (a reloaded version's window draining) hold the clock, never fire.
+        assert!(s.rmse_alerts(&stats(1, 2.0), at(170)).is_empty());
+        assert_eq!(kinds(&s.rmse_alerts(&stats(10, 2.0), at(171))), [AlertKind::RetrainRequested]);
+        assert!(s.rmse_alerts(&stats(10, 2.0), at(400)).is_empty(), "once per firing");
     }
 
     #[test]
