@@ -344,6 +344,11 @@ impl WindowStore {
         doomed.len()
     }
 
+    /// How many series held were last seen on one of `partitions`.
+    pub fn count_on(&self, partitions: &[i32]) -> usize {
+        self.series.iter().filter(|(_, w)| partitions.contains(&w.partition)).count()
+    }
+
     pub fn len(&self) -> usize {
         self.series.len()
     }

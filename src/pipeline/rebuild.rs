@@ -121,7 +121,9 @@ impl WindowRebuilder {
             tracing::warn!(%error, "Cannot read the partitions' history; series windows start afresh.");
             return report;
         }
-        let mut rebuilt: HashMap<String, i32> = HashMap::new();
+        // Counted from the store afterwards: a set of every replayed series id would grow with
+        // the history, not with `windows.max_series`.
+        let mut replayed: Vec<i32> = remaining.keys().copied().collect();
         while !remaining.is_empty() && Instant::now() < deadline {
             let Some(msg) = self.consumer.poll(Duration::from_millis(100)) else { continue };
             let Ok(m) = msg else { continue };
@@ -135,9 +137,7 @@ impl WindowRebuilder {
                     if let EventValues::Observation(obs) = e.values {
                         // The same rules as the live path; what they refuse was dead-lettered
                         // when it was first read.
-                        if windows.push(p, &e.series_id, e.timestamp_ms, &obs, &mut self.scratch).is_ok() {
-                            rebuilt.insert(e.series_id, p);
-                        }
+                        let _ = windows.push(p, &e.series_id, e.timestamp_ms, &obs, &mut self.scratch);
                     }
                 }
             }
@@ -152,7 +152,8 @@ impl WindowRebuilder {
             // A window with a gap would score silently wrong inputs; warming up is honest.
             windows.drop_partitions(&report.incomplete);
         }
-        report.series = rebuilt.values().filter(|p| !report.incomplete.contains(p)).count();
+        replayed.retain(|p| !report.incomplete.contains(p));
+        report.series = windows.count_on(&replayed);
         report
     }
 }
