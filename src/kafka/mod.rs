@@ -235,14 +235,7 @@ static RUNTIME_REFUSAL: std::sync::OnceLock<RuntimeRefusal> = std::sync::OnceLoc
 /// For librdkafka's error callback of a running client: records the error when it is a refusal
 /// that retrying cannot heal, and logs it either way.
 pub fn observe_client_error(error: &KafkaError, reason: &str) {
-    let code = error.rdkafka_error_code();
-    let verdict = refusal_cause(reason).filter(|(cause, _)| match code {
-        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => true,
-        // Only a certificate the client no longer trusts; other TLS errors are connection trouble.
-        Some(RDKafkaErrorCode::SSL) => cause.starts_with("the broker's TLS certificate"),
-        _ => false,
-    });
-    match verdict {
+    match runtime_refusal_cause(error.rdkafka_error_code(), reason) {
         Some((cause, keys)) => {
             if RUNTIME_REFUSAL.set(RuntimeRefusal { cause, keys, detail: reason.to_string() }).is_ok() {
                 tracing::error!(%error, reason, cause, check = keys, "The Kafka cluster refused this worker; stopping.");
@@ -251,6 +244,26 @@ pub fn observe_client_error(error: &KafkaError, reason: &str) {
         None => tracing::warn!(%error, reason, "Kafka client error."),
     }
 }
+
+/// What a running client's error says is refused for good, if anything: a refusal that
+/// [`refusal_cause`] names, reported under an authentication or TLS code.
+fn runtime_refusal_cause(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<(&'static str, &'static str)> {
+    refusal_cause(reason).filter(|(cause, _)| match code {
+        // Except a failed token refresh. librdkafka keeps the token it has, which may have
+        // hours left, and retries every 10 s, so an identity provider that is down for a moment
+        // must not stop every replica. If no token comes back before it expires, the broker
+        // refuses the login, and that refusal stops the worker.
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+            !reason.contains(TOKEN_REFRESH_FAILED)
+        }
+        // Only a certificate the client no longer trusts; other TLS errors are connection trouble.
+        Some(RDKafkaErrorCode::SSL) => cause.starts_with("the broker's TLS certificate"),
+        _ => false,
+    })
+}
+
+/// How librdkafka words a failed OAUTHBEARER token fetch (`rd_kafka_oauthbearer_set_token_failure0`).
+const TOKEN_REFRESH_FAILED: &str = "Failed to acquire SASL OAUTHBEARER token";
 
 /// The refusal recorded by [`observe_client_error`], if any.
 pub fn runtime_refusal() -> Option<RuntimeRefusal> {
@@ -545,5 +558,20 @@ mod tests {
             .1
             .contains("sasl.oauthbearer.client.secret"));
         assert_eq!(cause("Connect to ipv4#127.0.0.1:1 failed: Connection refused"), None);
+    }
+
+    #[test]
+    fn a_running_client_stops_on_a_refused_login_but_not_on_a_failed_token_refresh() {
+        use RDKafkaErrorCode as C;
+        let login = "SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism OAUTHBEARER";
+        assert!(runtime_refusal_cause(Some(C::SaslAuthenticationFailed), login).is_some());
+        let no_token = "Failed to initialize SASL authentication: OAUTHBEARER cannot log in because there is no token available; last error: HTTP 401";
+        assert!(runtime_refusal_cause(Some(C::Authentication), no_token).is_some());
+        let refresh = "Failed to acquire SASL OAUTHBEARER token: Failed to connect to idp port 443: Connection refused";
+        assert!(refusal_cause(refresh).is_some(), "the start-up probe still names it");
+        assert_eq!(runtime_refusal_cause(Some(C::Authentication), refresh), None);
+        let untrusted = "SSL handshake failed: error:0A000086:SSL routines::certificate verify failed";
+        assert!(runtime_refusal_cause(Some(C::SSL), untrusted).is_some());
+        assert_eq!(runtime_refusal_cause(Some(C::SSL), "SSL handshake failed: Disconnected"), None);
     }
 }
