@@ -277,6 +277,9 @@ pub struct WindowsConfig {
     pub gaps: GapPolicy,
     /// Event-time windows: the longest gap, in steps, `carry_forward` or `linear` fill.
     pub max_fill_steps: usize,
+    /// Event-time windows: how far ahead of the worker's clock an observation's timestamp may be.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
 }
 
 impl Default for WindowsConfig {
@@ -288,6 +291,7 @@ impl Default for WindowsConfig {
             duplicates: DuplicatePolicy::KeepFirst,
             gaps: GapPolicy::Reset,
             max_fill_steps: 3,
+            max_future: Duration::from_secs(86_400),
         }
     }
 }
@@ -295,7 +299,12 @@ impl Default for WindowsConfig {
 impl WindowsConfig {
     /// The event-time policies these settings give.
     pub fn policy(&self) -> EventTimePolicy {
-        EventTimePolicy { duplicates: self.duplicates, gaps: self.gaps, max_fill_steps: self.max_fill_steps }
+        EventTimePolicy {
+            duplicates: self.duplicates,
+            gaps: self.gaps,
+            max_fill_steps: self.max_fill_steps,
+            max_future: Some(self.max_future),
+        }
     }
 }
 

@@ -526,6 +526,8 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
                 _ => GapPolicy::Reset,
             },
             max_fill_steps: args.max_fill_steps,
+            // A file has no clock to be ahead of.
+            max_future: None,
         },
         progress: !args.quiet,
     };

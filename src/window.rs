@@ -52,6 +52,9 @@ pub struct EventTime {
     pub gaps: GapPolicy,
     /// Longest gap, in steps, that `carry_forward` or `linear` fill; longer ones reset.
     pub max_fill_steps: usize,
+    /// How far ahead of this process's clock a timestamp may be (`windows.max_future`); `None`
+    /// for files, where no clock applies.
+    pub max_future_ms: Option<i64>,
 }
 
 /// The `[windows]` policies of event-time windows (the bundle gives the step).
@@ -60,11 +63,18 @@ pub struct EventTimePolicy {
     pub duplicates: DuplicatePolicy,
     pub gaps: GapPolicy,
     pub max_fill_steps: usize,
+    /// How far ahead of the clock a timestamp may be; `None`: no bound (files).
+    pub max_future: Option<std::time::Duration>,
 }
 
 impl Default for EventTimePolicy {
     fn default() -> Self {
-        EventTimePolicy { duplicates: DuplicatePolicy::KeepFirst, gaps: GapPolicy::Reset, max_fill_steps: 3 }
+        EventTimePolicy {
+            duplicates: DuplicatePolicy::KeepFirst,
+            gaps: GapPolicy::Reset,
+            max_fill_steps: 3,
+            max_future: None,
+        }
     }
 }
 
@@ -82,6 +92,7 @@ impl EventTime {
             duplicates: policy.duplicates,
             gaps: policy.gaps,
             max_fill_steps: policy.max_fill_steps,
+            max_future_ms: policy.max_future.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         })
     }
 }
@@ -93,6 +104,10 @@ pub enum WindowRefusal {
     Late { series: String, behind: i64, window: usize },
     #[error("the timestamp is {off_ms} ms from the series' grid of {step_ms} ms steps (tolerance {tolerance_ms} ms)")]
     OffGrid { off_ms: i64, step_ms: i64, tolerance_ms: i64 },
+    #[error(
+        "the timestamp is {ahead_ms} ms ahead of this worker's clock; the limit is {limit_ms} ms (windows.max_future)"
+    )]
+    Future { ahead_ms: i64, limit_ms: i64 },
 }
 
 /// How an observation was placed (event-time windows only; arrival order always appends).
@@ -179,6 +194,7 @@ impl WindowRefusal {
         match self {
             WindowRefusal::Late { .. } => "late",
             WindowRefusal::OffGrid { .. } => "off_grid",
+            WindowRefusal::Future { .. } => "future",
         }
     }
 }
@@ -208,6 +224,16 @@ impl WindowStore {
         debug_assert_eq!(obs.len(), self.width);
         let (window, width, time) = (self.window, self.width, self.time);
         let steps_held = if time.is_some() { 2 * window - 1 } else { window };
+        // Before the series is looked up: one far-future observation would otherwise move its
+        // newest step years ahead (or anchor a new series' grid there), and every real one after
+        // it would be refused as late, rebuild after rebuild.
+        if let Some(limit_ms) = time.and_then(|t| t.max_future_ms) {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let ahead_ms = timestamp_ms.saturating_sub(now_ms);
+            if ahead_ms > limit_ms {
+                return Err(WindowRefusal::Future { ahead_ms, limit_ms });
+            }
+        }
         let mut evicted = false;
         let entry = match self.series.get_mut(series_id) {
             Some(entry) => entry,
@@ -409,7 +435,14 @@ mod tests {
     const WEEK: i64 = 7 * 86_400_000;
 
     fn timed(window: usize, gaps: GapPolicy, duplicates: DuplicatePolicy) -> WindowStore {
-        let time = EventTime { step_ms: WEEK, tolerance_ms: 86_400_000, duplicates, gaps, max_fill_steps: 2 };
+        let time = EventTime {
+            step_ms: WEEK,
+            tolerance_ms: 86_400_000,
+            duplicates,
+            gaps,
+            max_fill_steps: 2,
+            max_future_ms: Some(86_400_000),
+        };
         WindowStore::new(window, 1, 10, Some(time))
     }
 
@@ -466,6 +499,26 @@ mod tests {
         let replace = feed(&mut timed(3, GapPolicy::Reset, DuplicatePolicy::Replace), &obs);
         assert_eq!(replace[2].clone().unwrap().0, vec![1.0, 1.0, 9.0]);
         assert_eq!(replace[3].clone().unwrap().0, vec![1.0, 9.0, 3.0]);
+    }
+
+    #[test]
+    fn a_far_future_observation_is_refused_before_it_can_move_a_series() {
+        let mut s = timed(3, GapPolicy::Reset, DuplicatePolicy::KeepFirst);
+        let mut out = Vec::new();
+        feed(&mut s, &[(0, 0.0), (1, 1.0)]);
+        let now = chrono::Utc::now().timestamp_millis();
+        for series in ["a", "new"] {
+            let far = s.push(0, series, now + 365 * 86_400_000, &[9.0], &mut out);
+            assert!(matches!(far, Err(WindowRefusal::Future { limit_ms: 86_400_000, .. })), "{far:?}");
+        }
+        assert_eq!(s.len(), 1, "no series was created for the refused observation");
+        // Series `a` goes on from week 2, as if the observation had never come.
+        assert_eq!(feed(&mut s, &[(2, 2.0)])[0].clone().unwrap().0, vec![0.0, 1.0, 2.0]);
+        // Within the bound (clock skew), a new series starts as usual.
+        assert!(s.push(0, "soon", now + 3_600_000, &[1.0], &mut out).is_ok());
+        // Without a bound (files), the same observation is taken.
+        let mut files = WindowStore::new(3, 1, 10, s.time.map(|t| EventTime { max_future_ms: None, ..t }));
+        assert!(files.push(0, "a", now + 365 * 86_400_000, &[9.0], &mut out).is_ok());
     }
 
     #[test]

@@ -84,6 +84,12 @@ fn shuffled_duplicated_gapped_and_late_observations_follow_event_time() {
     stream.insert(36, duplicate(&clean[33], "dup"));
     stream.push(duplicate(&clean[2], "late"));
     let late_id = stream.last().unwrap()["id"].as_str().unwrap().to_string();
+    // Mid-stream, an observation stamped decades ahead (windows.max_future is 1 day): refused
+    // before it can move the series' newest step, so everything after it is scored as usual.
+    let mut future = duplicate(&clean[24], "future");
+    future["timestamp"] = "2099-01-01T00:00:00Z".into();
+    let future_id = future["id"].as_str().unwrap().to_string();
+    stream.insert(26, future);
 
     let topics = Topics::create(1);
     let extra = "[windows]\ngaps = \"linear\"\nmax_fill_steps = 3\n";
@@ -93,20 +99,23 @@ fn shuffled_duplicated_gapped_and_late_observations_follow_event_time() {
 
     let mut predictions = Reader::new(&topics.predictions);
     let mut dlq = Reader::new(&topics.dlq);
-    let want = stream.len() - 1;
+    let want = stream.len() - 2;
     assert!(
         predictions.read_until(Duration::from_secs(120), |r| r.len() >= want),
         "{} of {want} predictions:\n{}",
         predictions.records.len(),
         worker.log_text()
     );
-    assert!(dlq.read_until(Duration::from_secs(30), |r| !r.is_empty()), "no dead letter:\n{}", worker.log_text());
+    assert!(dlq.read_until(Duration::from_secs(30), |r| r.len() >= 2), "no dead letters:\n{}", worker.log_text());
     predictions.settle(Duration::from_secs(2));
     assert_eq!(predictions.records.len(), want);
-    assert_eq!(dlq.records.len(), 1);
-    let letter = &dlq.records[0];
-    assert_eq!(letter.headers["streamcast-error-kind"], "late_observation");
-    assert_eq!(serde_json::from_slice::<Value>(&letter.payload).unwrap()["id"], late_id.as_str());
+    assert_eq!(dlq.records.len(), 2);
+    let letter_id = |i: usize| serde_json::from_slice::<Value>(&dlq.records[i].payload).unwrap()["id"].clone();
+    assert_eq!(dlq.records[0].headers["streamcast-error-kind"], "invalid_field");
+    assert!(dlq.records[0].headers["streamcast-error"].contains("windows.max_future"), "{:?}", dlq.records[0].headers);
+    assert_eq!(letter_id(0), future_id.as_str());
+    assert_eq!(dlq.records[1].headers["streamcast-error-kind"], "late_observation");
+    assert_eq!(letter_id(1), late_id.as_str());
 
     // Every prediction equals the reference for its timestamp, flags included, except the three
     // weeks that arrived before their predecessor: those saw a one-step gap, filled linearly.
@@ -137,12 +146,13 @@ fn shuffled_duplicated_gapped_and_late_observations_follow_event_time() {
     // 2 and one per swapped pair.
     let port = worker.http_port();
     let metrics = common::http_get(port, "/metrics");
-    let counts: Vec<f64> = ["out_of_order", "duplicate", "late", "off_grid", "gap_reset", "gap_filled_step"]
+    let counts: Vec<f64> = ["out_of_order", "duplicate", "late", "off_grid", "future", "gap_reset", "gap_filled_step"]
         .iter()
         .map(|c| sample(&metrics, c))
         .collect();
-    assert_eq!(counts, [3.0, 2.0, 1.0, 0.0, 0.0, 5.0], "{metrics}");
+    assert_eq!(counts, [3.0, 2.0, 1.0, 0.0, 1.0, 0.0, 5.0], "{metrics}");
     assert_eq!(common::metric_value(&metrics, "streamcast_events_rejected_total{kind=\"late_observation\"}"), 1.0);
+    assert_eq!(common::metric_value(&metrics, "streamcast_events_rejected_total{kind=\"invalid_field\"}"), 1.0);
     let status = worker.terminate(Duration::from_secs(30));
     assert!(status.success(), "{}", worker.log_text());
 }

@@ -734,7 +734,7 @@ fn handle(
                     metrics.window_cases.with_label_values(&[refusal.case()]).inc();
                     let (kind, reason) = match &refusal {
                         WindowRefusal::Late { .. } => (RejectKind::LateObservation, refusal.to_string()),
-                        WindowRefusal::OffGrid { .. } => {
+                        WindowRefusal::OffGrid { .. } | WindowRefusal::Future { .. } => {
                             (RejectKind::InvalidField, format!("`timestamp` {:?}: {refusal}", event.timestamp))
                         }
                     };

@@ -233,7 +233,7 @@ impl Metrics {
         for kind in RejectKind::ALL {
             m.rejected.with_label_values(&[kind.as_str()]);
         }
-        for case in ["out_of_order", "duplicate", "late", "off_grid", "gap_reset", "gap_filled_step"] {
+        for case in ["out_of_order", "duplicate", "late", "off_grid", "future", "gap_reset", "gap_filled_step"] {
             m.window_cases.with_label_values(&[case]);
         }
         Arc::new(m)
