@@ -178,6 +178,31 @@ fn assign_committed(consumer: &BaseConsumer<MonitorContext>, topics: &[&str]) ->
     Ok(tpl.count())
 }
 
+/// How often the leader looks for partitions it does not read yet: partitions added to a topic
+/// while it leads, or all of them when the metadata fetch at takeover failed (then sooner).
+const PARTITION_CHECK: Duration = Duration::from_secs(30);
+const PARTITION_RETRY: Duration = Duration::from_secs(5);
+
+/// The assignment the leader should hold, given the partitions the cluster lists per topic now
+/// and those it holds: `None` when it holds them all. Each partition resumes one past the last
+/// record read (`next`), or at the group's committed offset where nothing was read.
+fn wanted_assignment(
+    listed: &[(&str, Vec<i32>)],
+    held: &[(String, i32)],
+    next: &HashMap<(String, i32), i64>,
+) -> Option<Vec<(String, i32, Offset)>> {
+    let mut wanted = Vec::new();
+    let mut missing = false;
+    for (topic, partitions) in listed {
+        for &p in partitions {
+            missing |= !held.iter().any(|(t, q)| t == topic && *q == p);
+            let at = next.get(&(topic.to_string(), p)).map_or(Offset::Stored, |&n| Offset::Offset(n));
+            wanted.push((topic.to_string(), p, at));
+        }
+    }
+    missing.then_some(wanted)
+}
+
 /// How long a new leader reads the alerts topic back for.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -343,8 +368,45 @@ impl Monitor {
         }
     }
 
-    /// Takes the lead: fresh state, every partition from the committed watermarks.
-    fn take_over(&mut self, consumer: &BaseConsumer<MonitorContext>) {
+    /// Reads partitions the leader does not hold yet (see [`PARTITION_CHECK`]), keeping its place
+    /// in those it does. Returns whether it now holds every listed partition.
+    fn add_partitions(&mut self, consumer: &BaseConsumer<MonitorContext>) -> bool {
+        let held: Vec<(String, i32)> = match consumer.assignment() {
+            Ok(tpl) => tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut listed = Vec::new();
+        for topic in self.topics.subscribed() {
+            match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                Ok(md) => {
+                    listed.push((topic, md.topics().iter().flat_map(|t| t.partitions()).map(|p| p.id()).collect()))
+                }
+                Err(error) => {
+                    tracing::warn!(%error, topic, "Monitor cannot list the partitions it should read; it tries again.");
+                    return false;
+                }
+            }
+        }
+        let Some(wanted) = wanted_assignment(&listed, &held, &self.next) else { return true };
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p, at) in &wanted {
+            let _ = tpl.add_partition_offset(topic, *p, *at);
+        }
+        match consumer.assign(&tpl) {
+            Ok(()) => {
+                tracing::info!(before = held.len(), partitions = tpl.count(), "Monitor reads every partition.");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Monitor cannot assign its partitions; it tries again.");
+                false
+            }
+        }
+    }
+
+    /// Takes the lead: fresh state, every partition from the committed watermarks. Returns
+    /// whether it could assign them.
+    fn take_over(&mut self, consumer: &BaseConsumer<MonitorContext>) -> bool {
         self.drift = self.start.drift();
         self.scoring = self.start.scoring();
         self.next.clear();
@@ -352,8 +414,14 @@ impl Monitor {
         self.scoring.resume(&history, Instant::now());
         self.publisher.take_over(&history, Instant::now());
         match assign_committed(consumer, &self.topics.subscribed()) {
-            Ok(partitions) => tracing::info!(partitions, "Monitor leads the group: reading every partition."),
-            Err(error) => tracing::warn!(%error, "Monitor leads the group but cannot assign its partitions."),
+            Ok(partitions) => {
+                tracing::info!(partitions, "Monitor leads the group: reading every partition.");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Monitor leads the group but cannot assign its partitions yet; it tries again.");
+                false
+            }
         }
     }
 
@@ -375,14 +443,17 @@ impl Monitor {
         let mut last_publish = Instant::now();
         let mut last_expire = Instant::now();
         let mut leading = false;
+        // When the leader last looked for partitions, and whether it held them all then.
+        let (mut last_check, mut complete) = (Instant::now(), true);
         tracing::info!("Monitor joined the election; the leader alone reads and publishes.");
         while !shutdown.is_triggered() {
             let leads = election.poll(if leading { Duration::ZERO } else { Duration::from_millis(100) });
             if leads != leading {
                 leading = leads;
                 if leads {
-                    self.take_over(&consumer);
+                    complete = self.take_over(&consumer);
                     last_publish = Instant::now();
+                    last_check = Instant::now();
                 } else {
                     self.step_down(&consumer);
                 }
@@ -400,6 +471,10 @@ impl Monitor {
                 }
             }
             let now = Instant::now();
+            if now.duration_since(last_check) >= if complete { PARTITION_CHECK } else { PARTITION_RETRY } {
+                complete = self.add_partitions(&consumer);
+                last_check = Instant::now();
+            }
             if now.duration_since(last_expire) >= Duration::from_secs(1) {
                 self.scoring.expire(now);
                 last_expire = now;
@@ -572,6 +647,26 @@ mod tests {
         assert_eq!(with.role(&t.input), Some(TopicRole::Input));
         assert_eq!(with.role(&t.metrics), None);
         assert_eq!(with.subscribed(), [&t.predictions, &t.actuals, &t.input, &t.shadow]);
+    }
+
+    #[test]
+    fn partitions_added_to_a_topic_are_assigned_and_the_rest_keep_their_place() {
+        let held = vec![("predictions".to_string(), 0), ("actuals".to_string(), 0)];
+        let next = HashMap::from([(("predictions".to_string(), 0), 42)]);
+        let same = [("predictions", vec![0]), ("actuals", vec![0])];
+        assert_eq!(wanted_assignment(&same, &held, &next), None, "nothing new: no re-assignment");
+        let grown = [("predictions", vec![0, 1]), ("actuals", vec![0])];
+        let want = wanted_assignment(&grown, &held, &next).expect("a new partition");
+        assert_eq!(
+            want,
+            [
+                ("predictions".to_string(), 0, Offset::Offset(42)),
+                ("predictions".to_string(), 1, Offset::Stored),
+                ("actuals".to_string(), 0, Offset::Stored),
+            ]
+        );
+        // A takeover whose assignment failed holds nothing: every partition is wanted.
+        assert_eq!(wanted_assignment(&same, &[], &HashMap::new()).map(|w| w.len()), Some(2));
     }
 
     #[test]
