@@ -1016,6 +1016,25 @@ impl Config {
     }
 }
 
+/// The config file's sections, for telling a mistyped override from another tool's variable.
+const SECTIONS: [&str; 15] = [
+    "kafka",
+    "consumer",
+    "topics",
+    "model",
+    "batching",
+    "validation",
+    "windows",
+    "cache",
+    "variants",
+    "fallback",
+    "processing",
+    "monitor",
+    "intervals",
+    "http",
+    "telemetry",
+];
+
 /// Applies `STREAMCAST_<SECTION>__<KEY>=value` and `STREAMCAST_BOOTSTRAP_SERVERS`.
 ///
 /// In the `[kafka]` section, `_` in the key maps to `.` (`STREAMCAST_KAFKA__SASL_MECHANISM` sets
@@ -1033,6 +1052,16 @@ fn apply_env_overrides(
             continue;
         }
         let Some((sec, key)) = rest.split_once("__") else {
+            // Other tools share the prefix (STREAMCAST_RETRAINER_*), but a section name and one
+            // underscore is an override with a typo, which would otherwise be silently ignored.
+            let (first, key) = rest.split_once('_').unwrap_or((rest, ""));
+            if !key.is_empty() && SECTIONS.contains(&first.to_ascii_lowercase().as_str()) {
+                let fixed = format!("STREAMCAST_{first}__{key}");
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("a config override needs two underscores after the section: {fixed}"),
+                });
+            }
             continue;
         };
         let sec = sec.to_ascii_lowercase();
@@ -1146,6 +1175,23 @@ mod tests {
         assert_eq!(c.batching.max_wait_ms, 9);
         assert_eq!(c.kafka["bootstrap.servers"], KafkaValue::String("b:1".into()));
         assert_eq!(c.kafka["sasl.mechanism"], KafkaValue::String("PLAIN".into()));
+    }
+
+    #[test]
+    fn a_section_with_one_underscore_is_a_mistyped_override_and_named() {
+        let err = load(MINIMAL, &[("STREAMCAST_MODEL_VERSION", "3")]).unwrap_err().to_string();
+        assert!(err.contains("STREAMCAST_MODEL_VERSION") && err.contains("STREAMCAST_MODEL__VERSION"), "{err}");
+        // Other tools' variables share the prefix and are left alone.
+        let env =
+            [("STREAMCAST_RETRAINER_MARGIN", "0.1"), ("STREAMCAST_TEST_BOOTSTRAP", "x:1"), ("STREAMCAST_HTTP", "")];
+        assert!(load(MINIMAL, &env).is_ok());
+        // The list is the config's own sections.
+        let shown: toml::Table = toml::from_str(&load(MINIMAL, &[]).unwrap().to_redacted_toml()).unwrap();
+        let mut keys: Vec<&str> = shown.keys().map(String::as_str).collect();
+        let mut sections = SECTIONS.to_vec();
+        keys.sort_unstable();
+        sections.sort_unstable();
+        assert_eq!(keys, sections);
     }
 
     #[test]
