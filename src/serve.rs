@@ -234,6 +234,21 @@ async fn start_worker(
     let candidate = variants.candidate.as_ref().map(|(m, _)| m.model_ref().clone());
     let primary_failed = matches!(primary, Primary::Failed { .. });
     probe(config).await?;
+    let mut outputs = vec![config.topics.predictions.as_str(), config.topics.dlq.as_str()];
+    if variants.shadow.is_some() {
+        outputs.push(&config.topics.shadow);
+    }
+    let fitted = match crate::kafka::smallest_topic_limit(config, &outputs, Duration::from_secs(10)).await {
+        Some((topic, limit)) => crate::kafka::fit_producer_to(config, limit).inspect(|_| {
+            tracing::info!(
+                topic,
+                limit,
+                "An output topic's max.message.bytes is below the producer's limits; its message.max.bytes and batch.size are set to half of it, so a batch fits, and dead letters are cut to fit."
+            );
+        }),
+        None => None,
+    };
+    let config = fitted.as_ref().unwrap_or(config);
     let worker = Worker::start(config, primary, variants, alerts.clone(), metrics.clone(), shutdown.clone())?;
     if let (false, Some(reason)) = (primary_failed, &provider.fallback_reason) {
         // The WARN was logged when the session was built; this only enqueues.

@@ -40,6 +40,56 @@ fn produce_large(topic: &str, records: &[(Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>
     assert!(p.flush(Duration::from_secs(30)).is_ok());
 }
 
+/// A dead-letter topic whose `max.message.bytes` (20 000) is far below the producer's default
+/// (1 000 000). A real broker refuses a whole batch over a topic's limit, every record in it, and
+/// under `processing.unproducible = "skip"` they would all be committed past. The worker reads
+/// the limit at start-up and fits its producer to it, so dead letters are cut to fit and batches
+/// stay within it. (nisshi stores the topic config but does not enforce it, so this checks what
+/// the worker writes, which is what a real broker would judge.)
+#[test]
+fn dead_letters_fit_a_dead_letter_topic_with_a_small_max_message_bytes() {
+    let topics = Topics::create(1);
+    let small_dlq = unique("dlq-small");
+    create_topics_with(&[(&small_dlq, 1, &[("max.message.bytes", "20000")])]);
+    let big_junk = [b"{not json ".to_vec(), vec![b'z'; 100_000]].concat();
+    let mut records = Vec::new();
+    for i in 0..20 {
+        let (id, s) = (format!("good-{i}"), format!("s-{}", i % 3));
+        records.push((s.clone().into_bytes(), event(&id, &s, &[330.0 + i as f64, 0.5, 0.5]).into_bytes(), Vec::new()));
+        // Small dead letters too, so that they share batches with the cut one.
+        records.push((b"s-1".to_vec(), format!("{{bad {i}").into_bytes(), Vec::new()));
+        if i % 5 == 0 {
+            records.push((b"s-2".to_vec(), big_junk.clone(), Vec::new()));
+        }
+    }
+    produce_large(&topics.input, &records);
+
+    let config = topics.config("co2-mlp", "1", "").replace(&format!("\"{}\"", topics.dlq), &format!("\"{small_dlq}\""));
+    assert!(config.contains(&small_dlq), "{config}");
+    let mut worker = Worker::start(&config);
+    let mut dlq = Reader::new(&small_dlq);
+    assert!(dlq.read_until(Duration::from_secs(90), |r| r.len() >= 24), "{}", worker.log_text());
+    let mut preds = Reader::new(&topics.predictions);
+    assert!(preds.read_until(Duration::from_secs(60), |r| ids_of(r).len() >= 20), "{}", worker.log_text());
+    dlq.settle(Duration::from_secs(1));
+    assert_eq!(dlq.records.len(), 24, "each bad record dead-lettered once");
+    let cut: Vec<_> = dlq.records.iter().filter(|r| r.payload.starts_with(b"{not json ")).collect();
+    assert_eq!(cut.len(), 4);
+    for r in &cut {
+        assert_eq!(r.headers["streamcast-truncated"], format!("payload={}", big_junk.len()));
+        assert!(big_junk.starts_with(&r.payload));
+        // Half the topic's limit: a batch may hold one record past batch.size.
+        let size =
+            r.payload.len() + r.key.as_ref().map_or(0, Vec::len) + r.headers.values().map(String::len).sum::<usize>();
+        assert!(size <= 10_000, "{size} bytes");
+    }
+    assert!(worker.log_text().contains("set to half of it"), "{}", worker.log_text());
+    let metrics = http_get(worker.http_port(), "/metrics");
+    assert_eq!(metric_value(&metrics, "streamcast_unproducible_records_total"), 0.0);
+    let status = worker.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{}", worker.log_text());
+}
+
 #[test]
 fn records_too_large_to_forward_are_dead_lettered_cut_to_size_and_the_worker_keeps_running() {
     let topics = Topics::create(1);

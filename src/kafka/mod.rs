@@ -159,6 +159,68 @@ pub fn max_record_bytes(config: &Config) -> usize {
     config.kafka.get("message.max.bytes").and_then(|v| v.to_string().trim().parse().ok()).unwrap_or(1_000_000)
 }
 
+/// A topic's limit on one record *batch* (not one record), as the broker applies it.
+const TOPIC_BATCH_LIMIT: &str = "max.message.bytes";
+
+/// The smallest `max.message.bytes` among `topics` as the cluster reports it, with its topic;
+/// `None`, with a warning, where the cluster does not say (no DescribeConfigs permission).
+pub async fn smallest_topic_limit(config: &Config, topics: &[&str], timeout: Duration) -> Option<(String, usize)> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let unknown = |error: &dyn std::fmt::Display| {
+        tracing::warn!(%error, ?topics, "Cannot read the output topics' max.message.bytes. If one is below the producer's message.max.bytes, set [kafka] message.max.bytes and batch.size to it.");
+    };
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = match producer_side_config(config).create() {
+        Ok(admin) => admin,
+        Err(error) => {
+            unknown(&error);
+            return None;
+        }
+    };
+    let specs: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let results = match admin.describe_configs(&specs, &AdminOptions::new().request_timeout(Some(timeout))).await {
+        Ok(results) => results,
+        Err(error) => {
+            unknown(&error);
+            return None;
+        }
+    };
+    let mut smallest: Option<(String, usize)> = None;
+    for (topic, result) in topics.iter().zip(&results) {
+        let limit = match result {
+            Ok(resource) => resource.get(TOPIC_BATCH_LIMIT).and_then(|e| e.value.as_deref()?.parse::<usize>().ok()),
+            Err(code) => {
+                unknown(code);
+                None
+            }
+        };
+        if let Some(limit) = limit.filter(|l| smallest.as_ref().is_none_or(|(_, s)| l < s)) {
+            smallest = Some((topic.to_string(), limit));
+        }
+    }
+    smallest
+}
+
+/// `config` with the producer's `message.max.bytes` and `batch.size` set to half of
+/// `topic_limit` where either is above the limit; `None` when both are within it.
+///
+/// A broker refuses a whole batch over a topic's limit, every record in it, so the batch must
+/// fit and not only each record. librdkafka closes a batch only after the record that crosses
+/// `batch.size`, so a batch can reach `batch.size` plus one record: half for each keeps the sum
+/// within the limit. Dead letters are then cut to fit that half ([`max_record_bytes`]); the
+/// original stays in the input topic. At least 1 000, librdkafka's floor for `message.max.bytes`.
+pub fn fit_producer_to(config: &Config, topic_limit: usize) -> Option<Config> {
+    let batch = config.kafka.get("batch.size").and_then(|v| v.to_string().trim().parse::<usize>().ok());
+    if max_record_bytes(config) <= topic_limit && batch.unwrap_or(1_000_000) <= topic_limit {
+        return None;
+    }
+    let half = (topic_limit / 2).max(1_000);
+    let mut fitted = config.clone();
+    let value = crate::config::KafkaValue::Integer(half as i64);
+    fitted.kafka.insert("message.max.bytes".into(), value.clone());
+    fitted.kafka.insert("batch.size".into(), value);
+    Some(fitted)
+}
+
 /// A consumer that is assigned partitions by hand, never subscribed and never committing:
 /// `<consumer.group_id>-<purpose>` only names the client to the broker.
 pub fn reader_config(config: &Config, purpose: &str) -> ClientConfig {
@@ -558,6 +620,26 @@ mod tests {
             .1
             .contains("sasl.oauthbearer.client.secret"));
         assert_eq!(cause("Connect to ipv4#127.0.0.1:1 failed: Connection refused"), None);
+    }
+
+    #[test]
+    fn the_producer_is_fitted_to_the_smallest_output_topic_limit() {
+        let config = config_with("");
+        // librdkafka's defaults (1 000 000) fit a topic at Kafka's default (1 048 588).
+        assert!(fit_producer_to(&config, 1_048_588).is_none());
+        // Below it, a batch and the one record that may overfill it fit the topic's limit together.
+        let fitted = fit_producer_to(&config, 20_000).expect("lowered");
+        assert_eq!(max_record_bytes(&fitted), 10_000);
+        let producer = producer_config(&fitted);
+        assert_eq!(producer.get("batch.size"), Some("10000"));
+        assert_eq!(producer.get("message.max.bytes"), Some("10000"));
+        assert_eq!(max_record_bytes(&fit_producer_to(&config, 10).unwrap()), 1_000, "librdkafka's floor");
+        // A batch.size set above the limit is lowered too, even with message.max.bytes fitting.
+        let big_batch = config_with("\"message.max.bytes\" = 10000\n\"batch.size\" = 900000");
+        assert_eq!(producer_config(&fit_producer_to(&big_batch, 20_000).unwrap()).get("batch.size"), Some("10000"));
+        assert!(
+            fit_producer_to(&config_with("\"batch.size\" = 20000\n\"message.max.bytes\" = 20000"), 20_000).is_none()
+        );
     }
 
     #[test]

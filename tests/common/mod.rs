@@ -212,9 +212,20 @@ pub fn with_model_root(config: &str, root: &Path, watch_interval: &str) -> Strin
 }
 
 pub fn create_topics(topics: &[(&str, i32)]) {
+    let with: Vec<(&str, i32, &[(&str, &str)])> = topics.iter().map(|&(t, p)| (t, p, &[][..])).collect();
+    create_topics_with(&with);
+}
+
+/// Creates topics with topic-level configs (`max.message.bytes`, ...).
+pub fn create_topics_with(topics: &[(&str, i32, &[(&str, &str)])]) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("admin client");
-    let new: Vec<NewTopic<'_>> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, p, config)| {
+            config.iter().fold(NewTopic::new(t, *p, TopicReplication::Fixed(1)), |n, (k, v)| n.set(k, v))
+        })
+        .collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let results = rt
         .block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)))))
