@@ -276,6 +276,17 @@ impl Scoring {
     /// earlier leader published (`history`, in order): a still-high RMSE is not raised again.
     pub fn resume(&mut self, history: &[Alert], now: Instant) {
         for a in history {
+            // A decision about the configured candidate is in the log (an earlier leader's, or an
+            // operator's): this leader does not decide about it again. Its windows are rebuilt
+            // from records the decision already judged, and a second decision would undo an
+            // operator's later one.
+            if let Details::ModelRollback(_) | Details::ModelPromoted(_) = &a.details {
+                let configured = self.variants.candidate.as_ref().map(|c| c.version.as_str());
+                if a.model.name == self.model.name && configured == Some(a.model.version.as_str()) {
+                    self.decided = true;
+                }
+                continue;
+            }
             let Some(variant) = a.variant else { continue };
             let state = self.resumed.entry((a.model.clone(), variant)).or_default();
             match &a.details {
@@ -734,7 +745,9 @@ impl Scoring {
     /// Applies the rollback/promotion rule to the configured primary and candidate, once.
     pub fn decide(&mut self, stats: &[ErrorStats]) -> Option<Alert> {
         let candidate_version = &self.variants.candidate.as_ref()?.version;
-        if self.decided {
+        // Once promoted, the candidate is the served primary: its old candidate window is not
+        // evidence against itself.
+        if self.decided || *candidate_version == self.model.version {
             return None;
         }
         let find = |variant: Variant, version: &str| {
@@ -1003,6 +1016,55 @@ mod tests {
         assert!(s.rmse_alerts(&stats(1, 2.0), at(170)).is_empty());
         assert_eq!(kinds(&s.rmse_alerts(&stats(10, 2.0), at(171))), [AlertKind::RetrainRequested]);
         assert!(s.rmse_alerts(&stats(10, 2.0), at(400)).is_empty(), "once per firing");
+    }
+
+    #[test]
+    fn a_decided_or_promoted_candidate_is_not_decided_about_again() {
+        let variants = VariantsConfig {
+            candidate: Some(crate::config::CandidateConfig { version: "2".into(), share: 0.5 }),
+            decision_min_joined: 3,
+            ..VariantsConfig::default()
+        };
+        let v2 = ModelRef { name: "m".into(), version: "2".into() };
+        // The candidate's errors are 4, the primary's 0: the rule rolls it back.
+        let scored = || {
+            let mut s = Scoring::new(&MonitorConfig::default(), model(), None, false, variants.clone());
+            let now = Instant::now();
+            for i in 0..3 {
+                let (a, b, c) = (format!("p{i}"), format!("c{i}"), format!("q{i}"));
+                s.offer_prediction(prediction(&a, 1.0), at(i), now);
+                s.offer_actual(actual(&a, 1.0), at(i), now);
+                let candidate = Prediction { model: v2.clone(), variant: Variant::Candidate, ..prediction(&b, 5.0) };
+                s.offer_prediction(candidate, at(10 + i), now);
+                s.offer_actual(actual(&b, 1.0), at(10 + i), now);
+                // After a promotion, v2 serves as the primary, exactly.
+                s.offer_prediction(Prediction { model: v2.clone(), ..prediction(&c, 1.0) }, at(20 + i), now);
+                s.offer_actual(actual(&c, 1.0), at(20 + i), now);
+            }
+            s
+        };
+        let decide = |s: &mut Scoring| {
+            let stats = s.advance(chrono::Utc::now().timestamp_millis());
+            s.decide(&stats).map(|a| a.kind())
+        };
+        assert_eq!(decide(&mut scored()), Some(AlertKind::ModelRollback), "the control");
+        // A new leader whose log holds an operator's promotion of v2 leaves it alone.
+        let mut s = scored();
+        let promoted = crate::decisions::alert(
+            crate::alert::Decision::Promote,
+            &v2,
+            &model(),
+            crate::alert::DecisionSource::Operator,
+            None,
+            None,
+            None,
+        );
+        s.resume(&[promoted], Instant::now());
+        assert_eq!(decide(&mut s), None);
+        // A leader that follows the promoted v2 as the primary does not judge it by its old window.
+        let mut s = scored();
+        s.follow(v2.clone(), None);
+        assert_eq!(decide(&mut s), None);
     }
 
     #[test]
