@@ -172,6 +172,8 @@ pub struct Scoring {
     /// Joined by time: each series' recent observed values `(time, value)`, oldest first, for
     /// the seasonal-naive forecast that MASE compares with.
     history: LruCache<String, VecDeque<(i64, f64)>>,
+    /// Joined by time: each series' grid phase (see [`snap`]).
+    phases: LruCache<String, i64>,
     /// Calibrated intervals, when on.
     intervals: Option<IntervalsConfig>,
 }
@@ -208,6 +210,25 @@ impl TimeJoin {
 /// The join id of step `h` (1-based) targeting `target_ms` of `series`. The unit separator
 /// cannot appear in a JSON-decoded series id without an escape, and an escaped one would still
 /// only collide with itself.
+/// `t_ms` on its series' grid of `step_ms` steps: the nearest grid time. The worker places an
+/// observation up to its bundle's `frequency_tolerance` (half a step by default) off the grid,
+/// and its predictions repeat that timestamp, so without this a forecast issued at 10:00:03
+/// would never meet the actual stamped 11:00:01. The grid's phase is the first timestamp the
+/// monitor sees of the series (any of its points will do, each within the tolerance of the
+/// grid); an epoch-aligned grid would be wrong for series stamped at, say, noon each day, where
+/// a second of jitter moves a timestamp across the rounding boundary.
+fn snap(phases: &mut LruCache<String, i64>, step_ms: i64, series: &str, t_ms: i64) -> i64 {
+    let phase = match phases.get(series) {
+        Some(&phase) => phase,
+        None => {
+            phases.put(series.to_string(), t_ms.rem_euclid(step_ms));
+            t_ms.rem_euclid(step_ms)
+        }
+    };
+    let steps = (t_ms - phase).saturating_add(step_ms / 2).div_euclid(step_ms);
+    phase.saturating_add(steps.saturating_mul(step_ms))
+}
+
 fn time_id(series: &str, target_ms: i64, h: usize) -> String {
     format!("{series}\u{1f}{target_ms}\u{1f}{h}")
 }
@@ -256,6 +277,7 @@ impl Scoring {
             resumed: HashMap::new(),
             time: None,
             history: LruCache::new(NonZeroUsize::new(MAX_HISTORY_SERIES).expect("non-zero")),
+            phases: LruCache::new(NonZeroUsize::new(MAX_HISTORY_SERIES).expect("non-zero")),
             intervals: None,
         };
         // The served model's primary variant always has a snapshot, so drift is published even
@@ -317,7 +339,6 @@ impl Scoring {
         self
     }
 
-    /// Counts `rejection` in `streamcast_monitor_rejected_total` (the registered counter).
     /// Joins actuals by time instead of id: `step` is the bundle's `frequency`, `horizon` the
     /// steps of its forecasts.
     pub fn with_time_join(mut self, step: Duration, horizon: usize) -> Scoring {
@@ -449,6 +470,7 @@ impl Scoring {
                     let Some(issued) = millis(&p.timestamp) else {
                         return self.reject(Rejection::UnparsablePrediction);
                     };
+                    let issued = snap(&mut self.phases, t.step_ms, &p.series_id, issued);
                     let bounds = served_bounds(&p);
                     for (i, value) in p.prediction.iter().enumerate() {
                         let target = issued.saturating_add(t.step_ms.saturating_mul(i as i64 + 1));
@@ -495,6 +517,7 @@ impl Scoring {
                     return self.reject(Rejection::WrongLength);
                 }
                 let Some(at) = millis(&a.timestamp) else { return self.reject(Rejection::UnparsableActual) };
+                let at = snap(&mut self.phases, t.step_ms, &a.series_id, at);
                 let ids =
                     (1..=t.horizon).map(|h| (time_id(&a.series_id, at, h), self.naive(&a.series_id, at, h))).collect();
                 let held = self.history.get_or_insert_mut(a.series_id.clone(), VecDeque::new);
@@ -1065,6 +1088,35 @@ mod tests {
         let mut s = scored();
         s.follow(v2.clone(), None);
         assert_eq!(decide(&mut s), None);
+    }
+
+    #[test]
+    fn joined_by_time_timestamps_within_the_tolerance_meet_on_the_grid() {
+        const HOUR: i64 = 3_600_000;
+        let cfg = MonitorConfig { min_joined: 1, ..MonitorConfig::default() };
+        let mut s = Scoring::new(&cfg, model(), None, false, VariantsConfig::default())
+            .with_time_join(Duration::from_millis(HOUR as u64), 2);
+        let stamp = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339();
+        // A daily-noon-like phase (12:00), where an epoch-aligned grid would round either way.
+        let base = 1_700_000_000_000 / HOUR * HOUR + HOUR / 2;
+        let now = Instant::now();
+        let forecast =
+            Prediction { timestamp: stamp(base + 3_000), prediction: vec![10.0, 20.0], ..prediction("", 0.0) };
+        s.offer_prediction(forecast, at(0), now);
+        // Step 1 observed 2 s early, step 2 4 s late: each meets its step.
+        for (i, (off, value)) in [(-2_000, 11.0), (4_000, 23.0)].into_iter().enumerate() {
+            let actual =
+                Actual { id: String::new(), timestamp: stamp(base + (i as i64 + 1) * HOUR + off), ..actual("", value) };
+            s.offer_actual(actual, at(i as i64), now);
+        }
+        let stats = s.advance(chrono::Utc::now().timestamp_millis());
+        assert_eq!(stats[0].count, 2, "both steps joined");
+        assert_eq!(stats[0].mae, Some(2.0));
+        assert_eq!(
+            snap(&mut LruCache::new(NonZeroUsize::MIN), HOUR, "x", -HOUR - 1),
+            -HOUR - 1,
+            "the first sets the phase"
+        );
     }
 
     #[test]
