@@ -243,7 +243,7 @@ async fn start_worker(
             tracing::info!(
                 topic,
                 limit,
-                "An output topic's max.message.bytes is below the producer's limits; its message.max.bytes and batch.size are set to half of it, so a batch fits, and dead letters are cut to fit."
+                "An output topic's max.message.bytes is below the producer's limits; the producer's message.max.bytes and batch.size are lowered to it, so its batches fit, and dead letters are cut to fit."
             );
         }),
         None => None,

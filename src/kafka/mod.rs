@@ -200,22 +200,24 @@ pub async fn smallest_topic_limit(config: &Config, topics: &[&str], timeout: Dur
     smallest
 }
 
-/// `config` with the producer's `message.max.bytes` and `batch.size` set to half of
-/// `topic_limit` where either is above the limit; `None` when both are within it.
+/// `config` with the producer's `message.max.bytes` and `batch.size` lowered to `topic_limit`
+/// where either is above it; `None` when both are within it.
 ///
 /// A broker refuses a whole batch over a topic's limit, every record in it, so the batch must
-/// fit and not only each record. librdkafka closes a batch only after the record that crosses
-/// `batch.size`, so a batch can reach `batch.size` plus one record: half for each keeps the sum
-/// within the limit. Dead letters are then cut to fit that half ([`max_record_bytes`]); the
-/// original stays in the input topic. At least 1 000, librdkafka's floor for `message.max.bytes`.
+/// fit and not only each record. librdkafka adds a record to a batch only while the batch,
+/// request header included, stays within the smaller of the two (the first record excepted,
+/// which `message.max.bytes` bounds on its own), so both at the limit keep every batch within
+/// it. Dead letters are then cut to fit ([`max_record_bytes`], less their 4 KiB of headroom);
+/// the original stays in the input topic. At least 1 000, librdkafka's floor for
+/// `message.max.bytes`.
 pub fn fit_producer_to(config: &Config, topic_limit: usize) -> Option<Config> {
     let batch = config.kafka.get("batch.size").and_then(|v| v.to_string().trim().parse::<usize>().ok());
     if max_record_bytes(config) <= topic_limit && batch.unwrap_or(1_000_000) <= topic_limit {
         return None;
     }
-    let half = (topic_limit / 2).max(1_000);
+    let limit = topic_limit.max(1_000);
     let mut fitted = config.clone();
-    let value = crate::config::KafkaValue::Integer(half as i64);
+    let value = crate::config::KafkaValue::Integer(limit as i64);
     fitted.kafka.insert("message.max.bytes".into(), value.clone());
     fitted.kafka.insert("batch.size".into(), value);
     Some(fitted)
@@ -627,16 +629,16 @@ mod tests {
         let config = config_with("");
         // librdkafka's defaults (1 000 000) fit a topic at Kafka's default (1 048 588).
         assert!(fit_producer_to(&config, 1_048_588).is_none());
-        // Below it, a batch and the one record that may overfill it fit the topic's limit together.
+        // Below it, both limits come down to the topic's.
         let fitted = fit_producer_to(&config, 20_000).expect("lowered");
-        assert_eq!(max_record_bytes(&fitted), 10_000);
+        assert_eq!(max_record_bytes(&fitted), 20_000);
         let producer = producer_config(&fitted);
-        assert_eq!(producer.get("batch.size"), Some("10000"));
-        assert_eq!(producer.get("message.max.bytes"), Some("10000"));
+        assert_eq!(producer.get("batch.size"), Some("20000"));
+        assert_eq!(producer.get("message.max.bytes"), Some("20000"));
         assert_eq!(max_record_bytes(&fit_producer_to(&config, 10).unwrap()), 1_000, "librdkafka's floor");
         // A batch.size set above the limit is lowered too, even with message.max.bytes fitting.
         let big_batch = config_with("\"message.max.bytes\" = 10000\n\"batch.size\" = 900000");
-        assert_eq!(producer_config(&fit_producer_to(&big_batch, 20_000).unwrap()).get("batch.size"), Some("10000"));
+        assert_eq!(producer_config(&fit_producer_to(&big_batch, 20_000).unwrap()).get("batch.size"), Some("20000"));
         assert!(
             fit_producer_to(&config_with("\"batch.size\" = 20000\n\"message.max.bytes\" = 20000"), 20_000).is_none()
         );

@@ -276,8 +276,6 @@ pub struct Start {
 /// it: during a hot reload both versions' predictions interleave for a moment.
 const FOLLOW_AFTER: u32 = 8;
 
-/// The RMSE alert threshold for `bundle`: `monitor.rmse_threshold`, else its validation RMSE
-/// times `rmse_threshold_ratio`.
 /// Whether the primary model itself served `p`, so its version says what is served. The fallback
 /// (`"fallback": true`) names its own model while the breaker is open; following it would reset
 /// drift and thresholds, and flip back and forth when only some replicas' breakers are open.
@@ -294,6 +292,8 @@ fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Option<T> {
     serde_json::from_slice(payload).ok()
 }
 
+/// The RMSE alert threshold for `bundle`: `monitor.rmse_threshold`, else its validation RMSE
+/// times `rmse_threshold_ratio`.
 pub fn threshold_for(cfg: &MonitorConfig, bundle: &crate::bundle::Bundle) -> Option<f64> {
     cfg.rmse_threshold.or_else(|| bundle.manifest.validation.as_ref().map(|v| v.rmse * cfg.rmse_threshold_ratio))
 }

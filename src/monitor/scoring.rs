@@ -207,28 +207,32 @@ impl TimeJoin {
     }
 }
 
-/// The join id of step `h` (1-based) targeting `target_ms` of `series`. The unit separator
-/// cannot appear in a JSON-decoded series id without an escape, and an escaped one would still
-/// only collide with itself.
 /// `t_ms` on its series' grid of `step_ms` steps: the nearest grid time. The worker places an
 /// observation up to its bundle's `frequency_tolerance` (half a step by default) off the grid,
 /// and its predictions repeat that timestamp, so without this a forecast issued at 10:00:03
-/// would never meet the actual stamped 11:00:01. The grid's phase is the first timestamp the
-/// monitor sees of the series (any of its points will do, each within the tolerance of the
-/// grid); an epoch-aligned grid would be wrong for series stamped at, say, noon each day, where
-/// a second of jitter moves a timestamp across the rounding boundary.
-fn snap(phases: &mut LruCache<String, i64>, step_ms: i64, series: &str, t_ms: i64) -> i64 {
+/// would never meet the actual stamped 11:00:01.
+///
+/// The grid's phase is the first forecast's timestamp the monitor sees of the series (`anchor`):
+/// the worker accepted it, so it lies on the worker's grid within the tolerance. An actual
+/// anchors nothing, since anyone may produce one, and before any forecast of its series it is
+/// taken as stamped. A grid fixed to the epoch would be wrong for series stamped at, say, noon
+/// each day, where a second of jitter moves a timestamp across the rounding boundary.
+fn snap(phases: &mut LruCache<String, i64>, step_ms: i64, series: &str, t_ms: i64, anchor: bool) -> i64 {
     let phase = match phases.get(series) {
         Some(&phase) => phase,
-        None => {
+        None if anchor => {
             phases.put(series.to_string(), t_ms.rem_euclid(step_ms));
-            t_ms.rem_euclid(step_ms)
+            return t_ms;
         }
+        None => return t_ms,
     };
     let steps = (t_ms - phase).saturating_add(step_ms / 2).div_euclid(step_ms);
     phase.saturating_add(steps.saturating_mul(step_ms))
 }
 
+/// The join id of step `h` (1-based) targeting `target_ms` of `series`. The unit separator
+/// cannot appear in a JSON-decoded series id without an escape, and an escaped one would still
+/// only collide with itself.
 fn time_id(series: &str, target_ms: i64, h: usize) -> String {
     format!("{series}\u{1f}{target_ms}\u{1f}{h}")
 }
@@ -470,7 +474,7 @@ impl Scoring {
                     let Some(issued) = millis(&p.timestamp) else {
                         return self.reject(Rejection::UnparsablePrediction);
                     };
-                    let issued = snap(&mut self.phases, t.step_ms, &p.series_id, issued);
+                    let issued = snap(&mut self.phases, t.step_ms, &p.series_id, issued, true);
                     let bounds = served_bounds(&p);
                     for (i, value) in p.prediction.iter().enumerate() {
                         let target = issued.saturating_add(t.step_ms.saturating_mul(i as i64 + 1));
@@ -517,7 +521,7 @@ impl Scoring {
                     return self.reject(Rejection::WrongLength);
                 }
                 let Some(at) = millis(&a.timestamp) else { return self.reject(Rejection::UnparsableActual) };
-                let at = snap(&mut self.phases, t.step_ms, &a.series_id, at);
+                let at = snap(&mut self.phases, t.step_ms, &a.series_id, at, false);
                 let ids =
                     (1..=t.horizon).map(|h| (time_id(&a.series_id, at, h), self.naive(&a.series_id, at, h))).collect();
                 let held = self.history.get_or_insert_mut(a.series_id.clone(), VecDeque::new);
@@ -1097,8 +1101,11 @@ mod tests {
         let mut s = Scoring::new(&cfg, model(), None, false, VariantsConfig::default())
             .with_time_join(Duration::from_millis(HOUR as u64), 2);
         let stamp = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339();
-        // A daily-noon-like phase (12:00), where an epoch-aligned grid would round either way.
+        // A grid at half past the hour: on an epoch-aligned grid these would sit on the rounding
+        // boundary. An actual before any forecast of its series is taken as stamped.
         let base = 1_700_000_000_000 / HOUR * HOUR + HOUR / 2;
+        let early = Actual { id: String::new(), timestamp: stamp(base + 7 * HOUR + 1), ..actual("", 1.0) };
+        s.offer_actual(early, at(9), Instant::now());
         let now = Instant::now();
         let forecast =
             Prediction { timestamp: stamp(base + 3_000), prediction: vec![10.0, 20.0], ..prediction("", 0.0) };
@@ -1112,11 +1119,10 @@ mod tests {
         let stats = s.advance(chrono::Utc::now().timestamp_millis());
         assert_eq!(stats[0].count, 2, "both steps joined");
         assert_eq!(stats[0].mae, Some(2.0));
-        assert_eq!(
-            snap(&mut LruCache::new(NonZeroUsize::MIN), HOUR, "x", -HOUR - 1),
-            -HOUR - 1,
-            "the first sets the phase"
-        );
+        let mut phases = LruCache::new(NonZeroUsize::MIN);
+        assert_eq!(snap(&mut phases, HOUR, "x", HOUR + 7, false), HOUR + 7, "an actual anchors nothing");
+        assert_eq!(snap(&mut phases, HOUR, "x", -HOUR - 1, true), -HOUR - 1, "the first forecast sets the phase");
+        assert_eq!(snap(&mut phases, HOUR, "x", HOUR + 7, false), HOUR - 1);
     }
 
     #[test]
