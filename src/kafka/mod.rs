@@ -156,7 +156,12 @@ pub fn producer_config(config: &Config) -> ClientConfig {
 /// The largest record the producer accepts (`message.max.bytes`, librdkafka's default 1 000 000
 /// unless `[kafka]` sets it): key, value and headers together.
 pub fn max_record_bytes(config: &Config) -> usize {
-    config.kafka.get("message.max.bytes").and_then(|v| v.to_string().trim().parse().ok()).unwrap_or(1_000_000)
+    kafka_bytes(config, "message.max.bytes").unwrap_or(1_000_000)
+}
+
+/// A byte count `[kafka]` sets for `key`, if it sets one.
+fn kafka_bytes(config: &Config, key: &str) -> Option<usize> {
+    config.kafka.get(key).and_then(|v| v.to_string().trim().parse().ok())
 }
 
 /// A topic's limit on one record *batch* (not one record), as the broker applies it.
@@ -211,8 +216,8 @@ pub async fn smallest_topic_limit(config: &Config, topics: &[&str], timeout: Dur
 /// the original stays in the input topic. At least 1 000, librdkafka's floor for
 /// `message.max.bytes`.
 pub fn fit_producer_to(config: &Config, topic_limit: usize) -> Option<Config> {
-    let batch = config.kafka.get("batch.size").and_then(|v| v.to_string().trim().parse::<usize>().ok());
-    if max_record_bytes(config) <= topic_limit && batch.unwrap_or(1_000_000) <= topic_limit {
+    let batch = kafka_bytes(config, "batch.size").unwrap_or(1_000_000);
+    if max_record_bytes(config) <= topic_limit && batch <= topic_limit {
         return None;
     }
     let limit = topic_limit.max(1_000);

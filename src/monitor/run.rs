@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -162,20 +161,6 @@ pub fn consumer(
     wanted.extend([config.topics.metrics.as_str(), config.topics.alerts.as_str()]);
     require_topics(&consumer, &wanted, config)?;
     Ok(consumer)
-}
-
-/// Assigns every partition of `topics`, each resuming at the monitor group's committed offset
-/// (the earliest where none is committed). Returns how many partitions.
-fn assign_committed(consumer: &BaseConsumer<MonitorContext>, topics: &[&str]) -> Result<usize, KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    for topic in topics {
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        for p in md.topics().iter().flat_map(|t| t.partitions()) {
-            tpl.add_partition_offset(topic, p.id(), Offset::Stored)?;
-        }
-    }
-    consumer.assign(&tpl)?;
-    Ok(tpl.count())
 }
 
 /// How often the leader looks for partitions it does not read yet: partitions added to a topic
@@ -369,7 +354,9 @@ impl Monitor {
     }
 
     /// Reads partitions the leader does not hold yet (see [`PARTITION_CHECK`]), keeping its place
-    /// in those it does. Returns whether it now holds every listed partition.
+    /// in those it does; at takeover it holds none, so every partition resumes at the monitor
+    /// group's committed offset (the earliest where none is). Returns whether it now holds every
+    /// listed partition.
     fn add_partitions(&mut self, consumer: &BaseConsumer<MonitorContext>) -> bool {
         let held: Vec<(String, i32)> = match consumer.assignment() {
             Ok(tpl) => tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect(),
@@ -377,7 +364,7 @@ impl Monitor {
         };
         let mut listed = Vec::new();
         for topic in self.topics.subscribed() {
-            match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
                 Ok(md) => {
                     listed.push((topic, md.topics().iter().flat_map(|t| t.partitions()).map(|p| p.id()).collect()))
                 }
@@ -394,7 +381,13 @@ impl Monitor {
         }
         match consumer.assign(&tpl) {
             Ok(()) => {
-                tracing::info!(before = held.len(), partitions = tpl.count(), "Monitor reads every partition.");
+                if !held.is_empty() {
+                    tracing::info!(
+                        before = held.len(),
+                        partitions = tpl.count(),
+                        "Monitor reads partitions added since it took the lead."
+                    );
+                }
                 true
             }
             Err(error) => {
@@ -413,16 +406,16 @@ impl Monitor {
         let history = read_alerts(&self.alerts_reader, HISTORY_TIMEOUT);
         self.scoring.resume(&history, Instant::now());
         self.publisher.take_over(&history, Instant::now());
-        match assign_committed(consumer, &self.topics.subscribed()) {
-            Ok(partitions) => {
-                tracing::info!(partitions, "Monitor leads the group: reading every partition.");
-                true
-            }
-            Err(error) => {
-                tracing::warn!(%error, "Monitor leads the group but cannot assign its partitions yet; it tries again.");
-                false
-            }
+        // Nothing of an earlier lead may keep its place: the state it belonged to is gone.
+        let _ = consumer.unassign();
+        let complete = self.add_partitions(consumer);
+        if complete {
+            let partitions = consumer.assignment().map_or(0, |a| a.count());
+            tracing::info!(partitions, "Monitor leads the group: reading every partition.");
+        } else {
+            tracing::warn!("Monitor leads the group but cannot assign its partitions yet; it tries again.");
         }
+        complete
     }
 
     /// Another replica leads now: stop reading and publishing. Nothing is committed: the new
